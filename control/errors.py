@@ -1,0 +1,39 @@
+"""Errors of the core library, by cause.
+
+The CLI maps every ``QmdError`` to one ``Error: ...`` line and exit status 1;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class QmdError(Exception):
+    """Base of every error the user can act on."""
+
+
+class ConfigError(QmdError):
+    """A setting, a config file or a model repository is malformed."""
+
+
+class ArtifactMissing(QmdError):
+    """A model file the repository needs has not been exported or downloaded."""
+
+
+class ServerError(QmdError):
+    """The local tritonserver could not be started, found or stopped."""
+
+
+class ServerUnavailable(ServerError):
+    """No server answers at the configured address."""
+
+
+class InferenceError(QmdError):
+    """The server answered a request with an error."""
+
+
+class ExportError(QmdError):
+    """A model conversion failed or its parity check did not hold."""
+
+
+class InputError(QmdError):
+    """A request's input cannot be used as given (empty, wrong type, ...)."""

@@ -1,0 +1,122 @@
+"""Settings: flag > ``QMD_*`` environment variable > config file > default.
+
+The CLI resolves flags and environment variables through Click; this module
+supplies the config file layer and the defaults, so that both the CLI and
+library users get the same answer.
+
+Example:
+    >>> s = Settings.load()
+    >>> s.http_url
+    '127.0.0.1:8000'
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_home() -> Path:
+    """``$QMD_HOME``, else ``$XDG_DATA_HOME/qmd-triton``, else ``~/.local/share/qmd-triton``."""
+    env = os.environ.get("QMD_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "qmd-triton"
+
+
+def default_model_repository() -> Path:
+    """The repository beside the sources (a checkout or an editable install)."""
+    return PROJECT_ROOT / "model_repository"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one qmdctl invocation."""
+
+    home: Path
+    model_repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    protocol: str = "http"
+    startup_timeout_s: float = 120.0
+    request_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise ConfigError(f"{name} must be a port number between 1 and 65535, got {port!r}")
+        if self.protocol not in ("http", "grpc"):
+            raise ConfigError(f"protocol must be http or grpc, got {self.protocol!r}")
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def url(self, protocol: str | None = None) -> str:
+        return self.grpc_url if (protocol or self.protocol) == "grpc" else self.http_url
+
+    @classmethod
+    def load(cls, home: Path | None = None, **overrides: Any) -> "Settings":
+        """Reads ``config.toml`` under the home and applies explicit overrides.
+
+        Overrides whose value is ``None`` are ignored, so Click options can be
+        passed straight through.
+        """
+        home = Path(home).expanduser() if home else default_home()
+        values: dict[str, Any] = {"home": home, "model_repository": default_model_repository()}
+        values.update(_read_config(home / "config.toml"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["home"] = Path(values["home"]).expanduser()
+        values["model_repository"] = Path(values["model_repository"]).expanduser()
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SERVER_KEYS = {f.name for f in fields(Settings)} - {"home"}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``[server]`` table of the config file; a missing file is empty."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    unknown = sorted(set(server) - _SERVER_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in [server]: {', '.join(unknown)}")
+    return server
