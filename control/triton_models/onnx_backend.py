@@ -10,6 +10,13 @@ A batch from the dynamic batcher arrives as several requests. Requests whose
 non-batch shapes match are concatenated and run in one ``session.run``; the
 outputs are split back by each request's batch size. A failing group is retried
 request by request, so one bad request fails alone.
+
+Inputs marked ``allow_ragged_batch`` let the batcher merge requests of different
+sequence lengths (Triton's batcher otherwise cuts a batch at the first request
+whose shape differs). This backend then sorts those requests by length and pads
+them (with ``ragged_pad_value``, default 0) into sub-batches whose padded size
+stays within ``ragged_padding_slack`` (default 0.25) of the real tokens, so the
+merge does not buy batching with wasted compute.
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ class TritonPythonModel:
             self.inputs = [t["name"] for t in config["input"]]
             self.optional = {t["name"] for t in config["input"] if t.get("optional")}
             self.outputs = [(t["name"], utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
+            self.ragged = any(t.get("allow_ragged_batch") for t in config["input"])
+            self.pad_value = common.int_parameter(config, "ragged_pad_value", 0)
+            self.slack = float(common.parameter(config, "ragged_padding_slack", "0.25"))
             log.info("%s: loaded %s (%d inputs)", self.name, path.name, len(self.inputs))
         except (ValueError, OSError, KeyError) as e:
             raise utils.TritonModelException(f"onnxruntime backend failed to load model: {e}") from None
@@ -108,13 +118,51 @@ class TritonPythonModel:
         per_output = [np.split(r, sizes, axis=0) for r in results]
         return [[per_output[o][i] for o in range(len(self.outputs))] for i in range(len(feeds))]
 
+    def _ragged_groups(self, feeds: list[dict[str, np.ndarray]]) -> list[list[int]]:
+        """Requests sorted by length, cut where padding would exceed the slack."""
+        width = [max((v.shape[1] for v in f.values() if v.ndim > 1), default=0) for f in feeds]
+        rows = [len(next(iter(f.values()))) for f in feeds]
+        order = sorted(range(len(feeds)), key=lambda i: width[i])
+        groups: list[list[int]] = []
+        current: list[int] = []
+        real = 0
+        for i in order:
+            # Sorted ascending, so adding i pads every member up to width[i].
+            padded = width[i] * (sum(rows[j] for j in current) + rows[i])
+            if current and padded > (1.0 + self.slack) * (real + width[i] * rows[i]):
+                groups.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += width[i] * rows[i]
+        if current:
+            groups.append(current)
+        return groups
+
+    def _pad(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        width = max(v.shape[1] for f in feeds for v in f.values() if v.ndim > 1)
+        padded = []
+        for f in feeds:
+            padded.append({
+                k: v if v.ndim < 2 or v.shape[1] == width
+                else np.pad(v, [(0, 0), (0, width - v.shape[1])] + [(0, 0)] * (v.ndim - 2),
+                            constant_values=self.pad_value)
+                for k, v in f.items()
+            })
+        return padded
+
     def execute(self, requests: list) -> list:
         utils = common.pb()
         feeds = [self._feeds(r) for r in requests]
         groups: dict[tuple, list[int]] = {}
-        for i, f in enumerate(feeds):
-            key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(f.items()))
-            groups.setdefault(key, []).append(i)
+        if self.ragged:
+            for n, members in enumerate(self._ragged_groups(feeds)):
+                groups[(n,)] = members
+                for i, f in zip(members, self._pad([feeds[i] for i in members])):
+                    feeds[i] = f
+        else:
+            for i, f in enumerate(feeds):
+                key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(f.items()))
+                groups.setdefault(key, []).append(i)
         outputs: list[list[np.ndarray] | str] = [""] * len(requests)
         for members in groups.values():
             try:
