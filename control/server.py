@@ -168,11 +168,14 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def _log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    """The server log's error lines (``E...``), else its last lines; tables left out."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no server log)"
-    return "\n".join(text[-lines:])
+    errors = [line for line in text if line[:1] == "E" and line[1:5].isdigit()]
+    chosen = errors or [line for line in text if not line.startswith(("|", "+"))]
+    return "\n".join(line[:400] for line in chosen[-lines:])
 
 
 def _load_failure(path: Path) -> str | None:
@@ -183,7 +186,9 @@ def _load_failure(path: Path) -> str | None:
         return None
     for line in lines:
         if line.startswith("E") and "failed to load" in line:
-            return line.split("] ", 1)[-1].strip().strip('"')
+            message = line.split("] ", 1)[-1].strip().strip('"')
+            # The python backend appends the stub's traceback as escaped newlines.
+            return message.split("\\n")[0].strip()
     for line in lines:
         if "error while loading shared libraries" in line:
             return line.strip()
@@ -277,14 +282,14 @@ def start(
             _kill_group(state.pgid)
             _clear_state(settings)
             reason = _load_failure(log_path) or f"tritonserver exited with status {code}"
-            raise ServerError(f"{reason}\nlast lines of {log_path}:\n{_log_tail(log_path)}")
+            raise ServerError(f"{reason}\nserver log {log_path}:\n{_log_tail(log_path)}")
         failure = _load_failure(log_path)
         if failure:
             # Triton would exit on its own once every model was tried; a stub that
             # cannot start can keep it waiting for minutes, so stop it now.
             _terminate(state, timeout=5)
             _clear_state(settings)
-            raise ServerError(f"{failure}\nlast lines of {log_path}:\n{_log_tail(log_path)}")
+            raise ServerError(f"{failure}\nserver log {log_path}:\n{_log_tail(log_path)}")
         if _http_ok(ready_url):
             progress(f"tritonserver ready (pid {proc.pid}, log {log_path})")
             return state
@@ -293,7 +298,7 @@ def start(
             _clear_state(settings)
             raise ServerError(
                 f"tritonserver was not ready after {settings.startup_timeout_s:.0f}s; "
-                f"last lines of {log_path}:\n{_log_tail(log_path)}"
+                f"server log {log_path}:\n{_log_tail(log_path)}"
             )
         if time.monotonic() - last_note > 10:
             progress("waiting for models to load ...")

@@ -19,9 +19,9 @@ from .serve import down, status, up
 
 @click.group(cls=QmdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qmdctl")
-@click.option("--home", envvar="QMD_HOME", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--home", envvar="QMD_HOME", show_envvar=True, type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data directory: config, index, run state. [default: ~/.local/share/qmd-triton]")
-@click.option("--model-repository", envvar="QMD_MODEL_REPOSITORY", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--model-repository", envvar="QMD_MODEL_REPOSITORY", show_envvar=True, type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Triton model repository. [default: the project's model_repository/]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.pass_context

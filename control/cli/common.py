@@ -43,11 +43,11 @@ pass_state = click.make_pass_decorator(State)
 def server_options(f: Callable) -> Callable:
     """``--host``, ``--http-port``, ``--grpc-port``, ``--metrics-port``, each with a QMD_* variable."""
     options = [
-        click.option("--host", envvar="QMD_HOST", default=None, help="Address the server binds to. [default: 127.0.0.1]"),
-        click.option("--http-port", envvar="QMD_HTTP_PORT", type=int, default=None, help="HTTP port. [default: 8000]"),
-        click.option("--grpc-port", envvar="QMD_GRPC_PORT", type=int, default=None, help="gRPC port. [default: 8001]"),
+        click.option("--host", envvar="QMD_HOST", show_envvar=True, default=None, help="Address the server binds to. [default: 127.0.0.1]"),
+        click.option("--http-port", envvar="QMD_HTTP_PORT", show_envvar=True, type=int, default=None, help="HTTP port. [default: 8000]"),
+        click.option("--grpc-port", envvar="QMD_GRPC_PORT", show_envvar=True, type=int, default=None, help="gRPC port. [default: 8001]"),
         click.option(
-            "--metrics-port", envvar="QMD_METRICS_PORT", type=int, default=None, help="Metrics port. [default: 8002]"
+            "--metrics-port", envvar="QMD_METRICS_PORT", show_envvar=True, type=int, default=None, help="Metrics port. [default: 8002]"
         ),
     ]
     for option in reversed(options):
@@ -58,7 +58,7 @@ def server_options(f: Callable) -> Callable:
 def protocol_option(f: Callable) -> Callable:
     return click.option(
         "--protocol",
-        envvar="QMD_PROTOCOL",
+        envvar="QMD_PROTOCOL", show_envvar=True,
         type=click.Choice(["http", "grpc"]),
         default=None,
         help="Triton protocol. [default: http]",

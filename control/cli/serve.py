@@ -12,7 +12,7 @@ from .common import State, emit_json, pass_state, server_options, server_setting
 
 @click.command()
 @server_options
-@click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT",
+@click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT", show_envvar=True,
               help="Seconds to wait for every model to load. [default: 120]")
 @click.option("--log-verbose", type=int, default=0, show_default=True, help="Triton's --log-verbose level.")
 @pass_state

@@ -1,0 +1,158 @@
+"""Embeddings through a real tritonserver equal in-process onnxruntime on the same ONNX file."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qmd_triton.client import QmdClient
+from qmd_triton.contracts import KIND_QUERY
+from qmd_triton.errors import InferenceError
+from qmd_triton.settings import Settings
+from qmd_triton.tokenization import TextEncoder
+from qmd_triton.triton_models.onnx_backend import make_session
+
+TEXTS = [
+    "hello",
+    "BM25 ranks documents by term frequency, saturation and inverse document frequency.",
+    "向量搜索把文本映射到嵌入空间，再按余弦相似度排序。",
+    "Triton's dynamic batcher merges concurrent requests into one batch. " * 12,
+    "混合检索：BM25 与向量检索的结果用 RRF 融合。",
+    "a",
+]
+
+
+@pytest.fixture(scope="module")
+def local(exported_repo: Path):
+    """In-process reference: the same tokenizer files and the same ONNX file."""
+    encoder = TextEncoder.from_dir(exported_repo / "qmd_tokenize" / "1", buckets="")
+    session = make_session(exported_repo / "qmd_embed_model" / "1" / "model.onnx")
+
+    def embed(texts: list[str], kind: str = "document") -> np.ndarray:
+        ids, mask = encoder.encode(texts, kind=kind)
+        return session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    embed.encoder = encoder  # type: ignore[attr-defined]
+    return embed
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_embed_equals_in_process_onnxruntime_when_batch_mixes_lengths_and_languages(
+    triton: Settings, local, protocol: str
+):
+    with QmdClient(triton.url(protocol), protocol) as client:
+        got = client.embed(TEXTS)
+    want = local(TEXTS)
+    assert got.shape == (len(TEXTS), 384)
+    assert np.abs(got - want).max() < 1e-5
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_query_kind_goes_through_tokenizer_and_model(triton: Settings, local):
+    with QmdClient(triton.url("grpc"), "grpc") as client:
+        got = client.embed(TEXTS[:3], kind=KIND_QUERY)
+    assert np.abs(got - local(TEXTS[:3], KIND_QUERY)).max() < 1e-5
+
+
+def test_tokenizer_round_trips_known_ids_when_served(triton: Settings, local):
+    """Catches numpy 2 in the stub: it turns [101, 7592, ...] into repeats of the first value."""
+    texts = ["hello world", "向量"]
+    column = np.array([t.encode() for t in texts], dtype=object).reshape(-1, 1)
+    with QmdClient(triton.url()) as client:
+        out = client.infer("qmd_tokenize", {"text": column}, ["input_ids", "attention_mask"])
+    ids, mask = local.encoder.encode(texts)
+    assert out["input_ids"].tolist() == ids.tolist()
+    assert out["attention_mask"].tolist() == mask.tolist()
+    assert len(set(ids[0, :4].tolist())) == 4  # distinct values, so corruption to repeats would show
+
+
+def test_embed_model_answers_token_ids_sent_directly(triton: Settings, local):
+    ids = np.array([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    with QmdClient(triton.url()) as client:
+        got = client.infer("qmd_embed_model", {"input_ids": ids, "attention_mask": mask}, ["embedding"])["embedding"]
+    session = make_session(Path(triton.model_repository) / "qmd_embed_model" / "1" / "model.onnx")
+    want = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_empty_string_embeds_like_in_process(triton: Settings, local):
+    with QmdClient(triton.url()) as client:
+        got = client.embed([""])
+    assert np.abs(got - local([""])).max() < 1e-5
+
+
+def test_one_megabyte_text_is_truncated_to_max_length(triton: Settings, local):
+    big = ("Notes about search engines and 笔记。 " * 40000)[: 1 << 20]
+    truncated = local.encoder._tok.decode(local.encoder.encode([big])[0][0].tolist(), skip_special_tokens=True)
+    with QmdClient(triton.url()) as client:
+        got = client.embed([big])
+    assert np.abs(got - local([big])).max() < 1e-5
+    assert len(truncated) < len(big) // 100
+
+
+def test_invalid_utf8_fails_that_request_only_and_server_stays_ready(triton: Settings):
+    column = np.array([b"fine", b"bad \xff\xfe bytes"], dtype=object).reshape(-1, 1)
+    with QmdClient(triton.url()) as client:
+        with pytest.raises(InferenceError, match=r"text\[1\] is not valid UTF-8 \(byte 0xff at offset 4\)"):
+            client.infer("qmd_embed", {"text": column}, ["embedding"])
+        assert client.is_ready()
+        assert client.embed(["still works"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        (np.ones((1, 4), dtype=np.float32), "data-type|datatype|FP32"),
+        (np.ones((1, 2, 4), dtype=np.int64), "shape|dims"),
+    ],
+    ids=["wrong-dtype", "wrong-shape"],
+)
+def test_embed_model_rejects_wrong_dtype_or_shape_and_stays_ready(triton: Settings, ids, match):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    client = http.InferenceServerClient(triton.http_url)
+    tensors = []
+    for name in ("input_ids", "attention_mask"):
+        t = http.InferInput(name, list(ids.shape), "FP32" if ids.dtype == np.float32 else "INT64")
+        t.set_data_from_numpy(ids)
+        tensors.append(t)
+    with pytest.raises(InferenceServerException, match=match):
+        client.infer("qmd_embed_model", tensors)
+    assert client.is_server_ready()
+
+
+def test_out_of_vocabulary_ids_fail_that_request_with_a_message(triton: Settings):
+    ids = np.array([[101, 10_000_000, 102]], dtype=np.int64)
+    with QmdClient(triton.url()) as client:
+        with pytest.raises(InferenceError, match="qmd_embed_model"):
+            client.infer("qmd_embed_model", {"input_ids": ids, "attention_mask": np.ones_like(ids)}, ["embedding"])
+        assert client.is_ready()
+
+
+def test_concurrent_requests_are_batched_by_the_dynamic_batcher(triton: Settings, local):
+    texts = [f"note number {i} about {'search ' * (i % 7)}" for i in range(48)]
+    with QmdClient(triton.url()) as stats_client:
+        before = _counts(stats_client.statistics("qmd_embed_model"))
+
+    def one(t: str) -> np.ndarray:
+        with QmdClient(triton.url()) as c:
+            return c.embed([t])[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        got = np.stack(list(pool.map(one, texts)))
+    with QmdClient(triton.url()) as stats_client:
+        after = _counts(stats_client.statistics("qmd_embed_model"))
+    assert np.abs(got - local(texts)).max() < 1e-5
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(texts)
+    assert executions < inferences
+
+
+def _counts(stats: dict) -> tuple[int, int]:
+    s = stats["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])

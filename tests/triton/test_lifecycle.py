@@ -1,0 +1,144 @@
+"""`qmdctl up` / `down` / `status` against real tritonserver processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton import server
+from qmd_triton.cli import cli
+from qmd_triton.settings import Settings
+
+from ..conftest import free_ports, make_settings, tritonserver_pids
+
+
+def run(settings: Settings, *args: str):
+    env = {
+        "QMD_HOME": str(settings.home),
+        "QMD_MODEL_REPOSITORY": str(settings.model_repository),
+        "QMD_HTTP_PORT": str(settings.http_port),
+        "QMD_GRPC_PORT": str(settings.grpc_port),
+        "QMD_METRICS_PORT": str(settings.metrics_port),
+    }
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_status_json_lists_every_model_ready(triton: Settings):
+    result = run(triton, "status", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ready"] and data["managed"]
+    assert {m["name"]: m["state"] for m in data["models"]} == {
+        "qmd_embed": "READY",
+        "qmd_embed_model": "READY",
+        "qmd_tokenize": "READY",
+    }
+
+
+def test_up_fails_with_one_line_when_server_already_runs(triton: Settings):
+    before = tritonserver_pids()
+    result = run(triton, "up")
+    assert result.exit_code == 1
+    assert error_line(result).startswith("Error: a qmd-triton server is already running (pid ")
+    assert tritonserver_pids() == before
+    assert server.status(triton).ready
+
+
+def test_up_fails_with_one_line_when_port_is_taken(exported_repo: Path, tmp_path: Path):
+    settings = make_settings(tmp_path, exported_repo)
+    before = tritonserver_pids()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", settings.grpc_port))
+        blocker.listen()
+        result = run(settings, "up")
+    assert result.exit_code == 1
+    assert error_line(result) == (
+        f"Error: port {settings.grpc_port} (grpc) on 127.0.0.1 is already in use; pick another with --grpc-port"
+    )
+    assert tritonserver_pids() == before
+
+
+def test_up_fails_with_one_line_when_artifact_is_missing(copy_repo, tmp_path: Path):
+    repo = copy_repo()
+    (repo / "qmd_tokenize" / "1" / "tokenizer.json").unlink()
+    settings = make_settings(tmp_path / "home", repo)
+    before = tritonserver_pids()
+    result = run(settings, "up")
+    assert result.exit_code == 1
+    assert error_line(result) == (
+        f"Error: {repo}/qmd_tokenize/1/tokenizer.json is missing; run `qmdctl export` to build the models"
+    )
+    assert tritonserver_pids() == before
+
+
+def test_up_shows_server_log_and_leaves_no_process_when_a_model_fails_to_load(copy_repo, tmp_path: Path):
+    repo = copy_repo()
+    onnx = repo / "qmd_embed_model" / "1" / "model.onnx"
+    onnx.unlink()  # it is a hard link to the real export: replace, never write through it
+    onnx.write_bytes(b"this is not an onnx file")
+    settings = make_settings(tmp_path / "home", repo)
+    before = tritonserver_pids()
+    result = run(settings, "up")
+    assert result.exit_code == 1
+    first = error_line(result)
+    assert first.startswith("Error: failed to load 'qmd_embed_model' version 1")
+    assert "onnxruntime could not load the model" in first
+    assert "server log" in result.output and "tritonserver.log" in result.output
+    assert tritonserver_pids() == before
+    assert server.read_state(settings) is None
+
+
+def test_down_stops_only_the_server_it_started(triton: Settings, tmp_path: Path):
+    other = make_settings(tmp_path, triton.model_repository)
+    result = run(other, "down")
+    assert result.exit_code == 1
+    assert error_line(result).startswith("Error: no server started by qmdctl is recorded in")
+    assert server.status(triton).ready
+
+
+def test_up_then_down_leaves_no_process(exported_repo: Path, tmp_path: Path):
+    settings = make_settings(tmp_path, exported_repo)
+    before = tritonserver_pids()
+    assert run(settings, "up").exit_code == 0
+    started = tritonserver_pids() - before
+    assert len(started) >= 3  # the server and one stub per python-backed model
+    assert run(settings, "status").exit_code == 0
+    result = run(settings, "down")
+    assert result.exit_code == 0, result.output
+    assert tritonserver_pids() == before
+    down = run(settings, "status")
+    assert down.exit_code == 1 and "down" in down.stdout
+
+
+def test_embed_fails_with_one_line_when_no_server_answers(tmp_path: Path):
+    http, grpc, metrics = free_ports(3)
+    settings = Settings.load(tmp_path, http_port=http, grpc_port=grpc, metrics_port=metrics)
+    for protocol in ("http", "grpc"):
+        result = run(settings, "embed", "--protocol", protocol, "hello")
+        assert result.exit_code == 1
+        port = http if protocol == "http" else grpc
+        assert error_line(result).startswith(f"Error: no Triton server answers at 127.0.0.1:{port} ({protocol})")
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_embed_cli_prints_one_vector_per_text(triton: Settings, fmt: str):
+    args = ["embed", "hello", "你好"] + (["--json"] if fmt == "json" else [])
+    result = run(triton, *args)
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        rows = json.loads(result.stdout)
+        assert [r["text"] for r in rows] == ["hello", "你好"]
+        assert all(len(r["embedding"]) == 384 for r in rows)
+    else:
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 2 and all(len(line.split()) == 384 for line in lines)

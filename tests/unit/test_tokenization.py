@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qmd_triton.errors import ConfigError, InputError
+from qmd_triton.tokenization import PromptFormats, TextEncoder, bucket_for, decode_text, parse_buckets
+
+
+@pytest.fixture(scope="module")
+def encoder(exported_repo: Path) -> TextEncoder:
+    return TextEncoder.from_dir(exported_repo / "qmd_tokenize" / "1", buckets="16,32,64,128")
+
+
+def test_parse_buckets_adds_max_length_and_drops_larger_when_given_a_spec():
+    assert parse_buckets("64,16,512", 256) == (16, 64, 256)
+
+
+def test_parse_buckets_is_empty_when_spec_is_blank():
+    assert parse_buckets("", 256) == ()
+
+
+def test_parse_buckets_raises_when_spec_is_not_numeric():
+    with pytest.raises(ConfigError, match="comma-separated integers"):
+        parse_buckets("16,abc", 256)
+
+
+def test_bucket_for_picks_smallest_holding_bucket():
+    assert bucket_for(17, (16, 32, 64)) == 32
+    assert bucket_for(16, (16, 32, 64)) == 16
+    assert bucket_for(100, ()) == 100
+
+
+def test_prompt_formats_raise_when_text_placeholder_missing():
+    with pytest.raises(ConfigError, match="query_prompt must contain"):
+        PromptFormats(query="query: ")
+
+
+def test_prompt_formats_wrap_text_by_kind():
+    p = PromptFormats(query="query: {text}", document="passage: {text}")
+    assert p.apply("x", "query") == "query: x"
+    assert p.apply("x", "document") == "passage: x"
+    with pytest.raises(InputError, match="kind must be one of"):
+        p.apply("x", "other")
+
+
+def test_decode_text_names_offset_when_bytes_are_not_utf8():
+    with pytest.raises(InputError, match=r"text\[3\] is not valid UTF-8 \(byte 0xff at offset 2\)"):
+        decode_text(b"ab\xffcd", 3)
+
+
+def test_encode_pads_to_bucket_with_mask_when_texts_differ_in_length(encoder: TextEncoder):
+    ids, mask = encoder.encode(["hello", "a somewhat longer sentence with several more tokens in it"])
+    assert ids.shape == (2, 16) and ids.dtype == np.int64
+    assert mask[0].sum() == 3  # [CLS] hello [SEP]
+    assert (ids[0, 3:] == encoder.pad_id).all()
+
+
+def test_encode_gives_special_tokens_only_when_text_is_empty(encoder: TextEncoder):
+    ids, mask = encoder.encode([""])
+    assert mask.sum() == 2
+
+
+def test_encode_truncates_exactly_when_text_is_one_megabyte(encoder: TextEncoder):
+    text = ("Markdown notes, 笔记与文档。 " * 60000)[: 1 << 20]
+    ids, mask = encoder.encode([text])
+    assert mask.sum() == encoder.max_length
+    # The pre-cut of huge inputs must not change the tokens: compare with the full text.
+    full = encoder._tok.encode(text).ids
+    assert ids[0, : encoder.max_length].tolist() == full
+
+
+def test_encode_handles_chinese_text(encoder: TextEncoder):
+    ids, mask = encoder.encode(["向量搜索"])
+    assert mask.sum() > 2
