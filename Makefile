@@ -28,7 +28,7 @@ models: setup
 quickstart: models
 	@$(QMDCTL) -q status >/dev/null 2>&1 || $(QMDCTL) up
 	$(QMDCTL) status
-	$(QMDCTL) embed --json "How do I search my markdown notes?" "如何搜索我的笔记？" | head -c 600; echo
+	$(QMDCTL) embed "How do I search my markdown notes?" "如何搜索我的笔记？" | cut -c1-90
 	@echo "server is running; stop it with: $(QMDCTL) down" >&2
 
 test: models

@@ -70,6 +70,6 @@ def server_settings(state: State, kwargs: dict[str, Any]) -> Settings:
     return state.settings(**{k: kwargs.pop(k, None) for k in keys})
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+def emit_json(data: Any, indent: int | None = 2) -> None:
+    click.echo(json.dumps(data, indent=indent, ensure_ascii=False, default=str))
 

@@ -34,7 +34,7 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, as_
     with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
         vectors = client.embed(items, kind=kind)
     if as_json:
-        emit_json([{"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(items, vectors)])
+        emit_json([{"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(items, vectors)], None)
         return
     for v in vectors:
         click.echo(" ".join(np.format_float_positional(float(x), precision=7, trim="-") for x in v))
