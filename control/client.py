@@ -9,12 +9,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import contracts
-from .contracts import ATTENTION_MASK, EMBEDDING, INPUT_IDS, KIND, KIND_DOCUMENT, TEXT
+from .contracts import ATTENTION_MASK, EMBEDDING, INPUT_IDS, KIND, KIND_DOCUMENT, OPTIONS, QUERY, RESULTS, TEXT
 from .errors import InferenceError, InputError, ServerUnavailable
 
 
@@ -100,6 +101,17 @@ class QmdClient:
                 out = self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING])
             parts.append(out[EMBEDDING])
         return np.concatenate(parts, axis=0)
+
+    def search(self, model: str, query: str, options: str) -> list[dict]:
+        """Runs a search model (``qmd_search``, ``qmd_vsearch``, ``qmd_query``); returns its hits."""
+        out = self.infer(
+            model,
+            {QUERY: np.array([query.encode("utf-8")], dtype=np.object_),
+             OPTIONS: np.array([options.encode("utf-8")], dtype=np.object_)},
+            [RESULTS],
+        )
+        raw = out[RESULTS].reshape(-1)[0]
+        return json.loads(raw)
 
     def statistics(self, model: str = "") -> dict:
         """Triton's per-model inference statistics as a dict."""

@@ -109,6 +109,12 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
 EMBEDDING = "embedding"
+QUERY = "query"
+OPTIONS = "options"
+RESULTS = "results"
+VEC_QUERIES = "vec_queries"
+VEC_KINDS = "vec_kinds"
+QUERY_EMBEDDINGS = "query_embeddings"
 
 # Values of the tokenizer's ``kind`` input: which prompt format wraps the text.
 KIND_QUERY = "query"
@@ -155,7 +161,51 @@ EMBED = ModelSpec(
     doc="Ensemble: document text -> embedding (qmd_tokenize -> qmd_embed_model).",
 )
 
-MODELS: tuple[ModelSpec, ...] = (TOKENIZE, EMBED_MODEL, EMBED)
+_QUERY_IN = (TensorSpec(QUERY, DataType.STRING, (1,)), TensorSpec(OPTIONS, DataType.STRING, (1,)))
+_RESULTS_OUT = (TensorSpec(RESULTS, DataType.STRING, (1,)),)
+
+PLAN = ModelSpec(
+    name="qmd_plan",
+    kind=ModelKind.PYTHON,
+    inputs=_QUERY_IN,
+    outputs=(
+        TensorSpec(VEC_QUERIES, DataType.STRING, (-1, 1)),
+        TensorSpec(VEC_KINDS, DataType.STRING, (-1, 1)),
+    ),
+    artifacts=("model.py",),
+    doc="Checks query and options; the vector queries (the query itself) for the no-expansion pipelines.",
+)
+
+SEARCH = ModelSpec(
+    name="qmd_search",
+    kind=ModelKind.PYTHON,
+    inputs=_QUERY_IN,
+    outputs=_RESULTS_OUT,
+    artifacts=("model.py",),
+    doc="BM25 full-text search over the index; results as JSON.",
+)
+
+RETRIEVE = ModelSpec(
+    name="qmd_retrieve",
+    kind=ModelKind.PYTHON,
+    inputs=_QUERY_IN + (
+        TensorSpec(VEC_QUERIES, DataType.STRING, (-1, 1)),
+        TensorSpec(QUERY_EMBEDDINGS, DataType.FP32, (-1, -1)),
+    ),
+    outputs=_RESULTS_OUT,
+    artifacts=("model.py",),
+    doc="Exact vector search of the index with the query embeddings; results as JSON.",
+)
+
+VSEARCH = ModelSpec(
+    name="qmd_vsearch",
+    kind=ModelKind.ENSEMBLE,
+    inputs=_QUERY_IN,
+    outputs=_RESULTS_OUT,
+    doc="Ensemble: query -> qmd_plan -> qmd_tokenize (query prompt) -> qmd_embed_model -> qmd_retrieve.",
+)
+
+MODELS: tuple[ModelSpec, ...] = (TOKENIZE, EMBED_MODEL, EMBED, PLAN, SEARCH, RETRIEVE, VSEARCH)
 
 
 def model(name: str) -> ModelSpec:

@@ -37,3 +37,15 @@ class ExportError(QmdError):
 
 class InputError(QmdError):
     """A request's input cannot be used as given (empty, wrong type, ...)."""
+
+
+class IndexMissing(QmdError):
+    """No index exists yet at the configured location."""
+
+
+class IndexCorrupt(QmdError):
+    """The index file is not a readable qmd-triton index."""
+
+
+class FingerprintMismatch(QmdError):
+    """The index was embedded with another model, prompt format or chunking."""

@@ -116,7 +116,7 @@ def assemble_backends(target: Path) -> Path:
     return target
 
 
-def server_environment() -> dict[str, str]:
+def server_environment(settings: Settings | None = None) -> dict[str, str]:
     """PATH led by this venv's bin (the stub finds site-packages through it) and libpython on LD_LIBRARY_PATH."""
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
@@ -126,6 +126,9 @@ def server_environment() -> dict[str, str]:
     bundled = str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, bundled, env.get("LD_LIBRARY_PATH", "")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if settings is not None:
+        # The search models find the index the way the CLI does: through QMD_HOME.
+        env["QMD_HOME"] = str(settings.home.resolve())
     return env
 
 
@@ -257,7 +260,7 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=server_environment(),
+            env=server_environment(settings),
             start_new_session=True,
         )
     state = ServerState(

@@ -65,6 +65,10 @@ class Settings:
         return self.home / "config.toml"
 
     @property
+    def index_path(self) -> Path:
+        return self.home / "index.sqlite"
+
+    @property
     def run_dir(self) -> Path:
         return self.home / "run"
 

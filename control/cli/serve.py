@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from .. import server
+from ..store import IndexStore
 from .common import State, emit_json, pass_state, server_options, server_settings
 
 
@@ -32,18 +33,40 @@ def down(state: State) -> None:
     state.progress(f"stopped tritonserver (pid {info.pid})")
 
 
+def index_status(settings) -> dict | None:
+    """Collections, documents, chunks and the share embedded; None when there is no index yet."""
+    if not settings.index_path.exists():
+        return None
+    with IndexStore.open(settings.index_path) as store:
+        counts = store.counts()
+    counts["path"] = str(settings.index_path)
+    counts["embedded_share"] = round(counts["embedded"] / counts["chunks"], 4) if counts["chunks"] else 0.0
+    return counts
+
+
 @click.command()
 @server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
 def status(state: State, as_json: bool, **kwargs: Any) -> None:
-    """Show whether the server is live and ready, and each model's state."""
+    """Show the index (collections, documents, chunks, share embedded) and the server's state.
+
+    Exits with status 1 when the server is not ready, so scripts can wait on it.
+    """
     settings = server_settings(state, kwargs)
     st = server.status(settings)
+    index = index_status(settings)
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "managed": st.managed,
-                   "pid": st.pid, "log": st.log, "models": st.models})
+                   "pid": st.pid, "log": st.log, "models": st.models, "index": index})
     else:
+        if index is None:
+            click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
+        else:
+            click.echo(f"index   {index['path']}  {index['documents']} documents, {index['chunks']} chunks, "
+                       f"{index['embedded_share']:.0%} embedded")
+            for name, c in sorted(index["collections"].items()):
+                click.echo(f"  {name:<20} {c['documents']:>6} docs {c['chunks']:>7} chunks {c['embedded']:>7} embedded")
         who = f"started by qmdctl, pid {st.pid}" if st.managed else "not started by qmdctl"
         health = "ready" if st.ready else ("live, not ready" if st.live else "down")
         click.echo(f"server  {st.url}  {health}" + (f"  ({who})" if st.live else ""))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -39,6 +41,20 @@ def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"parameter {key} must be an integer, got {raw!r}") from None
+
+
+def index_path(config: dict[str, Any]) -> Path:
+    """The ``index_path`` parameter with ``$VARS`` expanded; empty means the user's default index.
+
+    The default follows ``QMD_HOME`` like the CLI does, so ``qmdctl up --home X``
+    (which exports ``QMD_HOME=X`` to the server) serves the index of X.
+    """
+    raw = parameter(config, "index_path", "")
+    if raw:
+        return Path(os.path.expandvars(raw)).expanduser()
+    from ..settings import default_home
+
+    return default_home() / "index.sqlite"
 
 
 def output_dtype(config: dict[str, Any], name: str) -> type:

@@ -1,0 +1,60 @@
+"""Text analysis shared by the index and the queries: CJK bigrams for SQLite FTS5.
+
+SQLite's ``unicode61`` tokenizer keeps a run of Chinese characters as one token,
+so "向量搜索" would only match that exact run. Before indexing and querying, every
+run of CJK characters is rewritten as overlapping bigrams ("向量 量搜 搜索"), the
+scheme Lucene's CJK analyzer uses; Latin text passes through to ``porter
+unicode61`` (stemming, case and diacritics folding).
+
+Example:
+    >>> for_index("BM25 与向量搜索")
+    'BM25 与 向量 量搜 搜索'
+    >>> query_terms("What is 向量搜索?")
+    ['what', 'is', '向量', '量搜', '搜索']
+"""
+
+from __future__ import annotations
+
+import re
+
+_CJK = (
+    "\u3040-\u30ff"  # Hiragana, Katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Han
+    "\uac00-\ud7af"  # Hangul syllables
+)
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_TERM = re.compile(rf"[{_CJK}]+|[^\W_]+", re.UNICODE)
+MAX_QUERY_TERMS = 64
+
+
+def cjk_bigrams(run: str) -> list[str]:
+    if len(run) == 1:
+        return [run]
+    return [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def for_index(text: str) -> str:
+    """Text as stored in the FTS table: CJK runs become space-separated bigrams."""
+    return _CJK_RUN.sub(lambda m: " " + " ".join(cjk_bigrams(m.group(0))) + " ", text)
+
+
+def query_terms(query: str, limit: int = MAX_QUERY_TERMS) -> list[str]:
+    """Distinct lower-cased terms of a query, CJK runs as bigrams, first ``limit`` kept."""
+    seen: dict[str, None] = {}
+    for m in _TERM.finditer(query):
+        token = m.group(0)
+        parts = cjk_bigrams(token) if _CJK_RUN.fullmatch(token) else [token.lower()]
+        for p in parts:
+            seen.setdefault(p, None)
+            if len(seen) >= limit:
+                return list(seen)
+    return list(seen)
+
+
+def fts_match(terms: list[str]) -> str:
+    """An FTS5 MATCH expression: any of the terms (BM25 ranks by how many and how rare)."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK_RUN.search(text) is not None

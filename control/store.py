@@ -1,0 +1,405 @@
+"""The index: one SQLite file with documents, content, chunks, FTS5 and vectors.
+
+Writers change the index inside one transaction per operation (WAL mode), so a
+reader — the CLI or the server's ``qmd_search`` / ``qmd_retrieve`` — sees either
+the state before an update or after it, never half of it. Content is stored once
+per hash; chunks and vectors hang off the content hash, so identical files share
+them and a rename costs nothing to re-embed.
+
+Example:
+    >>> store = IndexStore.open(Path("~/.local/share/qmd-triton/index.sqlite").expanduser())
+    >>> store.counts()["documents"]
+    42
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .analysis import fts_match, for_index
+from .errors import IndexCorrupt, IndexMissing
+
+SCHEMA_VERSION = 1
+INDEX_FILE = "index.sqlite"
+FINGERPRINT_KEY = "embedding_fingerprint"
+# Column weights of bm25(fts, title, body): a title match counts this many body matches.
+TITLE_WEIGHT = 2.0
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE content (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE documents (
+  id INTEGER PRIMARY KEY,
+  collection TEXT NOT NULL,
+  path TEXT NOT NULL,
+  title TEXT NOT NULL,
+  hash TEXT NOT NULL REFERENCES content(hash),
+  size INTEGER NOT NULL,
+  mtime_ns INTEGER NOT NULL,
+  indexed_at REAL NOT NULL,
+  UNIQUE (collection, path)
+);
+CREATE INDEX documents_hash ON documents(hash);
+CREATE TABLE chunked (hash TEXT PRIMARY KEY REFERENCES content(hash) ON DELETE CASCADE);
+CREATE TABLE chunks (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL REFERENCES content(hash) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  start_line INTEGER NOT NULL,
+  end_line INTEGER NOT NULL,
+  tokens INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  UNIQUE (hash, seq)
+);
+CREATE TABLE vectors (
+  chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+  vec BLOB NOT NULL
+);
+CREATE VIRTUAL TABLE fts USING fts5(title, body, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+
+
+@dataclass(frozen=True)
+class DocRow:
+    id: int
+    collection: str
+    path: str
+    title: str
+    hash: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def docid(self) -> str:
+        return docid_of(self.hash)
+
+    @property
+    def display_path(self) -> str:
+        return f"{self.collection}/{self.path}"
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    hash: str
+    seq: int
+    start_line: int
+    end_line: int
+    tokens: int
+    text: str
+
+
+def docid_of(content_hash: str) -> str:
+    """The short id users type: the first 6 hex digits of the content hash."""
+    return content_hash[:6]
+
+
+class IndexStore:
+    """A connection to one index file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> "IndexStore":
+        """Opens an index; ``create`` makes a new one when the file does not exist."""
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise IndexMissing(f"no index at {path}; add a collection and run `qmdctl update`")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            else:
+                conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            store = cls(conn, path)
+            if not readonly and _is_empty(conn):
+                store._create()
+            store._check()
+        except sqlite3.DatabaseError as e:
+            raise IndexCorrupt(
+                f"{path} is not a readable qmd-triton index ({e}); move it aside and run `qmdctl update` to rebuild"
+            ) from None
+        return store
+
+    def _create(self) -> None:
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        # One script, one transaction: a crash mid-creation leaves an empty file, not half a schema.
+        self.conn.executescript(
+            "BEGIN IMMEDIATE;\n" + _SCHEMA
+            + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');\n"
+            + f"INSERT INTO meta VALUES ('created_at', '{time.time()}');\nCOMMIT;"
+        )
+
+    def _check(self) -> None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            raise IndexCorrupt(f"{self.path} is a SQLite file but not a qmd-triton index") from None
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = row[0] if row else "none"
+            raise IndexCorrupt(f"{self.path} has index schema {found}; this qmdctl reads schema {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls everything back."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (how servers notice a re-index)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- meta ------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                          (key, value))
+
+    def fingerprint(self) -> dict | None:
+        raw = self.meta(FINGERPRINT_KEY)
+        return json.loads(raw) if raw else None
+
+    # -- documents -------------------------------------------------------------------
+
+    def documents(self, collection: str | None = None) -> list[DocRow]:
+        sql = "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents"
+        args: tuple = ()
+        if collection is not None:
+            sql += " WHERE collection = ?"
+            args = (collection,)
+        return [DocRow(*r) for r in self.conn.execute(sql + " ORDER BY collection, path", args)]
+
+    def document(self, collection: str, path: str) -> DocRow | None:
+        r = self.conn.execute(
+            "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE collection = ? AND path = ?",
+            (collection, path),
+        ).fetchone()
+        return DocRow(*r) if r else None
+
+    def documents_by_docid(self, docid: str) -> list[DocRow]:
+        prefix = docid.lower().lstrip("#")
+        rows = self.conn.execute(
+            "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents "
+            "WHERE hash >= ? AND hash < ? ORDER BY collection, path",
+            (prefix, prefix + "g"),
+        )
+        return [DocRow(*r) for r in rows]
+
+    def documents_by_id(self, ids: Sequence[int]) -> dict[int, DocRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(
+            f"SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE id IN ({marks})", list(ids)
+        )
+        return {r[0]: DocRow(*r) for r in rows}
+
+    def documents_by_hash(self, hashes: Sequence[str], collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
+        if not hashes:
+            return {}
+        marks = ",".join("?" * len(hashes))
+        sql = f"SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE hash IN ({marks})"
+        args = list(hashes)
+        if collections:
+            sql += f" AND collection IN ({','.join('?' * len(collections))})"
+            args += list(collections)
+        out: dict[str, list[DocRow]] = {}
+        for r in self.conn.execute(sql + " ORDER BY collection, path", args):
+            out.setdefault(r[4], []).append(DocRow(*r))
+        return out
+
+    def body(self, content_hash: str) -> str:
+        row = self.conn.execute("SELECT body FROM content WHERE hash = ?", (content_hash,)).fetchone()
+        if row is None:
+            raise IndexCorrupt(f"{self.path}: content {content_hash[:12]} is missing")
+        return row[0]
+
+    def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
+                        size: int, mtime_ns: int) -> int:
+        """Inserts or replaces one document; call inside a transaction."""
+        c = self.conn
+        c.execute("INSERT OR IGNORE INTO content (hash, body) VALUES (?, ?)", (content_hash, body))
+        existing = c.execute("SELECT id FROM documents WHERE collection = ? AND path = ?", (collection, path)).fetchone()
+        now = time.time()
+        if existing:
+            doc_id = int(existing[0])
+            c.execute(
+                "UPDATE documents SET title = ?, hash = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
+                (title, content_hash, size, mtime_ns, now, doc_id),
+            )
+            c.execute("DELETE FROM fts WHERE rowid = ?", (doc_id,))
+        else:
+            cur = c.execute(
+                "INSERT INTO documents (collection, path, title, hash, size, mtime_ns, indexed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (collection, path, title, content_hash, size, mtime_ns, now),
+            )
+            doc_id = int(cur.lastrowid)
+        c.execute("INSERT INTO fts (rowid, title, body) VALUES (?, ?, ?)", (doc_id, for_index(title), for_index(body)))
+        return doc_id
+
+    def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
+        self.conn.execute("UPDATE documents SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, doc_id))
+
+    def delete_documents(self, ids: Iterable[int]) -> int:
+        n = 0
+        for doc_id in ids:
+            self.conn.execute("DELETE FROM fts WHERE rowid = ?", (doc_id,))
+            n += self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount
+        return n
+
+    def delete_collection(self, collection: str) -> int:
+        return self.delete_documents([d.id for d in self.documents(collection)])
+
+    def rename_collection(self, old: str, new: str) -> None:
+        self.conn.execute("UPDATE documents SET collection = ? WHERE collection = ?", (new, old))
+
+    def collect_garbage(self) -> int:
+        """Drops content (with its chunks and vectors) that no document uses any more."""
+        return self.conn.execute(
+            "DELETE FROM content WHERE hash NOT IN (SELECT DISTINCT hash FROM documents)"
+        ).rowcount
+
+    # -- BM25 ------------------------------------------------------------------------
+
+    def bm25(self, terms: list[str], limit: int, collections: Sequence[str] | None = None) -> list[tuple[DocRow, float]]:
+        """Documents matching any term, best first, with SQLite's bm25 score (lower is better)."""
+        if not terms:
+            return []
+        sql = (
+            "SELECT d.id, d.collection, d.path, d.title, d.hash, d.size, d.mtime_ns, "
+            f"bm25(fts, {TITLE_WEIGHT}, 1.0) AS score "
+            "FROM fts JOIN documents d ON d.id = fts.rowid WHERE fts MATCH ?"
+        )
+        args: list[Any] = [fts_match(terms)]
+        if collections:
+            sql += f" AND d.collection IN ({','.join('?' * len(collections))})"
+            args += list(collections)
+        sql += " ORDER BY score LIMIT ?"
+        args.append(limit)
+        return [(DocRow(*r[:7]), float(r[7])) for r in self.conn.execute(sql, args)]
+
+    # -- chunks and vectors ----------------------------------------------------------
+
+    def unchunked_hashes(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT d.hash FROM documents d LEFT JOIN chunked c ON c.hash = d.hash WHERE c.hash IS NULL"
+        )]
+
+    def add_chunks(self, content_hash: str, chunks: Sequence[Any]) -> None:
+        """Stores a content hash's chunks (objects with seq, start_line, end_line, tokens, text)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO chunks (hash, seq, start_line, end_line, tokens, text) VALUES (?, ?, ?, ?, ?, ?)",
+            [(content_hash, c.seq, c.start_line, c.end_line, c.tokens, c.text) for c in chunks],
+        )
+        self.conn.execute("INSERT OR IGNORE INTO chunked (hash) VALUES (?)", (content_hash,))
+
+    def pending_chunks(self) -> list[ChunkRow]:
+        """Chunks of documents in the index that have no vector yet."""
+        rows = self.conn.execute(
+            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text FROM chunks c "
+            "LEFT JOIN vectors v ON v.chunk_id = c.id WHERE v.chunk_id IS NULL "
+            "AND c.hash IN (SELECT hash FROM documents)"
+        )
+        return [ChunkRow(*r) for r in rows]
+
+    def add_vectors(self, items: Sequence[tuple[int, np.ndarray]]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors (chunk_id, vec) VALUES (?, ?)",
+            [(cid, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for cid, v in items],
+        )
+
+    def clear_embeddings(self) -> None:
+        """Forgets every chunk and vector (a new model or chunking needs them all again)."""
+        self.conn.execute("DELETE FROM vectors")
+        self.conn.execute("DELETE FROM chunks")
+        self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT_KEY,))
+
+    def load_vectors(self) -> tuple[np.ndarray, list[ChunkRow]]:
+        """Every stored vector as a float32 matrix, with the chunk each row belongs to."""
+        rows = self.conn.execute(
+            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, v.vec "
+            "FROM vectors v JOIN chunks c ON c.id = v.chunk_id ORDER BY c.id"
+        ).fetchall()
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32), []
+        matrix = np.stack([np.frombuffer(r[7], dtype=np.float32) for r in rows])
+        return matrix, [ChunkRow(*r[:7]) for r in rows]
+
+    def chunks_of(self, content_hash: str) -> list[ChunkRow]:
+        return [ChunkRow(*r) for r in self.conn.execute(
+            "SELECT id, hash, seq, start_line, end_line, tokens, text FROM chunks WHERE hash = ? ORDER BY seq",
+            (content_hash,),
+        )]
+
+    # -- status ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        c = self.conn
+        per = {}
+        for name, docs, chunks, embedded in c.execute(
+            "SELECT d.collection, COUNT(DISTINCT d.id), "
+            "(SELECT COUNT(*) FROM chunks k WHERE k.hash IN (SELECT hash FROM documents WHERE collection = d.collection)), "
+            "(SELECT COUNT(*) FROM chunks k JOIN vectors v ON v.chunk_id = k.id "
+            " WHERE k.hash IN (SELECT hash FROM documents WHERE collection = d.collection)) "
+            "FROM documents d GROUP BY d.collection"
+        ):
+            per[name] = {"documents": docs, "chunks": chunks, "embedded": embedded}
+        unchunked = c.execute(
+            "SELECT COUNT(DISTINCT d.hash) FROM documents d LEFT JOIN chunked k ON k.hash = d.hash WHERE k.hash IS NULL"
+        ).fetchone()[0]
+        chunks = c.execute("SELECT COUNT(*) FROM chunks WHERE hash IN (SELECT hash FROM documents)").fetchone()[0]
+        embedded = c.execute(
+            "SELECT COUNT(*) FROM vectors v JOIN chunks k ON k.id = v.chunk_id WHERE k.hash IN (SELECT hash FROM documents)"
+        ).fetchone()[0]
+        last = c.execute("SELECT MAX(indexed_at) FROM documents").fetchone()[0]
+        return {
+            "documents": c.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+            "chunks": chunks,
+            "embedded": embedded,
+            "unchunked_documents": unchunked,
+            "collections": per,
+            "last_update": last,
+            "fingerprint": self.fingerprint(),
+            "bytes": os.path.getsize(self.path) if self.path.exists() else 0,
+        }
+
+
+def _is_empty(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
