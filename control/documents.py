@@ -83,10 +83,12 @@ def line_range(body: str, start: int | None, count: int | None) -> tuple[int, st
     if start is None:
         return 1, body
     lines = body.split("\n")
+    if body.endswith("\n"):
+        lines.pop()  # the newline ends the last line; it does not start another
     if start > len(lines):
         raise InputError(f"line {start} is past the end of the document ({len(lines)} lines)")
     end = len(lines) if count is None else start - 1 + count
-    return start, "\n".join(lines[start - 1 : end])
+    return start, "\n".join(lines[start - 1 : end]) + "\n"
 
 
 def select(store: IndexStore, pattern: str) -> list[DocRow]:

@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from .common import QmdGroup, State
 from .embed import embed
+from .evaluate import evaluate
 from .export import export
 from .index import collection, update_cmd
 from .search import get, ls, multi_get, search, vsearch
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, get, multi_get, ls):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, get, multi_get, ls, evaluate):
     cli.add_command(command)
 
 

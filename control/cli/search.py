@@ -97,8 +97,8 @@ def get(state: State, ref: str, count: int | None, start: int | None, line_numbe
                    "text": text})
         return
     if line_numbers:
-        text = "\n".join(f"{first_line + i:>5}  {ln}" for i, ln in enumerate(text.split("\n")))
-    click.echo(text)
+        text = "".join(f"{first_line + i:>5}  {ln}\n" for i, ln in enumerate(text.splitlines()))
+    click.echo(text, nl=False)
 
 
 @click.command("multi-get")

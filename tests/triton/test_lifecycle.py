@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qmd_triton import server
+from qmd_triton import contracts, server
 from qmd_triton.cli import cli
 from qmd_triton.settings import Settings
 
@@ -38,11 +38,7 @@ def test_status_json_lists_every_model_ready(triton: Settings):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["ready"] and data["managed"]
-    assert {m["name"]: m["state"] for m in data["models"]} == {
-        "qmd_embed": "READY",
-        "qmd_embed_model": "READY",
-        "qmd_tokenize": "READY",
-    }
+    assert {m["name"]: m["state"] for m in data["models"]} == {m.name: "READY" for m in contracts.MODELS}
 
 
 def test_up_fails_with_one_line_when_server_already_runs(triton: Settings):

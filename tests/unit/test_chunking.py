@@ -1,0 +1,108 @@
+"""Markdown reading, titles, blocks and token-based chunking on real markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qmd_triton.chunking import chunk_markdown, chunk_size_for
+from qmd_triton.indexer import _counter, embedding_setup
+from qmd_triton.markdown import SkippedFile, blocks, read_document, title_of
+
+from ..conftest import ASSETS
+
+NOTES = ASSETS / "notes"
+
+
+@pytest.fixture(scope="module")
+def count(exported_repo: Path):
+    return _counter(embedding_setup(exported_repo).encoder)
+
+
+def long_markdown() -> str:
+    parts = ["# Operating notes", ""]
+    for s in range(8):
+        parts += [f"## Section {s}", ""]
+        for p in range(4):
+            parts += [
+                f"Paragraph {p} of section {s} explains how the index keeps documents, chunks and vectors "
+                "in one SQLite file, and why a reader never sees half of an update. " * 2,
+                "",
+            ]
+        if s == 3:
+            parts += ["```python"] + [f"value_{i} = compute({i}, retries=3)  # step {i}" for i in range(60)] + ["```", ""]
+        if s == 5:
+            parts += ["混合检索把关键词检索与向量检索的结果合并，再由交叉编码器重排，得到最终的排序结果。" * 6, ""]
+    return "\n".join(parts)
+
+
+def test_title_prefers_frontmatter_then_h1_then_fallback():
+    assert title_of((NOTES / "guide" / "batching.md").read_text(), "x") == "Dynamic batching on Triton"
+    assert title_of("## Sub\n\n# Main\n", "x") == "Main"
+    assert title_of("## Only a sub heading\n", "x") == "Only a sub heading"
+    assert title_of("```\n# not a heading\n```\nplain", "fallback") == "fallback"
+
+
+def test_blocks_keep_a_code_fence_whole_with_blank_lines_inside():
+    text = "intro\n\n```\nline one\n\nline three\n```\n\nafter"
+    kinds = [(b.kind, b.start_line, b.end_line) for b in blocks(text)]
+    assert kinds == [("paragraph", 1, 1), ("code", 3, 7), ("paragraph", 9, 9)]
+
+
+def test_read_document_skips_binary_and_non_utf8(tmp_path: Path):
+    (tmp_path / "img.md").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (tmp_path / "latin.md").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(SkippedFile, match="binary file"):
+        read_document(tmp_path / "img.md")
+    with pytest.raises(SkippedFile, match=r"not UTF-8 \(byte 0xe9 at offset 3\)"):
+        read_document(tmp_path / "latin.md")
+    with pytest.raises(SkippedFile, match="removed while indexing"):
+        read_document(tmp_path / "gone.md")
+
+
+def test_chunk_size_is_capped_by_the_model_window():
+    assert chunk_size_for(8192) == 900
+    assert chunk_size_for(256) == 254
+
+
+def test_chunks_respect_size_keep_code_whole_and_track_lines(count):
+    text = long_markdown()
+    chunks = chunk_markdown(text, count, max_tokens=200)
+    assert len(chunks) > 5
+    code = next(b.text for b in blocks(text) if b.kind == "code")
+    holders = [c for c in chunks if "value_0 = compute" in c.text]
+    assert len(holders) == 1 and code in holders[0].text  # the fence is never split
+    lines = text.split("\n")
+    for c in chunks:
+        if code not in c.text:
+            assert count([c.text])[0] <= 200 + 4
+        assert lines[c.start_line - 1].strip() and c.text.startswith(lines[c.start_line - 1].strip()[:20])
+    assert any("混合检索" in c.text for c in chunks)
+
+
+def test_consecutive_chunks_overlap_within_a_section(count):
+    paragraph = "The index keeps documents, chunks and vectors in one SQLite file."
+    text = "# One section\n\n" + "\n\n".join(f"{paragraph} Note {i}." for i in range(40))
+    chunks = chunk_markdown(text, count, max_tokens=120)
+    assert len(chunks) >= 3
+    for a, b in zip(chunks, chunks[1:]):
+        last_of_a = a.text.split("\n\n")[-1]
+        assert b.text.startswith(last_of_a)
+        assert b.start_line <= a.end_line
+
+
+def test_a_new_section_starts_a_new_chunk_once_half_full(count):
+    long_body = "Words about indexing and search quality. " * 16
+    text = f"# A\n\n{long_body}\n\n# B\n\nA short closing section."
+    assert count([text])[0] < 200  # everything would fit one chunk without the section rule
+    chunks = chunk_markdown(text, count, max_tokens=200)
+    assert [c.text.split("\n")[0] for c in chunks] == ["# A", "# B"]
+
+
+def test_a_huge_paragraph_is_split_at_sentences(count):
+    text = " ".join(f"Sentence number {i} talks about vectors." for i in range(200))
+    chunks = chunk_markdown(text, count, max_tokens=100)
+    assert len(chunks) > 5
+    assert all(count([c.text])[0] <= 104 for c in chunks)
+    assert chunks[0].text.startswith("Sentence number 0")

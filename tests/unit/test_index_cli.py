@@ -1,0 +1,255 @@
+"""Collections, update, search, get, multi-get, ls and their errors, through the CLI (no server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton import indexer
+from qmd_triton.cli import cli
+from qmd_triton.store import IndexStore
+
+from ..conftest import ASSETS
+
+
+class Qmd:
+    """Runs qmdctl with its own QMD_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def __call__(self, *args: str, ok: bool = True):
+        result = CliRunner().invoke(cli, list(args), env={"QMD_HOME": str(self.home)}, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    def error(self, *args: str) -> str:
+        result = self(*args, ok=False)
+        assert result.exit_code == 1, result.output
+        lines = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+        assert len(lines) == 1, result.output
+        return lines[0]
+
+    def counts(self) -> dict:
+        with IndexStore.open(self.home / "index.sqlite") as store:
+            return store.counts()
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    target = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", target)
+    return target
+
+
+@pytest.fixture
+def qmd(tmp_path: Path, notes: Path) -> Qmd:
+    q = Qmd(tmp_path / "home")
+    q("collection", "add", str(notes), "--name", "notes")
+    q("update")
+    return q
+
+
+def test_collection_add_list_rename_remove(tmp_path: Path, notes: Path):
+    q = Qmd(tmp_path / "home")
+    q("collection", "add", str(notes), "--name", "notes", "--mask", "guide/*.md")
+    rows = json.loads(q("collection", "list", "--json").stdout)
+    assert rows == [{"name": "notes", "path": str(notes), "masks": ["guide/*.md"], "ignore": [], "documents": 0}]
+    q("update")
+    q("collection", "rename", "notes", "kb")
+    assert [r["name"] for r in json.loads(q("collection", "list", "--json").stdout)] == ["kb"]
+    assert json.loads(q("search", "batcher", "--json").stdout)[0]["file"] == "kb/guide/batching.md"
+    assert q.error("collection", "rename", "kb", "bad name!").startswith("Error: collection name 'bad name!' must be")
+    q("collection", "remove", "kb")
+    assert q.counts()["documents"] == 0
+    assert json.loads(q("collection", "list", "--json").stdout) == []
+
+
+def test_collection_add_fails_when_path_does_not_exist(tmp_path: Path):
+    q = Qmd(tmp_path / "home")
+    assert q.error("collection", "add", str(tmp_path / "nope"), "--name", "x") == (
+        f"Error: collection path {tmp_path / 'nope'} does not exist"
+    )
+
+
+def test_update_reports_added_changed_removed_and_skips_binary_files(qmd: Qmd, notes: Path):
+    assert qmd.counts()["documents"] == 4
+    (notes / "recipes.md").write_text("# Sourdough bread\n\nNow with rye flour and caraway.\n")
+    (notes / "guide" / "operations.md").unlink()
+    (notes / "new.md").write_text("# New note\n\nFresh content.\n")
+    (notes / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0")
+    (notes / "latin1.md").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    result = qmd("update", "--json")
+    report = json.loads(result.stdout)
+    assert (report["added"], report["changed"], report["removed"]) == (1, 1, 1)
+    assert sorted(report["skipped"]) == ["notes/image.md", "notes/latin1.md"]
+    assert "Warning: skipped notes/image.md: binary file" in result.stderr
+    assert "Warning: skipped notes/latin1.md: not UTF-8 (byte 0xe9 at offset 3)" in result.stderr
+    assert qmd.counts()["documents"] == 4
+    assert json.loads(qmd("search", "caraway", "--json").stdout)[0]["file"] == "notes/recipes.md"
+    assert json.loads(qmd("search", "gRPC ports", "--json").stdout) == []
+
+
+def test_update_survives_a_file_removed_between_scan_and_read(qmd: Qmd, notes: Path, monkeypatch):
+    victim = notes / "recipes.md"
+    victim.write_text("# Sourdough bread\n\nchanged so that it must be read again\n")
+    real = indexer.read_document
+
+    def vanish_then_read(path: Path):
+        if path == victim:
+            victim.unlink()
+        return real(path)
+
+    monkeypatch.setattr(indexer, "read_document", vanish_then_read)
+    result = qmd("update", "--json")
+    assert "Warning: skipped notes/recipes.md: removed while indexing" in result.stderr
+    assert json.loads(result.stdout)["removed"] == 1
+    assert qmd.counts()["documents"] == 3
+
+
+def test_a_failing_update_changes_nothing(qmd: Qmd, notes: Path, monkeypatch):
+    before = qmd.counts()
+    for i in range(5):
+        (notes / f"extra{i}.md").write_text(f"# Extra {i}\n\nzyxquark{i}\n")
+    calls = {"n": 0}
+    real = IndexStore.upsert_document
+
+    def fail_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk went away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(IndexStore, "upsert_document", fail_on_third)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        qmd("update", ok=False)
+    monkeypatch.undo()
+    assert qmd.counts()["documents"] == before["documents"]
+    assert json.loads(qmd("search", "zyxquark0", "--json").stdout) == []
+
+
+def test_search_finds_chinese_document_with_chinese_query(qmd: Qmd):
+    hits = json.loads(qmd("search", "向量检索", "--json").stdout)
+    assert hits[0]["file"] == "notes/zh/向量检索.md"
+    assert hits[0]["title"] == "向量检索入门"
+    hits = json.loads(qmd("search", "交叉编码器重排", "--json").stdout)
+    assert hits[0]["file"] == "notes/zh/向量检索.md" and "交叉编码器" in hits[0]["snippet"]
+
+
+def test_search_ranks_the_matching_english_document_first(qmd: Qmd):
+    hits = json.loads(qmd("search", "merge requests into one batch", "-n", "2", "--json").stdout)
+    assert hits[0]["file"] == "notes/guide/batching.md"
+    assert hits[0]["title"] == "Dynamic batching on Triton"
+    assert len(hits) <= 2 and 0 < hits[0]["score"] <= 1
+
+
+def test_search_filters_by_collection_and_min_score(qmd: Qmd, tmp_path: Path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "batch.md").write_text("# Batch cooking\n\nCook one big batch of rice for the week.\n")
+    qmd("collection", "add", str(other), "--name", "kitchen")
+    qmd("update")
+    files = [h["file"] for h in json.loads(qmd("search", "batch", "-c", "kitchen", "--json").stdout)]
+    assert files == ["kitchen/batch.md"]
+    assert json.loads(qmd("search", "batch", "--min-score", "1.0", "--json").stdout) == []
+    assert qmd.error("search", "batch", "-c", "nope") == "Error: unknown collection 'nope' (known: kitchen, notes)"
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("", "Error: query is empty"),
+        ("   ", "Error: query is empty"),
+        ("x" * (1 << 20), "Error: query is 1048576 bytes; the limit is 16384"),
+    ],
+    ids=["empty", "blank", "1MB"],
+)
+def test_search_rejects_bad_queries_and_leaves_the_index_intact(qmd: Qmd, query: str, message: str):
+    before = qmd.counts()
+    assert qmd.error("search", query) == message
+    assert qmd.counts() == before
+
+
+def test_search_rejects_zero_results(qmd: Qmd):
+    assert qmd.error("search", "batch", "-n", "0") == "Error: n must be a positive integer, got 0"
+
+
+def test_output_formats_parse(qmd: Qmd):
+    query = ["search", "dynamic batching", "-n", "3"]
+    rows = list(csv.DictReader(io.StringIO(qmd(*query, "--format", "csv").stdout)))
+    assert rows[0]["file"] == "notes/guide/batching.md" and rows[0]["docid"].startswith("#")
+    root = ET.fromstring(qmd(*query, "--format", "xml").stdout)
+    assert root[0].get("file") == "notes/guide/batching.md"
+    assert qmd(*query, "--format", "files").stdout.splitlines()[0] == "notes/guide/batching.md"
+    assert "**Dynamic batching on Triton**" in qmd(*query, "--format", "md").stdout
+    assert "notes/guide/batching.md:" in qmd(*query).stdout
+    full = json.loads(qmd(*query, "--full", "--json").stdout)[0]
+    assert full["body"].startswith("---\ntitle: Dynamic batching on Triton")
+    numbered = qmd(*query, "--line-numbers").stdout
+    assert f"{full['line']:>5}  " in numbered
+
+
+def test_get_by_path_docid_and_line_range(qmd: Qmd, notes: Path):
+    by_path = qmd("get", "notes/recipes.md").stdout
+    assert by_path.startswith("# Sourdough bread")
+    docid = json.loads(qmd("get", "notes/recipes.md", "--json").stdout)["docid"]
+    assert qmd("get", docid).stdout == by_path
+    assert qmd("get", str(notes / "recipes.md")).stdout == by_path
+    assert qmd("get", "notes/recipes.md:3:2").stdout == (
+        "Feed the starter the night before. Mix flour, water and salt, then fold the dough\n"
+        "every half hour for two hours.\n"
+    )
+    assert qmd("get", "notes/recipes.md:6", "--line-numbers").stdout.startswith("    6  ## Baking")
+
+
+def test_get_fails_with_one_line_for_paths_outside_collections(qmd: Qmd, tmp_path: Path):
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("# Not indexed\n")
+    assert qmd.error("get", str(outside)).startswith(f"Error: {outside} is not inside any collection (collections: notes")
+    assert qmd.error("get", "#ffffff") == "Error: no document with docid #ffffff"
+    assert qmd.error("get", "notes/recipes.md:99") == "Error: line 99 is past the end of the document (9 lines)"
+
+
+def test_multi_get_by_glob_and_list_with_max_bytes(qmd: Qmd):
+    docs = json.loads(qmd("multi-get", "notes/guide/*.md", "--json").stdout)
+    assert [d["file"] for d in docs] == ["notes/guide/batching.md", "notes/guide/operations.md"]
+    result = qmd("multi-get", "notes/guide/batching.md,notes/guide/operations.md", "--max-bytes", "300")
+    assert "==> notes/guide/operations.md" in result.stdout
+    assert "skipped notes/guide/batching.md: 734 bytes > --max-bytes 300" in result.stderr
+
+
+def test_ls_lists_collections_and_files(qmd: Qmd):
+    assert qmd("ls").stdout.startswith("notes/  4 documents")
+    listed = qmd("ls", "notes/guide").stdout.splitlines()
+    assert [ln.split()[0] for ln in listed] == ["notes/guide/batching.md", "notes/guide/operations.md"]
+
+
+def test_corrupt_index_gives_one_line_and_is_left_alone(qmd: Qmd):
+    index = qmd.home / "index.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(str(index) + suffix).unlink(missing_ok=True)
+    index.write_bytes(b"definitely not sqlite" * 100)
+    message = qmd.error("search", "batch")
+    assert message.startswith(f"Error: {index} is not a readable qmd-triton index")
+    assert index.read_bytes() == b"definitely not sqlite" * 100
+
+
+def test_missing_index_says_how_to_make_one(tmp_path: Path):
+    q = Qmd(tmp_path / "home")
+    assert q.error("search", "x").startswith("Error: no index at")
+
+
+def test_status_shows_index_counts_without_server(qmd: Qmd):
+    result = qmd("status", "--json", "--http-port", "1", ok=False)
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ready"] is False
+    assert data["index"]["documents"] == 4 and data["index"]["collections"]["notes"]["documents"] == 4
