@@ -1,4 +1,5 @@
-# qmd-triton: `make quickstart` sets everything up and answers a query; `make test` runs the tests.
+# qmd-triton: `make quickstart` sets everything up, indexes docs/ and answers a search and a vsearch;
+# `make test` runs the tests.
 # Both are idempotent: a second run reuses the venv, the exported models and a running server.
 
 PYTHON ?= python3
@@ -27,8 +28,11 @@ models: setup
 
 quickstart: models
 	@$(QMDCTL) -q status >/dev/null 2>&1 || $(QMDCTL) up
-	$(QMDCTL) status
-	$(QMDCTL) embed "How do I search my markdown notes?" "如何搜索我的笔记？" | cut -c1-90
+	@$(QMDCTL) collection list | grep -q '^qmd-docs ' || $(QMDCTL) collection add docs --name qmd-docs
+	$(QMDCTL) update
+	$(QMDCTL) embed
+	$(QMDCTL) search "dynamic batching" -n 3
+	$(QMDCTL) vsearch "how do I stop the server" -n 3
 	@echo "server is running; stop it with: $(QMDCTL) down" >&2
 
 test: models
