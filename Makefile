@@ -27,7 +27,7 @@ models: setup
 	$(QMDCTL) export
 
 quickstart: models
-	@$(QMDCTL) -q status >/dev/null 2>&1 || $(QMDCTL) up
+	@$(QMDCTL) status --json 2>/dev/null | grep -q '"managed": true' || $(QMDCTL) up
 	@$(QMDCTL) collection list | grep -q '^qmd-docs ' || $(QMDCTL) collection add docs --name qmd-docs
 	$(QMDCTL) update
 	$(QMDCTL) embed

@@ -136,6 +136,10 @@ def ensure_server(state: State, settings: Settings) -> None:
     """Starts the local server when nothing answers at the configured address."""
     with QmdClient(settings.url(), settings.protocol) as client:
         if client.is_ready():
+            recorded = server.read_state(settings)
+            if recorded is None or recorded.http_port != settings.http_port:
+                click.echo(f"Warning: the server at {settings.url()} was not started from {settings.home}; "
+                           "it searches the index of the home it was started with", err=True)
             return
     state.progress(f"no server answers at {settings.url()}; starting the local one")
     server.start(settings, progress=state.progress)
