@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -94,16 +93,6 @@ def through_triton(settings: Settings, texts: list[str], concurrency: int) -> tu
     return rate, stats
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=512)
@@ -115,7 +104,7 @@ def main() -> None:
 
     repo = PROJECT_ROOT / "model_repository"
     texts = load_texts(args.texts)
-    http, grpc_port, metrics = free_ports(3)
+    http, grpc_port, metrics = server.free_ports(3)
     home = Path(tempfile.mkdtemp(prefix="qmd-bench-"))
     settings = Settings.load(home, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
     print(f"starting server ({home})", file=sys.stderr)

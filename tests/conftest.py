@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from qmd_triton import server
+from qmd_triton.server import free_ports
 from qmd_triton.settings import PROJECT_ROOT, Settings
 
 REPO = PROJECT_ROOT / "model_repository"
 ASSETS = Path(__file__).parent / "assets"
 SHARED = PROJECT_ROOT.parent / "shared"
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the kernel hands out now; held open together so they differ."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,11 @@ MODES = ("search", "vsearch")
 DEPTH = 100
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _workspace(state: State, beir: BeirSet) -> tuple[Settings, Path]:
     """A QMD home of the set's own under the user's home: the user's index is never touched."""
     base = state.settings()
     home = base.home / "eval" / beir.name
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = server.free_ports(3)
     return Settings.load(home, model_repository=base.model_repository, http_port=http, grpc_port=grpc,
                          metrics_port=metrics), home / "corpus"
 

@@ -253,3 +253,10 @@ def test_status_shows_index_counts_without_server(qmd: Qmd):
     data = json.loads(result.stdout)
     assert data["ready"] is False
     assert data["index"]["documents"] == 4 and data["index"]["collections"]["notes"]["documents"] == 4
+
+
+def test_update_fails_with_one_line_when_a_collection_directory_vanished(qmd: Qmd, notes: Path):
+    before = qmd.counts()
+    shutil.rmtree(notes)
+    assert qmd.error("update") == f"Error: collection notes: path {notes} does not exist or is not a directory"
+    assert qmd.counts() == before
