@@ -49,19 +49,29 @@ class SearchOptions:
     collections: tuple[str, ...] = ()
     min_score: float = 0.0
     full: bool = False
+    # Used by the hybrid pipeline (qmd_query); accepted and ignored elsewhere.
+    expand: bool = True
+    rerank: bool = True
+    candidates: int = 40
+    explain: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise InputError(f"n must be a positive integer, got {self.n!r}")
+        for name in ("n", "candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.min_score, (int, float)) or not 0.0 <= float(self.min_score) <= 1.0:
             raise InputError(f"min_score must be between 0 and 1, got {self.min_score!r}")
+        for name in ("full", "expand", "rerank", "explain"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def limit(self) -> int:
         return min(self.n, MAX_RESULTS)
 
     @classmethod
-    def from_json(cls, raw: str | bytes | None, **defaults: Any) -> "SearchOptions":
+    def from_json(cls, raw: str | bytes | None) -> "SearchOptions":
         if raw in (None, b"", ""):
             data: dict = {}
         else:
@@ -71,8 +81,8 @@ class SearchOptions:
                 raise InputError(f"options is not valid JSON: {e}") from None
             if not isinstance(data, dict):
                 raise InputError("options must be a JSON object")
-        known = {"n", "collections", "min_score", "full"}
-        unknown = sorted(set(data) - known - set(defaults.get("_extra", ())))
+        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain"}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         cols = data.get("collections", ())
@@ -80,16 +90,24 @@ class SearchOptions:
             cols = (cols,)
         if not isinstance(cols, (list, tuple)) or not all(isinstance(c, str) for c in cols):
             raise InputError("collections must be a list of collection names")
+        base = cls()
         return cls(
-            n=data.get("n", defaults.get("n", 10)),
+            n=data.get("n", base.n),
             collections=tuple(cols),
-            min_score=data.get("min_score", 0.0),
-            full=bool(data.get("full", False)),
+            min_score=data.get("min_score", base.min_score),
+            full=data.get("full", base.full),
+            expand=data.get("expand", base.expand),
+            rerank=data.get("rerank", base.rerank),
+            candidates=data.get("candidates", base.candidates),
+            explain=data.get("explain", base.explain),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "collections": list(self.collections), "min_score": self.min_score, "full": self.full,
+                "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain}
+
     def to_json(self) -> str:
-        return json.dumps({"n": self.n, "collections": list(self.collections), "min_score": self.min_score,
-                           "full": self.full})
+        return json.dumps(self.to_dict())
 
     def check_collections(self, known: Sequence[str]) -> None:
         missing = [c for c in self.collections if c not in known]
@@ -268,30 +286,31 @@ class VectorIndex:
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         return [(int(i), float(scores[i])) for i in idx]
 
-    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions()) -> list[Hit]:
-        """Documents by their best chunk's cosine similarity to the query."""
+    def ranked_docs(self, query_vec: np.ndarray, n: int,
+                    collections: Sequence[str] = ()) -> list[tuple[DocRow, ChunkRow, float]]:
+        """Up to n documents by their best chunk's cosine similarity, with that chunk."""
         self.refresh()
-        if options.collections:
-            options.check_collections(known_collections(self.store))
-        want = options.limit
-        k = want * 4
+        k = n * 4
         while True:
             top = self.top_chunks(query_vec, k)
             best: dict[str, tuple[int, float]] = {}
             for i, score in top:
-                h = self.chunks[i].hash
-                if h not in best:
-                    best[h] = (i, score)
-            docs = self.store.documents_by_hash(list(best), options.collections or None)
+                best.setdefault(self.chunks[i].hash, (i, score))
+            docs = self.store.documents_by_hash(list(best), collections or None)
             ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds), key=lambda x: -x[1][1])
-            if len(ranked) >= want or k >= len(self.chunks):
+            if len(ranked) >= n or k >= len(self.chunks):
                 break
             k *= 4
+        return [(doc, self.chunks[i], score) for doc, (i, score) in ranked[:n]]
+
+    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions()) -> list[Hit]:
+        """Documents by their best chunk's cosine similarity to the query."""
+        if options.collections:
+            options.check_collections(known_collections(self.store))
         hits = []
-        for doc, (i, score) in ranked[:want]:
+        for doc, chunk, score in self.ranked_docs(query_vec, options.limit, options.collections):
             if score < options.min_score:
                 continue
-            chunk = self.chunks[i]
             body = self.store.body(doc.hash) if options.full else None
             lines = chunk.text.strip().split("\n")[:SNIPPET_LINES]
             hits.append(_hit(doc, score, chunk.start_line, _clip("\n".join(lines)), body))

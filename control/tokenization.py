@@ -202,3 +202,52 @@ def read_manifest(directory: Path) -> dict:
         return {}
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable export manifest: {e}") from None
+
+
+class PairEncoder:
+    """(query, passage) pairs for a cross-encoder: ``input_ids``, ``attention_mask``, ``token_type_ids``.
+
+    Only the passage is truncated (the query is short and must survive whole);
+    rows are padded to the longest pair of the call.
+    """
+
+    def __init__(self, tokenizer_path: Path, max_length: int = 512) -> None:
+        from tokenizers import Tokenizer
+
+        if not tokenizer_path.is_file():
+            raise ArtifactMissing(f"{tokenizer_path} is missing; run `qmdctl export`")
+        self.max_length = max_length
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length, strategy="only_second")
+        self._single = Tokenizer.from_file(str(tokenizer_path))
+        self._single.no_padding()
+        self._single.no_truncation()
+        padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
+        self.pad_id = int(padding.get("pad_id", 0))
+        self.max_query_tokens = max(8, max_length // 4)
+
+    def _short_query(self, query: str) -> str:
+        """The query cut to a quarter of the window, so passages always keep room."""
+        enc = self._single.encode(query[: self.max_query_tokens * _CHARS_PER_TOKEN_BOUND], add_special_tokens=False)
+        if len(enc.ids) <= self.max_query_tokens:
+            return query
+        return query[: enc.offsets[self.max_query_tokens - 1][1]]
+
+    def encode(self, query: str, passages: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not passages:
+            raise InputError("no passages to pair with the query")
+        query = self._short_query(query)
+        # Cut very long passages first: only max_length tokens of them can count.
+        cut = [p[: self.max_length * _CHARS_PER_TOKEN_BOUND] for p in passages]
+        encodings = self._tok.encode_batch([(query, p) for p in cut])
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(cut), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(cut), width), dtype=np.int64)
+        types = np.zeros((len(cut), width), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[i, :n] = e.ids
+            mask[i, :n] = 1
+            types[i, :n] = e.type_ids
+        return ids, mask, types
