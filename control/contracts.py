@@ -115,6 +115,12 @@ RESULTS = "results"
 VEC_QUERIES = "vec_queries"
 VEC_KINDS = "vec_kinds"
 QUERY_EMBEDDINGS = "query_embeddings"
+PLAN_JSON = "plan"
+CANDIDATES = "candidates"
+PAIR_INPUT_IDS = "pair_input_ids"
+PAIR_ATTENTION_MASK = "pair_attention_mask"
+PAIR_TOKEN_TYPE_IDS = "pair_token_type_ids"
+LOGIT = "logit"
 
 # Values of the tokenizer's ``kind`` input: which prompt format wraps the text.
 KIND_QUERY = "query"
@@ -164,16 +170,28 @@ EMBED = ModelSpec(
 _QUERY_IN = (TensorSpec(QUERY, DataType.STRING, (1,)), TensorSpec(OPTIONS, DataType.STRING, (1,)))
 _RESULTS_OUT = (TensorSpec(RESULTS, DataType.STRING, (1,)),)
 
+_PLAN_OUT = (
+    TensorSpec(PLAN_JSON, DataType.STRING, (1,)),
+    TensorSpec(VEC_QUERIES, DataType.STRING, (-1, 1)),
+    TensorSpec(VEC_KINDS, DataType.STRING, (-1, 1)),
+)
+
 PLAN = ModelSpec(
     name="qmd_plan",
     kind=ModelKind.PYTHON,
     inputs=_QUERY_IN,
-    outputs=(
-        TensorSpec(VEC_QUERIES, DataType.STRING, (-1, 1)),
-        TensorSpec(VEC_KINDS, DataType.STRING, (-1, 1)),
-    ),
+    outputs=_PLAN_OUT,
     artifacts=("model.py",),
-    doc="Checks query and options; the vector queries (the query itself) for the no-expansion pipelines.",
+    doc="Checks query and options; a plan with the query as the only vector query (qmd_vsearch).",
+)
+
+EXPAND = ModelSpec(
+    name="qmd_expand",
+    kind=ModelKind.PYTHON,
+    inputs=_QUERY_IN,
+    outputs=_PLAN_OUT,
+    artifacts=("model.py", "decoder.onnx", "tokenizer.json", "generation.json"),
+    doc="Query expansion (lex/vec/hyde lines) by an LLM engine; the original query always first.",
 )
 
 SEARCH = ModelSpec(
@@ -188,13 +206,44 @@ SEARCH = ModelSpec(
 RETRIEVE = ModelSpec(
     name="qmd_retrieve",
     kind=ModelKind.PYTHON,
-    inputs=_QUERY_IN + (
-        TensorSpec(VEC_QUERIES, DataType.STRING, (-1, 1)),
+    inputs=(
+        TensorSpec(PLAN_JSON, DataType.STRING, (1,)),
         TensorSpec(QUERY_EMBEDDINGS, DataType.FP32, (-1, -1)),
+    ),
+    outputs=(
+        TensorSpec(CANDIDATES, DataType.STRING, (1,)),
+        TensorSpec(PAIR_INPUT_IDS, DataType.INT64, (-1, -1)),
+        TensorSpec(PAIR_ATTENTION_MASK, DataType.INT64, (-1, -1)),
+        TensorSpec(PAIR_TOKEN_TYPE_IDS, DataType.INT64, (-1, -1)),
+    ),
+    artifacts=("model.py",),
+    doc="Vector search (vsearch) or BM25 + vector lists fused by RRF (query), with reranker pair tokens.",
+)
+
+RERANK_MODEL = ModelSpec(
+    name="qmd_rerank_model",
+    kind=ModelKind.ONNX,
+    inputs=(
+        TensorSpec(INPUT_IDS, DataType.INT64, (-1,)),
+        TensorSpec(ATTENTION_MASK, DataType.INT64, (-1,)),
+        TensorSpec(TOKEN_TYPE_IDS, DataType.INT64, (-1,)),
+    ),
+    outputs=(TensorSpec(LOGIT, DataType.FP32, (1,)),),
+    max_batch_size=256,
+    artifacts=("model.onnx", "tokenizer.json"),
+    doc="Cross-encoder: (query, passage) pair tokens -> relevance logit.",
+)
+
+FUSE = ModelSpec(
+    name="qmd_fuse",
+    kind=ModelKind.PYTHON,
+    inputs=(
+        TensorSpec(CANDIDATES, DataType.STRING, (1,)),
+        TensorSpec(LOGIT, DataType.FP32, (-1, 1)),
     ),
     outputs=_RESULTS_OUT,
     artifacts=("model.py",),
-    doc="Exact vector search of the index with the query embeddings; results as JSON.",
+    doc="Blends RRF positions with reranker scores (or orders by the reranker); results as JSON.",
 )
 
 VSEARCH = ModelSpec(
@@ -202,10 +251,20 @@ VSEARCH = ModelSpec(
     kind=ModelKind.ENSEMBLE,
     inputs=_QUERY_IN,
     outputs=_RESULTS_OUT,
-    doc="Ensemble: query -> qmd_plan -> qmd_tokenize (query prompt) -> qmd_embed_model -> qmd_retrieve.",
+    doc="Ensemble: qmd_plan -> qmd_tokenize (query prompt) -> qmd_embed_model -> qmd_retrieve.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (TOKENIZE, EMBED_MODEL, EMBED, PLAN, SEARCH, RETRIEVE, VSEARCH)
+QUERY_PIPELINE = ModelSpec(
+    name="qmd_query",
+    kind=ModelKind.ENSEMBLE,
+    inputs=_QUERY_IN,
+    outputs=_RESULTS_OUT,
+    doc="Ensemble: qmd_expand -> qmd_tokenize -> qmd_embed_model -> qmd_retrieve -> qmd_rerank_model -> qmd_fuse.",
+)
+
+MODELS: tuple[ModelSpec, ...] = (
+    TOKENIZE, EMBED_MODEL, EMBED, PLAN, EXPAND, SEARCH, RETRIEVE, RERANK_MODEL, FUSE, VSEARCH, QUERY_PIPELINE,
+)
 
 
 def model(name: str) -> ModelSpec:

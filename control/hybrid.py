@@ -22,7 +22,7 @@ from .analysis import has_cjk, query_terms
 from .fusion import (EXPANSION_WEIGHT, MAX_CANDIDATES, ORIGINAL_WEIGHT, TOP_PER_LIST, RankedList, max_rrf,
                      rrf)
 from .errors import InputError
-from .search import Hit, SearchOptions, VectorIndex, _clip, known_collections, normalize_bm25, snippet_for
+from .search import Hit, SearchOptions, VectorIndex, known_collections, normalize_bm25, snippet_for
 from .store import DocRow, IndexStore
 
 MODES = ("vsearch", "query")
@@ -134,14 +134,11 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
         line, passage = _best_chunk(store, doc, terms)
-        body = store.body(doc.hash)
-        if f.ranks.get("bm25:original") or any(k.startswith("bm25") for k in f.ranks):
-            line_s, snippet = snippet_for(body, terms)
-        else:
-            line_s, snippet = line, _clip("\n".join(passage.strip().split("\n")[:3]))
+        # The snippet is the best window of the passage the reranker reads.
+        offset, snippet = snippet_for(passage, terms)
         hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,
-                  score=min(1.0, f.score / top), line=line_s, snippet=snippet, hash=doc.hash,
-                  body=body if options.full else None)
+                  score=min(1.0, f.score / top), line=line + offset - 1, snippet=snippet, hash=doc.hash,
+                  body=store.body(doc.hash) if options.full else None)
         out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks)))
     return out
 

