@@ -43,8 +43,26 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
             head = f"\x1b[36m{h.file}:{h.line}\x1b[0m  \x1b[2m#{h.docid}\x1b[0m  \x1b[32m{h.score:.2f}\x1b[0m"
             title = f"  \x1b[1m{h.title}\x1b[0m" if h.title else ""
         body = "\n".join("    " + ln for ln in _text(h, line_numbers).split("\n"))
-        out.append(f"{head}{title}\n{body}\n")
+        why = f"    ~ {explain_line(h.explain)}\n" if h.explain else ""
+        out.append(f"{head}{title}\n{why}{body}\n")
     return "\n".join(out)
+
+
+def explain_line(e: dict) -> str:
+    """One line saying why a hit ranks where it does (``query --explain``)."""
+    lists = ", ".join(f"{src} #{rank}" for src, rank in sorted(e.get("lists", {}).items(), key=lambda x: x[1]))
+    parts = [f"lists: {lists or '-'}", f"rrf {e.get('rrf', 0):.4f} (#{e.get('rrf_rank', '-')})"]
+    if "rerank" in e:
+        parts.append(f"rerank {e['rerank']:.3f}")
+        parts.append(f"fusion {e.get('fusion', '-')}")
+        if e.get("fusion") == "blend":
+            from .fusion import blend_weight
+
+            parts.append(f"blend weight {blend_weight(int(e.get('rrf_rank', 1))):.2f}")
+    exp = e.get("expansion") or {}
+    if exp:
+        parts.append(f"expansion {exp.get('status', '-')} ({exp.get('ms', 0):.0f} ms)")
+    return "; ".join(parts)
 
 
 def _json(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:

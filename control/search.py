@@ -54,6 +54,7 @@ class SearchOptions:
     rerank: bool = True
     candidates: int = 40
     explain: bool = False
+    fusion: str | None = None  # None: the server's configured fusion
 
     def __post_init__(self) -> None:
         for name in ("n", "candidates"):
@@ -65,6 +66,8 @@ class SearchOptions:
         for name in ("full", "expand", "rerank", "explain"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.fusion not in (None, "rerank", "blend"):
+            raise InputError(f"fusion must be rerank or blend, got {self.fusion!r}")
 
     @property
     def limit(self) -> int:
@@ -81,7 +84,7 @@ class SearchOptions:
                 raise InputError(f"options is not valid JSON: {e}") from None
             if not isinstance(data, dict):
                 raise InputError("options must be a JSON object")
-        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain"}
+        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -100,11 +103,13 @@ class SearchOptions:
             rerank=data.get("rerank", base.rerank),
             candidates=data.get("candidates", base.candidates),
             explain=data.get("explain", base.explain),
+            fusion=data.get("fusion", base.fusion),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "collections": list(self.collections), "min_score": self.min_score, "full": self.full,
-                "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain}
+                "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain,
+                "fusion": self.fusion}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -27,10 +27,12 @@ def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:
 
 @pytest.fixture(scope="session")
 def exported_repo() -> Path:
-    """The project's model repository with the embedding model exported (idempotent)."""
-    from qmd_triton.exporters.embedding_onnx import default_source, export_embedding
+    """The project's model repository with every model exported (each export is idempotent)."""
+    from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
 
-    export_embedding(default_source(), REPO)
+    embedding_onnx.export_embedding(embedding_onnx.default_source(), REPO)
+    reranker_onnx.export_reranker(reranker_onnx.default_source(), REPO)
+    decoder_onnx.export_decoder(decoder_onnx.default_gguf(), REPO)
     return REPO
 
 

@@ -16,7 +16,7 @@ from .embed import embed
 from .evaluate import evaluate
 from .export import export
 from .index import collection, update_cmd
-from .search import get, ls, multi_get, search, vsearch
+from .search import get, ls, multi_get, query, search, vsearch
 from .serve import down, status, up
 
 
@@ -33,7 +33,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, get, multi_get, ls, evaluate):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate):
     cli.add_command(command)
 
 

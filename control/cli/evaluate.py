@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,23 @@ from .. import server
 from ..client import QmdClient
 from ..collections import CollectionConfig
 from ..evaluation import METRICS, BeirSet, bm25_baseline, load_beir, score_run, top_ids, write_collection
+from ..fusion import RankedList, rrf
 from ..indexer import embed_pending, embedding_setup, update
 from ..search import SearchOptions, search_bm25
 from ..settings import Settings
 from ..store import IndexStore
 from .common import State, emit_json, pass_state
 
-MODES = ("search", "vsearch")
+MODES = ("search", "vsearch", "query", "query-no-expand", "query-no-rerank", "query-blend")
+DEFAULT_MODES = ("search", "vsearch")
+QUERY_OPTIONS = {
+    "query": {},
+    "query-no-expand": {"expand": False},
+    "query-no-rerank": {"rerank": False},
+    "query-blend": {"fusion": "blend"},
+}
 DEPTH = 100
+CONCURRENCY = 4
 
 
 def _workspace(state: State, beir: BeirSet) -> tuple[Settings, Path]:
@@ -52,37 +63,46 @@ def _run_search(beir: BeirSet, settings: Settings, mapping: dict[str, str]) -> d
     return run
 
 
-def _run_vsearch(state: State, beir: BeirSet, settings: Settings, mapping: dict[str, str]) -> dict[str, list[str]]:
+def _embed_served(state: State, settings: Settings) -> None:
     setup = embedding_setup(settings.model_repository)
-    server.start(settings, progress=state.progress)
-    try:
-        with IndexStore.open(settings.index_path) as store:
-            def make():
-                client = QmdClient(settings.url("grpc"), "grpc", settings.request_timeout_s)
-                return lambda texts: client.embed(list(texts))
+    with IndexStore.open(settings.index_path) as store:
+        def make():
+            client = QmdClient(settings.url("grpc"), "grpc", settings.request_timeout_s)
+            return lambda texts: client.embed(list(texts))
 
-            last = [0.0]
+        last = [0.0]
 
-            def progress(done: int, total: int) -> None:
-                if time.monotonic() - last[0] > 10 or done == total:
-                    state.progress(f"embedding {done}/{total} chunks")
-                    last[0] = time.monotonic()
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] > 10 or done == total:
+                state.progress(f"embedding {done}/{total} chunks")
+                last[0] = time.monotonic()
 
-            report = embed_pending(store, setup, make, progress=progress)
-            if report.embedded:
-                state.progress(f"embedded {report.embedded} chunks at {report.per_second:.1f}/s")
-        run = {}
-        options = SearchOptions(n=DEPTH).to_json()
-        with QmdClient(settings.url("grpc"), "grpc", settings.request_timeout_s) as client:
-            for q in beir.judged_queries():
-                run[q] = [mapping[h["path"]] for h in client.search("qmd_vsearch", beir.queries[q], options)]
-        return run
-    finally:
-        server.stop(settings)
+        report = embed_pending(store, setup, make, progress=progress)
+        if report.embedded:
+            state.progress(f"embedded {report.embedded} chunks at {report.per_second:.1f}/s")
+
+
+def _run_served(beir: BeirSet, settings: Settings, mapping: dict[str, str], model: str,
+                extra: dict[str, Any]) -> dict[str, list[str]]:
+    """Every judged query through a served model, a few in flight (as several users would)."""
+    options = json.dumps({**SearchOptions(n=DEPTH).to_dict(), **extra})
+    queries = beir.judged_queries()
+
+    def one(q: str) -> list[str]:
+        with QmdClient(settings.url("grpc"), "grpc", 300.0) as client:
+            return [mapping[h["path"]] for h in client.search(model, beir.queries[q], options)]
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return dict(zip(queries, pool.map(one, queries)))
 
 
 def _vector_baseline(state: State, beir: BeirSet, settings: Settings) -> dict[str, list[str]]:
     """The same ONNX model in-process: one embedding per document (title + text), cosine."""
+    return _baseline_vectors(state, beir, settings)(DEPTH)
+
+
+def _baseline_vectors(state: State, beir: BeirSet, settings: Settings):
+    """In-process document embeddings (cached per model) and a ranking function over them."""
     from ..tokenization import TextEncoder
     from ..triton_models.onnx_backend import make_session
 
@@ -111,45 +131,96 @@ def _vector_baseline(state: State, beir: BeirSet, settings: Settings) -> dict[st
         state.progress(f"baseline: embedded {len(texts)} documents at {len(texts) / (time.monotonic() - started):.1f}/s "
                        "(length-sorted batches of 16)")
         np.save(cache, matrix)
+    def rank(depth: int) -> dict[str, list[str]]:
+        return {q: top_ids(matrix @ embed([beir.queries[q]], "query")[0], ids, depth) for q in beir.judged_queries()}
+
+    return rank
+
+
+def _hybrid_baseline(state: State, beir: BeirSet, settings: Settings) -> dict[str, list[str]]:
+    """rank_bm25 + the embedding model in-process, plain RRF (k=60), top 40 reranked by the same
+    cross-encoder in-process, ordered by its score: what one would build in a notebook."""
+    from ..tokenization import PairEncoder
+    from ..triton_models.onnx_backend import make_session
+
+    repo = settings.model_repository
+    bm25 = bm25_baseline(beir, 20)
+    vec = _baseline_vectors(state, beir, settings)(20)
+    encoder = PairEncoder(repo / "qmd_rerank_model" / "1" / "tokenizer.json")
+    session = make_session(repo / "qmd_rerank_model" / "1" / "model.onnx")
+    state.progress(f"baseline: reranking 40 candidates for {len(bm25)} queries in-process")
     run = {}
     for q in beir.judged_queries():
-        scores = matrix @ embed([beir.queries[q]], "query")[0]
-        run[q] = top_ids(scores, ids, DEPTH)
+        fused = rrf([RankedList("bm25", 1.0, bm25[q]), RankedList("vec", 1.0, vec[q])])[:40]
+        keys = [f.key for f in fused]
+        texts = [f"{beir.corpus[k][0]}. {beir.corpus[k][1]}" if beir.corpus[k][0] else beir.corpus[k][1] for k in keys]
+        ids, mask, types = encoder.encode(beir.queries[q], texts)
+        logits = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0].reshape(-1)
+        run[q] = [keys[i] for i in sorted(range(len(keys)), key=lambda i: -logits[i])]
     return run
 
 
 @click.command("eval")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--mode", "modes", type=click.Choice(MODES), multiple=True,
-              help="Modes to score (repeatable). [default: search and vsearch]")
+@click.option("--mode", "modes", type=click.Choice(MODES + ("all",)), multiple=True,
+              help="Modes to score (repeatable; `all` for every one). [default: search and vsearch]")
+@click.option("--no-expand", is_flag=True, help="With --mode query: score query-no-expand instead.")
+@click.option("--no-rerank", is_flag=True, help="With --mode query: score query-no-rerank instead.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also score the plain baselines: rank_bm25, and the embedding model in-process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @pass_state
-def evaluate(state: State, dataset: Path, modes: tuple[str, ...], baseline: bool, as_json: bool) -> None:
+def evaluate(state: State, dataset: Path, modes: tuple[str, ...], no_expand: bool, no_rerank: bool, baseline: bool,
+             as_json: bool) -> None:
     """Score search modes on a BEIR-format DATASET: nDCG@10, Recall@10, Recall@100, MRR@10.
 
     The set is indexed as markdown in its own workspace ($QMD_HOME/eval/NAME, reused
-    by later runs); vsearch starts a server of its own on free ports for the run.
+    by later runs); served modes (vsearch, query*) start a server of its own on free
+    ports for the run. Modes: search, vsearch, query (expansion + hybrid + rerank),
+    query-no-expand, query-no-rerank, query-blend (the position-aware blend fusion).
     """
+    if "all" in modes:
+        modes = MODES
+    if "query" in modes and (no_expand or no_rerank):
+        swapped = "query-no-expand" if no_expand else "query-no-rerank"
+        modes = tuple(swapped if m == "query" else m for m in modes)
     beir = load_beir(dataset)
     settings, docs = _workspace(state, beir)
     mapping = _index(state, beir, settings, docs)
+    chosen = [m for m in MODES if m in modes] if modes else list(DEFAULT_MODES)
     rows: list[dict[str, Any]] = []
-    for mode in modes or MODES:
-        started = time.monotonic()
-        if mode == "search":
-            run = _run_search(beir, settings, mapping)
-            base_name, base = "rank_bm25 (BM25Okapi, plain tokens)", (lambda: bm25_baseline(beir, DEPTH))
-        else:
-            run = _run_vsearch(state, beir, settings, mapping)
-            base_name, base = "in-process embedding (same ONNX, whole document)", (
-                lambda: _vector_baseline(state, beir, settings))
+
+    def add(mode: str, run: dict[str, list[str]], started: float) -> None:
         rows.append({"mode": mode, **score_run(beir, run), "seconds": round(time.monotonic() - started, 1)})
+
+    if "search" in chosen:
+        started = time.monotonic()
+        add("search", _run_search(beir, settings, mapping), started)
         if baseline:
             started = time.monotonic()
-            rows.append({"mode": f"baseline: {base_name}", **score_run(beir, base()),
-                         "seconds": round(time.monotonic() - started, 1)})
+            add("baseline: rank_bm25 (BM25Okapi, plain tokens)", bm25_baseline(beir, DEPTH), started)
+    served = [m for m in chosen if m != "search"]
+    if served:
+        server.start(settings, progress=state.progress)
+        try:
+            _embed_served(state, settings)
+            for mode in served:
+                state.progress(f"{beir.name}: {mode} for {len(beir.judged_queries())} queries")
+                started = time.monotonic()
+                if mode == "vsearch":
+                    add(mode, _run_served(beir, settings, mapping, "qmd_vsearch", {}), started)
+                else:
+                    add(mode, _run_served(beir, settings, mapping, "qmd_query", QUERY_OPTIONS[mode]), started)
+        finally:
+            server.stop(settings)
+        if baseline and "vsearch" in served:
+            started = time.monotonic()
+            add("baseline: in-process embedding (same ONNX, whole document)",
+                _vector_baseline(state, beir, settings), started)
+        if baseline and any(m.startswith("query") for m in served):
+            started = time.monotonic()
+            add("baseline: in-process BM25 + embedding, RRF, same cross-encoder", _hybrid_baseline(state, beir, settings),
+                started)
     result = {"set": beir.name, "queries": len(beir.judged_queries()), "documents": len(beir.corpus), "rows": rows}
     if as_json:
         emit_json(result)

@@ -76,6 +76,34 @@ def vsearch(state: State, query: str, n: int, collections: tuple[str, ...], min_
 
 
 @click.command()
+@click.argument("query")
+@result_options
+@click.option("--no-expand", is_flag=True, help="Skip LLM query expansion.")
+@click.option("--no-rerank", is_flag=True, help="Skip cross-encoder reranking (RRF order).")
+@click.option("-C", "--candidate-limit", "candidates", type=int, default=40, show_default=True,
+              help="Candidates sent to the reranker (clamped to n..200).")
+@click.option("--explain", is_flag=True, help="Show each hit's lists, ranks, RRF, rerank score and blend weight.")
+@server_options
+@protocol_option
+@pass_state
+def query(state: State, query: str, n: int, collections: tuple[str, ...], min_score: float, full: bool,
+          line_numbers: bool, fmt: str, as_json: bool, no_expand: bool, no_rerank: bool, candidates: int,
+          explain: bool, **kwargs: Any) -> None:
+    """Hybrid search through Triton's qmd_query: expansion, BM25 + vectors, RRF, reranking.
+
+    Starts the local server if none answers.
+    """
+    settings = server_settings(state, kwargs)
+    q = check_query(query)
+    opts = SearchOptions(n=n, collections=tuple(collections), min_score=min_score, full=full, expand=not no_expand,
+                         rerank=not no_rerank, candidates=candidates, explain=explain)
+    ensure_server(state, settings)
+    with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
+        hits = [Hit.from_dict(d) for d in client.search("qmd_query", q, opts.to_json())]
+    _emit(hits, fmt, as_json, line_numbers)
+
+
+@click.command()
 @click.argument("ref")
 @click.option("-l", "--lines", "count", type=click.IntRange(min=1), default=None,
               help="Number of lines to show (with a start line in REF or --from).")

@@ -26,6 +26,7 @@ def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
         return []
     reranked = options.get("rerank", True) and len(logits) == len(cands)
     probs = [sigmoid(float(x)) for x in logits.reshape(-1)] if reranked else None
+    fusion = options.get("fusion") or fusion
     order = final_order([c["explain"]["rrf_rank"] for c in cands], probs, fusion)
     out = []
     for i, score in order:

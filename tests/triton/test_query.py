@@ -1,0 +1,143 @@
+"""The hybrid qmd_query ensemble on the real server: expansion, RRF, reranking, batching, failures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from qmd_triton import server
+from qmd_triton.client import QmdClient
+from qmd_triton.errors import InferenceError
+from qmd_triton.settings import Settings
+
+from ..conftest import ASSETS, make_settings
+from .test_search import qmd, served
+
+
+@pytest.fixture(scope="module")
+def indexed(triton: Settings, tmp_path_factory: pytest.TempPathFactory):
+    notes = tmp_path_factory.mktemp("query") / "notes"
+    shutil.copytree(ASSETS / "notes", notes)
+    qmd(triton, "collection", "add", str(notes), "--name", "qnotes")
+    qmd(triton, "update")
+    qmd(triton, "embed")
+    yield triton
+    qmd(triton, "collection", "remove", "qnotes")
+
+
+def test_query_finds_the_document_and_explains_every_hit(indexed: Settings):
+    hits = served(indexed, "qmd_query", "how are concurrent inference requests merged into a batch",
+                  {"n": 3, "explain": True, "collections": ["qnotes"]})
+    assert hits[0]["file"] == "qnotes/guide/batching.md"
+    for h in hits:
+        e = h["explain"]
+        assert e["lists"] and all(re.fullmatch(r"(bm25|vec):\w+", k) for k in e["lists"])
+        assert e["rrf_rank"] >= 1 and e["rrf"] > 0 and 0 <= e["rerank"] <= 1
+        assert e["fusion"] in ("rerank", "blend")
+        assert e["expansion"]["engine"] == "onnxruntime"
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+def test_query_cli_prints_explanations(indexed: Settings):
+    result = qmd(indexed, "query", "sourdough starter", "-n", "2", "-c", "qnotes", "--explain")
+    assert result.stdout.startswith("qnotes/recipes.md:")
+    assert "~ lists: " in result.stdout and "rerank " in result.stdout and "expansion " in result.stdout
+
+
+def test_no_expand_and_no_rerank_variants_pass_their_steps_through(indexed: Settings):
+    q = "ports of the server"
+    plain = served(indexed, "qmd_query", q, {"expand": False, "rerank": False, "explain": True, "collections": ["qnotes"]})
+    assert plain[0]["explain"]["expansion"]["status"] == "disabled"
+    assert "rerank" not in plain[0]["explain"]
+    assert [h["explain"]["rrf_rank"] for h in plain] == list(range(1, len(plain) + 1))
+    reranked = served(indexed, "qmd_query", q, {"expand": False, "explain": True, "collections": ["qnotes"]})
+    assert "rerank" in reranked[0]["explain"]
+    assert reranked[0]["file"] == "qnotes/guide/operations.md"
+
+
+def test_chinese_query_finds_the_chinese_document(indexed: Settings):
+    hits = served(indexed, "qmd_query", "向量检索", {"n": 2, "collections": ["qnotes"]})
+    assert "qnotes/zh/向量检索.md" in [h["file"] for h in hits]
+
+
+@pytest.mark.parametrize(
+    "query, options, message",
+    [
+        ("", {}, "query is empty"),
+        ("x" * (1 << 20), {}, "query is 1048576 bytes; the limit is 16384"),
+        ("batching", "not json", "options is not valid JSON"),
+        ("batching", {"collections": ["nope"]}, "unknown collection 'nope'"),
+        ("batching", {"n": 0}, "n must be a positive integer"),
+        ("batching", {"fusion": "max"}, "fusion must be rerank or blend"),
+    ],
+    ids=["empty", "1MB", "bad-json", "unknown-collection", "n0", "bad-fusion"],
+)
+def test_bad_query_requests_get_clear_errors_and_the_server_stays_ready(indexed: Settings, query, options, message):
+    with pytest.raises(InferenceError, match=message):
+        served(indexed, "qmd_query", query, options)
+    with QmdClient(indexed.url()) as client:
+        assert client.is_ready()
+
+
+def test_a_huge_candidate_limit_is_clamped(indexed: Settings):
+    hits = served(indexed, "qmd_query", "batching", {"candidates": 100000, "expand": False, "n": 3})
+    assert 1 <= len(hits) <= 3
+
+
+def _stats(settings: Settings, model: str) -> tuple[int, int]:
+    with QmdClient(settings.url()) as c:
+        s = c.statistics(model)["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])
+
+
+def test_concurrent_queries_are_batched_by_embed_and_rerank_models(indexed: Settings):
+    before = {m: _stats(indexed, m) for m in ("qmd_embed_model", "qmd_rerank_model", "qmd_query")}
+    queries = [f"batching requests number {i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda q: served(indexed, "qmd_query", q, {"expand": False, "n": 2}), queries))
+    assert all(results)
+    after = {m: _stats(indexed, m) for m in before}
+    requests = after["qmd_query"][0] - before["qmd_query"][0]
+    assert requests == 8
+    for model in ("qmd_embed_model", "qmd_rerank_model"):
+        executions = after[model][1] - before[model][1]
+        assert executions < requests, f"{model} ran {executions} batches for {requests} requests"
+
+
+def test_expansion_responses_are_cached(indexed: Settings):
+    def hits() -> float:
+        with urllib.request.urlopen(f"http://{indexed.host}:{indexed.metrics_port}/metrics") as r:
+            text = r.read().decode()
+        m = re.search(r'nv_cache_num_hits_per_model\{model="qmd_expand",version="1"\} (\d+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    options = {"n": 2, "collections": ["qnotes"]}
+    first = served(indexed, "qmd_query", "dough folding schedule", options)
+    before = hits()
+    second = served(indexed, "qmd_query", "dough folding schedule", options)
+    assert hits() == before + 1
+    assert first == second
+
+
+def test_a_slow_expansion_engine_degrades_to_the_original_query(copy_repo, tmp_path: Path, indexed: Settings):
+    repo = copy_repo()
+    cfg = repo / "qmd_expand" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('key: "timeout_ms", value: { string_value: "4000" }',
+                                           'key: "timeout_ms", value: { string_value: "1" }'))
+    for model in ("qmd_expand", "qmd_retrieve", "qmd_search"):  # serve the session's index from another home
+        path = repo / model / "config.pbtxt"
+        path.write_text(path.read_text().replace('key: "index_path", value: { string_value: "" }',
+                                                 f'key: "index_path", value: {{ string_value: "{indexed.index_path}" }}'))
+    settings = make_settings(tmp_path / "home", repo)
+    server.start(settings)
+    try:
+        hits = served(settings, "qmd_query", "how do I stop the server", {"explain": True, "collections": ["qnotes"]})
+        assert hits and hits[0]["explain"]["expansion"]["status"] in ("timeout", "ok (cut at timeout)")
+        assert hits[0]["file"] == "qnotes/guide/operations.md"
+    finally:
+        server.stop(settings)

@@ -1,0 +1,89 @@
+"""Exporters: named tensors, parity reports, idempotence, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qmd_triton.errors import ArtifactMissing
+from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
+
+
+def _graph_io(path: Path) -> tuple[list[str], list[str]]:
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    return [i.name for i in g.input], [o.name for o in g.output]
+
+
+def test_embedding_export_is_skipped_when_source_is_unchanged(exported_repo: Path):
+    again = embedding_onnx.export_embedding(embedding_onnx.default_source(), exported_repo)
+    assert again.skipped and again.max_abs_diff < 1e-5 and again.dim == 384
+    assert _graph_io(exported_repo / "qmd_embed_model" / "1" / "model.onnx") == (
+        ["input_ids", "attention_mask"], ["embedding"])
+
+
+def test_embedding_export_fails_clearly_without_a_model_directory(tmp_path: Path):
+    with pytest.raises(ArtifactMissing, match="is not a transformers model directory"):
+        embedding_onnx.export_embedding(tmp_path, tmp_path)
+
+
+def test_prepared_reranker_keeps_its_inputs_and_names_its_output_logit(exported_repo: Path):
+    manifest = json.loads((exported_repo / "qmd_rerank_model" / "1" / "export.json").read_text())
+    assert manifest["kind"] == "prepared-onnx" and manifest["max_abs_diff"] == 0.0
+    assert _graph_io(exported_repo / "qmd_rerank_model" / "1" / "model.onnx") == (
+        ["input_ids", "attention_mask", "token_type_ids"], ["logit"])
+
+
+def test_decoder_export_matches_transformers_logits_and_greedy_tokens(exported_repo: Path):
+    manifest = json.loads((exported_repo / "qmd_expand" / "1" / "export.json").read_text())
+    assert manifest["greedy_match"] is True
+    assert manifest["max_abs_diff"] < decoder_onnx.PARITY_TOLERANCE
+    assert _graph_io(exported_repo / "qmd_expand" / "1" / "decoder.onnx") == (
+        ["input_ids", "past_keys", "past_values"], ["logits", "present_keys", "present_values"])
+
+
+@pytest.fixture
+def tiny_cross_encoder(tmp_path: Path, exported_repo: Path) -> Path:
+    """A small randomly initialised BERT cross-encoder saved as a Hugging Face directory."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, num_labels=1)
+    out = tmp_path / "tiny-ce"
+    BertForSequenceClassification(cfg).save_pretrained(str(out))
+    shutil.copyfile(exported_repo / "qmd_rerank_model" / "1" / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_hf_cross_encoder_exports_with_parity(tiny_cross_encoder: Path, tmp_path: Path, fp16: bool):
+    repo = tmp_path / "repo"
+    (repo / "qmd_rerank_model").mkdir(parents=True)
+    report = reranker_onnx.export_reranker(tiny_cross_encoder, repo, fp16=fp16)
+    assert report.kind == ("hf-fp16" if fp16 else "hf-fp32")
+    assert report.max_abs_diff < (5e-2 if fp16 else 1e-4)
+    model = repo / "qmd_rerank_model" / "1" / "model.onnx"
+    assert _graph_io(model) == (["input_ids", "attention_mask", "token_type_ids"], ["logit"])
+    assert (repo / "qmd_rerank_model" / "1" / "tokenizer.json").is_file()
+    again = reranker_onnx.export_reranker(tiny_cross_encoder, repo, fp16=fp16)
+    assert again.skipped
+
+
+def test_rename_output_refuses_a_graph_without_token_type_ids(tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["input_ids"], ["logits"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.INT64, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    from qmd_triton.errors import ExportError
+
+    with pytest.raises(ExportError, match="has no input 'attention_mask'"):
+        reranker_onnx.rename_output(tmp_path / "m.onnx", tmp_path / "out.onnx")

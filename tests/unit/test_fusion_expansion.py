@@ -1,0 +1,136 @@
+"""RRF, blending, the strong-signal shortcut, expansion parsing and its fallbacks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from qmd_triton.expansion import Expander, chatml, make_engine, parse
+from qmd_triton.errors import ConfigError
+from qmd_triton.fusion import (BONUS_FIRST, BONUS_TOP3, RankedList, blend, blend_weight, final_order, rrf,
+                               strong_signal)
+from qmd_triton.hybrid import clamp_candidates
+from qmd_triton.search import SearchOptions
+from qmd_triton.tokenization import PairEncoder
+
+
+def test_rrf_weights_original_lists_twice_and_adds_rank_bonus():
+    fused = rrf([
+        RankedList("bm25:original", 2.0, ["a", "b", "c", "d"]),
+        RankedList("vec:vec1", 1.0, ["d", "c"]),
+    ])
+    scores = {f.key: f.score for f in fused}
+    assert scores["a"] == pytest.approx(2 / 61 + BONUS_FIRST)
+    assert scores["d"] == pytest.approx(2 / 64 + 1 / 61 + BONUS_FIRST)
+    assert scores["c"] == pytest.approx(2 / 63 + 1 / 62 + BONUS_TOP3)
+    assert [f.key for f in fused] == ["d", "a", "c", "b"]
+    assert fused[0].ranks == {"bm25:original": 4, "vec:vec1": 1}
+
+
+def test_rrf_keeps_only_the_top_of_each_list():
+    fused = rrf([RankedList("bm25:original", 2.0, [str(i) for i in range(50)])], top=20)
+    assert len(fused) == 20
+
+
+def test_blend_trusts_retrieval_more_at_the_top():
+    assert [blend_weight(r) for r in (1, 3, 4, 10, 11)] == [0.75, 0.75, 0.60, 0.60, 0.40]
+    assert blend(1, 0.0) == pytest.approx(0.75)
+    assert blend(11, 1.0) == pytest.approx(0.4 / 11 + 0.6)
+
+
+def test_final_order_by_reranker_blend_or_rrf():
+    ranks, probs = [1, 2, 3], [0.1, 0.9, 0.5]
+    assert [i for i, _ in final_order(ranks, probs, "rerank")] == [1, 2, 0]
+    assert [i for i, _ in final_order(ranks, probs, "blend")] == [0, 1, 2]
+    assert [i for i, _ in final_order(ranks, None, "rerank")] == [0, 1, 2]
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        final_order(ranks, probs, "max")
+
+
+def test_strong_signal_needs_a_high_score_and_a_lead():
+    assert strong_signal([0.9, 0.7])
+    assert not strong_signal([0.9, 0.8])
+    assert not strong_signal([0.8, 0.1])
+    assert strong_signal([0.86])
+    assert not strong_signal([])
+
+
+def test_candidate_limit_is_clamped_between_n_and_200():
+    assert clamp_candidates(SearchOptions(n=10, candidates=100000)) == 200
+    assert clamp_candidates(SearchOptions(n=10, candidates=3)) == 10
+    assert clamp_candidates(SearchOptions(n=5, candidates=40)) == 40
+
+
+def test_parse_keeps_lines_with_a_query_term_and_drops_the_rest():
+    text = (
+        "lex: configure dynamic batching triton\n"
+        "vec: how do I set up dynamic batching\n"
+        "hyde: Set max_queue_delay_microseconds in the dynamic_batching block.\n"
+        "lex: the capital of australia\n"  # no query term
+        "sourdough starter feeding\n"  # no prefix
+        "vec: how do I set up dynamic batching\n"  # duplicate
+        "lex: configure dynamic batching\n"  # the query itself
+    )
+    e = parse(text, "configure dynamic batching")
+    assert e.lex == ["configure dynamic batching triton"]
+    assert e.vec == ["how do I set up dynamic batching"]
+    assert e.hyde == ["Set max_queue_delay_microseconds in the dynamic_batching block."]
+
+
+def test_parse_of_nonsense_uses_nothing():
+    e = parse("lex: a way to extract data\nvec: a way to extract data", "向量检索是什么")
+    assert not e.used
+
+
+def test_chatml_prompt_ends_inside_the_first_answer_line():
+    prompt = chatml("my query")
+    assert prompt.endswith("<|im_start|>user\nmy query<|im_end|>\n<|im_start|>assistant\nlex:")
+    assert prompt.count("<|im_start|>assistant") == 3
+
+
+class RaisingEngine:
+    name = "broken"
+
+    def generate(self, prompt, max_new_tokens, deadline):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+class SlowEngine:
+    """Emits a line, then nothing useful until the deadline has passed."""
+
+    name = "slow"
+
+    def generate(self, prompt, max_new_tokens, deadline):
+        while time.monotonic() <= deadline:
+            time.sleep(0.01)
+        return " dynamic batching delay\nvec: how long does dyn", True
+
+
+def test_a_failing_engine_degrades_to_the_original_query():
+    e = Expander(RaisingEngine()).expand("dynamic batching")
+    assert not e.used and e.status == "error: CUDA error: device-side assert triggered"
+
+
+def test_a_slow_engine_is_cut_at_the_deadline_and_what_is_complete_is_used():
+    started = time.monotonic()
+    e = Expander(SlowEngine(), timeout_s=0.2).expand("dynamic batching")
+    assert time.monotonic() - started < 2
+    assert e.lex == ["dynamic batching delay"] and e.status == "ok (cut at timeout)"
+
+
+def test_unknown_or_missing_engines_fail_with_one_message(tmp_path: Path):
+    with pytest.raises(ConfigError, match="engine must be one of onnxruntime, vllm, deepspeed, none"):
+        make_engine("llamacpp", tmp_path)
+    with pytest.raises(ConfigError, match="engine vllm is not installed"):
+        make_engine("vllm", tmp_path)
+    assert make_engine("none", tmp_path) is None
+
+
+def test_pair_encoder_truncates_passages_and_keeps_a_long_query_short(exported_repo: Path):
+    enc = PairEncoder(exported_repo / "qmd_rerank_model" / "1" / "tokenizer.json", max_length=128)
+    ids, mask, types = enc.encode("dynamic batching " * 200, ["short passage", "long passage " * 500])
+    assert ids.shape == (2, 128) and mask[1].sum() == 128
+    assert types[0].max() == 1 and types[0, 0] == 0
+    assert (types[1] == 0).sum() <= 128 // 4 + 2  # the query keeps at most a quarter of the window
