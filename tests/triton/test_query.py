@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,13 +96,26 @@ def _stats(settings: Settings, model: str) -> tuple[int, int]:
     return int(s["inference_count"]), int(s["execution_count"])
 
 
+def _settled(settings: Settings, models: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Statistics once they stop moving (an ensemble's counts land just after its response)."""
+    last = None
+    for _ in range(50):
+        now = {m: _stats(settings, m) for m in models}
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
 def test_concurrent_queries_are_batched_by_embed_and_rerank_models(indexed: Settings):
-    before = {m: _stats(indexed, m) for m in ("qmd_embed_model", "qmd_rerank_model", "qmd_query")}
+    models = ("qmd_embed_model", "qmd_rerank_model", "qmd_query")
+    before = _settled(indexed, models)
     queries = [f"batching requests number {i}" for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda q: served(indexed, "qmd_query", q, {"expand": False, "n": 2}), queries))
     assert all(results)
-    after = {m: _stats(indexed, m) for m in before}
+    after = _settled(indexed, models)
     requests = after["qmd_query"][0] - before["qmd_query"][0]
     assert requests == 8
     for model in ("qmd_embed_model", "qmd_rerank_model"):
