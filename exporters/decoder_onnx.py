@@ -233,6 +233,47 @@ def export_decoder(gguf: Path, repo: Path, *, opset: int = 17, force: bool = Fal
     return report
 
 
+def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
+                        progress: Progress = lambda _m: None) -> Path:
+    """GGUF -> a plain transformers directory (``qmd_expand/1/hf``) for the vllm and deepspeed engines.
+
+    transformers marks a model loaded from GGUF as quantized and refuses to save it;
+    its weights are already de-quantized, so they are copied into a fresh model of the
+    same config, which saves normally (safetensors).
+    """
+    out = Path(repo) / MODEL_DIR / "1" / "hf"
+    stamp = out / "source.json"
+    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(gguf):
+        progress(f"transformers copy up to date ({out})")
+        return out
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise ExportError(f"exporting needs torch and transformers: pip install -e '.[export]' ({e})") from None
+    progress(f"writing {gguf.name} as a transformers model to {out}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+    tmp = out.with_name("hf.tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    fresh.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "source.json").write_text(json.dumps({"source": str(gguf), "fingerprint": _fingerprint(gguf)}) + "\n")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
 def _parity(hf, tokenizer, onnx_path: Path, layers: int, kv_heads: int, head_dim: int) -> tuple[float, bool]:
     import torch
 

@@ -36,7 +36,7 @@ def server_ns(client: QmdClient) -> dict[str, int]:
     out = {}
     for m in MODELS:
         s = client.statistics(m)["model_stats"][0]["inference_stats"]
-        out[m] = sum(int(s[k]["ns"]) for k in ("queue", "compute_input", "compute_infer", "compute_output"))
+        out[m] = sum(int(s.get(k, {}).get("ns", 0)) for k in ("queue", "compute_input", "compute_infer", "compute_output"))
     return out
 
 

