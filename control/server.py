@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -202,7 +203,7 @@ def _load_failure(path: Path) -> str | None:
     except OSError:
         return None
     for line in lines:
-        if line.startswith("E") and "failed to load" in line:
+        if line.startswith("E") and re.search(r"failed to load '[^']+' version", line):
             message = line.split("] ", 1)[-1].strip().strip('"')
             # The python backend appends the stub's traceback as escaped newlines.
             return message.split("\\n")[0].strip()
