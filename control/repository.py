@@ -29,7 +29,15 @@ def parse_config(path: Path) -> Any:
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
-        raise ConfigError(f"{path}:{e}") from None
+        raise ConfigSyntaxError(path, e.GetLine(), e.GetColumn(), str(e).split(" : ", 1)[-1]) from None
+
+
+class ConfigSyntaxError(ConfigError):
+    """A config.pbtxt that protobuf's text format cannot parse, with where and why."""
+
+    def __init__(self, path: Path, line: int, column: int, message: str) -> None:
+        super().__init__(f"{path}:{line}:{column}: {message}")
+        self.path, self.line, self.column, self.message = path, line, column, message
 
 
 @dataclass(frozen=True)

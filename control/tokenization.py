@@ -211,7 +211,7 @@ class PairEncoder:
     rows are padded to the longest pair of the call.
     """
 
-    def __init__(self, tokenizer_path: Path, max_length: int = 512) -> None:
+    def __init__(self, tokenizer_path: Path, max_length: int = 512, buckets: str | Sequence[int] | None = "") -> None:
         from tokenizers import Tokenizer
 
         if not tokenizer_path.is_file():
@@ -226,6 +226,7 @@ class PairEncoder:
         padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
         self.pad_id = int(padding.get("pad_id", 0))
         self.max_query_tokens = max(8, max_length // 4)
+        self.buckets = parse_buckets(buckets, max_length)
 
     def _short_query(self, query: str) -> str:
         """The query cut to a quarter of the window, so passages always keep room."""
@@ -241,7 +242,7 @@ class PairEncoder:
         # Cut very long passages first: only max_length tokens of them can count.
         cut = [p[: self.max_length * _CHARS_PER_TOKEN_BOUND] for p in passages]
         encodings = self._tok.encode_batch([(query, p) for p in cut])
-        width = max(len(e.ids) for e in encodings)
+        width = bucket_for(max(len(e.ids) for e in encodings), self.buckets)
         ids = np.full((len(cut), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(cut), width), dtype=np.int64)
         types = np.zeros((len(cut), width), dtype=np.int64)

@@ -18,6 +18,7 @@ from .export import export
 from .index import collection, update_cmd
 from .search import get, ls, multi_get, query, search, vsearch
 from .serve import down, status, up
+from .validate import validate
 
 
 @click.group(cls=QmdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,7 +34,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate):
     cli.add_command(command)
 
 

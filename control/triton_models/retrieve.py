@@ -40,7 +40,8 @@ class TritonPythonModel:
         try:
             self.fingerprint = embedding_setup(repo).fingerprint
             self.pairs = PairEncoder(repo / RERANK_MODEL.name / "1" / "tokenizer.json",
-                                     max_length=common.int_parameter(config, "rerank_max_length", 512))
+                                     max_length=common.int_parameter(config, "rerank_max_length", 512),
+                                     buckets=common.parameter(config, "rerank_length_buckets", ""))
         except (QmdError, OSError) as e:
             raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)

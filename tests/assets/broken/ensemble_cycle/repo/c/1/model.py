@@ -1,0 +1,6 @@
+"""A minimal python model for validation fixtures."""
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return []
