@@ -51,6 +51,7 @@ class Settings:
     protocol: str = "http"
     startup_timeout_s: float = 120.0
     request_timeout_s: float = 60.0
+    models_dir: Path | None = None  # downloads; None means $QMD_HOME/models
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -63,6 +64,10 @@ class Settings:
     @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).expanduser() if self.models_dir else self.home / "models"
 
     @property
     def index_path(self) -> Path:

@@ -16,6 +16,7 @@ from .embed import embed
 from .evaluate import evaluate
 from .export import export
 from .index import collection, update_cmd
+from .models import models
 from .search import get, ls, multi_get, query, search, vsearch
 from .serve import down, status, up
 from .validate import validate
@@ -34,7 +35,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models):
     cli.add_command(command)
 
 
