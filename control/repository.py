@@ -70,6 +70,8 @@ class RepoModel:
         except KeyError:
             spec = None
         if spec is not None and spec.artifacts:
+            if self.backend == "tensorrt_plan":  # the same model served as a TensorRT plan
+                return tuple("model.plan" if a == "model.onnx" else a for a in spec.artifacts)
             return spec.artifacts
         default = self.config.default_model_filename
         return {

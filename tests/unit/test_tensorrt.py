@@ -1,0 +1,78 @@
+"""TensorRT plans: config switch and profiles here; the build itself on a GPU (gpu marker)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton.cli import cli
+from qmd_triton.exporters.onnx_tensorrt import export_tensorrt, profiles_for, tensorrt_config
+from qmd_triton.validate import validate_repository
+
+from ..conftest import REPO
+
+
+def test_one_profile_per_length_bucket():
+    assert profiles_for([64, 16, 256]) == [(1, 16), (17, 64), (65, 256)]
+
+
+def test_switched_config_validates_on_gpu_and_is_refused_locally(tmp_path: Path, exported_repo: Path):
+    repo = tmp_path / "repo"
+    (repo / "qmd_embed_model" / "1").mkdir(parents=True)
+    (repo / "qmd_embed_model" / "config.pbtxt").write_text(
+        tensorrt_config((REPO / "qmd_embed_model" / "config.pbtxt").read_text(), 64))
+    (repo / "qmd_embed_model" / "1" / "model.plan").write_bytes(b"plan bytes")
+    text = (repo / "qmd_embed_model" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in text and "KIND_GPU" in text and "allow_ragged_batch" not in text
+    assert validate_repository(repo, "gpu") == []
+    local = [str(p) for p in validate_repository(repo, "local")]
+    assert "repo/qmd_embed_model/config.pbtxt:backend: 'tensorrt_plan' is not available on the local target " \
+           "(TensorRT plans are built and served in the NGC image; use --target gpu)" in local
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_export_without_tensorrt_is_one_error_line(tmp_path: Path, exported_repo: Path):
+    result = CliRunner().invoke(cli, ["export", "--only", "embedding", "--tensorrt", str(tmp_path / "trt")],
+                                env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
+    assert result.exit_code == 1
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert errors == ["Error: TensorRT is not installed here (No module named 'tensorrt'); build plans inside the NGC "
+                      "Triton image (docker compose run export) where its TensorRT matches the server's"]
+
+
+@pytest.mark.gpu
+def test_embedding_plan_matches_onnxruntime(tmp_path: Path, exported_repo: Path):
+    trt = pytest.importorskip("tensorrt")
+    import torch
+
+    from qmd_triton.tokenization import TextEncoder
+    from qmd_triton.triton_models.onnx_backend import make_session
+
+    target = tmp_path / "gpu-repo"
+    shutil.copytree(exported_repo / "qmd_tokenize", target / "qmd_tokenize")
+    report = export_tensorrt(exported_repo, target, "qmd_embed_model", fp16=True, buckets=[16, 64, 256])
+    assert report.profiles == [(1, 16), (17, 64), (65, 256)]
+    enc = TextEncoder.from_dir(exported_repo / "qmd_tokenize" / "1", buckets="")
+    ids, mask = enc.encode(["hello world", "向量检索", "dynamic batching merges requests " * 5])
+    want = make_session(exported_repo / "qmd_embed_model" / "1" / "model.onnx").run(
+        ["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(report.plan).read_bytes())
+    ctx = engine.create_execution_context()
+    profile = next(i for i, (lo, hi) in enumerate(report.profiles) if lo <= ids.shape[1] <= hi)
+    stream = torch.cuda.current_stream()
+    ctx.set_optimization_profile_async(profile, stream.cuda_stream)
+    tensors = {"input_ids": torch.from_numpy(ids).cuda(), "attention_mask": torch.from_numpy(mask).cuda(),
+               "embedding": torch.empty((3, 384), dtype=torch.float32, device="cuda")}
+    for name in ("input_ids", "attention_mask"):
+        ctx.set_input_shape(name, tuple(ids.shape))
+    for name, t in tensors.items():
+        ctx.set_tensor_address(name, t.data_ptr())
+    assert ctx.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    got = tensors["embedding"].cpu().numpy()
+    assert np.abs(got - want).max() < 2e-2  # fp16
