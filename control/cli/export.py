@@ -14,6 +14,9 @@ PARTS = ("embedding", "reranker", "expansion")
 
 
 @click.command()
+@click.option("--profile", "profile_name", default=None, envvar="QMD_PROFILE", show_envvar=True,
+              help="Take the sources from this registry profile's downloads (e.g. full, after `qmdctl models download "
+                   "--profile full`). [default: the small profile's PyPI packages]")
 @click.option("--only", "parts", type=click.Choice(PARTS), multiple=True,
               help="Export only these models (repeatable). [default: all three]")
 @click.option("--embedding-source", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -37,7 +40,7 @@ PARTS = ("embedding", "reranker", "expansion")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
-def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
+def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
            reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, tensorrt_repo: Path | None,
            int8: bool, opset: int, force: bool, as_json: bool) -> None:
     """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
@@ -45,7 +48,14 @@ def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, 
     Each export is skipped when the model repository already holds an export of the
     same source; --force exports again.
     """
-    repo = state.settings().model_repository
+    settings = state.settings()
+    repo = settings.model_repository
+    if profile_name:
+        embedding_source, reranker_source, hf_expansion = _profile_sources(
+            profile_name, settings.models_path, embedding_source, reranker_source)
+        if hf_expansion is not None and (not parts or "expansion" in parts):
+            _link_hf(hf_expansion, repo, state)
+            parts = tuple(p for p in (parts or PARTS) if p != "expansion")
     reports: dict[str, Any] = {}
     for part in parts or PARTS:
         if part == "embedding":
@@ -81,3 +91,39 @@ def export(state: State, parts: tuple[str, ...], embedding_source: Path | None, 
             continue
         verdict = "unchanged" if r.skipped else f"exported in {r.seconds:.1f}s"
         click.echo(f"{part:<10} {verdict:<20} parity max|diff|={r.max_abs_diff:.2e}  sha256={r.onnx_sha256[:12]}")
+
+
+def _profile_sources(name: str, models_dir: Path, embedding: Path | None, reranker: Path | None):
+    """Embedding and reranker directories of a profile's verified downloads, and a transformers LLM if any."""
+    from ..errors import ArtifactMissing
+    from ..models import check, profile
+
+    hf_expansion = None
+    for entry in profile(name):
+        if entry.source == "pypi":
+            continue  # the exporters' defaults are the small profile's packages
+        result = check(entry, models_dir)
+        if result.status != "OK":
+            raise ArtifactMissing(f"{entry.name} is {result.status} in {models_dir}; "
+                                  f"run `qmdctl models download --profile {name}`")
+        if entry.role == "embedding" and embedding is None:
+            embedding = result.path
+        elif entry.role == "reranker" and reranker is None:
+            reranker = result.path
+        elif entry.role == "expansion":
+            hf_expansion = result.path
+    return embedding, reranker, hf_expansion
+
+
+def _link_hf(source: Path, repo: Path, state: State) -> None:
+    """Points qmd_expand/1/hf at a downloaded transformers LLM (served by the vllm/deepspeed engines)."""
+    target = repo / "qmd_expand" / "1" / "hf"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    target.symlink_to(source.resolve(), target_is_directory=True)
+    state.progress(f"expansion: {target} -> {source} (served by the GPU engines: --model-config-name gpu)")
+
