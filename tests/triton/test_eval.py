@@ -15,6 +15,7 @@ from ..conftest import SHARED
 SETS = ["msmarco", "dbpedia"]
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", SETS)
 def test_eval_scores_each_mode_at_least_as_well_as_its_baseline(name: str, exported_repo: Path, tmp_path: Path):
     dataset = SHARED / "datasets" / name
