@@ -5,7 +5,8 @@ builds them inside the serving image (the compose file's one-shot ``export`` ser
 One optimization profile per length bucket of the tokenizer (``length_buckets`` of
 ``qmd_tokenize``'s GPU config): profile *i* covers sequence lengths from bucket
 *i-1* + 1 to bucket *i*, batch 1 to the config's ``max_batch_size``, optimum at half
-the batch and the bucket's length. The target repository's config is switched to
+the batch and the bucket's length. The target repository's GPU config
+(``configs/gpu.pbtxt``, loaded with ``--model-config-name=gpu``) is switched to
 ``platform: "tensorrt_plan"`` on ``KIND_GPU``, without ragged batching.
 
 Example:
@@ -194,7 +195,12 @@ def export_tensorrt(source_repo: Path, target_repo: Path, model: str, *, fp16: b
     profiles = build_plan(onnx_path, tmp, inputs, cfg.max_batch_size, buckets, fp16=fp16, int8=int8,
                           calibration=calibration)
     tmp.replace(dst / "1" / PLAN)
-    (dst / "config.pbtxt").write_text(tensorrt_config((src / "config.pbtxt").read_text(), cfg.max_batch_size))
+    # The GPU target's config (`--model-config-name=gpu`); config.pbtxt only where the target has none.
+    switched = tensorrt_config((src / "config.pbtxt").read_text(), cfg.max_batch_size)
+    (dst / "configs").mkdir(exist_ok=True)
+    (dst / "configs" / "gpu.pbtxt").write_text(switched)
+    if not (dst / "config.pbtxt").is_file():
+        (dst / "config.pbtxt").write_text(switched)
     if (src / "1" / "tokenizer.json").is_file():
         shutil.copy2(src / "1" / "tokenizer.json", dst / "1" / "tokenizer.json")
     plan = dst / "1" / PLAN
