@@ -9,9 +9,26 @@ QMDCTL := $(VENV)/bin/qmdctl
 STAMP := $(VENV)/.qmd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models quickstart test down clean-models
+.PHONY: setup system-deps models quickstart test down clean-models
 
-setup: $(STAMP)
+SYSTEM_TOOLS := prometheus promtool amtool nginx openssl
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager nginx-light openssl
+
+setup: $(STAMP) system-deps
+
+# Prometheus (qmdctl up --monitor, promtool), Alertmanager's amtool and nginx (deployment checks) from
+# Debian's packages. Installed when missing and when this user can; otherwise say what to run.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (apt-get)" >&2; \
+	    (apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null)); \
+	  else \
+	    echo "note: missing$$missing; run: sudo apt-get install --no-install-recommends $(SYSTEM_PACKAGES)" >&2; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml requirements-models.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

