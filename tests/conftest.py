@@ -103,3 +103,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             gpu = _cuda() if gpu is None else gpu
             if not gpu:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); run on the device machine"))
+
+
+def processes_of(home: Path) -> set[int]:
+    """Processes whose command line names this QMD home: its server, stubs, Prometheus, exporter."""
+    needle = str(home).encode()
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids

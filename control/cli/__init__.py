@@ -18,7 +18,7 @@ from .export import export
 from .index import collection, update_cmd
 from .models import models
 from .search import get, ls, multi_get, query, search, vsearch
-from .serve import down, status, up
+from .serve import down, exporter, status, up
 from .validate import validate
 
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter):
     cli.add_command(command)
 
 

@@ -16,6 +16,7 @@ from ..client import QmdClient
 from ..collections import CollectionConfig
 from ..evaluation import METRICS, BeirSet, bm25_baseline, load_beir, score_run, top_ids, write_collection
 from ..fusion import RankedList, rrf
+from ..metrics import record_eval
 from ..indexer import embed_pending, embedding_setup, update
 from ..search import SearchOptions, search_bm25
 from ..settings import Settings
@@ -222,6 +223,7 @@ def evaluate(state: State, dataset: Path, modes: tuple[str, ...], no_expand: boo
             add("baseline: in-process BM25 + embedding, RRF, same cross-encoder", _hybrid_baseline(state, beir, settings),
                 started)
     result = {"set": beir.name, "queries": len(beir.judged_queries()), "documents": len(beir.corpus), "rows": rows}
+    record_eval(state.settings(), result)
     if as_json:
         emit_json(result)
         return

@@ -16,15 +16,31 @@ from .common import State, emit_json, pass_state, server_options, server_setting
 @click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT", show_envvar=True,
               help="Seconds to wait for every model to load. [default: 120]")
 @click.option("--log-verbose", type=int, default=0, show_default=True, help="Triton's --log-verbose level.")
+@click.option("--monitor", is_flag=True, help="Also start Prometheus (alert rules loaded) and the qmdctl exporter.")
+@click.option("--prometheus-port", type=int, default=9090, show_default=True, envvar="QMD_PROMETHEUS_PORT",
+              show_envvar=True, help="With --monitor: Prometheus's port.")
+@click.option("--exporter-port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT",
+              show_envvar=True, help="With --monitor: the qmdctl exporter's port.")
 @click.option("--model-config-name", default=None, envvar="QMD_MODEL_CONFIG_NAME", show_envvar=True,
               help="Use MODEL/configs/NAME.pbtxt where a model has one (e.g. vllm, deepspeed for qmd_expand).")
 @pass_state
-def up(state: State, startup_timeout_s: float | None, log_verbose: int, model_config_name: str | None,
-       **kwargs: Any) -> None:
+def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor: bool, prometheus_port: int,
+       exporter_port: int, model_config_name: str | None, **kwargs: Any) -> None:
     """Start the local Triton server on the model repository and wait until it is ready."""
     settings = server_settings(state, kwargs).with_(startup_timeout_s=startup_timeout_s)
     extra = (f"--model-config-name={model_config_name}",) if model_config_name else ()
+    if monitor:
+        extra += ("--metrics-config=summary_latencies=true",)
     info = server.start(settings, log_verbose=log_verbose, extra_args=extra, progress=state.progress)
+    if monitor:
+        from ..monitor import start_monitor
+
+        try:
+            start_monitor(settings, prometheus_port=prometheus_port, exporter_port=exporter_port,
+                          progress=state.progress)
+        except Exception:
+            server.stop(settings)  # all or nothing: no half-monitored server left behind
+            raise
     state.progress(f"http {info.host}:{info.http_port}  grpc {info.host}:{info.grpc_port}  "
                    f"metrics http://{info.host}:{info.metrics_port}/metrics")
 
@@ -32,9 +48,29 @@ def up(state: State, startup_timeout_s: float | None, log_verbose: int, model_co
 @click.command()
 @pass_state
 def down(state: State) -> None:
-    """Stop the server that `qmdctl up` started (and only that one)."""
-    info = server.stop(state.settings(), progress=state.progress)
+    """Stop the server that `qmdctl up` started (and only that one), and its monitoring."""
+    from ..monitor import stop_monitor
+
+    settings = state.settings()
+    stop_monitor(settings, progress=state.progress)
+    info = server.stop(settings, progress=state.progress)
     state.progress(f"stopped tritonserver (pid {info.pid})")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve /metrics on.")
+@click.option("--port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT", show_envvar=True,
+              help="Port to serve /metrics on.")
+@click.option("--triton-url", default=None, envvar="QMD_TRITON_URL", show_envvar=True,
+              help="Triton HTTP host:port whose model states to export. [default: the configured server]")
+@pass_state
+def exporter(state: State, host: str, port: int, triton_url: str | None) -> None:
+    """Serve the control plane's metrics for Prometheus: index counts, staleness, eval scores, model states."""
+    from ..metrics import serve
+
+    settings = state.settings()
+    state.progress(f"serving qmd metrics on http://{host}:{port}/metrics")
+    serve(settings, host=host, port=port, triton_url=triton_url or settings.http_url)
 
 
 def index_status(settings) -> dict | None:

@@ -1,0 +1,99 @@
+"""`qmdctl up --monitor`: Prometheus scrapes Triton and the exporter, loads the alert rules;
+`qmdctl down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton.cli import cli
+from qmd_triton.client import QmdClient
+from qmd_triton.server import free_ports
+
+from ..conftest import ASSETS, make_settings, processes_of
+
+
+def query(url: str, promql: str) -> list:
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}", timeout=5) as r:
+        return json.loads(r.read())["data"]["result"]
+
+
+@pytest.fixture
+def qmd(exported_repo: Path, tmp_path: Path):
+    if shutil.which("prometheus") is None:
+        pytest.skip("Prometheus is not installed (make system-deps)")
+    settings = make_settings(tmp_path / "home", exported_repo)
+    prom_port, exporter_port = free_ports(2)
+    env = {"QMD_HOME": str(settings.home), "QMD_HTTP_PORT": str(settings.http_port),
+           "QMD_GRPC_PORT": str(settings.grpc_port), "QMD_METRICS_PORT": str(settings.metrics_port),
+           "QMD_PROMETHEUS_PORT": str(prom_port), "QMD_EXPORTER_PORT": str(exporter_port)}
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    run.settings = settings  # type: ignore[attr-defined]
+    run.prometheus = f"http://127.0.0.1:{prom_port}"  # type: ignore[attr-defined]
+    run.exporter = f"http://127.0.0.1:{exporter_port}/metrics"  # type: ignore[attr-defined]
+    yield run
+    run("down")
+
+
+def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_path: Path):
+    notes = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", notes)
+    assert qmd("collection", "add", str(notes), "--name", "notes").exit_code == 0
+    assert qmd("update").exit_code == 0
+    result = qmd("up", "--monitor")
+    assert result.exit_code == 0, result.output
+    settings = qmd.settings
+    assert len(processes_of(settings.home)) >= 5  # server, stubs, Prometheus, exporter
+
+    def count() -> float:
+        rows = query(qmd.prometheus, 'sum(nv_inference_count{model="qmd_embed"})')
+        return float(rows[0]["value"][1]) if rows else 0.0
+
+    deadline = time.monotonic() + 60
+    while not query(qmd.prometheus, 'up{job="triton"} == 1') and time.monotonic() < deadline:
+        time.sleep(1)
+    start = count()
+    with QmdClient(settings.url()) as client:
+        client.embed([f"note {i}" for i in range(7)])
+    while count() < start + 7 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert count() >= start + 7
+
+    rules = json.loads(urllib.request.urlopen(f"{qmd.prometheus}/api/v1/rules", timeout=5).read())
+    names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
+    assert {"QmdTritonDown", "QmdIndexStale", "QmdHighErrorRatio"} <= names
+    while not query(qmd.prometheus, 'qmd_index_documents{collection="notes"}') and time.monotonic() < deadline:
+        time.sleep(1)
+    [docs] = query(qmd.prometheus, 'qmd_index_documents{collection="notes"}')
+    assert float(docs["value"][1]) == 4
+    ready = query(qmd.prometheus, 'qmd_triton_model_ready{model="qmd_query"}')
+    assert ready and ready[0]["metric"]["state"] == "READY"
+
+    down = qmd("down")
+    assert down.exit_code == 0, down.output
+    time.sleep(0.5)
+    assert processes_of(settings.home) == set()
+
+
+def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd):
+    import socket
+
+    port = int(qmd.prometheus.rsplit(":", 1)[1])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = qmd("up", "--monitor")
+    assert result.exit_code == 1
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert errors == [f"Error: port {port} (prometheus) on 127.0.0.1 is already in use; pick another with --prometheus-port"]
+    assert processes_of(qmd.settings.home) == set()
