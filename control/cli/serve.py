@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,14 +22,22 @@ from .common import State, emit_json, pass_state, server_options, server_setting
               show_envvar=True, help="With --monitor: Prometheus's port.")
 @click.option("--exporter-port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT",
               show_envvar=True, help="With --monitor: the qmdctl exporter's port.")
+@click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Trace requests in Triton's own format (timestamps per model) to FILE.N, every --trace-rate-th.")
+@click.option("--otel-endpoint", default=None, envvar="QMD_OTEL_ENDPOINT", show_envvar=True,
+              help="Trace requests with OpenTelemetry (OTLP over HTTP) to HOST:PORT/v1/traces.")
+@click.option("--trace-rate", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Trace one request in this many.")
 @click.option("--model-config-name", default=None, envvar="QMD_MODEL_CONFIG_NAME", show_envvar=True,
               help="Use MODEL/configs/NAME.pbtxt where a model has one (e.g. vllm, deepspeed for qmd_expand).")
 @pass_state
 def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor: bool, prometheus_port: int,
-       exporter_port: int, model_config_name: str | None, **kwargs: Any) -> None:
+       exporter_port: int, trace_file: Path | None, otel_endpoint: str | None, trace_rate: int,
+       model_config_name: str | None, **kwargs: Any) -> None:
     """Start the local Triton server on the model repository and wait until it is ready."""
     settings = server_settings(state, kwargs).with_(startup_timeout_s=startup_timeout_s)
     extra = (f"--model-config-name={model_config_name}",) if model_config_name else ()
+    extra += trace_flags(trace_file, otel_endpoint, trace_rate)
     if monitor:
         extra += ("--metrics-config=summary_latencies=true",)
     info = server.start(settings, log_verbose=log_verbose, extra_args=extra, progress=state.progress)
@@ -43,6 +52,20 @@ def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor:
             raise
     state.progress(f"http {info.host}:{info.http_port}  grpc {info.host}:{info.grpc_port}  "
                    f"metrics http://{info.host}:{info.metrics_port}/metrics")
+
+
+def trace_flags(trace_file: Path | None, otel_endpoint: str | None, rate: int) -> tuple[str, ...]:
+    """Triton's --trace-config flags: its own JSON trace files, or OpenTelemetry (OTLP/HTTP)."""
+    if trace_file and otel_endpoint:
+        raise click.UsageError("--trace-file and --otel-endpoint are two trace modes: pick one")
+    if trace_file:
+        return ("--trace-config=level=TIMESTAMPS", f"--trace-config=rate={rate}",
+                f"--trace-config=triton,file={trace_file.resolve()}", "--trace-config=triton,log-frequency=1")
+    if otel_endpoint:
+        return ("--trace-config=mode=opentelemetry", "--trace-config=level=TIMESTAMPS", f"--trace-config=rate={rate}",
+                f"--trace-config=opentelemetry,url={otel_endpoint}",
+                "--trace-config=opentelemetry,resource=service.name=qmd-triton")
+    return ()
 
 
 @click.command()
