@@ -89,7 +89,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def validate_repository(repo: Path, target: str = "local") -> list[Problem]:
+def validate_repository(repo: Path, target: str = "local", gpus: int | None = None) -> list[Problem]:
     """All problems of a repository for a target, sorted by path."""
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -121,6 +121,10 @@ def validate_repository(repo: Path, target: str = "local") -> list[Problem]:
         problems.append(Problem(str(repo), "repository", "holds no model"))
     for m in models.values():
         problems += _check_model(m, repo, target)
+        if gpus is not None and target == "gpu":
+            from .placement import check_placement
+
+            problems += [Problem(_rel(m.config_path, repo), f, msg) for f, msg in check_placement(m.config, gpus)]
     for m in models.values():
         if m.backend == "ensemble":
             problems += _check_ensemble(m, models, repo)

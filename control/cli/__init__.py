@@ -19,7 +19,7 @@ from .index import collection, update_cmd
 from .models import models
 from .search import get, ls, multi_get, query, search, vsearch
 from .serve import down, exporter, status, up
-from .validate import validate
+from .validate import placement, validate
 
 
 @click.group(cls=QmdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement):
     cli.add_command(command)
 
 
