@@ -9,12 +9,16 @@ QMDCTL := $(VENV)/bin/qmdctl
 STAMP := $(VENV)/.qmd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps models quickstart test down clean-models
+.PHONY: setup system-deps perf-tools models quickstart test down clean-models
 
 SYSTEM_TOOLS := prometheus promtool amtool nginx openssl
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager nginx-light openssl
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps perf-tools
+
+# perf_analyzer 2.60 for `qmdctl bench` (through Debian trixie's loader where glibc < 2.38).
+perf-tools: $(STAMP)
+	@PYTHON=$(PY) bash scripts/install-perf-analyzer.sh .tools/perf_analyzer >/dev/null
 
 # Prometheus (qmdctl up --monitor, promtool), Alertmanager's amtool and nginx (deployment checks) from
 # Debian's packages. Installed when missing and when this user can; otherwise say what to run.
