@@ -12,6 +12,7 @@ import click
 
 from .. import __version__
 from .common import QmdGroup, State
+from .bench import bench
 from .embed import embed
 from .evaluate import evaluate
 from .export import export
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement, bench):
     cli.add_command(command)
 
 
