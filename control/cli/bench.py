@@ -84,8 +84,8 @@ def bench(state: State, models: tuple[str, ...], concurrency_spec: str, input_da
     Starts the local server if none answers. Results go to --out as CSV, JSON, a markdown
     summary (also printed) and a PNG of p95 latency against throughput.
     """
+    protocol = kwargs.get("protocol") or "grpc"  # perf_analyzer's gRPC client costs the 2 cores least
     settings = server_settings(state, kwargs)
-    protocol = kwargs.get("protocol") or "grpc"
     pa = b.find_perf_analyzer()
     concurrencies = b.parse_concurrency(concurrency_spec)
     options = json.loads(options_json)

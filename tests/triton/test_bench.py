@@ -1,0 +1,33 @@
+"""A small real perf_analyzer run against the session server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+from qmd_triton.settings import Settings
+
+from .test_search import indexed, qmd  # noqa: F401 - indexed: the notes index the search bench queries
+
+
+def test_bench_measures_qmd_embed_with_perf_analyzer(triton: Settings, tmp_path: Path):
+    out = tmp_path / "results"
+    result = qmd(triton, "bench", "--concurrency", "1,4", "--measurement-ms", "1000", "--no-baselines",
+                 "--out", str(out), "--protocol", "grpc")
+    data = json.loads(next(out.glob("*.json")).read_text())
+    rows = data["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    assert all(r["throughput"] > 0 and r["errors"] == 0 and r["p50_us"] <= r["p95_us"] <= r["p99_us"] for r in rows)
+    assert {s["model"] for s in rows[1]["composing"]} == {"qmd_tokenize", "qmd_embed_model"}
+    assert "| qmd_embed | grpc | 4 |" in result.stdout
+    assert next(out.glob("*.png")).stat().st_size > 1000
+
+
+def test_bench_measures_a_search_pipeline_over_http(indexed, tmp_path: Path):  # noqa: F811
+    triton, _ = indexed
+    out = tmp_path / "results"
+    qmd(triton, "bench", "qmd_search", "--concurrency", "2", "--measurement-ms", "1000", "--out", str(out),
+        "--protocol", "http")
+    [row] = json.loads(next(out.glob("*.json")).read_text())["rows"]
+    assert row["model"] == "qmd_search" and row["protocol"] == "http" and row["throughput"] > 0

@@ -1,0 +1,72 @@
+"""Parsing perf_analyzer's output, concurrency specs, reports; the missing-tool error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton import bench
+from qmd_triton.cli import cli
+from qmd_triton.errors import InputError
+
+from ..conftest import ASSETS
+
+CSV = """Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,response wait
+8,28.508,4,117421,1,109,163175,2852,2,288056,382357,406025,417890,283566,6,283549
+"""
+
+
+@pytest.mark.parametrize("spec, want", [("8", [8]), ("1:8:2", [1, 3, 5, 7]), ("1:3", [1, 2, 3]), ("1,8,32", [1, 8, 32])])
+def test_parse_concurrency(spec, want):
+    assert bench.parse_concurrency(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["0", "8:1", "a:b", "1:8:0", ""])
+def test_parse_concurrency_refuses_nonsense(spec):
+    with pytest.raises(InputError, match="concurrency"):
+        bench.parse_concurrency(spec)
+
+
+def test_parse_composing_models_of_an_ensemble():
+    splits = bench.parse_composing((ASSETS / "perf" / "perf_analyzer_ensemble.txt").read_text())
+    assert [s.model for s in splits] == ["qmd_embed_model", "qmd_tokenize"]
+    embed = splits[0]
+    assert (embed.requests, embed.executions) == (308, 76)
+    assert (embed.queue_us, embed.compute_input_us, embed.compute_infer_us, embed.compute_output_us) == (
+        114983, 58, 160588, 2719)
+    assert embed.total_us == 114983 + 58 + 160588 + 2719
+
+
+def test_parse_composing_is_empty_for_a_plain_model():
+    assert bench.parse_composing("Request concurrency: 1\n  Client:\n    Throughput: 5 infer/sec\n") == []
+
+
+def test_parse_csv_reads_perf_analyzer_columns():
+    [row] = bench.parse_csv(CSV)
+    assert row["Concurrency"] == 8 and row["Inferences/Second"] == pytest.approx(28.508)
+    assert row["p95 latency"] == 406025
+
+
+def test_reports_are_written_with_a_plot(tmp_path: Path):
+    splits = bench.parse_composing((ASSETS / "perf" / "perf_analyzer_ensemble.txt").read_text())
+    rows = [bench.Row("qmd_embed", "grpc", c, 10.0 * c, 1e4, 2e4, 3e4 * c, 4e4, 1e4, 0, 1e4, 0, splits)
+            for c in (1, 8)]
+    paths = bench.write_results(rows, {"in-process": {"per_s": 40.0, "ratio": 2.0}}, tmp_path, "run")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "| qmd_embed | grpc | 8 | 80.0 |" in md and "| qmd_embed | 8 | qmd_embed_model | 115.0 |" in md
+    assert "| in-process | 40.0 | 2.00 |" in md
+    assert paths["csv"].read_text().splitlines()[0].startswith("model,protocol,concurrency,throughput")
+
+
+def test_bench_without_perf_analyzer_is_one_error_line(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(bench, "TOOLS", tmp_path / "nope")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("QMD_PERF_ANALYZER", raising=False)
+    result = CliRunner().invoke(cli, ["bench"], env={"QMD_HOME": str(tmp_path)})
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: perf_analyzer is not installed; run `make perf-tools` (scripts/install-perf-analyzer.sh) "
+        "or set QMD_PERF_ANALYZER")
