@@ -209,13 +209,19 @@ def run_once(perf_analyzer: str, model: str, url: str, protocol: str, input_data
     """One perf_analyzer measurement at one concurrency."""
     work = work or Path(os.environ.get("TMPDIR", "/tmp"))
     out_csv = work / f"pa-{model}-{protocol}-c{concurrency}.csv"
-    cmd = [perf_analyzer, "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_data),
-           "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(measurement_ms),
-           "--stability-percentage", "50", "--max-trials", "6", "-f", str(out_csv), "--verbose-csv", *extra]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(120, measurement_ms * 10 // 1000 + 60))
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"perf_analyzer did not finish for {model} at concurrency {concurrency}") from None
+    base = [perf_analyzer, "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_data),
+            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(measurement_ms),
+            "-f", str(out_csv), "--verbose-csv", *extra]
+    # A noisy shared CPU can keep three windows from agreeing within 50%; then accept a wider spread
+    # once rather than report nothing (the rows say how many windows were measured either way).
+    for stability, trials in (("50", "6"), ("100", "4")):
+        try:
+            proc = subprocess.run(base + ["--stability-percentage", stability, "--max-trials", trials],
+                                  capture_output=True, text=True, timeout=max(120, measurement_ms * 12 // 1000 + 60))
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"perf_analyzer did not finish for {model} at concurrency {concurrency}") from None
+        if proc.returncode == 0 or "stable" not in (proc.stdout + proc.stderr).lower():
+            break
     if proc.returncode != 0 or not out_csv.is_file():
         lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
         raise BenchError(f"perf_analyzer failed for {model} at concurrency {concurrency}: "

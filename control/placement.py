@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import InputError
-from .repository import parse_config
+from .repository import leading_comments, parse_config
 
 GPU_CONFIG = Path("configs") / "gpu.pbtxt"
 GPU_MODELS = ("qmd_embed_model", "qmd_rerank_model")
@@ -25,15 +25,6 @@ def _write(path: Path, cfg, header: str) -> None:
     from google.protobuf import text_format
 
     path.write_text(header + text_format.MessageToString(cfg))
-
-
-def _header(path: Path) -> str:
-    lines = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line)
-    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def place(repo: Path, gpus: int, per_gpu: Mapping[str, int] | None = None, tensor_parallel: int = 1) -> list[Path]:
@@ -55,13 +46,13 @@ def place(repo: Path, gpus: int, per_gpu: Mapping[str, int] | None = None, tenso
         for gpu in range(gpus):
             cfg.instance_group.add(name=f"{model}_gpu{gpu}", count=counts[model],
                                    kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, gpus=[gpu])
-        _write(path, cfg, _header(path))
+        _write(path, cfg, leading_comments(path))
         written.append(path)
     expand = repo / "qmd_expand" / GPU_CONFIG
     if expand.is_file():
         cfg = parse_config(expand)
         cfg.parameters["tensor_parallel_size"].string_value = str(tensor_parallel)
-        _write(expand, cfg, _header(expand))
+        _write(expand, cfg, leading_comments(expand))
         written.append(expand)
     return written
 

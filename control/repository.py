@@ -40,6 +40,16 @@ class ConfigSyntaxError(ConfigError):
         self.path, self.line, self.column, self.message = path, line, column, message
 
 
+def leading_comments(path: Path) -> str:
+    """The comment lines a config starts with (kept when a tool rewrites the config)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 @dataclass(frozen=True)
 class RepoModel:
     """One model folder: its parsed config and where it lives."""

@@ -20,6 +20,7 @@ from .index import collection, update_cmd
 from .models import models
 from .search import get, ls, multi_get, query, search, vsearch
 from .serve import down, exporter, status, up
+from .tune import tune
 from .validate import placement, validate
 
 
@@ -36,7 +37,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement, bench):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement, bench, tune):
     cli.add_command(command)
 
 

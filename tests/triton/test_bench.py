@@ -31,3 +31,14 @@ def test_bench_measures_a_search_pipeline_over_http(indexed, tmp_path: Path):  #
         "--protocol", "http")
     [row] = json.loads(next(out.glob("*.json")).read_text())["rows"]
     assert row["model"] == "qmd_search" and row["protocol"] == "http" and row["throughput"] > 0
+
+
+def test_tune_runs_a_small_real_sweep_and_marks_the_best(triton: Settings, tmp_path: Path):
+    result = qmd(triton, "tune", "qmd_embed_model", "--max-batch", "8,32", "--instances", "1",
+                 "--queue-delay-us", "1000", "--lengths", "ragged", "--measurement-ms", "800",
+                 "--concurrency", "4", "--budget-ms", "100000", "--json")
+    data = json.loads(result.stdout)
+    assert [t["point"]["max_batch"] for t in data["trials"]] == [8, 32]
+    assert all(t["throughput"] > 0 and not t["failure"] for t in data["trials"]), data["trials"]
+    best = max(data["trials"], key=lambda t: t["throughput"])
+    assert data["best"]["point"] == best["point"]
