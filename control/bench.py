@@ -214,9 +214,11 @@ def run_once(perf_analyzer: str, model: str, url: str, protocol: str, input_data
             "-f", str(out_csv), "--verbose-csv", *extra]
     # A noisy shared CPU can keep three windows from agreeing within 50%; then accept a wider spread
     # once rather than report nothing (the rows say how many windows were measured either way).
-    for stability, trials in (("50", "6"), ("100", "4")):
+    attempts = [("50", "6"), ("100", "4")] if "--max-trials" not in extra else [("999", "")]
+    for stability, trials in attempts:
+        flags = ["--stability-percentage", stability] + (["--max-trials", trials] if trials else [])
         try:
-            proc = subprocess.run(base + ["--stability-percentage", stability, "--max-trials", trials],
+            proc = subprocess.run(base + flags,
                                   capture_output=True, text=True, timeout=max(120, measurement_ms * 12 // 1000 + 60))
         except subprocess.TimeoutExpired:
             raise BenchError(f"perf_analyzer did not finish for {model} at concurrency {concurrency}") from None

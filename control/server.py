@@ -379,6 +379,23 @@ def _terminate(state: ServerState, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every process in a process group (the server and its backend stubs)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid:  # field 5 of /proc/PID/stat: the process group
+                total += int((entry / "statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def stop(settings: Settings, progress: Progress = lambda _m: None) -> ServerState:
     """Stops the server that ``start`` recorded; never touches any other process."""
     state = read_state(settings)

@@ -12,7 +12,7 @@ import click
 
 from .. import __version__
 from .common import QmdGroup, State
-from .bench import bench
+from .bench import bench, soak_cmd
 from .embed import embed
 from .evaluate import evaluate
 from .export import export
@@ -37,7 +37,7 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
     ctx.obj = State(home, model_repository, quiet)
 
 
-for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement, bench, tune):
+for command in (up, down, status, embed, export, collection, update_cmd, search, vsearch, query, get, multi_get, ls, evaluate, validate, models, exporter, placement, bench, tune, soak_cmd):
     cli.add_command(command)
 
 

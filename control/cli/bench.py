@@ -107,3 +107,47 @@ def bench(state: State, models: tuple[str, ...], concurrency_spec: str, input_da
     paths = b.write_results(rows, extra, out, stem)
     click.echo(paths["md"].read_text(), nl=False)
     state.progress("results: " + ", ".join(str(p) for p in paths.values()))
+
+
+@click.command("soak")
+@click.argument("model", default="qmd_embed")
+@click.option("--seconds", type=click.IntRange(min=10, max=3600), default=120, show_default=True,
+              help="Length of the sustained load (bounded: at most an hour).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Requests in flight.")
+@click.option("--sample-s", type=float, default=2.0, show_default=True, help="Seconds between memory samples.")
+@click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASETS,
+              envvar="QMD_DATASETS", show_envvar=True, help="BEIR sets the inputs are drawn from.")
+@click.option("--options", "options_json", default='{"n": 10}', show_default=True,
+              help="options JSON for search models.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=PROJECT_ROOT / "perf" / "results",
+              show_default=True, help="Where the JSON report goes.")
+@server_options
+@protocol_option
+@pass_state
+def soak_cmd(state: State, model: str, seconds: int, concurrency: int, sample_s: float, datasets: Path,
+             options_json: str, out: Path, **kwargs: Any) -> None:
+    """Hold MODEL at a concurrency for a bounded time and sample the server's memory (RSS).
+
+    Exits with status 1 when any request failed or memory kept growing after the
+    warm-up (more than 5% from the end of the first quarter to the end).
+    """
+    from ..soak import soak
+
+    protocol = kwargs.get("protocol") or "grpc"
+    settings = server_settings(state, kwargs)
+    pa = b.find_perf_analyzer()
+    ensure_server(state, settings)
+    data = b.make_inputs(model, datasets, options=json.loads(options_json))
+    with tempfile.TemporaryDirectory(prefix="qmd-soak-") as tmp:
+        report = soak(settings, pa, model, data, seconds=seconds, concurrency=concurrency, sample_s=sample_s,
+                      protocol=protocol, work=Path(tmp), progress=state.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{time.strftime('%Y%m%d-%H%M%S')}-soak-{model}-c{concurrency}.json"
+    path.write_text(json.dumps(report.as_dict(), indent=2))
+    click.echo(f"{model} c={concurrency} {seconds}s: {report.throughput:.1f}/s, p95 {report.p95_ms:.0f} ms, "
+               f"p99 {report.p99_ms:.0f} ms, {report.errors} failed; RSS {report.warm_rss / 1e6:.0f} MB after warm-up "
+               f"-> {report.end_rss / 1e6:.0f} MB at the end ({report.growth:+.1%}): "
+               f"{'flat' if report.flat else 'GROWING'}")
+    state.progress(f"report: {path}")
+    if report.errors or not report.flat:
+        raise SystemExit(1)

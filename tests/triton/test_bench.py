@@ -42,3 +42,13 @@ def test_tune_runs_a_small_real_sweep_and_marks_the_best(triton: Settings, tmp_p
     assert all(t["throughput"] > 0 and not t["failure"] for t in data["trials"]), data["trials"]
     best = max(data["trials"], key=lambda t: t["throughput"])
     assert data["best"]["point"] == best["point"]
+
+
+def test_soak_samples_server_memory_and_reports_no_failures(triton: Settings, tmp_path: Path):
+    out = tmp_path / "soak"
+    result = qmd(triton, "soak", "qmd_embed", "--seconds", "12", "--concurrency", "2", "--sample-s", "1",
+                 "--out", str(out), ok=False)
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert report["errors"] == 0 and report["throughput"] > 0
+    assert len(report["samples"]) >= 8 and all(rss > 100_000_000 for _, rss in report["samples"])
+    assert result.exit_code == (0 if report["flat"] else 1)

@@ -70,3 +70,13 @@ def test_bench_without_perf_analyzer_is_one_error_line(tmp_path: Path, monkeypat
     assert result.output.strip().splitlines()[-1] == (
         "Error: perf_analyzer is not installed; run `make perf-tools` (scripts/install-perf-analyzer.sh) "
         "or set QMD_PERF_ANALYZER")
+
+
+def test_group_rss_counts_the_processes_of_a_group():
+    import os
+
+    from qmd_triton.server import group_rss_bytes
+
+    mine = group_rss_bytes(os.getpgid(0))
+    assert mine > 10_000_000  # at least this Python process
+    assert group_rss_bytes(2**22 + 12345) == 0
