@@ -73,7 +73,7 @@ def embed_baselines(state: State, settings: Settings, pa: str, protocol: str, in
               help="For qmd_embed: measure in-process onnxruntime, sentence-transformers and Triton without "
                    "dynamic batching in the same run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=PROJECT_ROOT / "perf" / "results",
-              show_default=True, help="Where CSV, JSON, markdown and the PNG plot go.")
+              show_default="perf/results in the checkout", help="Where CSV, JSON, markdown and the PNG plot go.")
 @server_options
 @protocol_option
 @pass_state
@@ -120,7 +120,7 @@ def bench(state: State, models: tuple[str, ...], concurrency_spec: str, input_da
 @click.option("--options", "options_json", default='{"n": 10}', show_default=True,
               help="options JSON for search models.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=PROJECT_ROOT / "perf" / "results",
-              show_default=True, help="Where the JSON report goes.")
+              show_default="perf/results in the checkout", help="Where the JSON report goes.")
 @server_options
 @protocol_option
 @pass_state

@@ -40,12 +40,19 @@ _ORT_TYPES = {
 }
 
 
-def make_session(path: Path, intra_threads: int = 0, inter_threads: int = 0) -> Any:
-    """An onnxruntime CPU session with the settings both server and baselines use."""
+def make_session(path: Path, intra_threads: int = 0, inter_threads: int = 0, spinning: bool = True) -> Any:
+    """An onnxruntime CPU session with the settings both server and baselines use.
+
+    ``spinning=False`` stops idle worker threads from busy-waiting: inside the server
+    they share the cores with Triton, the tokenizer stub and the clients.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if intra_threads > 0:
         opts.intra_op_num_threads = intra_threads
     if inter_threads > 0:
@@ -84,6 +91,7 @@ class TritonPythonModel:
                 path,
                 intra_threads=common.int_parameter(config, "intra_op_thread_count", 0),
                 inter_threads=common.int_parameter(config, "inter_op_thread_count", 0),
+                spinning=common.parameter(config, "allow_spinning", "true").lower() == "true",
             )
             check_io(self.session, config)
             self.inputs = [t["name"] for t in config["input"]]
