@@ -29,6 +29,7 @@ from .errors import ArtifactMissing, ConfigError, InputError
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "export.json"
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+PARALLEL_MIN_TEXTS = 16  # below this, tokenize on the calling thread
 # A token covers at most this many characters in practice; longer texts are cut
 # before tokenizing so a 1 MB request costs no more than a long one.
 _CHARS_PER_TOKEN_BOUND = 48
@@ -175,6 +176,11 @@ class TextEncoder:
         if not texts:
             raise InputError("no texts to encode")
         prompted = [self._bounded(self.prompts.apply(t, k)) for t, k in zip(texts, kinds)]
+        if len(prompted) < PARALLEL_MIN_TEXTS:
+            # A handful of texts (what the server's batcher hands over): the tokenizers thread
+            # pool costs more than it saves and takes cores from the model (2x the tokenize
+            # time at concurrency 8 on 2 cores, perf/RESULTS.md).
+            return [self._tok.encode(p).ids for p in prompted]
         return [e.ids for e in self._tok.encode_batch(prompted)]
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
