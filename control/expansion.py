@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -162,11 +163,25 @@ class VllmEngine:
         self._params = SamplingParams
         self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True)
+        self._ids = itertools.count()
 
     def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        """Steps the engine itself (``LLM.generate`` cannot be interrupted) and aborts the request at the deadline,
+        keeping the text generated so far."""
         params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=["<|im_end|>"])
-        result = self.llm.generate([prompt], params, use_tqdm=False)
-        return result[0].outputs[0].text, False
+        engine = self.llm.llm_engine
+        request_id = f"qmd-expand-{next(self._ids)}"
+        engine.add_request(request_id, prompt, params)
+        text = ""
+        while True:
+            for out in engine.step():
+                if out.request_id == request_id:
+                    text = out.outputs[0].text if out.outputs else text
+                    if out.finished:
+                        return text, False
+            if time.monotonic() > deadline:
+                engine.abort_request(request_id)
+                return text, True
 
 
 class DeepSpeedEngine:
@@ -194,9 +209,13 @@ class DeepSpeedEngine:
 
     def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        # transformers' max_time stops generation between tokens once the budget is spent
+        budget = max(0.0, deadline - time.monotonic())
         with self.torch.no_grad():
-            out = self.engine.module.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), False
+            out = self.engine.module.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, max_time=budget)
+        new_tokens = out.shape[1] - ids["input_ids"].shape[1]
+        cut = time.monotonic() >= deadline and new_tokens < max_new_tokens
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), cut
 
 
 class Expander:

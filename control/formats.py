@@ -55,10 +55,10 @@ def explain_line(e: dict) -> str:
     if "rerank" in e:
         parts.append(f"rerank {e['rerank']:.3f}")
         parts.append(f"fusion {e.get('fusion', '-')}")
-        if e.get("fusion") == "blend":
-            from .fusion import blend_weight
-
-            parts.append(f"blend weight {blend_weight(int(e.get('rrf_rank', 1))):.2f}")
+        parts.append(f"blend weight {e.get('blend_weight', 0.0):.2f}")
+    if "candidates" in e:
+        limit = f" (limit {e['candidate_limit']})" if "candidate_limit" in e else ""
+        parts.append(f"{e['candidates']} candidates{limit}")
     exp = e.get("expansion") or {}
     if exp:
         parts.append(f"expansion {exp.get('status', '-')} ({exp.get('ms', 0):.0f} ms)")

@@ -6,7 +6,9 @@
     qmd_index_chunks_pending                 chunks, and chunks of documents not yet chunked, without a vector
     qmd_index_seconds_since_update{collection}  since the last `qmdctl update`
     qmd_eval_score{set, mode, metric}        the last `qmdctl eval` scores
-    qmd_triton_model_ready{model, state}     1 when Triton says READY (from its repository index)
+    qmd_triton_model_ready{model, state}     1 when Triton says READY: from its repository index, or, where
+                                             that API is restricted and no admin key is given, from each
+                                             pipeline model's /v2/models/NAME/ready (state READY or NOT_READY)
     qmd_exporter_scrape_errors_total{source} scrapes that could not read the index or Triton
 
 Example:
@@ -27,6 +29,7 @@ from .store import IndexStore
 
 log = logging.getLogger(__name__)
 EVAL_RESULTS = "last.json"
+ADMIN_HEADER = "admin-key"  # the header name the compose file and the Kubernetes manifests restrict APIs with
 
 
 def eval_results_path(settings: Settings) -> Path:
@@ -50,9 +53,10 @@ def record_eval(settings: Settings, result: dict) -> None:
 class QmdCollector:
     """A prometheus_client collector over the index file, the eval record and Triton's model index."""
 
-    def __init__(self, settings: Settings, triton_url: str | None) -> None:
+    def __init__(self, settings: Settings, triton_url: str | None, admin_key: str | None = None) -> None:
         self.settings = settings
         self.triton_url = triton_url
+        self.headers = {ADMIN_HEADER: admin_key} if admin_key else {}
         self.errors = {"index": 0, "triton": 0}
 
     def collect(self) -> Iterator:
@@ -111,22 +115,47 @@ class QmdCollector:
 
         family = GaugeMetricFamily("qmd_triton_model_ready", "1 when Triton reports the model READY",
                                    labels=["model", "state"])
-        if self.triton_url:
-            try:
-                for m in repository_index(f"http://{self.triton_url}", timeout=3.0):
-                    family.add_metric([m["name"], m["state"]], 1.0 if m["state"] == "READY" else 0.0)
-            except QmdError as e:
-                self.errors["triton"] += 1
-                log.warning("cannot read Triton's model index: %s", e)
+        if not self.triton_url:
+            return family
+        base = f"http://{self.triton_url}"
+        try:
+            for m in repository_index(base, timeout=3.0, headers=self.headers):
+                family.add_metric([m["name"], m["state"]], 1.0 if m["state"] == "READY" else 0.0)
+            return family
+        except QmdError as e:
+            index_error = e
+        # The index API is restricted (production servers) or refused: ask each pipeline model instead.
+        # The health API is never restricted, and a server that does not answer it is down, not "not ready".
+        if not _ready(f"{base}/v2/health/live"):
+            self.errors["triton"] += 1
+            log.warning("cannot read Triton's model states: %s", index_error)
+            return family
+        from .contracts import MODELS
+
+        for spec in MODELS:
+            ok = _ready(f"{base}/v2/models/{spec.name}/ready")
+            family.add_metric([spec.name, "READY" if ok else "NOT_READY"], 1.0 if ok else 0.0)
         return family
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9108, triton_url: str | None = None) -> None:
+def _ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3.0) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9108, triton_url: str | None = None,
+          admin_key: str | None = None) -> None:
     """Serves /metrics until the process is stopped."""
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
-    REGISTRY.register(QmdCollector(settings, triton_url))
+    REGISTRY.register(QmdCollector(settings, triton_url, admin_key))
     start_http_server(port, addr=host)
     while True:
         time.sleep(3600)

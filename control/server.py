@@ -430,9 +430,13 @@ def status(settings: Settings) -> ServerStatus:
     return result
 
 
-def repository_index(base_url: str, timeout: float = 5.0) -> list[dict]:
-    """``POST /v2/repository/index``: name, version, state and reason of every model."""
-    req = urllib.request.Request(f"{base_url}/v2/repository/index", data=b"{}", method="POST")
+def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:
+    """``POST /v2/repository/index``: name, version, state and reason of every model.
+
+    ``headers`` carries the key of a server started with ``--http-restricted-api=model-repository:KEY=VALUE``.
+    """
+    req = urllib.request.Request(f"{base_url}/v2/repository/index", data=b"{}", method="POST",
+                                 headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             entries = json.loads(r.read())

@@ -2,10 +2,11 @@
 
 Plans are tied to the TensorRT version and GPU they are built with, so production
 builds them inside the serving image (the compose file's one-shot ``export`` service).
-One optimization profile per length bucket of the tokenizer (``length_buckets`` of
-``qmd_tokenize``'s GPU config): profile *i* covers sequence lengths from bucket
-*i-1* + 1 to bucket *i*, batch 1 to the config's ``max_batch_size``, optimum at half
-the batch and the bucket's length. The target repository's GPU config
+One optimization profile per length bucket that the GPU target pads to (``plan_shape``:
+``qmd_tokenize``'s buckets for the embedder, ``qmd_retrieve``'s rerank buckets for the
+reranker, each up to its longest sequence): profile *i* covers sequence lengths from
+bucket *i-1* + 1 to bucket *i*, batch 1 to the GPU config's ``max_batch_size``, optimum
+at half the batch and the bucket's length. The target repository's GPU config
 (``configs/gpu.pbtxt``, loaded with ``--model-config-name=gpu``) is switched to
 ``platform: "tensorrt_plan"`` on ``KIND_GPU``, without ragged batching.
 
@@ -52,6 +53,39 @@ def profiles_for(buckets: Sequence[int]) -> list[tuple[int, int]]:
         out.append((low, b))
         low = b + 1
     return out
+
+
+def _target_config(repo: Path, model: str):
+    """The config a GPU server loads for ``model``: ``configs/gpu.pbtxt`` where there is one."""
+    gpu = repo / model / "configs" / "gpu.pbtxt"
+    return parse_config(gpu if gpu.is_file() else repo / model / "config.pbtxt")
+
+
+def plan_shape(repo: Path, model: str) -> tuple[int, tuple[int, ...]]:
+    """(max batch, length buckets) that a plan must cover on the GPU target.
+
+    The batch is the GPU config's ``max_batch_size``. The lengths are the buckets the
+    GPU target pads to, up to the longest sequence it can send: ``qmd_tokenize``'s
+    ``length_buckets`` and ``max_length`` (capped by the exported model's limit) for
+    the embedder; ``qmd_retrieve``'s ``rerank_length_buckets`` and ``rerank_max_length``
+    for the reranker. The longest sequence is always a bucket, so no input falls
+    outside every optimization profile.
+    """
+    from qmd_triton.tokenization import parse_buckets, read_manifest
+
+    repo = Path(repo)
+    max_batch = _target_config(repo, model).max_batch_size
+    if model == "qmd_embed_model":
+        cfg, owner = _target_config(repo, "qmd_tokenize"), "qmd_tokenize"
+        spec = cfg.parameters["length_buckets"].string_value
+        requested = int(cfg.parameters["max_length"].string_value or 0)
+    else:
+        cfg, owner = _target_config(repo, "qmd_retrieve"), model
+        spec = cfg.parameters["rerank_length_buckets"].string_value
+        requested = int(cfg.parameters["rerank_max_length"].string_value or 0)
+    exported = int(read_manifest(repo / owner / "1").get("max_length") or 0)
+    longest = min([v for v in (requested, exported) if v > 0] or [512])
+    return max_batch, parse_buckets(spec if spec.strip() else list(DEFAULT_BUCKETS), longest)
 
 
 def tensorrt_config(config_text: str, max_batch_size: int) -> str:
@@ -182,21 +216,19 @@ def export_tensorrt(source_repo: Path, target_repo: Path, model: str, *, fp16: b
     started = time.monotonic()
     cfg = parse_config(src / "config.pbtxt")
     inputs = [t.name for t in cfg.input]
-    if buckets is None:
-        tok = Path(source_repo) / "qmd_tokenize" / "configs" / "gpu.pbtxt"
-        spec = parse_config(tok).parameters["length_buckets"].string_value if tok.is_file() else ""
-        buckets = [int(b) for b in spec.split(",") if b.strip()] or list(DEFAULT_BUCKETS)
+    max_batch, target_buckets = plan_shape(Path(source_repo), model)
+    buckets = target_buckets if buckets is None else buckets
     dst = Path(target_repo) / model
     (dst / "1").mkdir(parents=True, exist_ok=True)
     progress(f"building a TensorRT {trt.__version__} plan for {model} "
              f"({'fp16' if fp16 else 'fp32'}{' + int8' if int8 else ''}, buckets {list(buckets)})")
     tmp = dst / "1" / f".{PLAN}.tmp"
     calibration = calibration_batches(Path(source_repo), model) if int8 else None
-    profiles = build_plan(onnx_path, tmp, inputs, cfg.max_batch_size, buckets, fp16=fp16, int8=int8,
+    profiles = build_plan(onnx_path, tmp, inputs, max_batch, buckets, fp16=fp16, int8=int8,
                           calibration=calibration)
     tmp.replace(dst / "1" / PLAN)
     # The GPU target's config (`--model-config-name=gpu`); config.pbtxt only where the target has none.
-    switched = tensorrt_config((src / "config.pbtxt").read_text(), cfg.max_batch_size)
+    switched = tensorrt_config((src / "config.pbtxt").read_text(), max_batch)
     (dst / "configs").mkdir(exist_ok=True)
     (dst / "configs" / "gpu.pbtxt").write_text(switched)
     if not (dst / "config.pbtxt").is_file():
@@ -205,5 +237,5 @@ def export_tensorrt(source_repo: Path, target_repo: Path, model: str, *, fp16: b
         shutil.copy2(src / "1" / "tokenizer.json", dst / "1" / "tokenizer.json")
     plan = dst / "1" / PLAN
     progress(f"wrote {plan} ({plan.stat().st_size / 1e6:.1f} MB, {len(profiles)} profiles)")
-    return PlanExport(model, str(plan), plan.stat().st_size, profiles, cfg.max_batch_size, fp16, int8,
+    return PlanExport(model, str(plan), plan.stat().st_size, profiles, max_batch, fp16, int8,
                       round(time.monotonic() - started, 1))

@@ -86,14 +86,16 @@ def down(state: State) -> None:
               help="Port to serve /metrics on.")
 @click.option("--triton-url", default=None, envvar="QMD_TRITON_URL", show_envvar=True,
               help="Triton HTTP host:port whose model states to export. [default: the configured server]")
+@click.option("--admin-key", default=None, envvar="QMD_ADMIN_KEY", show_envvar=True,
+              help="Value of the admin-key header for a server that restricts its model-repository API.")
 @pass_state
-def exporter(state: State, host: str, port: int, triton_url: str | None) -> None:
+def exporter(state: State, host: str, port: int, triton_url: str | None, admin_key: str | None) -> None:
     """Serve the control plane's metrics for Prometheus: index counts, staleness, eval scores, model states."""
     from ..metrics import serve
 
     settings = state.settings()
     state.progress(f"serving qmd metrics on http://{host}:{port}/metrics")
-    serve(settings, host=host, port=port, triton_url=triton_url or settings.http_url)
+    serve(settings, host=host, port=port, triton_url=triton_url or settings.http_url, admin_key=admin_key)
 
 
 def index_status(settings) -> dict | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..contracts import CANDIDATES, LOGIT, RESULTS
 from ..errors import InputError
-from ..fusion import FUSIONS, final_order, sigmoid
+from ..fusion import FUSIONS, blend_weight, final_order, sigmoid
 from . import common
 
 
@@ -35,7 +35,12 @@ def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
         if probs is not None:
             explain["rerank"] = round(probs[i], 5)
             explain["fusion"] = fusion
+            # the share of the score that the retrieval position carries (0 when the reranker alone orders)
+            explain["blend_weight"] = blend_weight(explain["rrf_rank"]) if fusion == "blend" else 0.0
         explain["expansion"] = plan.get("expansion", {})
+        explain["candidates"] = len(cands)
+        if "candidate_limit" in payload:
+            explain["candidate_limit"] = payload["candidate_limit"]
         hit["score"] = round(min(1.0, score), 4)
         if hit["score"] < options.get("min_score", 0.0):
             continue

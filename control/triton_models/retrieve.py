@@ -23,7 +23,7 @@ import numpy as np
 from ..contracts import (CANDIDATES, PAIR_ATTENTION_MASK, PAIR_INPUT_IDS, PAIR_TOKEN_TYPE_IDS, PLAN_JSON,
                          QUERY_EMBEDDINGS, RERANK_MODEL)
 from ..errors import ArtifactMissing, FingerprintMismatch, InputError, QmdError
-from ..hybrid import Plan, hybrid_candidates
+from ..hybrid import Plan, clamp_candidates, hybrid_candidates
 from ..indexer import embedding_setup, fingerprint_id
 from ..search import IndexHandle, VectorIndex
 from ..tokenization import PairEncoder
@@ -85,7 +85,8 @@ class TritonPythonModel:
                 hits = vectors.search(embeddings[0], plan.search_options)
                 return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
             cands = hybrid_candidates(vectors.store, vectors, plan, embeddings)
-            payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands]}
+            payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
+                       "candidate_limit": clamp_candidates(plan.search_options)}
             if cands and plan.search_options.rerank:
                 pairs = self.pairs.encode(plan.query, [c.passage for c in cands])
             else:

@@ -156,3 +156,38 @@ def test_concurrent_requests_are_batched_by_the_dynamic_batcher(triton: Settings
 def _counts(stats: dict) -> tuple[int, int]:
     s = stats["model_stats"][0]
     return int(s["inference_count"]), int(s["execution_count"])
+
+
+def test_prompt_formats_in_the_config_wrap_queries_and_documents(copy_repo, tmp_path: Path):
+    """E5/BGE-style models want prompts: the tokenizer's config parameters apply them on the server."""
+    from qmd_triton import server
+    from qmd_triton.tokenization import PromptFormats
+
+    from ..conftest import make_settings
+
+    repo = copy_repo(("qmd_tokenize", "qmd_embed_model", "qmd_embed"))
+    cfg = repo / "qmd_tokenize" / "config.pbtxt"
+    text = cfg.read_text()
+    for key, prompt in (("query_prompt", "query: {text}"), ("document_prompt", "passage: {text}")):
+        old = f'key: "{key}", value: {{ string_value: "{{text}}" }}'
+        assert old in text
+        text = text.replace(old, f'key: "{key}", value: {{ string_value: "{prompt}" }}')
+    cfg.write_text(text)
+    encoder = TextEncoder.from_dir(repo / "qmd_tokenize" / "1", buckets="",
+                                   prompts=PromptFormats(query="query: {text}", document="passage: {text}"))
+    session = make_session(repo / "qmd_embed_model" / "1" / "model.onnx")
+
+    def want(kind: str) -> np.ndarray:
+        ids, mask = encoder.encode(TEXTS[:3], kind=kind)
+        return session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    settings = make_settings(tmp_path / "home", repo)
+    server.start(settings)
+    try:
+        with QmdClient(settings.url()) as client:
+            query, document = client.embed(TEXTS[:3], kind=KIND_QUERY), client.embed(TEXTS[:3])
+    finally:
+        server.stop(settings)
+    assert np.abs(query - want(KIND_QUERY)).max() < 1e-5
+    assert np.abs(document - want("document")).max() < 1e-5
+    assert np.abs(query - document).max() > 1e-2  # the two prompts really differ on the server

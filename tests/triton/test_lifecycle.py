@@ -116,6 +116,31 @@ def test_up_then_down_leaves_no_process(exported_repo: Path, tmp_path: Path):
     assert down.exit_code == 1 and "down" in down.stdout
 
 
+def test_vsearch_starts_the_local_server_when_none_answers(exported_repo: Path, tmp_path: Path):
+    import shutil
+
+    from ..conftest import ASSETS
+
+    settings = make_settings(tmp_path / "home", exported_repo)
+    shutil.copytree(ASSETS / "notes", tmp_path / "notes")
+    before = tritonserver_pids()
+    assert run(settings, "collection", "add", str(tmp_path / "notes"), "--name", "notes").exit_code == 0
+    assert run(settings, "update").exit_code == 0
+    try:
+        embedded = run(settings, "embed")  # the server side of indexing starts the server too
+        assert embedded.exit_code == 0, embedded.output
+        assert "starting the local one" in embedded.stderr and "embedding chunks" in embedded.stderr
+        assert run(settings, "down").exit_code == 0
+        result = run(settings, "vsearch", "how do requests get merged into one batch", "-n", "1", "--format", "files")
+        assert result.exit_code == 0, result.output
+        assert "starting the local one" in result.stderr
+        assert result.stdout.strip().endswith("notes/guide/batching.md")
+        assert server.read_state(settings) is not None  # recorded: `down` stops it
+    finally:
+        run(settings, "down")
+    assert tritonserver_pids() == before
+
+
 def test_embed_fails_with_one_line_when_no_server_answers(tmp_path: Path):
     http, grpc, metrics = free_ports(3)
     settings = Settings.load(tmp_path, http_port=http, grpc_port=grpc, metrics_port=metrics)
@@ -128,7 +153,7 @@ def test_embed_fails_with_one_line_when_no_server_answers(tmp_path: Path):
 
 @pytest.mark.parametrize("fmt", ["json", "plain"])
 def test_embed_cli_prints_one_vector_per_text(triton: Settings, fmt: str):
-    args = ["embed", "hello", "你好"] + (["--json"] if fmt == "json" else [])
+    args = ["embed", "hello", "你好"] + (["--json"] if fmt == "json" else ["--protocol", "grpc"])
     result = run(triton, *args)
     assert result.exit_code == 0, result.output
     if fmt == "json":

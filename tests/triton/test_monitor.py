@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from qmd_triton import server
 from qmd_triton.cli import cli
 from qmd_triton.client import QmdClient
 from qmd_triton.server import free_ports
@@ -97,3 +98,38 @@ def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd):
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
     assert errors == [f"Error: port {port} (prometheus) on 127.0.0.1 is already in use; pick another with --prometheus-port"]
     assert processes_of(qmd.settings.home) == set()
+
+
+def test_exporter_reads_model_states_from_a_server_that_restricts_its_repository_api(copy_repo, tmp_path: Path):
+    """Production servers restrict the model-repository API: the exporter uses the admin key, or each model's
+    ready endpoint without one, so QmdModelNotReady still sees the models."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from qmd_triton.metrics import QmdCollector
+
+    repo = copy_repo(("qmd_tokenize", "qmd_embed_model", "qmd_embed"))
+    settings = make_settings(tmp_path / "home", repo)
+    server.start(settings, extra_args=("--http-restricted-api=model-repository:admin-key=s3cret",))
+    try:
+        url = f"{settings.host}:{settings.http_port}"
+
+        def ready(admin_key: str | None) -> dict[str, str]:
+            registry = CollectorRegistry()
+            registry.register(QmdCollector(settings, url, admin_key))
+            out = {}
+            for line in generate_latest(registry).decode().splitlines():
+                if line.startswith("qmd_triton_model_ready{"):
+                    labels, value = line.rsplit(" ", 1)
+                    model = labels.split('model="', 1)[1].split('"', 1)[0]
+                    state = labels.split('state="', 1)[1].split('"', 1)[0]
+                    out[model] = f"{state}={float(value):g}"
+            return out
+
+        with_key = ready("s3cret")
+        assert with_key == {"qmd_embed": "READY=1", "qmd_embed_model": "READY=1", "qmd_tokenize": "READY=1"}
+        without = ready(None)
+        assert without["qmd_embed"] == "READY=1" and without["qmd_tokenize"] == "READY=1"
+        assert without["qmd_query"] == "NOT_READY=0"  # not in this repository: the alert must see it
+        assert ready("wrong")["qmd_query"] == "NOT_READY=0"
+    finally:
+        server.stop(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -86,8 +87,38 @@ def test_bad_query_requests_get_clear_errors_and_the_server_stays_ready(indexed:
 
 
 def test_a_huge_candidate_limit_is_clamped(indexed: Settings):
-    hits = served(indexed, "qmd_query", "batching", {"candidates": 100000, "expand": False, "n": 3})
+    hits = served(indexed, "qmd_query", "batching", {"candidates": 100000, "expand": False, "n": 3, "explain": True})
     assert 1 <= len(hits) <= 3
+    assert hits[0]["explain"]["candidate_limit"] == 200
+    few = served(indexed, "qmd_query", "batching", {"candidates": 1, "expand": False, "n": 3, "explain": True})
+    assert few[0]["explain"]["candidate_limit"] == 3  # never fewer candidates than results asked for
+
+
+def test_query_cli_flags_reach_the_pipeline(indexed: Settings):
+    base = ["query", "how do I stop the server", "-c", "qnotes", "--format", "json", "--explain"]
+    plain = json.loads(qmd(indexed, *base, "--no-expand", "--no-rerank", "-C", "3", "-n", "2").stdout)
+    assert 1 <= len(plain) <= 2
+    for h in plain:
+        e = h["explain"]
+        assert e["expansion"]["status"] == "disabled" and "rerank" not in e
+        assert e["candidate_limit"] == 3 and e["candidates"] <= 3
+    full = json.loads(qmd(indexed, *base, "--no-expand", "-n", "4").stdout)
+    assert all("rerank" in h["explain"] and h["explain"]["blend_weight"] == 0.0 for h in full)
+    assert full[0]["file"] == "qnotes/guide/operations.md"
+    cut = sorted(h["score"] for h in full)[len(full) // 2]
+    kept = json.loads(qmd(indexed, *base, "--no-expand", "-n", "4", "--min-score", str(cut)).stdout)
+    assert [h["file"] for h in kept] == [h["file"] for h in full if h["score"] >= cut]
+    csv_out = qmd(indexed, "query", "how do I stop the server", "-c", "qnotes", "--no-expand", "--format", "csv").stdout
+    assert csv_out.splitlines()[0] == "docid,score,file,title,line,snippet"
+
+
+def test_a_convincing_bm25_hit_skips_the_expansion_model(indexed: Settings):
+    query = "dynamic batcher merges concurrent inference requests preferred batch sizes queue delay"
+    hits = served(indexed, "qmd_query", query, {"n": 2, "explain": True, "collections": ["qnotes"]})
+    assert hits[0]["file"] == "qnotes/guide/batching.md"
+    assert hits[0]["explain"]["expansion"]["status"] == "strong-bm25"
+    weak = served(indexed, "qmd_query", "merging callers", {"n": 2, "explain": True, "collections": ["qnotes"]})
+    assert weak[0]["explain"]["expansion"]["status"] != "strong-bm25"
 
 
 def _stats(settings: Settings, model: str) -> tuple[int, int]:

@@ -90,6 +90,9 @@ def test_consecutive_chunks_overlap_within_a_section(count):
         last_of_a = a.text.split("\n\n")[-1]
         assert b.text.startswith(last_of_a)
         assert b.start_line <= a.end_line
+        a_paras, b_paras = a.text.split("\n\n"), b.text.split("\n\n")
+        shared = max(k for k in range(1, len(b_paras)) if b_paras[:k] == a_paras[-k:])
+        assert count(["\n\n".join(b_paras[:shared])])[0] <= 0.15 * 120  # the overlap stays within 15%
 
 
 def test_a_new_section_starts_a_new_chunk_once_half_full(count):

@@ -188,3 +188,41 @@ def test_the_dashboard_covers_what_operators_watch():
     datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = datasource["datasources"][0]["uid"]
     assert all(p["datasource"]["uid"] == uid for p in board["panels"])
+
+
+def test_prometheus_reaches_every_compose_target():
+    """Each scrape target is a compose service listening on that port on an address other containers reach."""
+    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {"triton:8002", "qmd-exporter:9108"}
+    exporter = config["services"]["qmd-exporter"]["command"]
+    assert exporter[exporter.index("--host") + 1] == "0.0.0.0"
+    assert exporter[exporter.index("--port") + 1] == "9108"
+    assert "--allow-metrics=true" in config["services"]["triton"]["command"]
+
+
+def test_the_serving_image_installs_the_expansion_engine_the_gpu_config_names():
+    from qmd_triton.repository import parse_config
+
+    engine = parse_config(PROJECT_ROOT / "model_repository" / "qmd_expand" / "configs" / "gpu.pbtxt") \
+        .parameters["engine"].string_value
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    [line] = [ln for ln in dockerfile.splitlines() if ln.startswith("ARG EXPANSION_ENGINES=")]
+    installed = {spec.split("==")[0] for spec in line.split("=", 1)[1].strip('"').split()}
+    assert engine in installed | {"onnxruntime", "none"}, f"gpu.pbtxt runs engine={engine}; the image installs {installed}"
+    assert "${EXPANSION_ENGINES}" in dockerfile
+
+
+def test_alert_rules_name_jobs_that_compose_and_kubernetes_both_scrape():
+    import re
+
+    rules = (DEPLOY / "prometheus" / "rules" / "qmd-alerts.yml").read_text()
+    jobs = set(re.findall(r'job="([^"]+)"', rules))
+    assert jobs, "the rules select no job"
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert jobs <= {j["job_name"] for j in scrape["scrape_configs"]}
+    monitor = yaml.safe_load((DEPLOY / "kubernetes" / "podmonitor.yaml").read_text())
+    relabeled = {r["replacement"] for e in monitor["spec"]["podMetricsEndpoints"] for r in e.get("relabelings", [])
+                 if r.get("targetLabel") == "job"}
+    assert jobs <= relabeled

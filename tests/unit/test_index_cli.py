@@ -136,6 +136,43 @@ def test_a_failing_update_changes_nothing(qmd: Qmd, notes: Path, monkeypatch):
     assert json.loads(qmd("search", "zyxquark0", "--json").stdout) == []
 
 
+def test_a_reader_sees_the_index_before_or_after_an_update_never_between(qmd: Qmd, notes: Path, monkeypatch):
+    import threading
+    import time
+
+    before = qmd.counts()["documents"]
+    for i in range(60):
+        (notes / f"batch{i}.md").write_text(f"# Batch {i}\n\nwordling{i}\n")
+    real = IndexStore.upsert_document
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.005)  # a long write transaction, so the reader runs in the middle of it
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(IndexStore, "upsert_document", slow)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            with IndexStore.open(qmd.home / "index.sqlite") as store:
+                seen.append(store.counts()["documents"])
+                seen.append(len(store.bm25(["wordling0", "wordling59"], 10, None)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        qmd("update")
+    finally:
+        done.set()
+        reader.join()
+    documents, hits = seen[0::2], seen[1::2]
+    assert len(documents) > 3  # the reader was not locked out while the update ran
+    assert set(documents) <= {before, before + 60}
+    assert set(hits) <= {0, 2}  # FTS rows and documents land together
+    assert qmd.counts()["documents"] == before + 60
+
+
 def test_search_finds_chinese_document_with_chinese_query(qmd: Qmd):
     hits = json.loads(qmd("search", "向量检索", "--json").stdout)
     assert hits[0]["file"] == "notes/zh/向量检索.md"

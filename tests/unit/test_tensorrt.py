@@ -76,3 +76,27 @@ def test_embedding_plan_matches_onnxruntime(tmp_path: Path, exported_repo: Path)
     stream.synchronize()
     got = tensors["embedding"].cpu().numpy()
     assert np.abs(got - want).max() < 2e-2  # fp16
+
+
+def test_plans_cover_every_length_and_batch_the_gpu_target_sends(tmp_path: Path, exported_repo: Path):
+    """The profiles reach the longest sequence each GPU config can send, at the GPU config's max batch."""
+    from qmd_triton.exporters.onnx_tensorrt import plan_shape
+    from qmd_triton.repository import parse_config
+
+    embed_batch, embed_buckets = plan_shape(exported_repo, "qmd_embed_model")
+    assert embed_batch == parse_config(REPO / "qmd_embed_model" / "configs" / "gpu.pbtxt").max_batch_size
+    assert embed_buckets == (16, 32, 64, 128, 256)  # MiniLM reads 256 tokens: the last bucket is its window
+    rerank_batch, rerank_buckets = plan_shape(exported_repo, "qmd_rerank_model")
+    assert rerank_batch == parse_config(REPO / "qmd_rerank_model" / "configs" / "gpu.pbtxt").max_batch_size
+    assert rerank_buckets == (64, 128, 256, 512)  # qmd_retrieve pads pairs up to rerank_max_length 512
+
+    # A long-context model (bge-m3 reads 8192) gets a profile up to its window, and a GPU config's own
+    # max_batch_size wins over the local one.
+    repo = tmp_path / "repo"
+    for name in ("qmd_tokenize", "qmd_embed_model"):
+        shutil.copytree(exported_repo / name, repo / name, ignore=shutil.ignore_patterns("*.onnx"))
+    manifest = repo / "qmd_tokenize" / "1" / "export.json"
+    manifest.write_text(manifest.read_text().replace('"max_length": 256', '"max_length": 8192'))
+    gpu = repo / "qmd_embed_model" / "configs" / "gpu.pbtxt"
+    gpu.write_text(gpu.read_text().replace("max_batch_size: 64", "max_batch_size: 32"))
+    assert plan_shape(repo, "qmd_embed_model") == (32, (16, 32, 64, 128, 256, 8192))

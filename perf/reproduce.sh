@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
+# Usage: bash perf/reproduce.sh [STEP ...]   steps: embed query stress-embed stress-query soak tune latency
+# (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
+# Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QMDCTL=${QMDCTL:-.venv/bin/qmdctl}
+DATASETS=${QMD_DATASETS:-$(cd .. && pwd)/shared/datasets}
+export QMD_HOME=${QMD_BENCH_HOME:-$PWD/.qmd/bench}
+EVAL_HOME=$QMD_HOME/eval/msmarco        # `qmdctl eval` indexes the set here (its own QMD home)
+LOGS=perf/results/logs
+mkdir -p "$LOGS"
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(embed query stress-embed stress-query soak tune latency)
+
+log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
+index() {  # the msmarco index the search pipelines read (embedded through Triton)
+  [ -f "$EVAL_HOME/index.sqlite" ] || "$QMDCTL" eval "$DATASETS/msmarco" --mode vsearch --no-baseline
+}
+serve() {  # a fresh server for HOME ($1), stopping any other this script started
+  "$QMDCTL" down >/dev/null 2>&1 || true
+  QMD_HOME=$EVAL_HOME "$QMDCTL" down >/dev/null 2>&1 || true
+  QMD_HOME=$1 "$QMDCTL" up
+}
+
+for step in "${steps[@]}"; do
+  log "$step"
+  case $step in
+    embed)   # qmd_embed against in-process onnxruntime, sentence-transformers, and no dynamic batching
+      serve "$QMD_HOME"
+      "$QMDCTL" bench qmd_embed --concurrency 1,2,4,8,16 --measurement-ms 5000 2>&1 | tee "$LOGS/embed.log" ;;
+    query)   # the full pipeline at concurrency 8, with the per-model split
+      index; serve "$EVAL_HOME"
+      QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1,8 --measurement-ms 30000 \
+        --options '{"n": 10}' 2>&1 | tee "$LOGS/query.log" ;;
+    stress-embed)
+      serve "$QMD_HOME"
+      "$QMDCTL" bench qmd_embed --concurrency 1,100,1000 --no-baselines --measurement-ms 20000 \
+        2>&1 | tee "$LOGS/stress-embed.log" ;;
+    stress-query)
+      index; serve "$EVAL_HOME"
+      QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1,100,1000 --measurement-ms 240000 \
+        --options '{"n": 10, "expand": false, "candidates": 10}' 2>&1 | tee "$LOGS/stress-query.log" ;;
+    soak)
+      serve "$QMD_HOME"
+      "$QMDCTL" soak qmd_embed --seconds 600 --concurrency 8 2>&1 | tee "$LOGS/soak.log" ;;
+    tune)    # every trial serves its own copy of the repository on free ports
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      "$QMDCTL" tune qmd_embed_model --budget-ms 500 2>&1 | tee "$LOGS/tune.log" ;;
+    latency) # qmd_query one at a time: cold, warm expansion cache, no-expand
+      index
+      .venv/bin/python perf/query_latency.py "$DATASETS/msmarco" 2>&1 | tee "$LOGS/latency.log" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
+"$QMDCTL" down >/dev/null 2>&1 || true
+QMD_HOME=$EVAL_HOME "$QMDCTL" down >/dev/null 2>&1 || true
