@@ -296,6 +296,10 @@ def summary(rows: Sequence[Row], baselines: dict) -> str:
                        f"{s.compute_input_us / 1000:.2f} | {s.compute_infer_us / 1000:.1f} | "
                        f"{s.compute_output_us / 1000:.2f} | {per:.1f} |")
     if baselines:
+        ref = next((b["reference"] for b in baselines.values() if b.get("reference")), None)
+        if ref:
+            out += ["", f"Baselines on the same texts, against {ref['model']} at concurrency {ref['concurrency']} "
+                        f"({ref['per_s']:.1f}/s):"]
         out += ["", "| baseline | texts/s | Triton ÷ baseline |", "|---|---|---|"]
         for name, b in baselines.items():
             out.append(f"| {name} | {b['per_s']:.1f} | {b.get('ratio', float('nan')):.2f} |")

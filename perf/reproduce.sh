@@ -40,8 +40,11 @@ for step in "${steps[@]}"; do
         2>&1 | tee "$LOGS/stress-embed.log" ;;
     stress-query)
       index; serve "$EVAL_HOME"
-      QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1,100,1000 --measurement-ms 240000 \
-        --options '{"n": 10, "expand": false, "candidates": 10}' 2>&1 | tee "$LOGS/stress-query.log" ;;
+      # a window must outlast one request's latency: at 1000 in flight that is 1000 / throughput seconds
+      for c_ms in 1:20000 100:60000 1000:300000; do
+        QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency "${c_ms%%:*}" --measurement-ms "${c_ms##*:}" \
+          --options '{"n": 10, "expand": false, "candidates": 10}' 2>&1 | tee -a "$LOGS/stress-query.log"
+      done ;;
     soak)
       serve "$QMD_HOME"
       "$QMDCTL" soak qmd_embed --seconds 600 --concurrency 8 2>&1 | tee "$LOGS/soak.log" ;;

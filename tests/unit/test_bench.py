@@ -53,11 +53,13 @@ def test_reports_are_written_with_a_plot(tmp_path: Path):
     splits = bench.parse_composing((ASSETS / "perf" / "perf_analyzer_ensemble.txt").read_text())
     rows = [bench.Row("qmd_embed", "grpc", c, 10.0 * c, 1e4, 2e4, 3e4 * c, 4e4, 1e4, 0, 1e4, 0, splits)
             for c in (1, 8)]
-    paths = bench.write_results(rows, {"in-process": {"per_s": 40.0, "ratio": 2.0}}, tmp_path, "run")
+    ref = {"model": "qmd_embed", "concurrency": 8, "per_s": 80.0}
+    paths = bench.write_results(rows, {"in-process": {"per_s": 40.0, "ratio": 2.0, "reference": ref}}, tmp_path, "run")
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["md"].read_text()
     assert "| qmd_embed | grpc | 8 | 80.0 |" in md and "| qmd_embed | 8 | qmd_embed_model | 115.0 |" in md
     assert "| in-process | 40.0 | 2.00 |" in md
+    assert "against qmd_embed at concurrency 8 (80.0/s)" in md
     assert paths["csv"].read_text().splitlines()[0].startswith("model,protocol,concurrency,throughput")
 
 
