@@ -29,9 +29,21 @@ ENTRY = {"qmd_embed_model": "qmd_embed", "qmd_rerank_model": "qmd_query", "qmd_t
 RAGGED = "ragged"
 
 
+def min_batch(model: str) -> int:
+    """The largest batch one request may carry to ``model``; a smaller ``max_batch_size`` would refuse it.
+
+    ``QmdClient.embed`` (and so ``qmdctl embed``) sends up to ``contracts.MAX_BATCH`` texts per request;
+    ``qmd_retrieve`` sends up to ``fusion.MAX_CANDIDATES`` reranker pairs per query.
+    """
+    from .contracts import MAX_BATCH
+    from .fusion import MAX_CANDIDATES
+
+    return MAX_CANDIDATES if model == "qmd_rerank_model" else MAX_BATCH
+
+
 @dataclass(frozen=True)
 class Grid:
-    max_batch: Sequence[int] = (16, 64)
+    max_batch: Sequence[int] = (64, 128)
     instances: Sequence[int] = (1, 2)
     queue_delay_us: Sequence[int] = (500, 2000)
     lengths: Sequence[str] = (RAGGED, "16,32,64,128,256")
@@ -55,9 +67,10 @@ class Trial:
         return asdict(self)
 
 
-def choose(trials: Sequence[Trial], budget_ms: float) -> Trial | None:
-    """Highest throughput within the budget; else the lowest p95; failed trials never win."""
-    ok = [t for t in trials if not t.failure and t.errors == 0]
+def choose(trials: Sequence[Trial], budget_ms: float, smallest_batch: int = 0) -> Trial | None:
+    """Highest throughput within the budget; else the lowest p95; failed trials, and points whose
+    ``max_batch`` is below ``smallest_batch`` (requests would be refused), never win."""
+    ok = [t for t in trials if not t.failure and t.errors == 0 and int(t.point.get("max_batch", 0)) >= smallest_batch]
     if not ok:
         return None
     within = [t for t in ok if t.p95_ms <= budget_ms]

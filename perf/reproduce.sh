@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
-# Usage: bash perf/reproduce.sh [STEP ...]   steps: embed query stress-embed stress-query soak tune latency
+# Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch query stress-embed stress-query soak tune latency
 # (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
 # Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
 set -euo pipefail
@@ -12,7 +12,7 @@ EVAL_HOME=$QMD_HOME/eval/msmarco        # `qmdctl eval` indexes the set here (it
 LOGS=perf/results/logs
 mkdir -p "$LOGS"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(embed query stress-embed stress-query soak tune latency)
+[ ${#steps[@]} -gt 0 ] || steps=(embed batch query stress-embed stress-query soak tune latency)
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 index() {  # the msmarco index the search pipelines read (embedded through Triton)
@@ -30,6 +30,9 @@ for step in "${steps[@]}"; do
     embed)   # qmd_embed against in-process onnxruntime, sentence-transformers, and no dynamic batching
       serve "$QMD_HOME"
       "$QMDCTL" bench qmd_embed --concurrency 1,2,4,8,16 --measurement-ms 5000 2>&1 | tee "$LOGS/embed.log" ;;
+    batch)   # in-process fp32 and int8 at batch 1/8/32: does batching buy compute on this CPU?
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/batch_sizes.py 2>&1 | tee "$LOGS/batch.log" ;;
     query)   # the full pipeline at concurrency 8, with the per-model split
       index; serve "$EVAL_HOME"
       QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1,8 --measurement-ms 30000 \
@@ -40,11 +43,16 @@ for step in "${steps[@]}"; do
         2>&1 | tee "$LOGS/stress-embed.log" ;;
     stress-query)
       index; serve "$EVAL_HOME"
-      # a window must outlast one request's latency: at 1000 in flight that is 1000 / throughput seconds
-      for c_ms in 1:20000 100:60000 1000:300000; do
+      # A window must outlast one request's latency: at 1000 in flight that is 1000 / throughput seconds.
+      # With 10 reranked candidates this CPU answers ~2 queries/s (8-minute latencies at 1000), so the
+      # 1000 level runs the same ensemble with the reranker passing through.
+      light='{"n": 10, "expand": false, "candidates": 10}'
+      for c_ms in 1:20000 100:60000; do
         QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency "${c_ms%%:*}" --measurement-ms "${c_ms##*:}" \
-          --options '{"n": 10, "expand": false, "candidates": 10}' 2>&1 | tee -a "$LOGS/stress-query.log"
-      done ;;
+          --options "$light" 2>&1 | tee -a "$LOGS/stress-query.log"
+      done
+      QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1000 --measurement-ms 180000 \
+        --options '{"n": 10, "expand": false, "rerank": false}' 2>&1 | tee -a "$LOGS/stress-query.log" ;;
     soak)
       serve "$QMD_HOME"
       "$QMDCTL" soak qmd_embed --seconds 600 --concurrency 8 2>&1 | tee "$LOGS/soak.log" ;;

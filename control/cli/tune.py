@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import bench
-from ..tune import ENTRY, Grid, apply, choose, sweep
+from ..tune import ENTRY, Grid, apply, choose, min_batch, sweep
 from .bench import DEFAULT_DATASETS
 from .common import State, emit_json, pass_state
 
@@ -29,7 +29,9 @@ def _ints(spec: str, name: str) -> tuple[int, ...]:
 @click.argument("model", default="qmd_embed_model", type=click.Choice(sorted(ENTRY)))
 @click.option("--budget-ms", type=float, default=500.0, show_default=True, help="p95 latency budget.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Load during each trial.")
-@click.option("--max-batch", "max_batch", default="16,64", show_default=True, help="max_batch_size values.")
+@click.option("--max-batch", "max_batch", default=None,
+              help="max_batch_size values; values below what one request carries are measured, never applied. "
+                   "[default: 64,128; 256,512 for qmd_rerank_model]")
 @click.option("--instances", default="1,2", show_default=True, help="Instance counts.")
 @click.option("--queue-delay-us", default="500,2000", show_default=True, help="max_queue_delay_microseconds values.")
 @click.option("--lengths", default="ragged;16,32,64,128,256", show_default=True,
@@ -51,6 +53,7 @@ def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch
     trial. --apply writes the best point (highest throughput within the budget).
     """
     settings = state.settings()
+    max_batch = max_batch or ("256,512" if model == "qmd_rerank_model" else "64,128")
     grid = Grid(max_batch=_ints(max_batch, "--max-batch"), instances=_ints(instances, "--instances"),
                 queue_delay_us=_ints(queue_delay_us, "--queue-delay-us"),
                 lengths=tuple(v.strip() for v in lengths.split(";") if v.strip()))
@@ -61,16 +64,19 @@ def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch
         data = input_data or bench.make_inputs(entry, DEFAULT_DATASETS, out_dir=Path(tmp), options=options)
         trials = sweep(settings, grid, model, data, Path(tmp), perf_analyzer=pa, concurrency=concurrency,
                        measurement_ms=measurement_ms, progress=state.progress)
-    best = choose(trials, budget_ms)
+    floor = min_batch(model)
+    best = choose(trials, budget_ms, floor)
     if as_json:
-        emit_json({"model": model, "budget_ms": budget_ms, "concurrency": concurrency,
+        emit_json({"model": model, "budget_ms": budget_ms, "concurrency": concurrency, "min_batch": floor,
                    "trials": [t.as_dict() for t in trials], "best": best.as_dict() if best else None})
     else:
         click.echo(f"| max_batch | instances | queue delay us | lengths | infer/s | p95 ms | |\n|---|---|---|---|---|---|---|")
         for t in trials:
             p = t.point
             mark = "best" if t is best else ("failed: " + t.failure if t.failure else
-                                            ("over budget" if t.p95_ms > budget_ms else ""))
+                                            (f"not applicable: requests carry up to {floor}"
+                                             if int(p["max_batch"]) < floor else
+                                             ("over budget" if t.p95_ms > budget_ms else "")))
             click.echo(f"| {p['max_batch']} | {p['instances']} | {p['queue_delay_us']} | {p['lengths']} | "
                        f"{t.throughput:.1f} | {t.p95_ms:.1f} | {mark} |")
     if best is None:

@@ -34,14 +34,14 @@ def test_bench_measures_a_search_pipeline_over_http(indexed, tmp_path: Path):  #
 
 
 def test_tune_runs_a_small_real_sweep_and_marks_the_best(triton: Settings, tmp_path: Path):
-    result = qmd(triton, "tune", "qmd_embed_model", "--max-batch", "8,32", "--instances", "1",
+    result = qmd(triton, "tune", "qmd_embed_model", "--max-batch", "32,64", "--instances", "1",
                  "--queue-delay-us", "1000", "--lengths", "ragged", "--measurement-ms", "800",
                  "--concurrency", "4", "--budget-ms", "100000", "--json")
     data = json.loads(result.stdout)
-    assert [t["point"]["max_batch"] for t in data["trials"]] == [8, 32]
+    assert [t["point"]["max_batch"] for t in data["trials"]] == [32, 64]
     assert all(t["throughput"] > 0 and not t["failure"] for t in data["trials"]), data["trials"]
-    best = max(data["trials"], key=lambda t: t["throughput"])
-    assert data["best"]["point"] == best["point"]
+    # 32 is measured but can never win: `qmdctl embed` sends 64 texts in one request
+    assert data["min_batch"] == 64 and data["best"]["point"]["max_batch"] == 64
 
 
 def test_soak_samples_server_memory_and_reports_no_failures(triton: Settings, tmp_path: Path):

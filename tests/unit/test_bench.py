@@ -82,3 +82,15 @@ def test_group_rss_counts_the_processes_of_a_group():
     mine = group_rss_bytes(os.getpgid(0))
     assert mine > 10_000_000  # at least this Python process
     assert group_rss_bytes(2**22 + 12345) == 0
+
+
+def test_composing_models_with_a_response_cache_keep_their_compute_split():
+    """With a cached model in the pipeline, perf_analyzer moves compute times to a cache-miss line."""
+    splits = {s.model: s for s in bench.parse_composing(
+        (ASSETS / "perf" / "perf_analyzer_cached_ensemble.txt").read_text())}
+    rerank = splits["qmd_rerank_model"]
+    assert (rerank.requests, rerank.executions) == (28, 28)  # 280 pairs in 28 requests
+    assert rerank.queue_us == 2154 and rerank.compute_infer_us == 473963 and rerank.compute_output_us == 391
+    expand = splits["qmd_expand"]
+    assert expand.cache_hits == 29 and expand.executions == 0 and expand.compute_infer_us == 0
+    assert splits["qmd_embed_model"].compute_infer_us == 8986

@@ -53,3 +53,14 @@ def test_copy_repo_links_big_files_and_copies_configs(exported_repo: Path, tmp_p
     assert onnx.stat().st_ino == (exported_repo / "qmd_embed_model" / "1" / "model.onnx").stat().st_ino
     assert (target / "qmd_embed_model" / "config.pbtxt").stat().st_ino != \
         (exported_repo / "qmd_embed_model" / "config.pbtxt").stat().st_ino
+
+
+def test_a_max_batch_below_what_one_request_carries_never_wins():
+    from qmd_triton.tune import Trial, min_batch
+
+    assert min_batch("qmd_embed_model") == 64 and min_batch("qmd_rerank_model") == 200
+    small = Trial({"max_batch": 16, "instances": 2, "queue_delay_us": 500, "lengths": RAGGED}, 90.0, 100.0)
+    big = Trial({"max_batch": 64, "instances": 2, "queue_delay_us": 500, "lengths": RAGGED}, 80.0, 100.0)
+    assert choose([small, big], 500.0) is small
+    assert choose([small, big], 500.0, smallest_batch=64) is big
+    assert choose([small], 500.0, smallest_batch=64) is None
