@@ -101,8 +101,12 @@ def make_inputs(model: str, datasets: Path, out_dir: Path = INPUTS, count: int =
     ``qmd_embed``: one passage per request (msmarco then dbpedia). Search models: the sets'
     queries with ``options``.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     sets = [datasets / "msmarco", datasets / "dbpedia"]
+    missing = [str(s) for s in sets if not (s / "corpus.jsonl").is_file() or not (s / "queries.jsonl").is_file()]
+    if missing:
+        raise InputError(f"no BEIR set at {', '.join(missing)}: pass --datasets DIR (holding msmarco/ and "
+                         "dbpedia/) or --input-data FILE")
+    out_dir.mkdir(parents=True, exist_ok=True)
     if model in ("qmd_embed",):
         texts = []
         for s in sets:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -298,19 +299,37 @@ class IndexStore:
     # -- BM25 ------------------------------------------------------------------------
 
     def bm25(self, terms: list[str], limit: int, collections: Sequence[str] | None = None) -> list[tuple[DocRow, float]]:
-        """Documents matching any term, best first, with SQLite's bm25 score (lower is better)."""
+        """Documents matching any term, best first, with their BM25 score (negative, lower is better, as SQLite's).
+
+        SQLite's bm25() weighs a term by log((N - n + 0.5) / (n + 0.5)) and floors that at 1e-6, so a term
+        found in half the rows or more counts for nothing: in a small collection about one topic, the
+        topic's own words score 0 and the order is arbitrary. Each term is therefore scored alone: its
+        bm25() divided by SQLite's weight is its saturated, length-normalized frequency (title weighted),
+        which is multiplied by Lucene's weight log(1 + (N - n + 0.5) / (n + 0.5)), positive for every term
+        and within log(2) of SQLite's for rare ones.
+        """
         if not terms:
             return []
-        sql = (
-            "SELECT d.id, d.collection, d.path, d.title, d.hash, d.size, d.mtime_ns, "
-            f"bm25(fts, {TITLE_WEIGHT}, 1.0) AS score "
-            "FROM fts JOIN documents d ON d.id = fts.rowid WHERE fts MATCH ?"
-        )
-        args: list[Any] = [fts_match(terms)]
+        rows_total = self.conn.execute("SELECT count(*) FROM fts").fetchone()[0]
+        arms, args = [], []
+        for term in dict.fromkeys(terms):
+            match = fts_match([term])
+            n = self.conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (match,)).fetchone()[0]
+            if not n:
+                continue
+            ratio = (rows_total - n + 0.5) / (n + 0.5)
+            arms.append(f"SELECT rowid AS id, bm25(fts, {TITLE_WEIGHT}, 1.0) * ? AS s FROM fts WHERE fts MATCH ?")
+            args += [math.log1p(ratio) / max(1e-6, math.log(ratio)), match]
+        if not arms:
+            return []
+        # MATERIALIZED: a flattened single arm would put bm25() in a join, where SQLite refuses it
+        sql = (f"WITH hits(id, s) AS MATERIALIZED ({' UNION ALL '.join(arms)}) "
+               "SELECT d.id, d.collection, d.path, d.title, d.hash, d.size, d.mtime_ns, t.score FROM "
+               "(SELECT id, SUM(s) AS score FROM hits GROUP BY id) t JOIN documents d ON d.id = t.id")
         if collections:
-            sql += f" AND d.collection IN ({','.join('?' * len(collections))})"
+            sql += f" WHERE d.collection IN ({','.join('?' * len(collections))})"
             args += list(collections)
-        sql += " ORDER BY score LIMIT ?"
+        sql += " ORDER BY t.score, d.id LIMIT ?"
         args.append(limit)
         return [(DocRow(*r[:7]), float(r[7])) for r in self.conn.execute(sql, args)]
 

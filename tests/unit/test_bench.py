@@ -94,3 +94,9 @@ def test_composing_models_with_a_response_cache_keep_their_compute_split():
     expand = splits["qmd_expand"]
     assert expand.cache_hits == 29 and expand.executions == 0 and expand.compute_infer_us == 0
     assert splits["qmd_embed_model"].compute_infer_us == 8986
+
+
+def test_bench_without_datasets_is_one_error_line(tmp_path: Path):
+    with pytest.raises(InputError, match=r"no BEIR set at .*msmarco.*: pass --datasets DIR"):
+        bench.make_inputs("qmd_embed", tmp_path / "nowhere", out_dir=tmp_path / "inputs")
+    assert not (tmp_path / "inputs").exists()

@@ -297,3 +297,18 @@ def test_update_fails_with_one_line_when_a_collection_directory_vanished(qmd: Qm
     shutil.rmtree(notes)
     assert qmd.error("update") == f"Error: collection notes: path {notes} does not exist or is not a directory"
     assert qmd.counts() == before
+
+
+def test_a_word_every_document_shares_still_ranks_them(tmp_path: Path):
+    """SQLite's IDF is 0 for a term in half the rows or more; search must still order by it."""
+    notes = tmp_path / "topic"
+    notes.mkdir()
+    (notes / "a.md").write_text("# Queues\n\nBatching once here, then other words about queues and delays.\n")
+    (notes / "b.md").write_text("# Batching\n\nBatching, batching and more batching: the batcher merges requests.\n")
+    (notes / "c.md").write_text("# Ports\n\nThe server listens on ports; batching is mentioned in passing.\n")
+    q = Qmd(tmp_path / "home")
+    q("collection", "add", str(notes), "--name", "topic")
+    q("update")
+    hits = json.loads(q("search", "batching", "--json").stdout)
+    assert [h["file"] for h in hits][0] == "topic/b.md"  # title and three mentions
+    assert len(hits) == 3 and all(h["score"] > 0.1 for h in hits)
