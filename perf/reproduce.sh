@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
-# Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch query stress-embed stress-query soak tune latency
+# Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch batching query stress-embed stress-query soak tune latency
 # (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
 # Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
 set -euo pipefail
@@ -12,7 +12,7 @@ EVAL_HOME=$QMD_HOME/eval/msmarco        # `qmdctl eval` indexes the set here (it
 LOGS=perf/results/logs
 mkdir -p "$LOGS"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(embed batch query stress-embed stress-query soak tune latency)
+[ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency)
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 index() {  # the msmarco index the search pipelines read (embedded through Triton)
@@ -33,6 +33,9 @@ for step in "${steps[@]}"; do
     batch)   # in-process fp32 and int8 at batch 1/8/32: does batching buy compute on this CPU?
       "$QMDCTL" down >/dev/null 2>&1 || true
       .venv/bin/python perf/batch_sizes.py 2>&1 | tee "$LOGS/batch.log" ;;
+    batching) # the batcher on and off, passages and queries, the ensemble and the model alone
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/batching_by_length.py --rounds 2 2>&1 | tee "$LOGS/batching.log" ;;
     query)   # the full pipeline at concurrency 8, with the per-model split
       index; serve "$EVAL_HOME"
       QMD_HOME=$EVAL_HOME "$QMDCTL" bench qmd_query --concurrency 1,8 --measurement-ms 30000 \
