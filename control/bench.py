@@ -94,6 +94,21 @@ def _jsonl(path: Path, limit: int) -> list[dict]:
     return rows
 
 
+def passages(datasets: Path, count: int) -> list[str]:
+    """The first ``count`` passages (title. text) of msmarco, then dbpedia."""
+    texts: list[str] = []
+    for name in ("msmarco", "dbpedia"):
+        if len(texts) < count:
+            texts += [(r.get("title", "") + ". " + r["text"]).strip(". ")
+                      for r in _jsonl(datasets / name / "corpus.jsonl", count - len(texts))]
+    return texts
+
+
+def queries(datasets: Path, count: int) -> list[str]:
+    """Up to ``count`` queries of msmarco, then dbpedia."""
+    return [r["text"] for name in ("msmarco", "dbpedia") for r in _jsonl(datasets / name / "queries.jsonl", count)][:count]
+
+
 def make_inputs(model: str, datasets: Path, out_dir: Path = INPUTS, count: int = 256,
                 options: dict | None = None) -> Path:
     """perf_analyzer input data for a model, drawn from the shared BEIR sets (written, not committed).
@@ -108,16 +123,12 @@ def make_inputs(model: str, datasets: Path, out_dir: Path = INPUTS, count: int =
                          "dbpedia/) or --input-data FILE")
     out_dir.mkdir(parents=True, exist_ok=True)
     if model in ("qmd_embed",):
-        texts = []
-        for s in sets:
-            texts += [(r.get("title", "") + ". " + r["text"]).strip(". ") for r in _jsonl(s / "corpus.jsonl", count)]
-        data = [{"text": {"content": [t], "shape": [1]}} for t in texts[:count]]
+        data = [{"text": {"content": [t], "shape": [1]}} for t in passages(datasets, count)]
         name = "passages.json"
     elif model in SEARCH_MODELS:
-        queries = [r["text"] for s in sets for r in _jsonl(s / "queries.jsonl", count)]
         opts = json.dumps(options or {"n": 10})
         data = [{"query": {"content": [q], "shape": [1]}, "options": {"content": [opts], "shape": [1]}}
-                for q in queries[:count]]
+                for q in queries(datasets, count)]
         name = f"queries-{model}.json"
     else:
         raise InputError(f"no input generator for {model}; pass --input-data FILE (perf_analyzer's JSON format)")

@@ -41,6 +41,11 @@ def min_batch(model: str) -> int:
     return MAX_CANDIDATES if model == "qmd_rerank_model" else MAX_BATCH
 
 
+def default_max_batch(model: str) -> tuple[int, ...]:
+    """The ``max_batch_size`` values swept by default: at and above what one request carries."""
+    return (256, 512) if model == "qmd_rerank_model" else Grid.max_batch
+
+
 @dataclass(frozen=True)
 class Grid:
     max_batch: Sequence[int] = (64, 128)

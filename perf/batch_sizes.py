@@ -13,16 +13,16 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from qmd_triton.baselines import onnxruntime_best
+from qmd_triton.bench import passages
 from qmd_triton.settings import PROJECT_ROOT
 
 REPO = PROJECT_ROOT / "model_repository"
-CORPUS = PROJECT_ROOT.parent / "shared" / "datasets" / "msmarco" / "corpus.jsonl"
+DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
 
 def main() -> None:
@@ -32,13 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    texts = []
-    with CORPUS.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            texts.append((row.get("title", "") + ". " + row["text"]).strip(". "))
-            if len(texts) == args.texts:
-                break
+    texts = passages(DATASETS, args.texts)
     with tempfile.TemporaryDirectory(prefix="qmd-int8-") as tmp:
         int8 = Path(tmp)
         shutil.copytree(REPO / "qmd_tokenize", int8 / "qmd_tokenize")

@@ -32,17 +32,7 @@ DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
 
 def texts(count: int) -> dict[str, list[str]]:
-    passages, queries = [], []
-    with (DATASETS / "msmarco" / "corpus.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            passages.append((row.get("title", "") + ". " + row["text"]).strip(". "))
-            if len(passages) == count:
-                break
-    for name in ("msmarco", "dbpedia"):
-        with (DATASETS / name / "queries.jsonl").open(encoding="utf-8") as f:
-            queries += [json.loads(line)["text"] for line in f]
-    return {"passages": passages, "queries": queries[:count]}
+    return {"passages": bench.passages(DATASETS, count), "queries": bench.queries(DATASETS, count)}
 
 
 def input_files(sets: dict[str, list[str]], work: Path) -> dict[tuple[str, str], Path]:

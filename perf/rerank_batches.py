@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 
-from qmd_triton.cli.evaluate import _baseline_vectors
-from qmd_triton.evaluation import bm25_baseline, load_beir, score_run
-from qmd_triton.fusion import RankedList, rrf
+from qmd_triton.cli.evaluate import hybrid_candidates
+from qmd_triton.evaluation import load_beir, score_run
 from qmd_triton.settings import PROJECT_ROOT, Settings
 from qmd_triton.tokenization import PairEncoder
 from qmd_triton.triton_models.onnx_backend import make_session
@@ -54,17 +53,13 @@ def measure(name: str) -> None:
     beir = load_beir(PROJECT_ROOT.parent / "shared" / "datasets" / name)
     repo = PROJECT_ROOT / "model_repository"
     settings = Settings.load(PROJECT_ROOT / ".qmd" / "bench" / "eval" / name, model_repository=repo)
-    bm25 = bm25_baseline(beir, 20)
-    vec = _baseline_vectors(_Progress(), beir, settings)(20)
+    candidates = hybrid_candidates(_Progress(), beir, settings)
     encoder = PairEncoder(repo / "qmd_rerank_model" / "1" / "tokenizer.json")
     session = make_session(repo / "qmd_rerank_model" / "1" / "model.onnx", intra_threads=2)
     runs: dict[str, dict[str, list[str]]] = {s: {} for s in SCHEMES}
     seconds = dict.fromkeys(SCHEMES, 0.0)
     max_diff = dict.fromkeys(SCHEMES, 0.0)
-    for n, q in enumerate(beir.judged_queries()):
-        keys = [f.key for f in rrf([RankedList("bm25", 1.0, bm25[q]), RankedList("vec", 1.0, vec[q])])[:40]]
-        texts = [f"{beir.corpus[k][0]}. {beir.corpus[k][1]}" if beir.corpus[k][0] else beir.corpus[k][1]
-                 for k in keys]
+    for n, (q, (keys, texts)) in enumerate(candidates.items()):
         ids, mask, types = encoder.encode(beir.queries[q], texts)
         logits = {}
         for scheme in (list(SCHEMES) if n % 2 == 0 else list(SCHEMES)[::-1]):

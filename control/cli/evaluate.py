@@ -138,6 +138,19 @@ def _baseline_vectors(state: State, beir: BeirSet, settings: Settings):
     return rank
 
 
+def hybrid_candidates(state: State, beir: BeirSet, settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """Per judged query, the plain hybrid's top 40 (rank_bm25 top 20 + in-process vectors top 20, RRF):
+    their ids and texts (title. text), ready for a cross-encoder."""
+    bm25 = bm25_baseline(beir, 20)
+    vec = _baseline_vectors(state, beir, settings)(20)
+    out = {}
+    for q in beir.judged_queries():
+        keys = [f.key for f in rrf([RankedList("bm25", 1.0, bm25[q]), RankedList("vec", 1.0, vec[q])])[:40]]
+        out[q] = (keys, [f"{beir.corpus[k][0]}. {beir.corpus[k][1]}" if beir.corpus[k][0] else beir.corpus[k][1]
+                         for k in keys])
+    return out
+
+
 def _hybrid_baseline(state: State, beir: BeirSet, settings: Settings) -> dict[str, list[str]]:
     """rank_bm25 + the embedding model in-process, plain RRF (k=60), top 40 reranked by the same
     cross-encoder in-process, ordered by its score: what one would build in a notebook."""
@@ -145,16 +158,12 @@ def _hybrid_baseline(state: State, beir: BeirSet, settings: Settings) -> dict[st
     from ..triton_models.onnx_backend import make_session
 
     repo = settings.model_repository
-    bm25 = bm25_baseline(beir, 20)
-    vec = _baseline_vectors(state, beir, settings)(20)
+    candidates = hybrid_candidates(state, beir, settings)
     encoder = PairEncoder(repo / "qmd_rerank_model" / "1" / "tokenizer.json")
     session = make_session(repo / "qmd_rerank_model" / "1" / "model.onnx")
-    state.progress(f"baseline: reranking 40 candidates for {len(bm25)} queries in-process")
+    state.progress(f"baseline: reranking 40 candidates for {len(candidates)} queries in-process")
     run = {}
-    for q in beir.judged_queries():
-        fused = rrf([RankedList("bm25", 1.0, bm25[q]), RankedList("vec", 1.0, vec[q])])[:40]
-        keys = [f.key for f in fused]
-        texts = [f"{beir.corpus[k][0]}. {beir.corpus[k][1]}" if beir.corpus[k][0] else beir.corpus[k][1] for k in keys]
+    for q, (keys, texts) in candidates.items():
         ids, mask, types = encoder.encode(beir.queries[q], texts)
         logits = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0].reshape(-1)
         run[q] = [keys[i] for i in sorted(range(len(keys)), key=lambda i: -logits[i])]

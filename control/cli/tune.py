@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import bench
-from ..tune import ENTRY, Grid, apply, choose, min_batch, sweep
+from ..tune import ENTRY, Grid, apply, choose, default_max_batch, min_batch, sweep
 from .bench import DEFAULT_DATASETS
 from .common import State, emit_json, pass_state
 
@@ -53,8 +53,8 @@ def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch
     trial. --apply writes the best point (highest throughput within the budget).
     """
     settings = state.settings()
-    max_batch = max_batch or ("256,512" if model == "qmd_rerank_model" else "64,128")
-    grid = Grid(max_batch=_ints(max_batch, "--max-batch"), instances=_ints(instances, "--instances"),
+    grid = Grid(max_batch=_ints(max_batch, "--max-batch") if max_batch else default_max_batch(model),
+                instances=_ints(instances, "--instances"),
                 queue_delay_us=_ints(queue_delay_us, "--queue-delay-us"),
                 lengths=tuple(v.strip() for v in lengths.split(";") if v.strip()))
     pa = bench.find_perf_analyzer()
