@@ -262,14 +262,14 @@ QUERY_PIPELINE = ModelSpec(
     doc="Ensemble: qmd_expand -> qmd_tokenize -> qmd_embed_model -> qmd_retrieve -> qmd_rerank_model -> qmd_fuse.",
 )
 
-MODELS: tuple[ModelSpec, ...] = (
+MODEL_SPECS: tuple[ModelSpec, ...] = (
     TOKENIZE, EMBED_MODEL, EMBED, PLAN, EXPAND, SEARCH, RETRIEVE, RERANK_MODEL, FUSE, VSEARCH, QUERY_PIPELINE,
 )
 
 
 def model(name: str) -> ModelSpec:
     """Looks a model spec up by name."""
-    for m in MODELS:
+    for m in MODEL_SPECS:
         if m.name == name:
             return m
-    raise KeyError(f"unknown model {name!r}; known: {', '.join(m.name for m in MODELS)}")
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(m.name for m in MODEL_SPECS)}")

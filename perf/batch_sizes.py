@@ -17,12 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from qmd_triton.baselines import onnxruntime_best
-from qmd_triton.bench import passages
-from qmd_triton.settings import PROJECT_ROOT
+from qmd_triton.bench.baselines import onnxruntime_best
+from qmd_triton.bench.datasets import passages
+from qmd_triton.settings import checkout_path, default_datasets
 
-REPO = PROJECT_ROOT / "model_repository"
-DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+REPO = checkout_path("model_repository")
+DATASETS = default_datasets()
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """What does Triton's dynamic batcher buy on this CPU, by text length and by layer?
 
 Two servers side by side on free ports: the shipped repository, and a copy with dynamic (and ragged)
-batching off (``qmd_triton.baselines.without_dynamic_batching``). perf_analyzer measures, at one
+batching off (``qmd_triton.bench.baselines.without_dynamic_batching``). perf_analyzer measures, at one
 concurrency, alternating between the two servers for ``--rounds`` rounds:
 
 * ``qmd_embed`` (the ensemble: gRPC, tokenizer stub, model) with msmarco passages and with the
@@ -22,17 +22,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qmd_triton import baselines, bench, server
-from qmd_triton.settings import PROJECT_ROOT, Settings
+from qmd_triton.bench import baselines
+from qmd_triton.bench import perf_analyzer as pa
+from qmd_triton.bench.datasets import passages, queries
 from qmd_triton.contracts import KIND_DOCUMENT, KIND_QUERY
-from qmd_triton.tokenization import TextEncoder
+from qmd_triton.serving import server
+from qmd_triton.settings import Settings, checkout_path, default_datasets
+from qmd_triton.system.net import free_ports
+from qmd_triton.text.tokenization import TextEncoder
 
-REPO = PROJECT_ROOT / "model_repository"
-DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+REPO = checkout_path("model_repository")
+DATASETS = default_datasets()
 
 
 def texts(count: int) -> dict[str, list[str]]:
-    return {"passages": bench.passages(DATASETS, count), "queries": bench.queries(DATASETS, count)}
+    return {"passages": passages(DATASETS, count), "queries": queries(DATASETS, count)}
 
 
 def input_files(sets: dict[str, list[str]], work: Path) -> dict[tuple[str, str], Path]:
@@ -61,7 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--texts", type=int, default=100)
     args = parser.parse_args()
-    pa = bench.find_perf_analyzer()
+    tool = pa.find_perf_analyzer()
     with tempfile.TemporaryDirectory(prefix="qmd-batching-") as tmp:
         work = Path(tmp)
         files = input_files(texts(args.texts), work)
@@ -69,7 +73,7 @@ def main() -> None:
         repos = {"on": REPO, "off": baselines.without_dynamic_batching(REPO, work / "off-repo")}
         try:
             for label, repo in repos.items():
-                http, grpc, metrics = server.free_ports(3)
+                http, grpc, metrics = free_ports(3)
                 servers[label] = Settings.load(work / f"home-{label}", model_repository=repo, http_port=http,
                                                grpc_port=grpc, metrics_port=metrics)
                 server.start(servers[label])
@@ -78,7 +82,7 @@ def main() -> None:
                 for (model, inputs), path in files.items():
                     for label in ("on", "off"):
                         s = servers[label]
-                        row = bench.run_once(pa, model, s.url("grpc"), "grpc", path, args.concurrency,
+                        row = pa.run_once(tool, model, s.url("grpc"), "grpc", path, args.concurrency,
                                              args.measurement_ms, work)
                         results.setdefault((model, inputs, label), []).append(row.throughput)
                         print(f"round {rnd + 1} {model} {inputs} batching {label}: {row.throughput:.1f}/s "
@@ -86,7 +90,7 @@ def main() -> None:
         finally:
             for s in servers.values():
                 server.stop(s)
-    print(f"| layer | texts | batching on, per s | batching off, per s | on ÷ off (per round) |")
+    print("| layer | texts | batching on, per s | batching off, per s | on ÷ off (per round) |")
     print("|---|---|---|---|---|")
     for (model, inputs) in files:
         on, off = results[(model, inputs, "on")], results[(model, inputs, "off")]

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qmd_triton import server
-from qmd_triton.client import QmdClient
-from qmd_triton.evaluation import load_beir
-from qmd_triton.settings import PROJECT_ROOT, Settings
+from qmd_triton.bench.datasets import load_set
+from qmd_triton.serving import server
+from qmd_triton.serving.client import QmdClient
+from qmd_triton.settings import Settings, checkout_path
+from qmd_triton.system.net import free_ports
 
 MODELS = ("qmd_expand", "qmd_tokenize", "qmd_embed_model", "qmd_retrieve", "qmd_rerank_model", "qmd_fuse")
 
@@ -36,7 +37,8 @@ def server_ns(client: QmdClient) -> dict[str, int]:
     out = {}
     for m in MODELS:
         s = client.statistics(m)["model_stats"][0]["inference_stats"]
-        out[m] = sum(int(s.get(k, {}).get("ns", 0)) for k in ("queue", "compute_input", "compute_infer", "compute_output"))
+        out[m] = sum(int(s.get(k, {}).get("ns", 0))
+                     for k in ("queue", "compute_input", "compute_infer", "compute_output"))
     return out
 
 
@@ -56,15 +58,15 @@ def pct(values: list[float], p: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("datasets", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "perf" / "results" / "query_latency.json")
+    ap.add_argument("--out", type=Path, default=checkout_path("perf", "results", "query_latency.json"))
     args = ap.parse_args()
     results = {}
     for dataset in args.datasets:
-        beir = load_beir(dataset)
+        beir = load_set(dataset)
         home = Settings.load().home / "eval" / beir.name
         if not (home / "index.sqlite").exists():
             sys.exit(f"{home} has no index: run `qmdctl eval {dataset} --mode vsearch` first")
-        http, grpc, metrics = server.free_ports(3)
+        http, grpc, metrics = free_ports(3)
         settings = Settings.load(home, http_port=http, grpc_port=grpc, metrics_port=metrics)
         queries = [beir.queries[q] for q in beir.judged_queries()]
         print(f"{beir.name}: starting a fresh server (empty response cache)", file=sys.stderr)

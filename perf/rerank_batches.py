@@ -18,44 +18,38 @@ import time
 
 import numpy as np
 
-from qmd_triton.cli.evaluate import hybrid_candidates
-from qmd_triton.evaluation import load_beir, score_run
-from qmd_triton.settings import PROJECT_ROOT, Settings
-from qmd_triton.tokenization import PairEncoder
-from qmd_triton.triton_models.onnx_backend import make_session
-
-
-
-class _Progress:
-    def progress(self, message: str) -> None:
-        print(message, file=sys.stderr)
-
+from qmd_triton.bench.baselines import VectorBaseline, notebook_hybrid_candidates
+from qmd_triton.bench.datasets import load_set
+from qmd_triton.bench.scoring import score_run
+from qmd_triton.runtime.onnx import InProcessReranker
+from qmd_triton.settings import checkout_path, default_datasets
 
 SCHEMES = {"padded 40": 0, "each pair alone": 1, "sorted, batches of 4": 4, "sorted, batches of 8": 8}
 
 
-def score(session, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, size: int) -> np.ndarray:
+def score(reranker: InProcessReranker, ids: np.ndarray, mask: np.ndarray, types: np.ndarray,
+          size: int) -> np.ndarray:
     """Logits for every row; ``size`` 0 runs all rows as given, otherwise length-sorted trimmed batches."""
     if size == 0:
-        return session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0].reshape(-1)
+        return reranker.run(ids, mask, types)
     lengths = mask.sum(1)
     order = np.argsort(lengths, kind="stable")
     out = np.zeros(len(ids), np.float32)
     for start in range(0, len(order), size):
         rows = order[start:start + size]
         w = int(lengths[rows].max())
-        out[rows] = session.run(None, {"input_ids": ids[rows, :w], "attention_mask": mask[rows, :w],
-                                       "token_type_ids": types[rows, :w]})[0].reshape(-1)
+        out[rows] = reranker.run(ids[rows, :w], mask[rows, :w], types[rows, :w])
     return out
 
 
 def measure(name: str) -> None:
-    beir = load_beir(PROJECT_ROOT.parent / "shared" / "datasets" / name)
-    repo = PROJECT_ROOT / "model_repository"
-    settings = Settings.load(PROJECT_ROOT / ".qmd" / "bench" / "eval" / name, model_repository=repo)
-    candidates = hybrid_candidates(_Progress(), beir, settings)
-    encoder = PairEncoder(repo / "qmd_rerank_model" / "1" / "tokenizer.json")
-    session = make_session(repo / "qmd_rerank_model" / "1" / "model.onnx", intra_threads=2)
+    beir = load_set(default_datasets() / name)
+    repo = checkout_path("model_repository")
+    cache = checkout_path(".qmd", "bench", "eval", name)
+    vectors = VectorBaseline(beir, repo, cache, progress=lambda m: print(m, file=sys.stderr))
+    candidates = notebook_hybrid_candidates(beir, vectors)
+    reranker = InProcessReranker.from_repository(repo, threads=2)
+    encoder = reranker.pairs
     runs: dict[str, dict[str, list[str]]] = {s: {} for s in SCHEMES}
     seconds = dict.fromkeys(SCHEMES, 0.0)
     max_diff = dict.fromkeys(SCHEMES, 0.0)
@@ -64,7 +58,7 @@ def measure(name: str) -> None:
         logits = {}
         for scheme in (list(SCHEMES) if n % 2 == 0 else list(SCHEMES)[::-1]):
             started = time.perf_counter()
-            logits[scheme] = score(session, ids, mask, types, SCHEMES[scheme])
+            logits[scheme] = score(reranker, ids, mask, types, SCHEMES[scheme])
             seconds[scheme] += time.perf_counter() - started
         for scheme, values in logits.items():
             max_diff[scheme] = max(max_diff[scheme], float(np.abs(values - logits["padded 40"]).max()))

@@ -1,21 +1,31 @@
-"""Shared fixtures: the exported model repository and a real tritonserver on free loopback ports."""
+"""Shared fixtures: the exported model repository, the shared datasets, a real tritonserver on free loopback
+ports, and the processes a test started (never any other)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from qmd_triton import server
-from qmd_triton.server import free_ports
-from qmd_triton.settings import PROJECT_ROOT, Settings
+from qmd_triton.index import embedders
+from qmd_triton.serving import server
+from qmd_triton.settings import PROJECT_ROOT, Settings, default_datasets
+from qmd_triton.system.files import link_or_copy
+from qmd_triton.system.net import free_ports
 
+from .fakes import HashEmbedder
+
+assert PROJECT_ROOT is not None, "the tests run from a checkout"
 REPO = PROJECT_ROOT / "model_repository"
 ASSETS = Path(__file__).parent / "assets"
-SHARED = PROJECT_ROOT.parent / "shared"
+DATASETS = default_datasets()
+
+# The plugin-style test double: an embedder that needs no exported model (tests/fakes.py).
+embedders.register(HashEmbedder.name, HashEmbedder)
 
 
 def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:
@@ -25,14 +35,24 @@ def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:
     )
 
 
+def dataset(name: str) -> Path:
+    """A shared evaluation set; its absence fails the test with one line that says where to put it."""
+    path = DATASETS / name
+    if not path.is_dir():
+        pytest.fail(f"the shared dataset {name} is not at {path}: put the datasets folder there or set "
+                    "QMD_DATASETS to the folder holding msmarco/, dbpedia/ and triton-docs/", pytrace=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def exported_repo() -> Path:
     """The project's model repository with every model exported (each export is idempotent)."""
+    from qmd_triton.artifacts.registry import default_source
     from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
 
-    embedding_onnx.export_embedding(embedding_onnx.default_source(), REPO)
-    reranker_onnx.export_reranker(reranker_onnx.default_source(), REPO)
-    decoder_onnx.export_decoder(decoder_onnx.default_gguf(), REPO)
+    embedding_onnx.export_embedding(default_source("embedding"), REPO)
+    reranker_onnx.export_reranker(default_source("reranker"), REPO)
+    decoder_onnx.export_decoder(default_source("expansion"), REPO)
     return REPO
 
 
@@ -58,31 +78,47 @@ def copy_repo(exported_repo: Path, tmp_path: Path):
         target = tmp_path / "repo"
         for src in exported_repo.iterdir():
             if src.is_dir() and (models is None or src.name in models):
-                shutil.copytree(src, target / src.name, copy_function=_link_or_copy)
+                shutil.copytree(src, target / src.name, copy_function=link_or_copy)
         return target
 
     return _copy
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    if os.path.getsize(src) > 1_000_000:
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
+class Started:
+    """The tritonservers a test's own code launched (``subprocess.Popen`` in the server module, recorded)."""
 
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
 
-def tritonserver_pids() -> set[int]:
-    """Every running tritonserver and python backend stub on this machine."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+    @property
+    def groups(self) -> list[int]:
+        return [p.pid for p in self.procs]  # each server leads its own process group
+
+    def alive(self) -> list[int]:
+        """The recorded groups that still have a member (signal 0 only asks; it delivers nothing)."""
+        out = []
+        for pgid in self.groups:
             try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            if cmd.endswith(b"tritonserver") or cmd.endswith(b"triton_python_backend_stub"):
-                pids.add(int(entry.name))
-    return pids
+                os.killpg(pgid, 0)
+                out.append(pgid)
+            except ProcessLookupError:
+                pass
+        return out
+
+
+@pytest.fixture
+def started(monkeypatch) -> Started:
+    """Records every tritonserver this test starts, so it can check that none is left behind."""
+    record = Started()
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        record.procs.append(proc)
+        return proc
+
+    monkeypatch.setattr(server.subprocess, "Popen", popen)
+    return record
 
 
 def _cuda() -> bool:
@@ -103,17 +139,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             gpu = _cuda() if gpu is None else gpu
             if not gpu:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); run on the device machine"))
-
-
-def processes_of(home: Path) -> set[int]:
-    """Processes whose command line names this QMD home: its server, stubs, Prometheus, exporter."""
-    needle = str(home).encode()
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return pids

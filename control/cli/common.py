@@ -1,15 +1,22 @@
-"""What every qmdctl command shares: settings, option bundles, error mapping, output."""
+"""What every qmdctl command shares: settings, option bundles, error mapping, progress and output."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from ..errors import QmdError
-from ..settings import Settings
+from qmd_triton.errors import QmdError
+from qmd_triton.index.collections import CollectionConfig
+from qmd_triton.index.store import IndexStore
+from qmd_triton.settings import Settings
+
+PERIODIC_S = 10.0  # off a terminal, a counted task reports a line this often
 
 
 class QmdGroup(click.Group):
@@ -36,33 +43,100 @@ class State:
         if not self.quiet:
             click.echo(message, err=True)
 
+    def warn(self, message: str) -> None:
+        """Warnings go to stderr even with ``-q``."""
+        click.echo(f"Warning: {message}", err=True)
+
+    def counter(self, label: str) -> CountReporter:
+        """A ``(done, total)`` callback: a bar on a terminal, a line every few seconds elsewhere."""
+        return CountReporter(label, self.quiet)
+
+
+class CountReporter:
+    """Renders counted progress on stderr; use as a context manager so a bar is closed."""
+
+    def __init__(self, label: str, quiet: bool, every_s: float = PERIODIC_S) -> None:
+        self.label, self.quiet, self.every_s = label, quiet, every_s
+        self.tty = sys.stderr.isatty()
+        self._bar: Any = None
+        self._done = 0
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet or not total:
+            return
+        if self.tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True,
+                                              show_eta=True)
+                self._bar.__enter__()
+            self._bar.update(done - self._done)
+        else:
+            now = time.monotonic()
+            if done == 0 and self._last == 0.0:
+                click.echo(f"{self.label}: 0/{total}", err=True)
+                self._last = now
+            elif now - self._last >= self.every_s or done >= total:
+                rate = done / (now - self._started) if now > self._started else 0.0
+                eta = f", about {(total - done) / rate:.0f}s left" if rate and done < total else ""
+                click.echo(f"{self.label}: {done}/{total} ({done / total:.0%}, {rate:.1f}/s{eta})", err=True)
+                self._last = now
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> CountReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 pass_state = click.make_pass_decorator(State)
+
+
+def collections_of(settings: Settings) -> CollectionConfig:
+    return CollectionConfig(settings.config_file)
+
+
+def open_store(settings: Settings, create: bool = False) -> IndexStore:
+    return IndexStore.open(settings.index_path, create=create)
 
 
 def server_options(f: Callable) -> Callable:
     """``--host``, ``--http-port``, ``--grpc-port``, ``--metrics-port``, each with a QMD_* variable."""
     options = [
-        click.option("--host", envvar="QMD_HOST", show_envvar=True, default=None, help="Address the server binds to. [default: 127.0.0.1]"),
-        click.option("--http-port", envvar="QMD_HTTP_PORT", show_envvar=True, type=int, default=None, help="HTTP port. [default: 8000]"),
-        click.option("--grpc-port", envvar="QMD_GRPC_PORT", show_envvar=True, type=int, default=None, help="gRPC port. [default: 8001]"),
-        click.option(
-            "--metrics-port", envvar="QMD_METRICS_PORT", show_envvar=True, type=int, default=None, help="Metrics port. [default: 8002]"
-        ),
+        click.option("--host", envvar="QMD_HOST", show_envvar=True, default=None,
+                     help="Address the server binds to. [default: 127.0.0.1]"),
+        click.option("--http-port", envvar="QMD_HTTP_PORT", show_envvar=True, type=int, default=None,
+                     help="HTTP port. [default: 8000]"),
+        click.option("--grpc-port", envvar="QMD_GRPC_PORT", show_envvar=True, type=int, default=None,
+                     help="gRPC port. [default: 8001]"),
+        click.option("--metrics-port", envvar="QMD_METRICS_PORT", show_envvar=True, type=int, default=None,
+                     help="Metrics port. [default: 8002]"),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def protocol_option(f: Callable) -> Callable:
+def protocol_option(f: Callable, default: str = "http") -> Callable:
     return click.option(
         "--protocol",
         envvar="QMD_PROTOCOL", show_envvar=True,
         type=click.Choice(["http", "grpc"]),
         default=None,
-        help="Triton protocol. [default: http]",
+        help=f"Triton protocol. [default: {default}]",
     )(f)
+
+
+def grpc_protocol_option(f: Callable) -> Callable:
+    """``--protocol`` for perf_analyzer runs, whose gRPC client costs the cores least."""
+    return protocol_option(f, default="grpc")
 
 
 def server_settings(state: State, kwargs: dict[str, Any]) -> Settings:
@@ -72,4 +146,3 @@ def server_settings(state: State, kwargs: dict[str, Any]) -> Settings:
 
 def emit_json(data: Any, indent: int | None = 2) -> None:
     click.echo(json.dumps(data, indent=indent, ensure_ascii=False, default=str))
-

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
 import numpy as np
 
-from ..client import QmdClient
-from ..contracts import KIND_DOCUMENT, PROMPT_KINDS
-from ..errors import InputError
-from .common import State, emit_json, pass_state, protocol_option, server_options, server_settings
-from .index import embed_index
+from qmd_triton.cli.common import State, emit_json, pass_state, protocol_option, server_options, server_settings
+from qmd_triton.contracts import KIND_DOCUMENT, PROMPT_KINDS
+from qmd_triton.errors import InputError
+from qmd_triton.index.store import IndexStore
+from qmd_triton.serving.client import QmdClient, TritonEmbedder, embed_index
+from qmd_triton.serving.server import ensure_running
+from qmd_triton.settings import Settings
+
+EXIT_INTERRUPTED = 130
 
 
 @click.command()
@@ -35,7 +41,8 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, for
 
     Without TEXTS: chunks every new or changed document and embeds the chunks that
     have no vector yet (length-sorted batches, several in flight), starting the
-    local server if none answers. Interrupted runs resume where they stopped.
+    local server if none answers. Ctrl-C stops after the batches in flight are
+    stored; the next run resumes where it stopped.
 
     With TEXTS (or --stdin): prints one vector per line, or {text, embedding} JSON.
     """
@@ -46,7 +53,7 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, for
         if not items:
             raise InputError("no text on standard input")
     if not items:
-        embed_index(state, settings, force, batch_size, concurrency, as_json)
+        embed_pending_chunks(state, settings, force, batch_size, concurrency, as_json)
         return
     with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
         vectors = client.embed(items, kind=kind)
@@ -55,3 +62,44 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, for
         return
     for v in vectors:
         click.echo(" ".join(np.format_float_positional(float(x), precision=7, trim="-") for x in v))
+
+
+def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_size: int, concurrency: int,
+                         as_json: bool) -> None:
+    """Index mode: chunk and embed everything pending; the first Ctrl-C stops cleanly, a second at once."""
+    embedder = TritonEmbedder(settings)  # reads the repository first: a missing export fails before the server
+    IndexStore.open(settings.index_path).close()  # and so does a missing index
+    ensure_running(settings, progress=state.progress, warn=state.warn)
+    stop = threading.Event()
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping after the batches in flight (Ctrl-C again to stop at once)", err=True)
+
+    previous = signal.signal(signal.SIGINT, interrupted) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        with state.counter("embedding chunks") as counter:
+            report = embed_index(settings, embedder=embedder, force=force, batch_size=batch_size,
+                                 concurrency=concurrency, progress=counter, stop=stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    with IndexStore.open(settings.index_path) as store:
+        counts = store.counts()
+    data = {"chunked_documents": report.chunked_documents, "new_chunks": report.chunks,
+            "embedded": report.embedded, "seconds": round(report.seconds, 2),
+            "chunks_per_second": round(report.per_second, 1), "total_chunks": counts["chunks"],
+            "total_embedded": counts["embedded"], "fingerprint": embedder.setup().id,
+            "interrupted": stop.is_set()}
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"embedded {report.embedded} chunks in {report.seconds:.1f}s ({report.per_second:.1f}/s); "
+                   f"{counts['embedded']}/{counts['chunks']} chunks have vectors")
+    if stop.is_set():
+        state.warn(f"interrupted: {counts['chunks'] - counts['embedded']} chunks still have no vector; "
+                   "run `qmdctl embed` again to resume")
+        raise SystemExit(EXIT_INTERRUPTED)

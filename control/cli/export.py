@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from .common import State, emit_json, pass_state
+from qmd_triton.artifacts.registry import default_source, profile_sources
+from qmd_triton.cli.common import State, emit_json, pass_state
 
 PARTS = ("embedding", "reranker", "expansion")
 
@@ -40,7 +41,8 @@ PARTS = ("embedding", "reranker", "expansion")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
-def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_source: Path | None, reranker_source: Path | None,
+def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_source: Path | None,
+           reranker_source: Path | None,
            reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, tensorrt_repo: Path | None,
            int8: bool, opset: int, force: bool, as_json: bool) -> None:
     """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
@@ -51,28 +53,30 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
     settings = state.settings()
     repo = settings.model_repository
     if profile_name:
-        embedding_source, reranker_source, hf_expansion = _profile_sources(
-            profile_name, settings.models_path, embedding_source, reranker_source)
-        if hf_expansion is not None and (not parts or "expansion" in parts):
-            _link_hf(hf_expansion, repo, state)
+        sources = profile_sources(profile_name, settings.models_path)
+        embedding_source = embedding_source or sources.get("embedding")
+        reranker_source = reranker_source or sources.get("reranker")
+        if "expansion" in sources and (not parts or "expansion" in parts):
+            from qmd_triton.exporters.decoder_onnx import link_transformers_expansion
+
+            link_transformers_expansion(sources["expansion"], repo, progress=state.progress)
             parts = tuple(p for p in (parts or PARTS) if p != "expansion")
     reports: dict[str, Any] = {}
     for part in parts or PARTS:
         if part == "embedding":
-            from qmd_triton.exporters.embedding_onnx import default_source, export_embedding
+            from qmd_triton.exporters.embedding_onnx import export_embedding
 
-            reports[part] = export_embedding(embedding_source or default_source(), repo, opset=opset, force=force,
-                                             progress=state.progress)
+            reports[part] = export_embedding(embedding_source or default_source("embedding"), repo, opset=opset,
+                                             force=force, progress=state.progress)
         elif part == "reranker":
-            from qmd_triton.exporters.reranker_onnx import default_source as rerank_default
             from qmd_triton.exporters.reranker_onnx import export_reranker
 
-            reports[part] = export_reranker(reranker_source or rerank_default(), repo, fp16=reranker_fp16,
+            reports[part] = export_reranker(reranker_source or default_source("reranker"), repo, fp16=reranker_fp16,
                                             force=force, progress=state.progress)
         else:
-            from qmd_triton.exporters.decoder_onnx import default_gguf, export_decoder, export_transformers
+            from qmd_triton.exporters.decoder_onnx import export_decoder, export_transformers
 
-            gguf = expansion_gguf or default_gguf()
+            gguf = expansion_gguf or default_source("expansion")
             reports[part] = export_decoder(gguf, repo, opset=opset, force=force, progress=state.progress)
             if expansion_hf:
                 export_transformers(gguf, repo, force=force, progress=state.progress)
@@ -91,39 +95,3 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
             continue
         verdict = "unchanged" if r.skipped else f"exported in {r.seconds:.1f}s"
         click.echo(f"{part:<10} {verdict:<20} parity max|diff|={r.max_abs_diff:.2e}  sha256={r.onnx_sha256[:12]}")
-
-
-def _profile_sources(name: str, models_dir: Path, embedding: Path | None, reranker: Path | None):
-    """Embedding and reranker directories of a profile's verified downloads, and a transformers LLM if any."""
-    from ..errors import ArtifactMissing
-    from ..models import check, profile
-
-    hf_expansion = None
-    for entry in profile(name):
-        if entry.source == "pypi":
-            continue  # the exporters' defaults are the small profile's packages
-        result = check(entry, models_dir)
-        if result.status != "OK":
-            raise ArtifactMissing(f"{entry.name} is {result.status} in {models_dir}; "
-                                  f"run `qmdctl models download --profile {name}`")
-        if entry.role == "embedding" and embedding is None:
-            embedding = result.path
-        elif entry.role == "reranker" and reranker is None:
-            reranker = result.path
-        elif entry.role == "expansion":
-            hf_expansion = result.path
-    return embedding, reranker, hf_expansion
-
-
-def _link_hf(source: Path, repo: Path, state: State) -> None:
-    """Points qmd_expand/1/hf at a downloaded transformers LLM (served by the vllm/deepspeed engines)."""
-    target = repo / "qmd_expand" / "1" / "hf"
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    target.symlink_to(source.resolve(), target_is_directory=True)
-    state.progress(f"expansion: {target} -> {source} (served by the GPU engines: --model-config-name gpu)")
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from . import cli
+from qmd_triton.cli import cli
 
 INTRO = """# qmdctl reference
 

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import server
-from ..client import QmdClient
-from ..collections import CollectionConfig, check_name
-from ..errors import InputError
-from ..indexer import embed_pending, embedding_setup, update
-from ..settings import Settings
-from ..store import IndexStore
-from .common import State, emit_json, pass_state
-
-
-def collections_of(settings: Settings) -> CollectionConfig:
-    return CollectionConfig(settings.config_file)
-
-
-def open_store(settings: Settings, create: bool = False) -> IndexStore:
-    return IndexStore.open(settings.index_path, create=create)
+from qmd_triton.cli.common import State, collections_of, emit_json, open_store, pass_state
+from qmd_triton.errors import InputError
+from qmd_triton.index.collections import check_name
+from qmd_triton.index.update import update
 
 
 @click.group()
@@ -117,8 +103,7 @@ def update_cmd(state: State, names: tuple[str, ...], force: bool, as_json: bool)
     if not cols:
         raise click.ClickException("no collections; add one with `qmdctl collection add PATH --name NAME`")
     with open_store(settings, create=True) as store:
-        report = update(store, cols, force=force, warn=lambda m: click.echo(f"Warning: {m}", err=True),
-                        progress=state.progress)
+        report = update(store, cols, force=force, warn=state.warn, progress=state.progress)
         pending = store.counts()
     data = {"added": report.added, "changed": report.changed, "removed": report.removed,
             "unchanged": report.unchanged, "skipped": report.skipped, "collections": report.collections}
@@ -130,58 +115,3 @@ def update_cmd(state: State, names: tuple[str, ...], force: bool, as_json: bool)
     waiting = pending["unchunked_documents"] + (pending["chunks"] - pending["embedded"])
     if waiting:
         state.progress("run `qmdctl embed` to embed the new and changed documents")
-
-
-def ensure_server(state: State, settings: Settings) -> None:
-    """Starts the local server when nothing answers at the configured address."""
-    with QmdClient(settings.url(), settings.protocol) as client:
-        if client.is_ready():
-            recorded = server.read_state(settings)
-            if recorded is None or recorded.http_port != settings.http_port:
-                click.echo(f"Warning: the server at {settings.url()} was not started from {settings.home}; "
-                           "it searches the index of the home it was started with", err=True)
-            return
-    state.progress(f"no server answers at {settings.url()}; starting the local one")
-    server.start(settings, progress=state.progress)
-
-
-def embed_index(state: State, settings: Settings, force: bool, batch_size: int, concurrency: int,
-                as_json: bool) -> None:
-    """The index side of `qmdctl embed`: chunk and embed everything pending."""
-    setup = embedding_setup(settings.model_repository)
-    with open_store(settings) as store:
-        ensure_server(state, settings)
-        bar: dict[str, Any] = {}
-
-        def progress(done: int, total: int) -> None:
-            if state.quiet or not total:
-                return
-            if "bar" not in bar:
-                bar["bar"] = click.progressbar(length=total, label="embedding chunks", file=sys.stderr,
-                                               show_pos=True, show_eta=True)
-                bar["bar"].__enter__()
-                bar["done"] = 0
-            bar["bar"].update(done - bar["done"])
-            bar["done"] = done
-
-        def make():
-            client = QmdClient(settings.url(), settings.protocol, settings.request_timeout_s)
-            return lambda texts: client.embed(list(texts))
-
-        stop = threading.Event()
-        try:
-            report = embed_pending(store, setup, make, force=force, batch_size=batch_size,
-                                   concurrency=concurrency, progress=progress, stop=stop)
-        finally:
-            if "bar" in bar:
-                bar["bar"].__exit__(None, None, None)
-        counts = store.counts()
-    data = {"chunked_documents": report.chunked_documents, "new_chunks": report.chunks,
-            "embedded": report.embedded, "seconds": round(report.seconds, 2),
-            "chunks_per_second": round(report.per_second, 1), "total_chunks": counts["chunks"],
-            "total_embedded": counts["embedded"], "fingerprint": setup.id}
-    if as_json:
-        emit_json(data)
-    else:
-        click.echo(f"embedded {report.embedded} chunks in {report.seconds:.1f}s ({report.per_second:.1f}/s); "
-                   f"{counts['embedded']}/{counts['chunks']} chunks have vectors")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
-from ..models import ROLES, check, download, load_registry, profile
-from .common import State, emit_json, pass_state
+from qmd_triton.artifacts.registry import ROLES, check, download, load_registry, profile
+from qmd_triton.cli.common import State, emit_json, pass_state
 
 
 def registry_options(f: Callable) -> Callable:
@@ -56,7 +56,8 @@ def models_list(registry: Path | None, as_json: bool) -> None:
         return
     for r in rows:
         rev = f"@{r['revision']}" if r["source"] == "modelscope" else ""
-        click.echo(f"{r['profile']:<6} {r['role']:<10} {r['name']:<38} {r['source']:<10} {r['id']}{rev}  {_mb(r['size'])}")
+        click.echo(f"{r['profile']:<6} {r['role']:<10} {r['name']:<38} {r['source']:<10} {r['id']}{rev}  "
+                   f"{_mb(r['size'])}")
 
 
 @models.command("download")

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from ..client import QmdClient
-from ..documents import line_range, parse_ref, resolve, select
-from ..formats import FORMATS, render
-from ..search import Hit, SearchOptions, check_query, search_bm25
-from .common import State, emit_json, pass_state, protocol_option, server_options, server_settings
-from .index import collections_of, ensure_server, open_store
+from qmd_triton.cli.common import (
+    State,
+    collections_of,
+    emit_json,
+    open_store,
+    pass_state,
+    protocol_option,
+    server_options,
+    server_settings,
+)
+from qmd_triton.index.refs import line_range, parse_ref, resolve, select
+from qmd_triton.search.formats import FORMATS, render
+from qmd_triton.search.lexical import search_bm25
+from qmd_triton.search.options import Hit, SearchOptions, check_query
+from qmd_triton.serving.client import QmdClient
+from qmd_triton.serving.server import ensure_running
 
 
 def result_options(f: Callable) -> Callable:
@@ -69,7 +80,7 @@ def vsearch(state: State, query: str, n: int, collections: tuple[str, ...], min_
     settings = server_settings(state, kwargs)
     q = check_query(query)
     opts = _options(n, collections, min_score, full)
-    ensure_server(state, settings)
+    ensure_running(settings, progress=state.progress, warn=state.warn)
     with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
         hits = [Hit.from_dict(d) for d in client.search("qmd_vsearch", q, opts.to_json())]
     _emit(hits, fmt, as_json, line_numbers)
@@ -97,7 +108,7 @@ def query(state: State, query: str, n: int, collections: tuple[str, ...], min_sc
     q = check_query(query)
     opts = SearchOptions(n=n, collections=tuple(collections), min_score=min_score, full=full, expand=not no_expand,
                          rerank=not no_rerank, candidates=candidates, explain=explain)
-    ensure_server(state, settings)
+    ensure_running(settings, progress=state.progress, warn=state.warn)
     with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
         hits = [Hit.from_dict(d) for d in client.search("qmd_query", q, opts.to_json())]
     _emit(hits, fmt, as_json, line_numbers)

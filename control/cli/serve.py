@@ -1,4 +1,4 @@
-"""``qmdctl up``, ``down``, ``status``: the local tritonserver."""
+"""``qmdctl up``, ``down``, ``status``: the local tritonserver; ``metrics-exporter`` for Prometheus."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from typing import Any
 
 import click
 
-from .. import server
-from ..store import IndexStore
-from .common import State, emit_json, pass_state, server_options, server_settings
+from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
+from qmd_triton.index.store import IndexStore
+from qmd_triton.serving import server
 
 
 @click.command()
 @server_options
-@click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT", show_envvar=True,
+@click.option("--timeout", "startup_timeout_s", type=float, default=None, envvar="QMD_STARTUP_TIMEOUT",
+              show_envvar=True,
               help="Seconds to wait for every model to load. [default: 120]")
 @click.option("--log-verbose", type=int, default=0, show_default=True, help="Triton's --log-verbose level.")
-@click.option("--monitor", is_flag=True, help="Also start Prometheus (alert rules loaded) and the qmdctl exporter.")
+@click.option("--monitor", is_flag=True,
+              help="Also start Prometheus (alert rules loaded) and `qmdctl metrics-exporter`.")
 @click.option("--prometheus-port", type=int, default=9090, show_default=True, envvar="QMD_PROMETHEUS_PORT",
               show_envvar=True, help="With --monitor: Prometheus's port.")
 @click.option("--exporter-port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT",
@@ -42,7 +44,7 @@ def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor:
         extra += ("--metrics-config=summary_latencies=true",)
     info = server.start(settings, log_verbose=log_verbose, extra_args=extra, progress=state.progress)
     if monitor:
-        from ..monitor import start_monitor
+        from qmd_triton.ops.monitor import start_monitor
 
         try:
             start_monitor(settings, prometheus_port=prometheus_port, exporter_port=exporter_port,
@@ -72,7 +74,7 @@ def trace_flags(trace_file: Path | None, otel_endpoint: str | None, rate: int) -
 @pass_state
 def down(state: State) -> None:
     """Stop the server that `qmdctl up` started (and only that one), and its monitoring."""
-    from ..monitor import stop_monitor
+    from qmd_triton.ops.monitor import stop_monitor
 
     settings = state.settings()
     stop_monitor(settings, progress=state.progress)
@@ -80,7 +82,7 @@ def down(state: State) -> None:
     state.progress(f"stopped tritonserver (pid {info.pid})")
 
 
-@click.command()
+@click.command("metrics-exporter")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve /metrics on.")
 @click.option("--port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT", show_envvar=True,
               help="Port to serve /metrics on.")
@@ -89,9 +91,9 @@ def down(state: State) -> None:
 @click.option("--admin-key", default=None, envvar="QMD_ADMIN_KEY", show_envvar=True,
               help="Value of the admin-key header for a server that restricts its model-repository API.")
 @pass_state
-def exporter(state: State, host: str, port: int, triton_url: str | None, admin_key: str | None) -> None:
+def metrics_exporter(state: State, host: str, port: int, triton_url: str | None, admin_key: str | None) -> None:
     """Serve the control plane's metrics for Prometheus: index counts, staleness, eval scores, model states."""
-    from ..metrics import serve
+    from qmd_triton.ops.prometheus import serve
 
     settings = state.settings()
     state.progress(f"serving qmd metrics on http://{host}:{port}/metrics")

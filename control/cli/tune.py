@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import bench
-from ..tune import ENTRY, Grid, apply, choose, default_max_batch, min_batch, sweep
-from .bench import DEFAULT_DATASETS
-from .common import State, emit_json, pass_state
+from qmd_triton.bench import perf_analyzer as pa
+from qmd_triton.bench.tune import ENTRY, Grid, apply, choose, default_max_batch, min_batch, sweep
+from qmd_triton.cli.bench import datasets_option
+from qmd_triton.cli.common import State, emit_json, pass_state
+from qmd_triton.settings import default_datasets
 
 
 def _ints(spec: str, name: str) -> tuple[int, ...]:
@@ -39,13 +39,14 @@ def _ints(spec: str, name: str) -> tuple[int, ...]:
 @click.option("--measurement-ms", type=click.IntRange(min=500), default=2000, show_default=True,
               help="perf_analyzer's measurement window per trial.")
 @click.option("--input-data", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="perf_analyzer input data. [default: generated from the shared datasets]")
+              help="perf_analyzer input data. [default: generated from --datasets]")
+@datasets_option
 @click.option("--apply", "do_apply", is_flag=True, help="Write the winner into the model repository's configs.")
 @click.option("--json", "as_json", is_flag=True, help="Print every trial as JSON.")
 @pass_state
 def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch: str, instances: str,
-         queue_delay_us: str, lengths: str, measurement_ms: int, input_data: Path | None, do_apply: bool,
-         as_json: bool) -> None:
+         queue_delay_us: str, lengths: str, measurement_ms: int, input_data: Path | None, datasets: Path | None,
+         do_apply: bool, as_json: bool) -> None:
     """Sweep max_batch_size, instances, queue delay and length buckets of MODEL under a p95 budget.
 
     Each point is served from a copy of the repository on free ports and measured with
@@ -57,12 +58,12 @@ def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch
                 instances=_ints(instances, "--instances"),
                 queue_delay_us=_ints(queue_delay_us, "--queue-delay-us"),
                 lengths=tuple(v.strip() for v in lengths.split(";") if v.strip()))
-    pa = bench.find_perf_analyzer()
+    perf_analyzer = pa.find_perf_analyzer()
     entry = ENTRY[model]
     options: dict[str, Any] = {"n": 10, "expand": False}
     with tempfile.TemporaryDirectory(prefix="qmd-tune-") as tmp:
-        data = input_data or bench.make_inputs(entry, DEFAULT_DATASETS, out_dir=Path(tmp), options=options)
-        trials = sweep(settings, grid, model, data, Path(tmp), perf_analyzer=pa, concurrency=concurrency,
+        data = input_data or pa.make_inputs(entry, datasets or default_datasets(), Path(tmp), options=options)
+        trials = sweep(settings, grid, model, data, Path(tmp), perf_analyzer=perf_analyzer, concurrency=concurrency,
                        measurement_ms=measurement_ms, progress=state.progress)
     floor = min_batch(model)
     best = choose(trials, budget_ms, floor)
@@ -70,7 +71,8 @@ def tune(state: State, model: str, budget_ms: float, concurrency: int, max_batch
         emit_json({"model": model, "budget_ms": budget_ms, "concurrency": concurrency, "min_batch": floor,
                    "trials": [t.as_dict() for t in trials], "best": best.as_dict() if best else None})
     else:
-        click.echo(f"| max_batch | instances | queue delay us | lengths | infer/s | p95 ms | |\n|---|---|---|---|---|---|---|")
+        click.echo("| max_batch | instances | queue delay us | lengths | infer/s | p95 ms | |\n"
+                   "|---|---|---|---|---|---|---|")
         for t in trials:
             p = t.point
             mark = "best" if t is best else ("failed: " + t.failure if t.failure else

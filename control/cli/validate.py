@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..validate import TARGETS, validate_repository
-from .common import State, emit_json, pass_state
+from qmd_triton.cli.common import State, emit_json, pass_state
+from qmd_triton.serving.validate import TARGETS, validate_repository
 
 
 @click.command("validate")
@@ -54,7 +54,7 @@ def placement(state: State, gpus: int, repo: Path | None, embed_per_gpu: int, re
     Rewrites configs/gpu.pbtxt of qmd_embed_model, qmd_rerank_model and qmd_expand, then
     checks the repository with `validate --target gpu --gpus GPUS`.
     """
-    from ..placement import place
+    from qmd_triton.serving.placement import place
 
     root = repo or state.settings().model_repository
     for path in place(root, gpus, {"qmd_embed_model": embed_per_gpu, "qmd_rerank_model": rerank_per_gpu}, expand_tp):

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from qmd_triton.expansion import Expander, make_engine
+from qmd_triton.search.expansion import Expander, make_engine
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def hf_dir(exported_repo: Path) -> Path:
-    from qmd_triton.exporters.decoder_onnx import default_gguf, export_transformers
+    from qmd_triton.artifacts.registry import default_source
+    from qmd_triton.exporters.decoder_onnx import export_transformers
 
-    return export_transformers(default_gguf(), exported_repo).parent
+    return export_transformers(default_source("expansion"), exported_repo).parent
 
 
 @pytest.mark.parametrize("engine", ["vllm", "deepspeed"])

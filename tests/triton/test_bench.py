@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from qmd_triton.settings import Settings
 
 from .test_search import indexed, qmd  # noqa: F401 - indexed: the notes index the search bench queries

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qmd_triton.client import QmdClient
 from qmd_triton.contracts import KIND_QUERY
 from qmd_triton.errors import InferenceError
+from qmd_triton.runtime.onnx import make_session
+from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
-from qmd_triton.tokenization import TextEncoder
-from qmd_triton.triton_models.onnx_backend import make_session
+from qmd_triton.text.tokenization import TextEncoder
 
 TEXTS = [
     "hello",
@@ -160,8 +160,8 @@ def _counts(stats: dict) -> tuple[int, int]:
 
 def test_prompt_formats_in_the_config_wrap_queries_and_documents(copy_repo, tmp_path: Path):
     """E5/BGE-style models want prompts: the tokenizer's config parameters apply them on the server."""
-    from qmd_triton import server
-    from qmd_triton.tokenization import PromptFormats
+    from qmd_triton.serving import server
+    from qmd_triton.text.tokenization import PromptFormats
 
     from ..conftest import make_settings
 

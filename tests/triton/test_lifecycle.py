@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qmd_triton import contracts, server
+from qmd_triton import contracts
 from qmd_triton.cli import cli
+from qmd_triton.serving import server
 from qmd_triton.settings import Settings
 
-from ..conftest import free_ports, make_settings, tritonserver_pids
+from ..conftest import Started, free_ports, make_settings
 
 
 def run(settings: Settings, *args: str):
@@ -38,21 +39,21 @@ def test_status_json_lists_every_model_ready(triton: Settings):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["ready"] and data["managed"]
-    assert {m["name"]: m["state"] for m in data["models"]} == {m.name: "READY" for m in contracts.MODELS}
+    assert {m["name"]: m["state"] for m in data["models"]} == {m.name: "READY" for m in contracts.MODEL_SPECS}
 
 
-def test_up_fails_with_one_line_when_server_already_runs(triton: Settings):
-    before = tritonserver_pids()
+def test_up_fails_with_one_line_when_server_already_runs(triton: Settings, started: Started):
+    members = server.server_pids(server.read_state(triton))
     result = run(triton, "up")
     assert result.exit_code == 1
     assert error_line(result).startswith("Error: a qmd-triton server is already running (pid ")
-    assert tritonserver_pids() == before
+    assert started.procs == []  # nothing was launched
+    assert server.server_pids(server.read_state(triton)) == members
     assert server.status(triton).ready
 
 
-def test_up_fails_with_one_line_when_port_is_taken(exported_repo: Path, tmp_path: Path):
+def test_up_fails_with_one_line_when_port_is_taken(exported_repo: Path, tmp_path: Path, started: Started):
     settings = make_settings(tmp_path, exported_repo)
-    before = tritonserver_pids()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", settings.grpc_port))
         blocker.listen()
@@ -61,36 +62,35 @@ def test_up_fails_with_one_line_when_port_is_taken(exported_repo: Path, tmp_path
     assert error_line(result) == (
         f"Error: port {settings.grpc_port} (grpc) on 127.0.0.1 is already in use; pick another with --grpc-port"
     )
-    assert tritonserver_pids() == before
+    assert started.procs == []
 
 
-def test_up_fails_with_one_line_when_artifact_is_missing(copy_repo, tmp_path: Path):
+def test_up_fails_with_one_line_when_artifact_is_missing(copy_repo, tmp_path: Path, started: Started):
     repo = copy_repo()
     (repo / "qmd_tokenize" / "1" / "tokenizer.json").unlink()
     settings = make_settings(tmp_path / "home", repo)
-    before = tritonserver_pids()
     result = run(settings, "up")
     assert result.exit_code == 1
     assert error_line(result) == (
         f"Error: {repo}/qmd_tokenize/1/tokenizer.json is missing; run `qmdctl export` to build the models"
     )
-    assert tritonserver_pids() == before
+    assert started.procs == []
 
 
-def test_up_shows_server_log_and_leaves_no_process_when_a_model_fails_to_load(copy_repo, tmp_path: Path):
+def test_up_shows_server_log_and_leaves_no_process_when_a_model_fails_to_load(copy_repo, tmp_path: Path,
+                                                                            started: Started):
     repo = copy_repo()
     onnx = repo / "qmd_embed_model" / "1" / "model.onnx"
     onnx.unlink()  # it is a hard link to the real export: replace, never write through it
     onnx.write_bytes(b"this is not an onnx file")
     settings = make_settings(tmp_path / "home", repo)
-    before = tritonserver_pids()
     result = run(settings, "up")
     assert result.exit_code == 1
     first = error_line(result)
     assert first.startswith("Error: failed to load 'qmd_embed_model' version 1")
     assert "onnxruntime could not load the model" in first
     assert "server log" in result.output and "tritonserver.log" in result.output
-    assert tritonserver_pids() == before
+    assert len(started.procs) == 1 and started.alive() == []  # the server and every stub of it are gone
     assert server.read_state(settings) is None
 
 
@@ -102,28 +102,25 @@ def test_down_stops_only_the_server_it_started(triton: Settings, tmp_path: Path)
     assert server.status(triton).ready
 
 
-def test_up_then_down_leaves_no_process(exported_repo: Path, tmp_path: Path):
+def test_up_then_down_leaves_no_process(exported_repo: Path, tmp_path: Path, started: Started):
     settings = make_settings(tmp_path, exported_repo)
-    before = tritonserver_pids()
     assert run(settings, "up").exit_code == 0
-    started = tritonserver_pids() - before
-    assert len(started) >= 3  # the server and one stub per python-backed model
+    assert len(server.server_pids(server.read_state(settings))) >= 3  # the server and one stub per python model
     assert run(settings, "status").exit_code == 0
     result = run(settings, "down")
     assert result.exit_code == 0, result.output
-    assert tritonserver_pids() == before
+    assert len(started.procs) == 1 and started.alive() == []
     down = run(settings, "status")
     assert down.exit_code == 1 and "down" in down.stdout
 
 
-def test_vsearch_starts_the_local_server_when_none_answers(exported_repo: Path, tmp_path: Path):
+def test_vsearch_starts_the_local_server_when_none_answers(exported_repo: Path, tmp_path: Path, started: Started):
     import shutil
 
     from ..conftest import ASSETS
 
     settings = make_settings(tmp_path / "home", exported_repo)
     shutil.copytree(ASSETS / "notes", tmp_path / "notes")
-    before = tritonserver_pids()
     assert run(settings, "collection", "add", str(tmp_path / "notes"), "--name", "notes").exit_code == 0
     assert run(settings, "update").exit_code == 0
     try:
@@ -138,7 +135,7 @@ def test_vsearch_starts_the_local_server_when_none_answers(exported_repo: Path, 
         assert server.read_state(settings) is not None  # recorded: `down` stops it
     finally:
         run(settings, "down")
-    assert tritonserver_pids() == before
+    assert len(started.procs) == 2 and started.alive() == []
 
 
 def test_embed_fails_with_one_line_when_no_server_answers(tmp_path: Path):

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qmd_triton import server
 from qmd_triton.cli import cli
-from qmd_triton.client import QmdClient
-from qmd_triton.server import free_ports
+from qmd_triton.ops.monitor import MONITOR_FILE
+from qmd_triton.serving import server
+from qmd_triton.serving.client import QmdClient
+from qmd_triton.system import procs
+from qmd_triton.system.net import free_ports
 
-from ..conftest import ASSETS, make_settings, processes_of
+from ..conftest import ASSETS, Started, make_settings
 
 
 def query(url: str, promql: str) -> list:
@@ -46,7 +48,12 @@ def qmd(exported_repo: Path, tmp_path: Path):
     run("down")
 
 
-def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_path: Path):
+def monitor_processes(settings) -> list[procs.Owned]:
+    state = json.loads((settings.run_dir / MONITOR_FILE).read_text())
+    return [procs.Owned(state[n]["pid"], state[n]["binary"], state[n]["start_ticks"]) for n in ("prometheus", "exporter")]
+
+
+def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_path: Path, started: Started):
     notes = tmp_path / "notes"
     shutil.copytree(ASSETS / "notes", notes)
     assert qmd("collection", "add", str(notes), "--name", "notes").exit_code == 0
@@ -54,7 +61,9 @@ def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_p
     result = qmd("up", "--monitor")
     assert result.exit_code == 0, result.output
     settings = qmd.settings
-    assert len(processes_of(settings.home)) >= 5  # server, stubs, Prometheus, exporter
+    monitors = monitor_processes(settings)
+    assert all(procs.is_running(p) for p in monitors)  # Prometheus and the exporter
+    assert len(server.server_pids(server.read_state(settings))) >= 3  # the server and its stubs
 
     def count() -> float:
         rows = query(qmd.prometheus, 'sum(nv_inference_count{model="qmd_embed"})')
@@ -82,11 +91,11 @@ def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_p
 
     down = qmd("down")
     assert down.exit_code == 0, down.output
-    time.sleep(0.5)
-    assert processes_of(settings.home) == set()
+    assert not any(procs.is_running(p) for p in monitors)
+    assert len(started.procs) == 1 and started.alive() == []
 
 
-def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd):
+def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd, started: Started):
     import socket
 
     port = int(qmd.prometheus.rsplit(":", 1)[1])
@@ -96,8 +105,10 @@ def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd):
         result = qmd("up", "--monitor")
     assert result.exit_code == 1
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    assert errors == [f"Error: port {port} (prometheus) on 127.0.0.1 is already in use; pick another with --prometheus-port"]
-    assert processes_of(qmd.settings.home) == set()
+    assert errors == [f"Error: port {port} (prometheus) on 127.0.0.1 is already in use; "
+                      "pick another with --prometheus-port"]
+    assert not (qmd.settings.run_dir / MONITOR_FILE).exists()
+    assert started.alive() == []  # the server it started first is stopped again
 
 
 def test_exporter_reads_model_states_from_a_server_that_restricts_its_repository_api(copy_repo, tmp_path: Path):
@@ -105,7 +116,7 @@ def test_exporter_reads_model_states_from_a_server_that_restricts_its_repository
     ready endpoint without one, so QmdModelNotReady still sees the models."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from qmd_triton.metrics import QmdCollector
+    from qmd_triton.ops.prometheus import QmdCollector
 
     repo = copy_repo(("qmd_tokenize", "qmd_embed_model", "qmd_embed"))
     settings = make_settings(tmp_path / "home", repo)

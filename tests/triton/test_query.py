@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from qmd_triton import server
-from qmd_triton.client import QmdClient
 from qmd_triton.errors import InferenceError
+from qmd_triton.serving import server
+from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
 from ..conftest import ASSETS, make_settings

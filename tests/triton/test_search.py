@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.client import QmdClient
 from qmd_triton.errors import InferenceError
-from qmd_triton.indexer import embed_pending, embedding_setup
+from qmd_triton.index.embed import embed_pending
+from qmd_triton.index.fingerprint import embedding_setup
+from qmd_triton.index.store import FINGERPRINT_KEY, IndexStore
+from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
-from qmd_triton.store import FINGERPRINT_KEY, IndexStore
 
 from ..conftest import ASSETS
 
@@ -200,8 +201,8 @@ def chinese_model() -> Path:
 
 
 def test_vsearch_finds_chinese_document_with_a_chinese_capable_model(copy_repo, tmp_path: Path):
-    from qmd_triton import server
     from qmd_triton.exporters.embedding_onnx import export_embedding
+    from qmd_triton.serving import server
 
     from ..conftest import make_settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.client import QmdClient
+from qmd_triton.serving.client import QmdClient
 
 from ..conftest import make_settings
 

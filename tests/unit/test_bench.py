@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qmd_triton import bench
+from qmd_triton.bench import perf_analyzer as bench
+from qmd_triton.bench.reports import write_results
 from qmd_triton.cli import cli
 from qmd_triton.errors import InputError
 
@@ -54,7 +55,7 @@ def test_reports_are_written_with_a_plot(tmp_path: Path):
     rows = [bench.Row("qmd_embed", "grpc", c, 10.0 * c, 1e4, 2e4, 3e4 * c, 4e4, 1e4, 0, 1e4, 0, splits)
             for c in (1, 8)]
     ref = {"model": "qmd_embed", "concurrency": 8, "per_s": 80.0}
-    paths = bench.write_results(rows, {"in-process": {"per_s": 40.0, "ratio": 2.0, "reference": ref}}, tmp_path, "run")
+    paths = write_results(rows, {"in-process": {"per_s": 40.0, "ratio": 2.0, "reference": ref}}, tmp_path, "run")
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["md"].read_text()
     assert "| qmd_embed | grpc | 8 | 80.0 |" in md and "| qmd_embed | 8 | qmd_embed_model | 115.0 |" in md
@@ -64,7 +65,7 @@ def test_reports_are_written_with_a_plot(tmp_path: Path):
 
 
 def test_bench_without_perf_analyzer_is_one_error_line(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(bench, "TOOLS", tmp_path / "nope")
+    monkeypatch.setattr(bench, "checkout_path", lambda *parts: tmp_path / "nope")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.delenv("QMD_PERF_ANALYZER", raising=False)
     result = CliRunner().invoke(cli, ["bench"], env={"QMD_HOME": str(tmp_path)})
@@ -74,14 +75,14 @@ def test_bench_without_perf_analyzer_is_one_error_line(tmp_path: Path, monkeypat
         "or set QMD_PERF_ANALYZER")
 
 
-def test_group_rss_counts_the_processes_of_a_group():
+def test_group_rss_counts_the_given_processes():
     import os
 
-    from qmd_triton.server import group_rss_bytes
+    from qmd_triton.system.procs import group_rss_bytes
 
-    mine = group_rss_bytes(os.getpgid(0))
+    mine = group_rss_bytes([os.getpid()])
     assert mine > 10_000_000  # at least this Python process
-    assert group_rss_bytes(2**22 + 12345) == 0
+    assert group_rss_bytes([os.getpid(), 2**22 + 12345]) == mine  # a pid that does not exist counts nothing
 
 
 def test_composing_models_with_a_response_cache_keep_their_compute_split():
@@ -97,6 +98,7 @@ def test_composing_models_with_a_response_cache_keep_their_compute_split():
 
 
 def test_bench_without_datasets_is_one_error_line(tmp_path: Path):
-    with pytest.raises(InputError, match=r"no BEIR set at .*msmarco.*: pass --datasets DIR"):
-        bench.make_inputs("qmd_embed", tmp_path / "nowhere", out_dir=tmp_path / "inputs")
+    with pytest.raises(InputError, match=r"the evaluation sets msmarco, dbpedia are not under .*nowhere: put the "
+                                         r"shared datasets there or point QMD_DATASETS at the folder"):
+        bench.make_inputs("qmd_embed", tmp_path / "nowhere", tmp_path / "inputs")
     assert not (tmp_path / "inputs").exists()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from qmd_triton.chunking import chunk_markdown, chunk_size_for
-from qmd_triton.indexer import _counter, embedding_setup
-from qmd_triton.markdown import SkippedFile, blocks, read_document, title_of
+from qmd_triton.index.fingerprint import embedding_setup
+from qmd_triton.text.chunking import chunk_markdown, chunk_size_for
+from qmd_triton.text.markdown import SkippedFile, blocks, read_document, title_of
 
 from ..conftest import ASSETS
 
@@ -17,7 +17,7 @@ NOTES = ASSETS / "notes"
 
 @pytest.fixture(scope="module")
 def count(exported_repo: Path):
-    return _counter(embedding_setup(exported_repo).encoder)
+    return embedding_setup(exported_repo).count_tokens
 
 
 def long_markdown() -> str:

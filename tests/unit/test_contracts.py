@@ -4,7 +4,7 @@ import pytest
 
 from qmd_triton import contracts
 from qmd_triton.contracts import DataType, TensorSpec
-from qmd_triton.repository import load_repository
+from qmd_triton.serving.repository import load_repository
 
 from ..conftest import REPO
 
@@ -19,7 +19,7 @@ def test_model_lookup_raises_with_known_names_when_unknown():
         contracts.model("nope")
 
 
-@pytest.mark.parametrize("spec", contracts.MODELS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", contracts.MODEL_SPECS, ids=lambda s: s.name)
 def test_config_matches_contract_for_every_model(spec: contracts.ModelSpec):
     configs = {m.name: m.config for m in load_repository(REPO)}
     cfg = configs[spec.name]

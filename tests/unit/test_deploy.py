@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qmd_triton.server import free_ports
 from qmd_triton.settings import PROJECT_ROOT
+from qmd_triton.system.net import free_ports
 
 DEPLOY = PROJECT_ROOT / "deploy"
 
@@ -203,7 +203,7 @@ def test_prometheus_reaches_every_compose_target():
 
 
 def test_the_serving_image_installs_the_expansion_engine_the_gpu_config_names():
-    from qmd_triton.repository import parse_config
+    from qmd_triton.model_config import parse_config
 
     engine = parse_config(PROJECT_ROOT / "model_repository" / "qmd_expand" / "configs" / "gpu.pbtxt") \
         .parameters["engine"].string_value

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from qmd_triton.artifacts.registry import default_source
 from qmd_triton.errors import ArtifactMissing
 from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
 
@@ -20,7 +21,7 @@ def _graph_io(path: Path) -> tuple[list[str], list[str]]:
 
 
 def test_embedding_export_is_skipped_when_source_is_unchanged(exported_repo: Path):
-    again = embedding_onnx.export_embedding(embedding_onnx.default_source(), exported_repo)
+    again = embedding_onnx.export_embedding(default_source("embedding"), exported_repo)
     assert again.skipped and again.max_abs_diff < 1e-5 and again.dim == 384
     assert _graph_io(exported_repo / "qmd_embed_model" / "1" / "model.onnx") == (
         ["input_ids", "attention_mask"], ["embedding"])

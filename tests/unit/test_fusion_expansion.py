@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from qmd_triton.expansion import Expander, chatml, make_engine, parse
 from qmd_triton.errors import ConfigError
-from qmd_triton.fusion import (BONUS_FIRST, BONUS_TOP3, RankedList, blend, blend_weight, final_order, rrf,
-                               strong_signal)
-from qmd_triton.hybrid import clamp_candidates
-from qmd_triton.search import SearchOptions
-from qmd_triton.tokenization import PairEncoder
+from qmd_triton.search.expansion import Expander, chatml, make_engine, parse
+from qmd_triton.search.fusion import (
+    BONUS_FIRST,
+    BONUS_TOP3,
+    RankedList,
+    blend,
+    blend_weight,
+    final_order,
+    rrf,
+    strong_signal,
+)
+from qmd_triton.search.hybrid import clamp_candidates
+from qmd_triton.search.options import SearchOptions
+from qmd_triton.text.tokenization import PairEncoder
 
 
 def test_rrf_weights_original_lists_twice_and_adds_rank_bonus():

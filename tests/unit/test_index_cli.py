@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qmd_triton import indexer
 from qmd_triton.cli import cli
-from qmd_triton.store import IndexStore
+from qmd_triton.index import update as index_update
+from qmd_triton.index.store import IndexStore
 
 from ..conftest import ASSETS
 
@@ -101,14 +101,14 @@ def test_update_reports_added_changed_removed_and_skips_binary_files(qmd: Qmd, n
 def test_update_survives_a_file_removed_between_scan_and_read(qmd: Qmd, notes: Path, monkeypatch):
     victim = notes / "recipes.md"
     victim.write_text("# Sourdough bread\n\nchanged so that it must be read again\n")
-    real = indexer.read_document
+    real = index_update.read_document
 
     def vanish_then_read(path: Path):
         if path == victim:
             victim.unlink()
         return real(path)
 
-    monkeypatch.setattr(indexer, "read_document", vanish_then_read)
+    monkeypatch.setattr(index_update, "read_document", vanish_then_read)
     result = qmd("update", "--json")
     assert "Warning: skipped notes/recipes.md: removed while indexing" in result.stderr
     assert json.loads(result.stdout)["removed"] == 1

@@ -9,9 +9,10 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qmd_triton.cli import cli
-from qmd_triton.metrics import QmdCollector, record_eval
-from qmd_triton.server import free_ports
+from qmd_triton.bench.evaluation import record
+from qmd_triton.ops.prometheus import QmdCollector
 from qmd_triton.settings import Settings
+from qmd_triton.system.net import free_ports
 
 from ..conftest import ASSETS
 
@@ -34,7 +35,7 @@ def test_exporter_reports_index_counts_pending_chunks_and_eval_scores(tmp_path: 
     for args in (["collection", "add", str(notes), "--name", "notes"], ["update"]):
         assert CliRunner().invoke(cli, args, env=env).exit_code == 0
     settings = Settings.load(tmp_path / "home")
-    record_eval(settings, {"set": "msmarco", "rows": [{"mode": "search", "ndcg@10": 0.7191, "recall@10": 0.22}]})
+    record(settings, {"set": "msmarco", "rows": [{"mode": "search", "ndcg@10": 0.7191, "recall@10": 0.22}]})
     m = scrape(settings)
     assert m['qmd_index_documents{collection="notes"}'] == 4
     assert m["qmd_index_chunks_pending"] == 4  # four documents not chunked yet
@@ -48,3 +49,21 @@ def test_exporter_counts_errors_when_triton_is_down(tmp_path: Path):
     m = scrape(settings, f"127.0.0.1:{port}")
     assert m['qmd_exporter_scrape_errors_total{source="triton"}'] == 1
     assert not any(k.startswith("qmd_triton_model_ready") for k in m)
+
+
+def test_staleness_is_per_collection_and_a_never_updated_collection_is_infinitely_stale(tmp_path: Path):
+    import time
+
+    env = {"QMD_HOME": str(tmp_path / "home")}
+    for name in ("old", "fresh", "never"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.md").write_text(f"# {name}\n")
+        assert CliRunner().invoke(cli, ["collection", "add", str(tmp_path / name), "--name", name], env=env).exit_code == 0
+    assert CliRunner().invoke(cli, ["update", "-c", "old"], env=env).exit_code == 0
+    time.sleep(1.5)
+    assert CliRunner().invoke(cli, ["update", "-c", "fresh"], env=env).exit_code == 0
+    m = scrape(Settings.load(tmp_path / "home"))
+    old = m['qmd_index_seconds_since_update{collection="old"}']
+    fresh = m['qmd_index_seconds_since_update{collection="fresh"}']
+    assert old >= fresh + 1.0  # each collection has its own clock
+    assert m['qmd_index_seconds_since_update{collection="never"}'] == float("inf")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.server import free_ports
+from qmd_triton.system.net import free_ports
 
 from ..fakehub import FakeHub
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.repository import parse_config
+from qmd_triton.model_config import parse_config
 
 
 def test_placement_spreads_instances_and_sets_tensor_parallelism(copy_repo):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
-from qmd_triton.repository import load_repository, missing_artifacts, require_artifacts
+from qmd_triton.serving.repository import load_repository, missing_artifacts, require_artifacts
 
 
 def test_require_artifacts_names_missing_onnx_and_the_fix(copy_repo):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.exporters.onnx_tensorrt import export_tensorrt, profiles_for, tensorrt_config
-from qmd_triton.validate import validate_repository
+from qmd_triton.serving.validate import validate_repository
 
 from ..conftest import REPO
 
@@ -50,8 +50,8 @@ def test_embedding_plan_matches_onnxruntime(tmp_path: Path, exported_repo: Path)
     trt = pytest.importorskip("tensorrt")
     import torch
 
-    from qmd_triton.tokenization import TextEncoder
-    from qmd_triton.triton_models.onnx_backend import make_session
+    from qmd_triton.runtime.onnx import make_session
+    from qmd_triton.text.tokenization import TextEncoder
 
     target = tmp_path / "gpu-repo"
     shutil.copytree(exported_repo / "qmd_tokenize", target / "qmd_tokenize")
@@ -81,7 +81,7 @@ def test_embedding_plan_matches_onnxruntime(tmp_path: Path, exported_repo: Path)
 def test_plans_cover_every_length_and_batch_the_gpu_target_sends(tmp_path: Path, exported_repo: Path):
     """The profiles reach the longest sequence each GPU config can send, at the GPU config's max batch."""
     from qmd_triton.exporters.onnx_tensorrt import plan_shape
-    from qmd_triton.repository import parse_config
+    from qmd_triton.model_config import parse_config
 
     embed_batch, embed_buckets = plan_shape(exported_repo, "qmd_embed_model")
     assert embed_batch == parse_config(REPO / "qmd_embed_model" / "configs" / "gpu.pbtxt").max_batch_size

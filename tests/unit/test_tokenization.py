@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qmd_triton.errors import ConfigError, InputError
-from qmd_triton.tokenization import PromptFormats, TextEncoder, bucket_for, decode_text, parse_buckets
+from qmd_triton.text.tokenization import PromptFormats, TextEncoder, bucket_for, decode_text, parse_buckets
 
 
 @pytest.fixture(scope="module")

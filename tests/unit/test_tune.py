@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qmd_triton.repository import parse_config
-from qmd_triton.tune import RAGGED, Grid, Trial, apply, choose, configure, copy_repo
+from qmd_triton.bench.tune import RAGGED, Grid, Trial, apply, choose, configure
+from qmd_triton.system.files import copy_tree_linked as copy_repo
+from qmd_triton.model_config import parse_config
 
 
 def test_grid_is_the_cartesian_product():
@@ -56,7 +57,7 @@ def test_copy_repo_links_big_files_and_copies_configs(exported_repo: Path, tmp_p
 
 
 def test_a_max_batch_below_what_one_request_carries_never_wins():
-    from qmd_triton.tune import Trial, min_batch
+    from qmd_triton.bench.tune import Trial, min_batch
 
     assert min_batch("qmd_embed_model") == 64 and min_batch("qmd_rerank_model") == 200
     small = Trial({"max_batch": 16, "instances": 2, "queue_delay_us": 500, "lengths": RAGGED}, 90.0, 100.0)

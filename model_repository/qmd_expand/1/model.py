@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_expand; the logic lives in qmd_triton.triton_models.expand."""
+"""Triton adapter for qmd_expand; the logic lives in qmd_triton.serving.triton.expand."""
 
-from qmd_triton.triton_models.expand import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.expand import TritonPythonModel  # noqa: F401

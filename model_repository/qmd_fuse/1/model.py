@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_fuse; the logic lives in qmd_triton.triton_models.fuse."""
+"""Triton adapter for qmd_fuse; the logic lives in qmd_triton.serving.triton.fuse."""
 
-from qmd_triton.triton_models.fuse import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.fuse import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_plan; the logic lives in qmd_triton.triton_models.plan."""
+"""Triton adapter for qmd_plan; the logic lives in qmd_triton.serving.triton.plan."""
 
-from qmd_triton.triton_models.plan import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.plan import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_retrieve; the logic lives in qmd_triton.triton_models.retrieve."""
+"""Triton adapter for qmd_retrieve; the logic lives in qmd_triton.serving.triton.retrieve."""
 
-from qmd_triton.triton_models.retrieve import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.retrieve import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_search; the logic lives in qmd_triton.triton_models.search."""
+"""Triton adapter for qmd_search; the logic lives in qmd_triton.serving.triton.search."""
 
-from qmd_triton.triton_models.search import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.search import TritonPythonModel  # noqa: F401

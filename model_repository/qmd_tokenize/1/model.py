@@ -1,3 +1,3 @@
-"""Triton adapter for qmd_tokenize; the logic lives in qmd_triton.triton_models.tokenize."""
+"""Triton adapter for qmd_tokenize; the logic lives in qmd_triton.serving.triton.tokenize."""
 
-from qmd_triton.triton_models.tokenize import TritonPythonModel  # noqa: F401
+from qmd_triton.serving.triton.tokenize import TritonPythonModel  # noqa: F401

@@ -1,0 +1,187 @@
+"""The ``qmdctl eval`` harness: a set indexed in its own workspace, every mode run, beside plain baselines.
+
+The set's documents are indexed with the normal ``update`` / ``embed`` path in a QMD
+home of their own (``$QMD_HOME/eval/NAME``, reused by later runs; the user's index is
+never touched) and queried with the normal search code and the served models on a
+server of its own (free ports, stopped at the end), so the numbers measure what users get.
+
+Example:
+    >>> result = evaluate(load_set(Path("shared/datasets/msmarco")), base_settings, ["search", "vsearch"])
+    >>> [r["mode"] for r in result["rows"]]
+    ['search', 'baseline: rank_bm25 (BM25Okapi, plain tokens)', 'vsearch', ...]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from qmd_triton.bench import baselines
+from qmd_triton.bench.datasets import KNOWN_ITEM, EvalSet, write_collection
+from qmd_triton.bench.scoring import first_relevant_rank, score_run
+from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
+from qmd_triton.index.collections import CollectionConfig
+from qmd_triton.index.store import IndexStore
+from qmd_triton.index.update import update
+from qmd_triton.progress import Progress, silent
+from qmd_triton.search.lexical import search_bm25
+from qmd_triton.search.options import SearchOptions
+from qmd_triton.serving import server
+from qmd_triton.serving.client import QmdClient, embed_index
+from qmd_triton.settings import Settings
+from qmd_triton.system.files import atomic_write_text
+from qmd_triton.system.net import free_ports
+
+MODES = ("search", "vsearch", "query", "query-no-expand", "query-no-rerank", "query-blend")
+DEFAULT_MODES = ("search", "vsearch")
+QUERY_OPTIONS: dict[str, dict[str, Any]] = {
+    "query": {},
+    "query-no-expand": {"expand": False},
+    "query-no-rerank": {"rerank": False},
+    "query-blend": {"fusion": "blend"},
+}
+DEPTH = 100
+CONCURRENCY = 4
+COLLECTION = "corpus"
+BM25_BASELINE = "baseline: rank_bm25 (BM25Okapi, plain tokens)"
+VECTOR_BASELINE = "baseline: in-process embedding (same ONNX, whole document)"
+HYBRID_BASELINE = "baseline: in-process BM25 + embedding, RRF, same cross-encoder"
+
+
+def workspace(base: Settings, dataset: EvalSet) -> Settings:
+    """A QMD home of the set's own under the user's home, with free ports for its server."""
+    http, grpc, metrics = free_ports(3)
+    return Settings.load(base.home / "eval" / dataset.name, model_repository=base.model_repository,
+                         http_port=http, grpc_port=grpc, metrics_port=metrics)
+
+
+def index_set(dataset: EvalSet, settings: Settings, progress: Progress = silent) -> dict[str, str]:
+    """Indexes the set's documents; returns collection path -> the set's document id."""
+    if dataset.kind == KNOWN_ITEM:
+        assert dataset.corpus_dir is not None
+        folder, masks = dataset.corpus_dir, ["**/*.md"]
+        mapping = {rel: rel for rel in dataset.texts()}
+    else:
+        folder, masks = settings.home / COLLECTION, ["*.md"]
+        mapping = write_collection(dataset, folder, progress=progress)
+    config = CollectionConfig(settings.config_file)
+    existing = {c.name: c for c in config.list()}
+    if COLLECTION in existing and existing[COLLECTION].path != folder.resolve():
+        config.remove(COLLECTION)
+        existing.pop(COLLECTION)
+    if COLLECTION not in existing:
+        config.add(COLLECTION, folder, masks)
+    with IndexStore.open(settings.index_path, create=True) as store:
+        report = update(store, [config.get(COLLECTION)], progress=progress)
+    progress(f"{dataset.name}: {len(mapping)} documents ({report.added} added, {report.changed} changed)")
+    return mapping
+
+
+def search_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str]) -> dict[str, list[str]]:
+    run = {}
+    with IndexStore.open(settings.index_path) as store:
+        for q in dataset.judged_queries():
+            hits = search_bm25(store, dataset.queries[q], SearchOptions(n=DEPTH))
+            run[q] = [mapping[h.path] for h in hits]
+    return run
+
+
+def served_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str], model: str,
+               extra: dict[str, Any]) -> dict[str, list[str]]:
+    """Every judged query through a served model, a few in flight (as several users would)."""
+    options = json.dumps({**SearchOptions(n=DEPTH).to_dict(), **extra})
+    queries = dataset.judged_queries()
+
+    def one(q: str) -> list[str]:
+        with QmdClient(settings.url("grpc"), "grpc", 300.0) as client:
+            return [mapping[h["path"]] for h in client.search(model, dataset.queries[q], options)]
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return dict(zip(queries, pool.map(one, queries)))
+
+
+def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MODES, *, baseline: bool = True,
+             progress: Progress = silent) -> dict[str, Any]:
+    """Scores each mode (and, with ``baseline``, the plain baselines) on the set.
+
+    Returns ``{"set", "kind", "queries", "documents", "rows": [{"mode", metric...}], "per_query": {mode:
+    {query id: rank of the first relevant document or None}}}``.
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode {unknown[0]!r}; modes: {', '.join(MODES)}")
+    settings = workspace(base, dataset)
+    mapping = index_set(dataset, settings, progress)
+    chosen = [m for m in MODES if m in modes]
+    rows: list[dict[str, Any]] = []
+    per_query: dict[str, dict[str, int | None]] = {}
+
+    def add(mode: str, run: dict[str, list[str]], started: float) -> None:
+        rows.append({"mode": mode, **score_run(dataset, run), "seconds": round(time.monotonic() - started, 1)})
+        per_query[mode] = {q: first_relevant_rank(run.get(q, []), dataset.qrels[q]) for q in dataset.judged_queries()}
+
+    if "search" in chosen:
+        started = time.monotonic()
+        add("search", search_run(dataset, settings, mapping), started)
+        if baseline:
+            started = time.monotonic()
+            add(BM25_BASELINE, baselines.bm25_run(dataset, DEPTH), started)
+    served = [m for m in chosen if m != "search"]
+    if served:
+        server.start(settings, progress=progress)
+        try:
+            embed_index(settings, progress=_every(progress, 10.0))
+            for mode in served:
+                progress(f"{dataset.name}: {mode} for {len(dataset.judged_queries())} queries")
+                started = time.monotonic()
+                if mode == "vsearch":
+                    add(mode, served_run(dataset, settings, mapping, VSEARCH.name, {}), started)
+                else:
+                    add(mode, served_run(dataset, settings, mapping, QUERY_PIPELINE.name, QUERY_OPTIONS[mode]),
+                        started)
+        finally:
+            server.stop(settings)
+        if baseline:
+            vectors = None
+            if "vsearch" in served:
+                started = time.monotonic()
+                vectors = baselines.VectorBaseline(dataset, settings.model_repository, settings.home, progress)
+                add(VECTOR_BASELINE, vectors.run(DEPTH), started)
+            if any(m.startswith("query") for m in served):
+                started = time.monotonic()
+                vectors = vectors or baselines.VectorBaseline(dataset, settings.model_repository, settings.home,
+                                                              progress)
+                add(HYBRID_BASELINE, baselines.hybrid_run(dataset, vectors, settings.model_repository, progress),
+                    started)
+    result = {"set": dataset.name, "kind": dataset.kind, "queries": len(dataset.judged_queries()),
+              "documents": dataset.documents, "rows": rows, "per_query": per_query,
+              "query_text": {q: dataset.queries[q] for q in dataset.judged_queries()}}
+    record(base, result)
+    return result
+
+
+def _every(progress: Progress, seconds: float):
+    """A ``(done, total)`` callback that reports at most every ``seconds`` (and at the end)."""
+    last = [0.0]
+
+    def count(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > seconds or done == total:
+            progress(f"embedding {done}/{total} chunks")
+            last[0] = time.monotonic()
+
+    return count
+
+
+def record(settings: Settings, result: dict) -> None:
+    """Keeps the latest scores of each set where the Prometheus exporter reads them."""
+    path = settings.eval_results
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[result["set"]] = {"at": time.time(), "rows": result["rows"]}
+    atomic_write_text(path, json.dumps(data, indent=2))
+

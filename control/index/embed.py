@@ -1,0 +1,127 @@
+"""``embed``: chunk new content and embed every chunk that has no vector yet.
+
+New content is chunked with the embedding model's tokenizer; pending chunks go
+length-sorted, in batches, to an embedding function (the served ``qmd_embed``, or an
+in-process model) from several threads; vectors are committed batch by batch, so an
+interrupted run resumes where it stopped.
+
+Example:
+    >>> report = embed_pending(store, embedding_setup(repo), make_embedder)
+    >>> report.embedded
+    132
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from qmd_triton.errors import InputError
+from qmd_triton.index.fingerprint import EmbeddingSetup, check_fingerprint
+from qmd_triton.index.store import FINGERPRINT_KEY, IndexStore
+from qmd_triton.progress import Count, uncounted
+from qmd_triton.text.chunking import chunk_markdown
+
+
+@dataclass
+class EmbedReport:
+    chunked_documents: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    dropped: int = 0  # vectors of chunk texts no document holds any more
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def chunk_pending(store: IndexStore, setup: EmbeddingSetup) -> tuple[int, int]:
+    """Chunks every content hash that has no chunks yet; returns (documents, chunks)."""
+    hashes = store.unchunked_hashes()
+    total = 0
+    for start in range(0, len(hashes), 200):
+        batch = hashes[start : start + 200]
+        with store.transaction():
+            for h in batch:
+                chunks = chunk_markdown(store.body(h), setup.count_tokens, max_tokens=setup.chunk_tokens)
+                store.add_chunks(h, chunks)
+                total += len(chunks)
+    return len(hashes), total
+
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+def embed_pending(
+    store: IndexStore,
+    setup: EmbeddingSetup,
+    make_embedder: Callable[[], EmbedFn],
+    *,
+    force: bool = False,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    progress: Count = uncounted,
+    stop: threading.Event | None = None,
+) -> EmbedReport:
+    """Chunks and embeds everything pending; safe to interrupt and run again."""
+    started = time.monotonic()
+    if force:
+        with store.transaction():
+            store.clear_embeddings()
+    check_fingerprint(store, setup)
+    if store.fingerprint() is None:
+        with store.transaction():
+            store.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
+    report = EmbedReport()
+    report.chunked_documents, report.chunks = chunk_pending(store, setup)
+    pending = sorted(store.pending_chunks(), key=lambda c: (c.tokens, c.id))
+    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+    total = len(pending)
+    progress(0, total)
+    if not batches:
+        report.seconds = time.monotonic() - started
+        return report
+    local = threading.local()
+
+    def run(batch: list) -> tuple[list, np.ndarray]:
+        if not hasattr(local, "embed"):
+            local.embed = make_embedder()
+        return batch, local.embed([c.text for c in batch])
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        queue = iter(batches)
+        running: set[Future] = set()
+        for b in queue:
+            running.add(pool.submit(run, b))
+            if len(running) >= concurrency * 2:
+                break
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            results = [f.result() for f in finished]
+            with store.transaction():
+                for batch, vectors in results:
+                    if len(vectors) != len(batch):
+                        raise InputError(f"server returned {len(vectors)} vectors for {len(batch)} chunks")
+                    store.add_vectors([(c.text_hash, v) for c, v in zip(batch, vectors)])
+                    done += len(batch)
+            progress(done, total)
+            if stop is not None and stop.is_set():
+                break
+            for b in queue:
+                running.add(pool.submit(run, b))
+                if len(running) >= concurrency * 2:
+                    break
+    report.embedded = done
+    if stop is None or not stop.is_set():
+        with store.transaction():
+            report.dropped = store.drop_unused_vectors()
+    report.seconds = time.monotonic() - started
+    return report

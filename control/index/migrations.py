@@ -1,0 +1,156 @@
+"""The index's schema, its version, and the migrations that bring an older index up to date.
+
+An index records its schema version in ``meta``. Opening an older index for writing
+applies each migration in turn, each in one transaction (a failure leaves the index as
+it was); an index from a newer qmdctl is refused with one line. Version 1 is the
+first released schema: :data:`SCHEMA_V1` is kept verbatim so the migrations can be
+tested against a real version-1 file.
+
+History:
+    1  documents, content by hash, chunks, vectors by chunk id, FTS5 (CJK bigrams)
+    2  chunks carry the hash of their text; vectors live in ``embeddings`` keyed by that hash,
+       so a chunk whose text is unchanged (an edit elsewhere in its document, a renamed or
+       copied file) keeps its vector instead of being embedded again
+
+Example:
+    >>> migrate(conn, progress=print)
+    migrating the index from schema 1 to 2 (embeddings keyed by chunk text)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+
+from qmd_triton.errors import IndexCorrupt
+from qmd_triton.progress import Progress, silent
+
+SCHEMA_VERSION = 2
+
+_COMMON = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE content (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE documents (
+  id INTEGER PRIMARY KEY,
+  collection TEXT NOT NULL,
+  path TEXT NOT NULL,
+  title TEXT NOT NULL,
+  hash TEXT NOT NULL REFERENCES content(hash),
+  size INTEGER NOT NULL,
+  mtime_ns INTEGER NOT NULL,
+  indexed_at REAL NOT NULL,
+  UNIQUE (collection, path)
+);
+CREATE INDEX documents_hash ON documents(hash);
+CREATE TABLE chunked (hash TEXT PRIMARY KEY REFERENCES content(hash) ON DELETE CASCADE);
+CREATE VIRTUAL TABLE fts USING fts5(title, body, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+
+SCHEMA_V1 = _COMMON + """
+CREATE TABLE chunks (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL REFERENCES content(hash) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  start_line INTEGER NOT NULL,
+  end_line INTEGER NOT NULL,
+  tokens INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  UNIQUE (hash, seq)
+);
+CREATE TABLE vectors (
+  chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+  vec BLOB NOT NULL
+);
+"""
+
+SCHEMA = _COMMON + """
+CREATE TABLE chunks (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL REFERENCES content(hash) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  start_line INTEGER NOT NULL,
+  end_line INTEGER NOT NULL,
+  tokens INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  text_hash TEXT NOT NULL,
+  UNIQUE (hash, seq)
+);
+CREATE INDEX chunks_text_hash ON chunks(text_hash);
+CREATE TABLE embeddings (text_hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
+"""
+
+
+def text_hash(text: str) -> str:
+    """The key of a chunk's vector: the sha256 of its text (first 32 hex digits)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    conn.create_function("qmd_text_hash", 1, text_hash, deterministic=True)
+    conn.execute("ALTER TABLE chunks ADD COLUMN text_hash TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE chunks SET text_hash = qmd_text_hash(text)")
+    conn.execute("CREATE INDEX chunks_text_hash ON chunks(text_hash)")
+    conn.execute("CREATE TABLE embeddings (text_hash TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+    conn.execute("INSERT OR IGNORE INTO embeddings (text_hash, vec) "
+                 "SELECT c.text_hash, v.vec FROM vectors v JOIN chunks c ON c.id = v.chunk_id")
+    conn.execute("DROP TABLE vectors")
+
+
+# version reached -> (what it does, the step from the version before)
+MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
+    2: ("embeddings keyed by chunk text", _v1_to_v2),
+}
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Writes the current schema into an empty file, in one transaction."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript(
+        "BEGIN IMMEDIATE;\n" + SCHEMA
+        + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');\n"
+        + f"INSERT INTO meta VALUES ('created_at', '{time.time()}');\nCOMMIT;"
+    )
+
+
+def version(conn: sqlite3.Connection, where: str) -> int:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        raise IndexCorrupt(f"{where} is a SQLite file but not a qmd-triton index") from None
+    try:
+        return int(row[0]) if row else 0
+    except ValueError:
+        raise IndexCorrupt(f"{where} has an unreadable schema version {row[0]!r}") from None
+
+
+def check_supported(found: int, where: str) -> None:
+    if found > SCHEMA_VERSION:
+        raise IndexCorrupt(f"{where} was written by a newer qmdctl (index schema {found}); this one reads "
+                           f"schema {SCHEMA_VERSION} and older: upgrade qmd-triton")
+    if found < 1:
+        raise IndexCorrupt(f"{where} has no schema version; it is not a qmd-triton index")
+
+
+def migrate(conn: sqlite3.Connection, where: str = "the index", progress: Progress = silent) -> int:
+    """Brings the index to :data:`SCHEMA_VERSION`; returns how many migrations ran."""
+    found = version(conn, where)
+    check_supported(found, where)
+    ran = 0
+    for target in range(found + 1, SCHEMA_VERSION + 1):
+        what, step = MIGRATIONS[target]
+        progress(f"migrating {where} from index schema {target - 1} to {target} ({what})")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version(conn, where) != target - 1:  # another process migrated it meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            step(conn)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        ran += 1
+    return ran

@@ -1,0 +1,452 @@
+"""The index: one SQLite file with documents, content, chunks, FTS5 and vectors.
+
+Writers change the index inside one transaction per operation (WAL mode), so a
+reader — the CLI or the server's ``qmd_search`` / ``qmd_retrieve`` — sees either
+the state before an update or after it, never half of it. Content is stored once
+per hash; chunks and vectors hang off the content hash, so identical files share
+them and a rename costs nothing to re-embed.
+
+Example:
+    >>> store = IndexStore.open(Path("~/.local/share/qmd-triton/index.sqlite").expanduser())
+    >>> store.counts()["documents"]
+    42
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qmd_triton.errors import IndexCorrupt, IndexMissing
+from qmd_triton.index import migrations
+from qmd_triton.index.migrations import text_hash
+from qmd_triton.progress import Progress, silent
+from qmd_triton.text.terms import for_index, fts_match
+
+INDEX_FILE = "index.sqlite"
+FINGERPRINT_KEY = "embedding_fingerprint"
+LAST_UPDATE_KEY = "last_update"
+# Column weights of bm25(fts, title, body): a title match counts this many body matches.
+TITLE_WEIGHT = 2.0
+
+
+@dataclass(frozen=True)
+class DocRow:
+    id: int
+    collection: str
+    path: str
+    title: str
+    hash: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def docid(self) -> str:
+        return docid_of(self.hash)
+
+    @property
+    def display_path(self) -> str:
+        return f"{self.collection}/{self.path}"
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    hash: str
+    seq: int
+    start_line: int
+    end_line: int
+    tokens: int
+    text: str
+    text_hash: str = ""
+
+
+def docid_of(content_hash: str) -> str:
+    """The short id users type: the first 6 hex digits of the content hash."""
+    return content_hash[:6]
+
+
+class IndexStore:
+    """A connection to one index file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False, readonly: bool = False,
+             progress: Progress = silent) -> IndexStore:
+        """Opens an index; ``create`` makes a new one when the file does not exist.
+
+        An index of an older schema is migrated when opened for writing; read-only it must be current.
+        """
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise IndexMissing(f"no index at {path}; add a collection and run `qmdctl update`")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            else:
+                conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            store = cls(conn, path)
+            if not readonly and _is_empty(conn):
+                migrations.create(conn)
+            found = migrations.version(conn, str(path))
+            migrations.check_supported(found, str(path))
+            if found < migrations.SCHEMA_VERSION:
+                if readonly:
+                    raise IndexCorrupt(f"{path} has index schema {found}; open it for writing once "
+                                       f"(`qmdctl update`) to migrate it to schema {migrations.SCHEMA_VERSION}")
+                migrations.migrate(conn, str(path), progress)
+        except sqlite3.DatabaseError as e:
+            raise IndexCorrupt(
+                f"{path} is not a readable qmd-triton index ({e}); move it aside and run `qmdctl update` to rebuild"
+            ) from None
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> IndexStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls everything back."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (how servers notice a re-index)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- meta ------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                          (key, value))
+
+    def last_updates(self) -> dict[str, float]:
+        """When each collection was last scanned by ``update`` (epoch seconds)."""
+        out = {}
+        prefix = LAST_UPDATE_KEY + ":"
+        for key, value in self.conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (prefix + "%",)):
+            out[key[len(prefix):]] = float(value)
+        legacy = self.meta(LAST_UPDATE_KEY)  # an index updated before updates were recorded per collection
+        if legacy:
+            for (name,) in self.conn.execute("SELECT DISTINCT collection FROM documents"):
+                out.setdefault(name, float(legacy))
+        return out
+
+    def mark_updated(self, collection: str, when: float | None = None) -> None:
+        when = time.time() if when is None else when
+        self.set_meta(f"{LAST_UPDATE_KEY}:{collection}", str(when))
+        self.set_meta(LAST_UPDATE_KEY, str(when))
+
+    def fingerprint(self) -> dict | None:
+        raw = self.meta(FINGERPRINT_KEY)
+        return json.loads(raw) if raw else None
+
+    # -- documents -------------------------------------------------------------------
+
+    def documents(self, collection: str | None = None) -> list[DocRow]:
+        sql = "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents"
+        args: tuple = ()
+        if collection is not None:
+            sql += " WHERE collection = ?"
+            args = (collection,)
+        return [DocRow(*r) for r in self.conn.execute(sql + " ORDER BY collection, path", args)]
+
+    def document(self, collection: str, path: str) -> DocRow | None:
+        r = self.conn.execute(
+            "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE collection = ? AND path = ?",
+            (collection, path),
+        ).fetchone()
+        return DocRow(*r) if r else None
+
+    def documents_by_docid(self, docid: str) -> list[DocRow]:
+        prefix = docid.lower().lstrip("#")
+        rows = self.conn.execute(
+            "SELECT id, collection, path, title, hash, size, mtime_ns FROM documents "
+            "WHERE hash >= ? AND hash < ? ORDER BY collection, path",
+            (prefix, prefix + "g"),
+        )
+        return [DocRow(*r) for r in rows]
+
+    def documents_by_id(self, ids: Sequence[int]) -> dict[int, DocRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(
+            f"SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE id IN ({marks})", list(ids)
+        )
+        return {r[0]: DocRow(*r) for r in rows}
+
+    def documents_by_hash(self, hashes: Sequence[str],
+                          collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
+        if not hashes:
+            return {}
+        marks = ",".join("?" * len(hashes))
+        sql = f"SELECT id, collection, path, title, hash, size, mtime_ns FROM documents WHERE hash IN ({marks})"
+        args = list(hashes)
+        if collections:
+            sql += f" AND collection IN ({','.join('?' * len(collections))})"
+            args += list(collections)
+        out: dict[str, list[DocRow]] = {}
+        for r in self.conn.execute(sql + " ORDER BY collection, path", args):
+            out.setdefault(r[4], []).append(DocRow(*r))
+        return out
+
+    def body(self, content_hash: str) -> str:
+        row = self.conn.execute("SELECT body FROM content WHERE hash = ?", (content_hash,)).fetchone()
+        if row is None:
+            raise IndexCorrupt(f"{self.path}: content {content_hash[:12]} is missing")
+        return row[0]
+
+    def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
+                        size: int, mtime_ns: int) -> int:
+        """Inserts or replaces one document; call inside a transaction."""
+        c = self.conn
+        c.execute("INSERT OR IGNORE INTO content (hash, body) VALUES (?, ?)", (content_hash, body))
+        existing = c.execute("SELECT id FROM documents WHERE collection = ? AND path = ?",
+                             (collection, path)).fetchone()
+        now = time.time()
+        if existing:
+            doc_id = int(existing[0])
+            c.execute(
+                "UPDATE documents SET title = ?, hash = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
+                (title, content_hash, size, mtime_ns, now, doc_id),
+            )
+            c.execute("DELETE FROM fts WHERE rowid = ?", (doc_id,))
+        else:
+            cur = c.execute(
+                "INSERT INTO documents (collection, path, title, hash, size, mtime_ns, indexed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (collection, path, title, content_hash, size, mtime_ns, now),
+            )
+            doc_id = int(cur.lastrowid)
+        c.execute("INSERT INTO fts (rowid, title, body) VALUES (?, ?, ?)", (doc_id, for_index(title), for_index(body)))
+        return doc_id
+
+    def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
+        self.conn.execute("UPDATE documents SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, doc_id))
+
+    def delete_documents(self, ids: Iterable[int]) -> int:
+        n = 0
+        for doc_id in ids:
+            self.conn.execute("DELETE FROM fts WHERE rowid = ?", (doc_id,))
+            n += self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount
+        return n
+
+    def delete_collection(self, collection: str) -> int:
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (f"{LAST_UPDATE_KEY}:{collection}",))
+        return self.delete_documents([d.id for d in self.documents(collection)])
+
+    def rename_collection(self, old: str, new: str) -> None:
+        self.conn.execute("UPDATE documents SET collection = ? WHERE collection = ?", (new, old))
+        self.conn.execute("UPDATE meta SET key = ? WHERE key = ?",
+                          (f"{LAST_UPDATE_KEY}:{new}", f"{LAST_UPDATE_KEY}:{old}"))
+
+    def collect_garbage(self) -> int:
+        """Drops content (with its chunks and vectors) that no document uses any more."""
+        return self.conn.execute(
+            "DELETE FROM content WHERE hash NOT IN (SELECT DISTINCT hash FROM documents)"
+        ).rowcount
+
+    # -- BM25 ------------------------------------------------------------------------
+
+    def bm25(self, terms: list[str], limit: int,
+             collections: Sequence[str] | None = None) -> list[tuple[DocRow, float]]:
+        """Documents matching any term, best first, with their BM25 score (negative, lower is better, as SQLite's).
+
+        SQLite's bm25() weighs a term by log((N - n + 0.5) / (n + 0.5)) and floors that at 1e-6, so a term
+        found in half the rows or more counts for nothing: in a small collection about one topic, the
+        topic's own words score 0 and the order is arbitrary. Each term is therefore scored alone: its
+        bm25() divided by SQLite's weight is its saturated, length-normalized frequency (title weighted),
+        which is multiplied by Lucene's weight log(1 + (N - n + 0.5) / (n + 0.5)), positive for every term
+        and within log(2) of SQLite's for rare ones.
+        """
+        if not terms:
+            return []
+        rows_total = self.conn.execute("SELECT count(*) FROM fts").fetchone()[0]
+        arms, args = [], []
+        for term in dict.fromkeys(terms):
+            match = fts_match([term])
+            n = self.conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (match,)).fetchone()[0]
+            if not n:
+                continue
+            ratio = (rows_total - n + 0.5) / (n + 0.5)
+            arms.append(f"SELECT rowid AS id, bm25(fts, {TITLE_WEIGHT}, 1.0) * ? AS s FROM fts WHERE fts MATCH ?")
+            args += [math.log1p(ratio) / max(1e-6, math.log(ratio)), match]
+        if not arms:
+            return []
+        # MATERIALIZED: a flattened single arm would put bm25() in a join, where SQLite refuses it
+        sql = (f"WITH hits(id, s) AS MATERIALIZED ({' UNION ALL '.join(arms)}) "
+               "SELECT d.id, d.collection, d.path, d.title, d.hash, d.size, d.mtime_ns, t.score FROM "
+               "(SELECT id, SUM(s) AS score FROM hits GROUP BY id) t JOIN documents d ON d.id = t.id")
+        if collections:
+            sql += f" WHERE d.collection IN ({','.join('?' * len(collections))})"
+            args += list(collections)
+        sql += " ORDER BY t.score, d.id LIMIT ?"
+        args.append(limit)
+        return [(DocRow(*r[:7]), float(r[7])) for r in self.conn.execute(sql, args)]
+
+    # -- chunks and vectors ----------------------------------------------------------
+
+    def unchunked_hashes(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT d.hash FROM documents d LEFT JOIN chunked c ON c.hash = d.hash WHERE c.hash IS NULL"
+        )]
+
+    def add_chunks(self, content_hash: str, chunks: Sequence[Any]) -> None:
+        """Stores a content hash's chunks (objects with seq, start_line, end_line, tokens, text)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO chunks (hash, seq, start_line, end_line, tokens, text, text_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(content_hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, text_hash(c.text)) for c in chunks],
+        )
+        self.conn.execute("INSERT OR IGNORE INTO chunked (hash) VALUES (?)", (content_hash,))
+
+    def pending_chunks(self) -> list[ChunkRow]:
+        """One chunk per distinct text of the indexed documents that has no vector yet."""
+        rows = self.conn.execute(
+            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, c.text_hash FROM chunks c "
+            "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) "
+            "AND c.hash IN (SELECT hash FROM documents) GROUP BY c.text_hash"
+        )
+        return [ChunkRow(*r) for r in rows]
+
+    def add_vectors(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Stores vectors by chunk text hash (every chunk with that text shares the vector)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO embeddings (text_hash, vec) VALUES (?, ?)",
+            [(h, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in items],
+        )
+
+    def drop_unused_vectors(self) -> int:
+        """Forgets vectors no chunk uses any more; returns how many."""
+        return self.conn.execute(
+            "DELETE FROM embeddings WHERE text_hash NOT IN (SELECT text_hash FROM chunks)").rowcount
+
+    def clear_embeddings(self) -> None:
+        """Forgets every chunk and vector (a new model or chunking needs them all again)."""
+        self.conn.execute("DELETE FROM embeddings")
+        self.conn.execute("DELETE FROM chunks")
+        self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT_KEY,))
+
+    def load_vectors(self) -> tuple[np.ndarray, list[ChunkRow]]:
+        """Every stored vector as a float32 matrix, with the chunk each row belongs to."""
+        rows = self.conn.execute(
+            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, c.text_hash, e.vec "
+            "FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash ORDER BY c.id"
+        ).fetchall()
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32), []
+        matrix = np.stack([np.frombuffer(r[8], dtype=np.float32) for r in rows])
+        return matrix, [ChunkRow(*r[:8]) for r in rows]
+
+    def chunks_of(self, content_hash: str) -> list[ChunkRow]:
+        return [ChunkRow(*r) for r in self.conn.execute(
+            "SELECT id, hash, seq, start_line, end_line, tokens, text, text_hash FROM chunks WHERE hash = ? "
+            "ORDER BY seq",
+            (content_hash,),
+        )]
+
+    # -- status ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        c = self.conn
+        per = {}
+        for name, docs, chunks, embedded in c.execute(
+            "SELECT d.collection, COUNT(DISTINCT d.id), "
+            "(SELECT COUNT(*) FROM chunks k "
+            " WHERE k.hash IN (SELECT hash FROM documents WHERE collection = d.collection)), "
+            "(SELECT COUNT(*) FROM chunks k JOIN embeddings e ON e.text_hash = k.text_hash "
+            " WHERE k.hash IN (SELECT hash FROM documents WHERE collection = d.collection)) "
+            "FROM documents d GROUP BY d.collection"
+        ):
+            per[name] = {"documents": docs, "chunks": chunks, "embedded": embedded}
+        unchunked = c.execute(
+            "SELECT COUNT(DISTINCT d.hash) FROM documents d LEFT JOIN chunked k ON k.hash = d.hash WHERE k.hash IS NULL"
+        ).fetchone()[0]
+        chunks = c.execute("SELECT COUNT(*) FROM chunks WHERE hash IN (SELECT hash FROM documents)").fetchone()[0]
+        embedded = c.execute(
+            "SELECT COUNT(*) FROM chunks k JOIN embeddings e ON e.text_hash = k.text_hash "
+            "WHERE k.hash IN (SELECT hash FROM documents)"
+        ).fetchone()[0]
+        last = c.execute("SELECT MAX(indexed_at) FROM documents").fetchone()[0]
+        return {
+            "documents": c.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+            "chunks": chunks,
+            "embedded": embedded,
+            "unchunked_documents": unchunked,
+            "collections": per,
+            "last_update": last,
+            "fingerprint": self.fingerprint(),
+            "bytes": os.path.getsize(self.path) if self.path.exists() else 0,
+        }
+
+
+def _is_empty(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+class IndexHandle:
+    """A long-lived reader (a server model) of an index that may be created, updated or rebuilt.
+
+    Reopens the file when its inode changes (deleted and rebuilt), so a server
+    never keeps answering from a replaced index.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = path
+        self._store: IndexStore | None = None
+        self._inode: int | None = None
+
+    def get(self) -> IndexStore:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            self.close()
+            raise IndexMissing(f"no index at {self.path}; add a collection and run `qmdctl update`") from None
+        if self._store is None or inode != self._inode:
+            self.close()
+            self._store = IndexStore.open(self.path)  # type: ignore[arg-type]
+            self._inode = inode
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        self._store = None
+        self._inode = None

@@ -1,0 +1,111 @@
+"""``update``: keep the index in step with the collections' files (scan, hash, FTS).
+
+Every selected file is read first and all changes are applied in one transaction,
+so a reader never sees half an update and a failure changes nothing.
+
+Example:
+    >>> report = update(store, config.list(), warn=print)
+    >>> report.added
+    12
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qmd_triton.errors import InputError
+from qmd_triton.index.collections import Collection
+from qmd_triton.index.store import IndexStore
+from qmd_triton.progress import Progress, Warn, silent
+from qmd_triton.system.files import sha256_text
+from qmd_triton.text.markdown import SkippedFile, read_document, title_of
+
+
+@dataclass
+class UpdateReport:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)
+    collections: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What an update does to one file's row: ``touch`` (same content, new size/mtime) or ``write``."""
+
+    kind: str
+    size: int
+    mtime_ns: int
+    text: str = ""
+    title: str = ""
+
+
+def content_hash(text: str) -> str:
+    return sha256_text(text)
+
+
+def update(store: IndexStore, collections: Sequence[Collection], *, force: bool = False,
+           warn: Warn = silent, progress: Progress = silent) -> UpdateReport:
+    """Scans collections and records added, changed and removed documents in one transaction."""
+    for c in collections:
+        if not c.path.is_dir():
+            raise InputError(f"collection {c.name}: path {c.path} does not exist or is not a directory")
+    report = UpdateReport()
+    plans = []
+    for c in collections:
+        progress(f"scanning {c.name} ({c.path})")
+        known = {d.path: d for d in store.documents(c.name)}
+        seen: dict[str, _Change | None] = {}
+        stats = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "skipped": 0}
+        for rel, full in c.files():
+            try:
+                st = full.stat()
+            except FileNotFoundError:
+                continue  # vanished between listing and stat: it is simply not there
+            doc = known.get(rel)
+            if doc and not force and doc.size == st.st_size and doc.mtime_ns == st.st_mtime_ns:
+                seen[rel] = None
+                stats["unchanged"] += 1
+                continue
+            try:
+                text = read_document(full)
+            except SkippedFile as e:
+                warn(f"skipped {c.name}/{rel}: {str(e).split(': ', 1)[-1]}")
+                report.skipped.append(f"{c.name}/{rel}")
+                stats["skipped"] += 1
+                continue
+            h = content_hash(text)
+            if doc and doc.hash == h:
+                seen[rel] = _Change("touch", st.st_size, st.st_mtime_ns)
+                stats["unchanged"] += 1
+            else:
+                title = title_of(text, Path(rel).stem)
+                seen[rel] = _Change("write", st.st_size, st.st_mtime_ns, text, title)
+                stats["changed" if doc else "added"] += 1
+        removed = [d.id for p, d in known.items() if p not in seen]
+        stats["removed"] = len(removed)
+        plans.append((c, known, seen, removed))
+        report.collections[c.name] = stats
+        for key in ("added", "changed", "removed", "unchanged"):
+            setattr(report, key, getattr(report, key) + stats[key])
+    with store.transaction():
+        for c, known, seen, removed in plans:
+            for rel, item in seen.items():
+                if item is None:
+                    continue
+                if item.kind == "touch":
+                    store.touch_document(known[rel].id, item.size, item.mtime_ns)
+                else:
+                    store.upsert_document(c.name, rel, item.title, content_hash(item.text), item.text, item.size,
+                                          item.mtime_ns)
+            store.delete_documents(removed)
+        store.collect_garbage()
+        now = time.time()
+        for c, *_ in plans:
+            store.mark_updated(c.name, now)
+    return report

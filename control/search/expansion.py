@@ -1,0 +1,259 @@
+"""Query expansion with a small instruction-tuned LLM: prompt, engines, parsing, fallbacks.
+
+The model is asked for lines ``lex:`` (keywords for BM25), ``vec:`` (a rephrased
+question for vector search) and ``hyde:`` (a one-sentence hypothetical answer, also
+embedded). Lines that share no term with the query are dropped (small models drift),
+duplicates and the query itself are dropped, and anything unusable — an engine
+error, a timeout before the first line, no valid line — leaves the original query
+alone. Expansion never fails a request.
+
+Engines (the ``engine`` parameter of ``qmd_expand``):
+    ``onnxruntime``  the exported decoder with a KV cache, greedy, CPU (default)
+    ``vllm``         vLLM on GPUs (``tensor_parallel_size``, ``gpu_memory_utilization``)
+    ``deepspeed``    DeepSpeed inference on GPUs (``tensor_parallel_size``)
+    ``none``         no expansion
+
+Example:
+    >>> expander = Expander(OnnxDecoderEngine(Path("model_repository/qmd_expand/1")))
+    >>> expander.expand("configure dynamic batching").lex
+    ['configure dynamic batching triton']
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from qmd_triton.errors import ArtifactMissing, ConfigError
+from qmd_triton.text.terms import query_terms
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("onnxruntime", "vllm", "deepspeed", "none")
+MAX_LEX, MAX_VEC, MAX_HYDE = 3, 3, 1
+
+SYSTEM = (
+    "You expand search queries for a notes search engine. Answer with 2 to 4 lines. Each line starts with "
+    "lex: (keywords), vec: (a rephrased question) or hyde: (a one-sentence answer)."
+)
+SHOTS = (
+    ("how to reset git branch",
+     "lex: git reset branch\nvec: how do I move a git branch back to an earlier commit\n"
+     "hyde: Use git reset --hard <commit> to point the branch at an earlier commit."),
+    ("sourdough starter feeding",
+     "lex: sourdough starter feed ratio\nvec: how often should I feed a sourdough starter\n"
+     "hyde: Feed the starter equal weights of flour and water once a day."),
+)
+PREFILL = "lex:"
+_LINE = re.compile(r"^\s*(lex|vec|hyde)\s*:\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def chatml(query: str) -> str:
+    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line."""
+    turns = [("system", SYSTEM)]
+    for q, a in SHOTS:
+        turns += [("user", q), ("assistant", a)]
+    turns.append(("user", query))
+    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
+    return text + "<|im_start|>assistant\n" + PREFILL
+
+
+@dataclass
+class Expansion:
+    lex: list[str] = field(default_factory=list)
+    vec: list[str] = field(default_factory=list)
+    hyde: list[str] = field(default_factory=list)
+    status: str = "ok"  # ok | disabled | strong-bm25 | empty | timeout | error: ...
+    ms: float = 0.0
+    raw: str = ""
+
+    @property
+    def used(self) -> bool:
+        return bool(self.lex or self.vec or self.hyde)
+
+
+def parse(text: str, query: str) -> Expansion:
+    """Keeps ``lex:``/``vec:``/``hyde:`` lines that share a term with the query."""
+    terms = set(query_terms(query))
+    seen = {" ".join(query.lower().split())}
+    out = Expansion(raw=text)
+    for line in text.split("\n"):
+        m = _LINE.match(line)
+        if not m:
+            continue
+        kind, value = m.group(1).lower(), " ".join(m.group(2).split())
+        key = value.lower()
+        if not value or key in seen or not (terms & set(query_terms(value))):
+            continue
+        bucket, cap = {"lex": (out.lex, MAX_LEX), "vec": (out.vec, MAX_VEC), "hyde": (out.hyde, MAX_HYDE)}[kind]
+        if len(bucket) < cap:
+            bucket.append(value[:500])
+            seen.add(key)
+    return out
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        """Text generated after ``prompt`` and whether the deadline cut it short."""
+
+
+class OnnxDecoderEngine:
+    """Greedy decoding over the exported ONNX decoder and its explicit KV cache."""
+
+    name = "onnxruntime"
+
+    def __init__(self, version_dir: Path, threads: int = 0) -> None:
+        from tokenizers import Tokenizer
+
+        from qmd_triton.runtime.onnx import make_session
+
+        manifest = version_dir / "export.json"
+        decoder = version_dir / "decoder.onnx"
+        if not decoder.is_file() or not manifest.is_file():
+            raise ArtifactMissing(f"{decoder} is missing; run `qmdctl export`")
+        meta = json.loads(manifest.read_text())
+        gen = json.loads((version_dir / "generation.json").read_text())
+        self.layers, self.kv_heads, self.head_dim = meta["layers"], meta["kv_heads"], meta["head_dim"]
+        self.eos = set(gen["eos_token_ids"])
+        self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
+        self.session = make_session(decoder, intra_threads=threads)
+
+    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        past = np.zeros((self.layers, 1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        feeds = {"input_ids": np.array([ids], dtype=np.int64), "past_keys": past, "past_values": past}
+        out: list[int] = []
+        cut = False
+        for _ in range(max_new_tokens):
+            logits, keys, values = self.session.run(None, feeds)
+            token = int(np.argmax(logits[0]))
+            if token in self.eos:
+                break
+            out.append(token)
+            if time.monotonic() > deadline:
+                cut = True
+                break
+            feeds = {"input_ids": np.array([[token]], dtype=np.int64), "past_keys": keys, "past_values": values}
+        return self.tokenizer.decode(out, skip_special_tokens=True), cut
+
+
+class VllmEngine:
+    """vLLM on GPU servers; the model is the transformers directory the exporter writes."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.3) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise ConfigError(f"engine vllm is not installed ({e}); install the gpu extra in the serving image, "
+                              "or set engine to onnxruntime") from None
+        if not (model_dir / "config.json").is_file():
+            raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
+        self._params = SamplingParams
+        self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True)
+        self._ids = itertools.count()
+
+    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        """Steps the engine itself (``LLM.generate`` cannot be interrupted) and aborts the request at the deadline,
+        keeping the text generated so far."""
+        params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=["<|im_end|>"])
+        engine = self.llm.llm_engine
+        request_id = f"qmd-expand-{next(self._ids)}"
+        engine.add_request(request_id, prompt, params)
+        text = ""
+        while True:
+            for out in engine.step():
+                if out.request_id == request_id:
+                    text = out.outputs[0].text if out.outputs else text
+                    if out.finished:
+                        return text, False
+            if time.monotonic() > deadline:
+                engine.abort_request(request_id)
+                return text, True
+
+
+class DeepSpeedEngine:
+    """DeepSpeed inference (kernel injection, tensor parallel) over the transformers model."""
+
+    name = "deepspeed"
+
+    def __init__(self, model_dir: Path, tensor_parallel_size: int = 1) -> None:
+        try:
+            import deepspeed
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise ConfigError(f"engine deepspeed is not installed ({e}); install the gpu extra in the serving "
+                              "image, or set engine to onnxruntime") from None
+        if not (model_dir / "config.json").is_file():
+            raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        dtype = torch.float16 if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        self.engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tensor_parallel_size},
+                                               dtype=dtype, replace_with_kernel_inject=torch.cuda.is_available())
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        # transformers' max_time stops generation between tokens once the budget is spent
+        budget = max(0.0, deadline - time.monotonic())
+        with self.torch.no_grad():
+            out = self.engine.module.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, max_time=budget)
+        new_tokens = out.shape[1] - ids["input_ids"].shape[1]
+        cut = time.monotonic() >= deadline and new_tokens < max_new_tokens
+        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), cut
+
+
+class Expander:
+    """Runs an engine within a token and time budget and parses what it says."""
+
+    def __init__(self, engine: Engine | None, max_new_tokens: int = 64, timeout_s: float = 4.0) -> None:
+        self.engine = engine
+        self.max_new_tokens = max_new_tokens
+        self.timeout_s = timeout_s
+
+    def expand(self, query: str) -> Expansion:
+        if self.engine is None:
+            return Expansion(status="disabled")
+        started = time.monotonic()
+        try:
+            text, cut = self.engine.generate(chatml(query), self.max_new_tokens, started + self.timeout_s)
+        except Exception as e:  # noqa: BLE001 - any engine failure degrades to the original query
+            log.warning("expansion engine %s failed: %s", getattr(self.engine, "name", "?"), e)
+            return Expansion(status=f"error: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                             ms=(time.monotonic() - started) * 1000)
+        result = parse(PREFILL + text, query)
+        result.ms = (time.monotonic() - started) * 1000
+        if cut:
+            result.status = "timeout" if not result.used else "ok (cut at timeout)"
+        elif not result.used:
+            result.status = "empty"
+        return result
+
+
+def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parallel_size: int = 1,
+                gpu_memory_utilization: float = 0.3) -> Engine | None:
+    """The engine a config names; an engine that is not installed is a clear ``ConfigError``."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    if name == "none":
+        return None
+    if name == "onnxruntime":
+        return OnnxDecoderEngine(version_dir, threads=threads)
+    if name == "vllm":
+        return VllmEngine(version_dir / "hf", tensor_parallel_size, gpu_memory_utilization)
+    return DeepSpeedEngine(version_dir / "hf", tensor_parallel_size)

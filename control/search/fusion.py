@@ -1,0 +1,111 @@
+"""Hybrid ranking: reciprocal rank fusion of the BM25 and vector lists, then the rerank blend.
+
+The constants start from tobi/qmd's ``hybridQuery`` (see the design map): each list
+keeps its top 20; a document scores ``sum(w / (60 + rank + 1))`` over the lists it is
+in (rank 0-based, w = 2 for the original query's lists, 1 for expansions), plus 0.05
+when it is first in some list or 0.02 when it is second or third; 40 candidates go
+to the reranker. ``blend`` mixes the RRF position with the reranker's probability,
+trusting retrieval more at the top (w = 0.75 for ranks 1-3, 0.60 for 4-10, 0.40
+after); ``rerank`` orders by the reranker alone. Which one serves is the
+``fusion`` parameter of ``qmd_fuse``, chosen by ``qmdctl eval`` (docs/search.md).
+
+Example:
+    >>> fused = rrf([RankedList("bm25:original", 2.0, ["a", "b"]), RankedList("vec:original", 2.0, ["b"])])
+    >>> [f.key for f in fused]
+    ['b', 'a']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+RRF_K = 60
+TOP_PER_LIST = 20
+ORIGINAL_WEIGHT = 2.0
+EXPANSION_WEIGHT = 1.0
+BONUS_FIRST = 0.05
+BONUS_TOP3 = 0.02
+CANDIDATES = 40
+MAX_CANDIDATES = 200
+STRONG_SCORE = 0.85
+STRONG_GAP = 0.15
+FUSIONS = ("rerank", "blend")
+
+
+@dataclass(frozen=True)
+class RankedList:
+    """One retrieval list: where it came from, its RRF weight, and its keys best first."""
+
+    source: str
+    weight: float
+    keys: Sequence[str]
+
+
+@dataclass
+class Fused:
+    key: str
+    score: float
+    ranks: dict[str, int] = field(default_factory=dict)  # source -> 1-based rank
+
+
+def rrf(lists: Sequence[RankedList], top: int = TOP_PER_LIST) -> list[Fused]:
+    """Reciprocal rank fusion with the top-rank bonus; best first, ties by first appearance."""
+    fused: dict[str, Fused] = {}
+    for lst in lists:
+        for rank, key in enumerate(lst.keys[:top]):
+            f = fused.setdefault(key, Fused(key, 0.0))
+            f.score += lst.weight / (RRF_K + rank + 1)
+            f.ranks[lst.source] = rank + 1
+    for f in fused.values():
+        best = min(f.ranks.values())
+        f.score += BONUS_FIRST if best == 1 else BONUS_TOP3 if best <= 3 else 0.0
+    return sorted(fused.values(), key=lambda f: -f.score)
+
+
+def max_rrf(lists: Sequence[RankedList]) -> float:
+    """The score of a document first in every list: scales RRF into 0..1 for display."""
+    return sum(lst.weight / (RRF_K + 1) for lst in lists) + BONUS_FIRST
+
+
+def blend_weight(rrf_rank: int) -> float:
+    """How much the retrieval position counts at a 1-based RRF rank."""
+    if rrf_rank <= 3:
+        return 0.75
+    if rrf_rank <= 10:
+        return 0.60
+    return 0.40
+
+
+def blend(rrf_rank: int, rerank_prob: float) -> float:
+    w = blend_weight(rrf_rank)
+    return w / rrf_rank + (1.0 - w) * rerank_prob
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def strong_signal(scores: Sequence[float]) -> bool:
+    """BM25 alone is convincing: top normalized score >= 0.85 and >= 0.15 ahead of #2."""
+    if not scores:
+        return False
+    second = scores[1] if len(scores) > 1 else 0.0
+    return scores[0] >= STRONG_SCORE and scores[0] - second >= STRONG_GAP
+
+
+def final_order(rrf_ranks: Sequence[int], probs: Sequence[float] | None, fusion: str) -> list[tuple[int, float]]:
+    """Indices of candidates (given in RRF order) and their final scores, best first.
+
+    Without reranker scores the RRF order stands, scored 1/rank.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if probs is None:
+        scored = [(i, 1.0 / r) for i, r in enumerate(rrf_ranks)]
+    elif fusion == "rerank":
+        scored = [(i, p) for i, p in enumerate(probs)]
+    else:
+        scored = [(i, blend(r, p)) for i, (r, p) in enumerate(zip(rrf_ranks, probs))]
+    return sorted(scored, key=lambda x: (-x[1], x[0]))

@@ -1,0 +1,159 @@
+"""The hybrid query: a plan (original query plus expansions), retrieval lists, RRF candidates.
+
+The plan travels between Triton models as JSON: ``qmd_expand`` (or ``qmd_plan``)
+writes it, ``qmd_retrieve`` reads it with the embeddings of ``plan.vec_texts()``
+(same order), and builds the candidate list with each candidate's best chunk for
+the reranker.
+
+Example:
+    >>> plan = Plan(query="dynamic batching", mode="query", lex=["triton batcher"], vec=[], hyde=[])
+    >>> cands = hybrid_candidates(store, vectors, plan, embeddings)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qmd_triton.errors import InputError
+from qmd_triton.index.store import DocRow, IndexStore
+from qmd_triton.search.fusion import (
+    EXPANSION_WEIGHT,
+    MAX_CANDIDATES,
+    ORIGINAL_WEIGHT,
+    TOP_PER_LIST,
+    RankedList,
+    max_rrf,
+    rrf,
+)
+from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for
+from qmd_triton.search.options import Hit, SearchOptions
+from qmd_triton.search.vectors import VectorIndex
+from qmd_triton.text.terms import has_cjk, query_terms
+
+MODES = ("vsearch", "query")
+PASSAGE_CHARS = 4000  # a best chunk longer than this is cut before pair tokenization
+
+
+@dataclass
+class Plan:
+    """What to retrieve for one request."""
+
+    query: str
+    mode: str = "query"
+    lex: list[str] = field(default_factory=list)
+    vec: list[str] = field(default_factory=list)
+    hyde: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    expansion: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"plan mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    @property
+    def search_options(self) -> SearchOptions:
+        return SearchOptions.from_json(json.dumps(self.options))
+
+    def vec_texts(self) -> list[str]:
+        """Texts to embed with the query prompt: the query, then vec, then hyde lines."""
+        return [self.query, *self.vec, *self.hyde]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Plan:
+        try:
+            data = json.loads(raw)
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise InputError(f"malformed plan: {e}") from None
+
+
+@dataclass
+class Candidate:
+    """A document going to the reranker: its hit, its best chunk, why it is here."""
+
+    hit: Hit
+    passage: str
+    rrf: float
+    rrf_rank: int
+    ranks: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.hit.to_dict()
+        d["explain"] = {"lists": self.ranks, "rrf": round(self.rrf, 5), "rrf_rank": self.rrf_rank}
+        return d
+
+
+def clamp_candidates(options: SearchOptions) -> int:
+    """-C is clamped to [n, 200]: fewer than n could not fill the page, more is never worth it."""
+    return max(min(options.candidates, MAX_CANDIDATES), min(options.n, MAX_CANDIDATES))
+
+
+def _best_chunk(store: IndexStore, doc: DocRow, terms: Sequence[str]) -> tuple[int, str]:
+    """The chunk with the most query-term overlap (first on ties), or the body's start."""
+    chunks = store.chunks_of(doc.hash)
+    if not chunks:
+        body = store.body(doc.hash)
+        return 1, body[:PASSAGE_CHARS]
+    stems = [t[:5] if not has_cjk(t) and len(t) > 5 else t for t in terms]
+
+    def overlap(text: str) -> int:
+        low = text.lower()
+        return sum(1 for s in stems if s in low)
+
+    best = max(chunks, key=lambda c: (overlap(c.text), -c.seq))
+    return best.start_line, best.text[:PASSAGE_CHARS]
+
+
+def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embeddings: np.ndarray) -> list[Candidate]:
+    """BM25 and vector lists for every query of the plan, fused by RRF, best first."""
+    options = plan.search_options
+    if options.collections:
+        options.check_collections(known_collections(store))
+    texts = plan.vec_texts()
+    if len(embeddings) != len(texts):
+        raise InputError(f"{len(texts)} vector queries but {len(embeddings)} embeddings")
+    cols = options.collections or None
+    lists: list[RankedList] = []
+    docs: dict[str, DocRow] = {}
+    for i, lex in enumerate([plan.query, *plan.lex]):
+        rows = store.bm25(query_terms(lex), TOP_PER_LIST, cols)
+        for doc, _ in rows:
+            docs[str(doc.id)] = doc
+        source = "bm25:original" if i == 0 else f"bm25:lex{i}"
+        lists.append(RankedList(source, ORIGINAL_WEIGHT if i == 0 else EXPANSION_WEIGHT, [str(d.id) for d, _ in rows]))
+    names = ["vec:original"] + [f"vec:vec{i + 1}" for i in range(len(plan.vec))] + [
+        f"vec:hyde{i + 1}" for i in range(len(plan.hyde))]
+    for name, emb in zip(names, embeddings):
+        keys = []
+        for doc, _, _ in vectors.ranked_docs(emb, TOP_PER_LIST, options.collections):
+            docs[str(doc.id)] = doc
+            keys.append(str(doc.id))
+        lists.append(RankedList(name, ORIGINAL_WEIGHT if name == "vec:original" else EXPANSION_WEIGHT, keys))
+    fused = rrf(lists)[: clamp_candidates(options)]
+    top = max_rrf(lists)
+    terms = query_terms(" ".join([plan.query, *plan.lex]))
+    out = []
+    for rank, f in enumerate(fused, 1):
+        doc = docs[f.key]
+        line, passage = _best_chunk(store, doc, terms)
+        # The snippet is the best window of the passage the reranker reads.
+        offset, snippet = snippet_for(passage, terms)
+        hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,
+                  score=min(1.0, f.score / top), line=line + offset - 1, snippet=snippet, hash=doc.hash,
+                  body=store.body(doc.hash) if options.full else None)
+        out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks)))
+    return out
+
+
+def bm25_probe(store: IndexStore, query: str, options: SearchOptions) -> list[float]:
+    """Normalized scores of the top two BM25 hits (for the strong-signal shortcut)."""
+    rows = store.bm25(query_terms(query), 2, options.collections or None)
+    return [normalize_bm25(raw) for _, raw in rows]

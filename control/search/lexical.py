@@ -1,0 +1,63 @@
+"""BM25 full-text search over the index's FTS5 table, with the snippet a user reads.
+
+The CLI's ``search`` and the server's ``qmd_search`` run this same code, so a query
+answers the same with or without the server.
+
+Example:
+    >>> hits = search_bm25(store, "dynamic batching", SearchOptions(n=5))
+    >>> hits[0].path
+    'docs/architecture.md'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qmd_triton.index.store import IndexStore
+from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, check_query, clip, hit_of
+from qmd_triton.text.terms import has_cjk, query_terms
+
+
+def normalize_bm25(raw: float) -> float:
+    """SQLite's bm25 (negative, unbounded) -> 0..1, monotone: |s| / (1 + |s|)."""
+    s = abs(raw)
+    return s / (1.0 + s)
+
+
+def snippet_for(body: str, terms: Sequence[str], lines: int = SNIPPET_LINES) -> tuple[int, str]:
+    """The 1-based line and the text of the window of lines holding most query terms."""
+    all_lines = body.split("\n")
+    if not all_lines:
+        return 1, ""
+    lowered = [ln.lower() for ln in all_lines]
+    stems = [t[:5] if not has_cjk(t) and len(t) > 5 else t for t in terms]
+    scores = [sum(1 for s in stems if s in ln) for ln in lowered]
+    best, best_score = 0, -1
+    window = [0] * len(all_lines)
+    for i in range(len(all_lines)):
+        window[i] = sum(scores[i : i + lines])
+        if window[i] > best_score and all_lines[i].strip():
+            best, best_score = i, window[i]
+    text = "\n".join(all_lines[best : best + lines]).strip()
+    return best + 1, clip(text)
+
+
+def known_collections(store: IndexStore) -> list[str]:
+    return [r[0] for r in store.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
+
+
+def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOptions()) -> list[Hit]:
+    """Full-text search: documents matching any query term, ranked by BM25."""
+    q = check_query(query)
+    if options.collections:
+        options.check_collections(known_collections(store))
+    terms = query_terms(q)
+    hits = []
+    for doc, raw in store.bm25(terms, options.limit, options.collections or None):
+        score = normalize_bm25(raw)
+        if score < options.min_score:
+            continue
+        body = store.body(doc.hash)
+        line, snippet = snippet_for(body, terms)
+        hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
+    return hits

@@ -1,0 +1,171 @@
+"""What a search request may ask (options, limits) and what it gets back (hits).
+
+The same types travel through the CLI, the Triton models (as the ``options`` and
+``results`` JSON tensors) and the HTTP doors.
+
+Example:
+    >>> SearchOptions.from_json('{"n": 3}').n
+    3
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qmd_triton.errors import InputError
+from qmd_triton.index.store import DocRow
+
+MAX_QUERY_BYTES = 16 * 1024
+
+
+MAX_RESULTS = 1000
+
+
+SNIPPET_LINES = 3
+
+
+SNIPPET_CHARS = 400
+
+
+def check_query(query: str) -> str:
+    """A usable query or one clear error: empty and oversized queries are refused."""
+    if not isinstance(query, str):
+        raise InputError("query must be a string")
+    size = len(query.encode("utf-8"))
+    if size > MAX_QUERY_BYTES:
+        raise InputError(f"query is {size} bytes; the limit is {MAX_QUERY_BYTES}")
+    q = " ".join(query.split())
+    if not q:
+        raise InputError("query is empty")
+    return q
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a caller may ask of a search; parsed from the ``options`` JSON tensor too."""
+
+    n: int = 10
+    collections: tuple[str, ...] = ()
+    min_score: float = 0.0
+    full: bool = False
+    # Used by the hybrid pipeline (qmd_query); accepted and ignored elsewhere.
+    expand: bool = True
+    rerank: bool = True
+    candidates: int = 40
+    explain: bool = False
+    fusion: str | None = None  # None: the server's configured fusion
+
+    def __post_init__(self) -> None:
+        for name in ("n", "candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.min_score, (int, float)) or not 0.0 <= float(self.min_score) <= 1.0:
+            raise InputError(f"min_score must be between 0 and 1, got {self.min_score!r}")
+        for name in ("full", "expand", "rerank", "explain"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.fusion not in (None, "rerank", "blend"):
+            raise InputError(f"fusion must be rerank or blend, got {self.fusion!r}")
+
+    @property
+    def limit(self) -> int:
+        return min(self.n, MAX_RESULTS)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> SearchOptions:
+        if raw in (None, b"", ""):
+            data: dict = {}
+        else:
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InputError(f"options is not valid JSON: {e}") from None
+            if not isinstance(data, dict):
+                raise InputError("options must be a JSON object")
+        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cols = data.get("collections", ())
+        if isinstance(cols, str):
+            cols = (cols,)
+        if not isinstance(cols, (list, tuple)) or not all(isinstance(c, str) for c in cols):
+            raise InputError("collections must be a list of collection names")
+        base = cls()
+        return cls(
+            n=data.get("n", base.n),
+            collections=tuple(cols),
+            min_score=data.get("min_score", base.min_score),
+            full=data.get("full", base.full),
+            expand=data.get("expand", base.expand),
+            rerank=data.get("rerank", base.rerank),
+            candidates=data.get("candidates", base.candidates),
+            explain=data.get("explain", base.explain),
+            fusion=data.get("fusion", base.fusion),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "collections": list(self.collections), "min_score": self.min_score, "full": self.full,
+                "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain,
+                "fusion": self.fusion}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def check_collections(self, known: Sequence[str]) -> None:
+        missing = [c for c in self.collections if c not in known]
+        if missing:
+            raise InputError(f"unknown collection {missing[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
+
+
+@dataclass
+class Hit:
+    """One document in a result list."""
+
+    docid: str
+    collection: str
+    path: str
+    title: str
+    score: float
+    line: int
+    snippet: str
+    hash: str = field(default="", repr=False)
+    body: str | None = field(default=None, repr=False)
+    explain: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def file(self) -> str:
+        return f"{self.collection}/{self.path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("hash")
+        d["docid"] = "#" + self.docid
+        d["file"] = self.file
+        d["score"] = round(self.score, 4)
+        if self.body is None:
+            d.pop("body")
+        if not self.explain:
+            d.pop("explain")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Hit:
+        return cls(
+            docid=str(d["docid"]).lstrip("#"), collection=d["collection"], path=d["path"], title=d["title"],
+            score=float(d["score"]), line=int(d["line"]), snippet=d["snippet"], body=d.get("body"),
+            explain=d.get("explain") or {},
+        )
+
+
+def clip(text: str, limit: int = SNIPPET_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def hit_of(doc: DocRow, score: float, line: int, snippet: str, body: str | None) -> Hit:
+    return Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title, score=score,
+               line=line, snippet=snippet, hash=doc.hash, body=body)

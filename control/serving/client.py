@@ -1,0 +1,183 @@
+"""A thin Triton client over HTTP or gRPC for the qmd models.
+
+Example:
+    >>> with QmdClient("127.0.0.1:8000", "http") as c:
+    ...     vectors = c.embed(["hello", "你好"])
+    >>> vectors.shape
+    (2, 384)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from qmd_triton import contracts
+from qmd_triton.contracts import (
+    ATTENTION_MASK,
+    EMBEDDING,
+    INPUT_IDS,
+    KIND,
+    KIND_DOCUMENT,
+    OPTIONS,
+    QUERY,
+    RESULTS,
+    TEXT,
+)
+from qmd_triton.errors import InferenceError, InputError, ServerUnavailable
+from qmd_triton.progress import Count, uncounted
+
+
+class QmdClient:
+    """Sends requests to one server; batches larger than ``max_batch`` are split."""
+
+    def __init__(self, url: str, protocol: str = "http", timeout_s: float = 60.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise InputError(f"protocol must be http or grpc, got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        self._mod = module
+        self._utils = __import__("tritonclient.utils", fromlist=["InferenceServerException"])
+        kwargs: dict[str, Any] = {}
+        if protocol == "http":
+            kwargs = {"connection_timeout": timeout_s, "network_timeout": timeout_s}
+        self._client = module.InferenceServerClient(url=url, **kwargs)
+
+    def __enter__(self) -> QmdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection is not an error
+            pass
+
+    def _unavailable(self, e: Exception) -> ServerUnavailable:
+        return ServerUnavailable(
+            f"no Triton server answers at {self.url} ({self.protocol}): {_short(e)}; start one with `qmdctl up`"
+        )
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:  # noqa: BLE001 - any transport failure means "not ready"
+            return False
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """One request; ``InferenceError`` carries the server's message."""
+        spec = contracts.model(model)
+        tensors = []
+        for name, array in inputs.items():
+            dtype = next((t.dtype for t in spec.inputs if t.name == name), None)
+            wire = dtype.wire if dtype else self._utils.np_to_triton_dtype(array.dtype)
+            t = self._mod.InferInput(name, list(array.shape), wire)
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        requested = [self._mod.InferRequestedOutput(n) for n in outputs]
+        try:
+            kwargs: dict[str, Any] = {}
+            if self.protocol == "grpc":
+                kwargs["client_timeout"] = self.timeout_s
+            result = self._client.infer(model, tensors, outputs=requested, **kwargs)
+        except self._utils.InferenceServerException as e:
+            status = str(e.status() or "")
+            if "UNAVAILABLE" in status or "Connection refused" in str(e) or "StatusCode.UNAVAILABLE" in status:
+                raise self._unavailable(e) from None
+            raise InferenceError(f"{model}: {_short(e)}") from None
+        except (ConnectionError, OSError) as e:
+            raise self._unavailable(e) from None
+        return {n: result.as_numpy(n) for n in outputs}
+
+    def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, batch: int = contracts.MAX_BATCH) -> np.ndarray:
+        """Embeddings ``[len(texts), dim]``; documents through ``qmd_embed``, queries via ``kind``."""
+        if not texts:
+            raise InputError("nothing to embed")
+        parts = []
+        for start in range(0, len(texts), batch):
+            chunk = texts[start : start + batch]
+            column = np.array([t.encode("utf-8") for t in chunk], dtype=np.object_).reshape(-1, 1)
+            if kind == KIND_DOCUMENT:
+                out = self.infer(contracts.EMBED.name, {TEXT: column}, [EMBEDDING])
+            else:
+                kinds = np.array([kind.encode()] * len(chunk), dtype=np.object_).reshape(-1, 1)
+                tok = self.infer(contracts.TOKENIZE.name, {TEXT: column, KIND: kinds}, [INPUT_IDS, ATTENTION_MASK])
+                out = self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING])
+            parts.append(out[EMBEDDING])
+        return np.concatenate(parts, axis=0)
+
+    def search(self, model: str, query: str, options: str) -> list[dict]:
+        """Runs a search model (``qmd_search``, ``qmd_vsearch``, ``qmd_query``); returns its hits."""
+        out = self.infer(
+            model,
+            {QUERY: np.array([query.encode("utf-8")], dtype=np.object_),
+             OPTIONS: np.array([options.encode("utf-8")], dtype=np.object_)},
+            [RESULTS],
+        )
+        raw = out[RESULTS].reshape(-1)[0]
+        return json.loads(raw)
+
+    def statistics(self, model: str = "") -> dict:
+        """Triton's per-model inference statistics as a dict."""
+        try:
+            if self.protocol == "grpc":
+                return self._client.get_inference_statistics(model_name=model, as_json=True)
+            return self._client.get_inference_statistics(model_name=model)
+        except self._utils.InferenceServerException as e:
+            raise InferenceError(_short(e)) from None
+        except (ConnectionError, OSError) as e:
+            raise self._unavailable(e) from None
+
+
+def _short(e: Exception) -> str:
+    text = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+    text = (text or type(e).__name__).strip()
+    return text.splitlines()[0][:300]
+
+
+class TritonEmbedder:
+    """``qmd_embed`` of a running server, as an embedder for ``embed`` (one client per thread)."""
+
+    name = "triton"
+
+    def __init__(self, settings: Any) -> None:
+        from qmd_triton.index.fingerprint import embedding_setup
+
+        self.settings = settings
+        self._setup = embedding_setup(settings.model_repository)
+        self._local = threading.local()
+
+    def _client(self) -> QmdClient:
+        if not hasattr(self._local, "client"):
+            self._local.client = QmdClient(self.settings.url(), self.settings.protocol, self.settings.request_timeout_s)
+        return self._local.client
+
+    def setup(self) -> Any:
+        return self._setup
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._client().embed(list(texts))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._client().embed([text], kind=contracts.KIND_QUERY)[0]
+
+
+def embed_index(settings: Any, *, embedder: Any = None, force: bool = False, batch_size: int = 32,
+                concurrency: int = 4, progress: Count = uncounted, stop: threading.Event | None = None) -> Any:
+    """Chunks and embeds everything pending in the settings' index (through the server by default)."""
+    from qmd_triton.index.embed import embed_pending
+    from qmd_triton.index.store import IndexStore
+
+    embedder = embedder or TritonEmbedder(settings)
+    with IndexStore.open(settings.index_path) as store:
+        return embed_pending(store, embedder.setup(), lambda: embedder.embed, force=force, batch_size=batch_size,
+                             concurrency=concurrency, progress=progress, stop=stop)

@@ -1,0 +1,425 @@
+"""Starts, finds and stops the local tritonserver (the one in the ``nvidia-pytriton`` wheel).
+
+``start`` assembles a backend directory (pytriton's python backend, the stub for
+the running Python, the project's Python-based ``onnxruntime`` backend), checks
+ports and artifacts, launches the server in its own process group on 127.0.0.1,
+records its pid and log file in ``$QMD_HOME/run/server.json`` and waits until it
+is ready. ``stop`` ends only a server whose state file it wrote.
+
+Example:
+    >>> info = start(Settings.load(), progress=print)
+    >>> status(Settings.load()).ready
+    True
+    >>> stop(Settings.load())
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qmd_triton.errors import ServerError, ServerUnavailable
+from qmd_triton.progress import Progress, silent
+from qmd_triton.serving.repository import require_artifacts
+from qmd_triton.settings import PACKAGE_DIR, Settings
+from qmd_triton.system import procs
+from qmd_triton.system.net import WaitTimeout, http_ok, port_in_use, wait_until
+
+STATE_FILE = "server.json"
+LOG_FILE = "tritonserver.log"
+PID_FILE = "tritonserver.pid"
+LOCK_FILE = "start.lock"
+BACKENDS_DIR = "backends"
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+STUB = "triton_python_backend_stub"
+_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What ``start`` records about a server it launched."""
+
+    pid: int
+    pgid: int
+    binary: str
+    log: str
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    model_repository: str
+    started_at: float
+    start_ticks: int = -1  # the leader's start time (clock ticks since boot): proves a pid is still ours
+    backends: str = ""  # the backend directory its python stubs run from
+
+    @property
+    def owned(self) -> procs.Owned:
+        return procs.Owned(self.pid, self.binary, self.start_ticks)
+
+    def members(self) -> list[int]:
+        """The server and the backend stubs of its process group that are provably ours."""
+        allowed = [self.binary] + ([self.backends] if self.backends else [])
+        return procs.owned_members(self.pgid, max(self.start_ticks, 0), allowed)
+
+
+@dataclass
+class ServerStatus:
+    """Liveness and per-model state, as ``qmdctl status`` shows it."""
+
+    url: str
+    live: bool
+    ready: bool
+    managed: bool
+    pid: int | None = None
+    log: str | None = None
+    models: list[dict] = field(default_factory=list)
+
+
+def pytriton_dir() -> Path:
+    """``<site-packages>/pytriton/tritonserver`` of the installed wheel."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("tritonserver is not installed; `pip install nvidia-pytriton==0.7.0`")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"{root}/bin/tritonserver is missing; reinstall nvidia-pytriton")
+    return root
+
+
+def project_backends_dir() -> Path:
+    """The project's Python-based backends shipped inside the package."""
+    return PACKAGE_DIR / "serving" / "backends"
+
+
+def assemble_backends(target: Path) -> Path:
+    """Builds the ``--backend-directory`` for the local server and returns it.
+
+    Rebuilt on every start (cheap: links and one small copy) so that an upgraded
+    wheel or project never leaves a stale stub behind.
+    """
+    root = pytriton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"pytriton ships no python backend stub for Python {version}")
+    if target.exists():
+        shutil.rmtree(target)
+    python = target / "python"
+    python.mkdir(parents=True)
+    # Copies, not links: Triton refuses backend libraries that resolve outside the backend dir.
+    for f in (root / "backends" / "python").iterdir():
+        if f.is_file():
+            shutil.copy2(f, python / f.name)
+    shutil.copy2(stub, python / stub.name)
+    for backend in project_backends_dir().iterdir():
+        if (backend / "model.py").is_file():
+            (target / backend.name).mkdir()
+            shutil.copy2(backend / "model.py", target / backend.name / "model.py")
+    return target
+
+
+def server_environment(settings: Settings | None = None) -> dict[str, str]:
+    """PATH led by this venv's bin (the stub finds site-packages through it) and libpython on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    # The copied stub loses its RPATH to the wheel's bundled libraries (libcudart, ...).
+    bundled = str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, bundled, env.get("LD_LIBRARY_PATH", "")) if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if settings is not None:
+        # The search models find the index the way the CLI does: through QMD_HOME.
+        env["QMD_HOME"] = str(settings.home.resolve())
+    return env
+
+
+def read_state(settings: Settings) -> ServerState | None:
+    path = settings.run_dir / STATE_FILE
+    try:
+        return ServerState(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)  # a torn or foreign file is not a server we started
+        return None
+
+
+def _log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    """The server log's error lines (``E...``), else its last lines; tables left out."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no server log)"
+    errors = [line for line in text if line[:1] == "E" and line[1:5].isdigit()]
+    chosen = errors or [line for line in text if not line.startswith(("|", "+"))]
+    return "\n".join(line[:400] for line in chosen[-lines:])
+
+
+def _load_failure(path: Path) -> str | None:
+    """The first model-load error in a server log, as one line."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("E") and re.search(r"failed to load '[^']+' version", line):
+            message = line.split("] ", 1)[-1].strip().strip('"')
+            # The python backend appends the stub's traceback as escaped newlines.
+            return message.split("\\n")[0].strip()
+    for line in lines:
+        if "error while loading shared libraries" in line:
+            return line.strip()
+    return None
+
+
+@contextmanager
+def start_lock(settings: Settings, progress: Progress = silent) -> Iterator[None]:
+    """One start at a time per home: a second ``qmdctl`` that wants the server waits for the first."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.run_dir / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("another qmdctl is starting the server; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start(
+    settings: Settings,
+    *,
+    log_verbose: int = 0,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    extra_args: tuple[str, ...] = (),
+    progress: Progress = silent,
+) -> ServerState:
+    """Launches tritonserver and waits until it is ready; raises ``ServerError`` otherwise."""
+    with start_lock(settings, progress):
+        return _start(settings, log_verbose, cache_bytes, extra_args, progress)
+
+
+def ensure_running(settings: Settings, progress: Progress = silent, warn: Progress = silent) -> bool:
+    """Starts the local server when nothing answers at the configured address; True when it started one.
+
+    Several commands may call this at once: one starts the server, the others wait for it
+    and find it ready.
+    """
+    if http_ok(f"http://{settings.http_url}/v2/health/ready", timeout=2.0):
+        recorded = read_state(settings)
+        if recorded is None or recorded.http_port != settings.http_port:
+            warn(f"the server at {settings.http_url} was not started from {settings.home}; "
+                 "it searches the index of the home it was started with")
+        return False
+    with start_lock(settings, progress):
+        state = read_state(settings)
+        if state is not None and procs.is_running(state.owned):
+            # another command started it while this one waited for the lock
+            try:
+                wait_until(lambda: http_ok(f"http://{settings.http_url}/v2/health/ready"), settings.startup_timeout_s,
+                           give_up=lambda: None if procs.is_running(state.owned) else "the server exited")
+                return False
+            except WaitTimeout as e:
+                raise ServerError(f"the local server (pid {state.pid}) is running but not ready: {e}; "
+                                  f"see {state.log}") from None
+        progress(f"no server answers at {settings.url()}; starting the local one")
+        _start(settings, 0, DEFAULT_CACHE_BYTES, (), progress)
+        return True
+
+
+def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: tuple[str, ...],
+           progress: Progress) -> ServerState:
+    state = read_state(settings)
+    if state and procs.is_running(state.owned):
+        raise ServerError(
+            f"a qmd-triton server is already running (pid {state.pid}, http {state.host}:{state.http_port}); "
+            "run `qmdctl down` first"
+        )
+    if state:
+        _stop_members(state, timeout=5)  # stubs orphaned by a server that died
+        _clear_state(settings)
+    ports = {"http": settings.http_port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise ServerError(f"the http, grpc and metrics ports must differ, got {ports}")
+    for name, port in ports.items():
+        if port_in_use(settings.host, port):
+            raise ServerError(
+                f"port {port} ({name}) on {settings.host} is already in use; pick another with --{name}-port"
+            )
+    require_artifacts(settings.model_repository)
+
+    run = settings.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    backends = assemble_backends(run / BACKENDS_DIR)
+    root = pytriton_dir()
+    binary = str(root / "bin" / "tritonserver")
+    log_path = run / LOG_FILE
+    if log_path.exists():
+        os.replace(log_path, run / (LOG_FILE + ".1"))
+    cmd = [
+        binary,
+        f"--model-repository={settings.model_repository.resolve()}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={root / 'caches'}",
+        f"--cache-config=local,size={cache_bytes}",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=true",
+        "--disable-auto-complete-config",
+        "--exit-timeout-secs=10",
+        f"--log-verbose={log_verbose}",
+        "--backend-config=python,shm-default-byte-size=4194304",
+        "--backend-config=python,shm-growth-byte-size=4194304",
+        *extra_args,
+    ]
+    progress(f"starting tritonserver on {settings.host} (http {settings.http_port}, grpc {settings.grpc_port})")
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(settings),
+            start_new_session=True,
+        )
+    owned = procs.identify(proc.pid, binary)
+    state = ServerState(
+        pid=proc.pid,
+        pgid=proc.pid,
+        binary=binary,
+        log=str(log_path),
+        host=settings.host,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        metrics_port=settings.metrics_port,
+        model_repository=str(settings.model_repository.resolve()),
+        started_at=time.time(),
+        start_ticks=owned.start_ticks,
+        backends=str(backends),
+    )
+    _write_state(settings, state)
+
+    def failed() -> str | None:
+        code = proc.poll()
+        if code is not None:
+            return _load_failure(log_path) or f"tritonserver exited with status {code}"
+        # Triton would exit on its own once every model was tried; a stub that cannot
+        # start can keep it waiting for minutes, so stop at the first load failure.
+        return _load_failure(log_path)
+
+    try:
+        wait_until(lambda: http_ok(f"http://{settings.http_url}/v2/health/ready"), settings.startup_timeout_s,
+                   interval_s=0.25, give_up=failed, note=lambda _s: progress("waiting for models to load ..."))
+    except WaitTimeout as e:
+        _stop_members(state, timeout=5)
+        procs.reap(proc.pid)
+        _clear_state(settings)
+        reason = str(e)
+        if reason.startswith("not ready after"):
+            reason = f"tritonserver was {reason}"
+        raise ServerError(f"{reason}\nserver log {log_path}:\n{_log_tail(log_path)}") from None
+    progress(f"tritonserver ready (pid {proc.pid}, log {log_path})")
+    return state
+
+
+def _write_state(settings: Settings, state: ServerState) -> None:
+    path = settings.run_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, path)
+    (settings.run_dir / PID_FILE).write_text(f"{state.pid}\n")  # for systemd's PIDFile=
+
+
+def _clear_state(settings: Settings) -> None:
+    (settings.run_dir / STATE_FILE).unlink(missing_ok=True)
+    (settings.run_dir / PID_FILE).unlink(missing_ok=True)
+
+
+def _stop_members(state: ServerState, timeout: float = 30.0) -> None:
+    """SIGTERM to the server and its stubs (only those provably ours), SIGKILL after ``timeout``."""
+    procs.stop_members(state.members, timeout_s=timeout, leader=state.pid)
+
+
+def server_pids(state: ServerState) -> list[int]:
+    """The running processes of a server we started: tritonserver and its python backend stubs."""
+    return state.members()
+
+
+def stop(settings: Settings, progress: Progress = silent) -> ServerState:
+    """Stops the server that ``start`` recorded; never touches any other process."""
+    state = read_state(settings)
+    if state is None:
+        raise ServerError(f"no server started by qmdctl is recorded in {settings.run_dir / STATE_FILE}")
+    if not procs.is_running(state.owned):
+        _stop_members(state, timeout=5)  # stubs orphaned by a crashed server: only those provably ours
+        _clear_state(settings)
+        raise ServerError(f"the recorded server (pid {state.pid}) is not running; removed its stale state")
+    progress(f"stopping tritonserver (pid {state.pid})")
+    _stop_members(state)
+    _clear_state(settings)
+    return state
+
+
+def status(settings: Settings) -> ServerStatus:
+    """Liveness, readiness and each model's state from the server's HTTP API."""
+    state = read_state(settings)
+    managed = bool(state and procs.is_running(state.owned))
+    host, port = (state.host, state.http_port) if managed and state else (settings.host, settings.http_port)
+    base = f"http://{host}:{port}"
+    result = ServerStatus(
+        url=f"{host}:{port}",
+        live=http_ok(f"{base}/v2/health/live"),
+        ready=http_ok(f"{base}/v2/health/ready"),
+        managed=managed,
+        pid=state.pid if managed and state else None,
+        log=state.log if managed and state else None,
+    )
+    if result.live:
+        result.models = repository_index(base)
+    return result
+
+
+def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:
+    """``POST /v2/repository/index``: name, version, state and reason of every model.
+
+    ``headers`` carries the key of a server started with ``--http-restricted-api=model-repository:KEY=VALUE``.
+    """
+    req = urllib.request.Request(f"{base_url}/v2/repository/index", data=b"{}", method="POST",
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            entries = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ServerUnavailable(f"cannot read the model index from {base_url}: {e}") from None
+    return [
+        {
+            "name": e.get("name", ""),
+            "version": e.get("version", ""),
+            "state": e.get("state", "UNKNOWN"),
+            "reason": e.get("reason", ""),
+        }
+        for e in sorted(entries, key=lambda e: e.get("name", ""))
+    ]

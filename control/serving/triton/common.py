@@ -1,0 +1,113 @@
+"""Helpers shared by the Python models that run inside Triton's python backend.
+
+``triton_python_backend_utils`` exists only inside the backend's stub process,
+so it is imported lazily; the rest of this module is plain Python and unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def pb() -> Any:
+    """The ``triton_python_backend_utils`` module (only importable inside Triton)."""
+    import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+    return pb_utils
+
+
+def parse_model_config(args: dict[str, str]) -> dict[str, Any]:
+    return json.loads(args["model_config"])
+
+
+def parameter(config: dict[str, Any], key: str, default: str) -> str:
+    """A ``parameters { key: ... value: { string_value: ... } }`` entry, or the default."""
+    entry = config.get("parameters", {}).get(key)
+    if not entry:
+        return default
+    value = entry.get("string_value", default)
+    return default if value in ("", None) else str(value)
+
+
+def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
+    raw = parameter(config, key, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"parameter {key} must be an integer, got {raw!r}") from None
+
+
+def index_path(config: dict[str, Any]) -> Path:
+    """The ``index_path`` parameter with ``$VARS`` expanded; empty means the user's default index.
+
+    The default follows ``QMD_HOME`` like the CLI does, so ``qmdctl up --home X``
+    (which exports ``QMD_HOME=X`` to the server) serves the index of X.
+    """
+    raw = parameter(config, "index_path", "")
+    if raw:
+        return Path(os.path.expandvars(raw)).expanduser()
+    from qmd_triton.settings import default_home
+
+    return default_home() / "index.sqlite"
+
+
+def output_dtype(config: dict[str, Any], name: str) -> type:
+    """The numpy dtype the config declares for an output (not hard-coded in models)."""
+    utils = pb()
+    out = utils.get_output_config_by_name(config, name)
+    if out is None:
+        raise ValueError(f"config declares no output {name!r}")
+    return utils.triton_string_to_numpy(out["data_type"])
+
+
+class TritonLogHandler(logging.Handler):
+    """Routes the core library's ``logging`` records into Triton's server log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = pb().Logger
+        msg = self.format(record)
+        if record.levelno >= logging.ERROR:
+            logger.log_error(msg)
+        elif record.levelno >= logging.WARNING:
+            logger.log_warn(msg)
+        elif record.levelno >= logging.INFO:
+            logger.log_info(msg)
+        else:
+            logger.log_verbose(msg)
+
+
+def route_logging() -> None:
+    root = logging.getLogger("qmd_triton")
+    if not any(isinstance(h, TritonLogHandler) for h in root.handlers):
+        root.addHandler(TritonLogHandler())
+        root.setLevel(logging.INFO)
+
+
+def error_response(message: str) -> Any:
+    utils = pb()
+    return utils.InferenceResponse(
+        output_tensors=[], error=utils.TritonError(message, utils.TritonError.INVALID_ARG)
+    )
+
+
+def respond_each(requests: list, handle: Callable[[Any], Any], expected: tuple[type, ...]) -> list:
+    """Runs ``handle`` per request; an expected error fails only its own request."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except expected as e:
+            responses.append(error_response(str(e)))
+    return responses
+
+
+def bytes_column(array: np.ndarray) -> list[bytes]:
+    """A ``[batch, 1]`` BYTES tensor -> one bytes value per row."""
+    return [v if isinstance(v, (bytes, str)) else bytes(v) for v in array.reshape(-1)]

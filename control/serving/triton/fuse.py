@@ -1,0 +1,78 @@
+"""``qmd_fuse``: the last step of ``qmd_query`` — reranker scores meet the RRF order.
+
+Parameter ``fusion``: ``rerank`` (order by the cross-encoder's probability) or
+``blend`` (tobi/qmd's position-aware mix of RRF rank and reranker probability).
+The default is what ``qmdctl eval`` measured best (docs/search.md). With
+``rerank: false`` in the options, or no candidates, the RRF order stands.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from qmd_triton.contracts import CANDIDATES, LOGIT, RESULTS
+from qmd_triton.errors import InputError
+from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, sigmoid
+from qmd_triton.serving.triton import common
+
+
+def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
+    """Final hits (dicts) from retrieve's payload and the reranker's logits."""
+    plan, cands = payload["plan"], payload["candidates"]
+    options = plan["options"]
+    if not cands:
+        return []
+    reranked = options.get("rerank", True) and len(logits) == len(cands)
+    probs = [sigmoid(float(x)) for x in logits.reshape(-1)] if reranked else None
+    fusion = options.get("fusion") or fusion
+    order = final_order([c["explain"]["rrf_rank"] for c in cands], probs, fusion)
+    out = []
+    for i, score in order:
+        hit = dict(cands[i])
+        explain = hit.pop("explain")
+        if probs is not None:
+            explain["rerank"] = round(probs[i], 5)
+            explain["fusion"] = fusion
+            # the share of the score that the retrieval position carries (0 when the reranker alone orders)
+            explain["blend_weight"] = blend_weight(explain["rrf_rank"]) if fusion == "blend" else 0.0
+        explain["expansion"] = plan.get("expansion", {})
+        explain["candidates"] = len(cands)
+        if "candidate_limit" in payload:
+            explain["candidate_limit"] = payload["candidate_limit"]
+        hit["score"] = round(min(1.0, score), 4)
+        if hit["score"] < options.get("min_score", 0.0):
+            continue
+        if options.get("explain"):
+            hit["explain"] = explain
+        out.append(hit)
+        if len(out) >= options.get("n", 10):
+            break
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        utils = common.pb()
+        common.route_logging()
+        config = common.parse_model_config(args)
+        self.fusion = common.parameter(config, "fusion", "rerank")
+        if self.fusion not in FUSIONS:
+            raise utils.TritonModelException(f"qmd_fuse: fusion must be one of {', '.join(FUSIONS)}")
+
+    def execute(self, requests: list) -> list:
+        utils = common.pb()
+
+        def handle(request):
+            raw = common.bytes_column(utils.get_input_tensor_by_name(request, CANDIDATES).as_numpy())[0]
+            try:
+                payload = json.loads(raw)
+            except ValueError as e:
+                raise InputError(f"candidates is not JSON: {e}") from None
+            logits = utils.get_input_tensor_by_name(request, LOGIT).as_numpy()
+            hits = fuse(payload, logits, self.fusion)
+            body = json.dumps(hits, ensure_ascii=False).encode("utf-8")
+            return utils.InferenceResponse(output_tensors=[utils.Tensor(RESULTS, np.array([body], dtype=np.object_))])
+
+        return common.respond_each(requests, handle, (InputError, KeyError))

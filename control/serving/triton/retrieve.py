@@ -1,0 +1,107 @@
+"""``qmd_retrieve``: the index side of ``qmd_vsearch`` and ``qmd_query``.
+
+For a ``vsearch`` plan: exact vector search with the query's embedding; the
+``candidates`` output is the final result list. For a ``query`` plan: a BM25 list
+per lexical query and a vector list per embedded query, fused by RRF into at most
+``candidates`` documents, each with its best chunk; the output is
+``{"plan", "candidates"}`` for ``qmd_fuse``, and the (query, best chunk) pairs are
+tokenized for ``qmd_rerank_model`` with the reranker's own tokenizer. When the
+plan says ``rerank: false`` a single placeholder pair is sent instead (ensembles
+are static: the reranker step always runs).
+
+The index must have been embedded with the model this server serves: its
+fingerprint is compared with this repository's on every request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qmd_triton.contracts import (
+    CANDIDATES,
+    PAIR_ATTENTION_MASK,
+    PAIR_INPUT_IDS,
+    PAIR_TOKEN_TYPE_IDS,
+    PLAN_JSON,
+    QUERY_EMBEDDINGS,
+    RERANK_MODEL,
+)
+from qmd_triton.errors import ArtifactMissing, FingerprintMismatch, InputError, QmdError
+from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id
+from qmd_triton.index.store import IndexHandle
+from qmd_triton.search.hybrid import Plan, clamp_candidates, hybrid_candidates
+from qmd_triton.search.vectors import VectorIndex
+from qmd_triton.serving.triton import common
+from qmd_triton.text.tokenization import PairEncoder
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        utils = common.pb()
+        common.route_logging()
+        config = common.parse_model_config(args)
+        self.handle = IndexHandle(common.index_path(config))
+        repo = Path(args["model_repository"]).parent
+        try:
+            self.fingerprint = embedding_setup(repo).fingerprint
+            self.pairs = PairEncoder(repo / RERANK_MODEL.name / "1" / "tokenizer.json",
+                                     max_length=common.int_parameter(config, "rerank_max_length", 512),
+                                     buckets=common.parameter(config, "rerank_length_buckets", ""))
+        except (QmdError, OSError) as e:
+            raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
+        self.fingerprint_id = fingerprint_id(self.fingerprint)
+        self.vectors: VectorIndex | None = None
+
+    def _index(self) -> VectorIndex:
+        store = self.handle.get()
+        if self.vectors is None or self.vectors.store is not store:
+            self.vectors = VectorIndex(store)
+        stored = store.fingerprint()
+        if stored is None:
+            raise ArtifactMissing("the index has no vectors yet; run `qmdctl embed`")
+        if fingerprint_id(stored) != self.fingerprint_id:
+            diff = sorted(k for k in set(stored) | set(self.fingerprint) if stored.get(k) != self.fingerprint.get(k))
+            raise FingerprintMismatch(
+                f"the index was embedded with a different {', '.join(diff)} than this server's model; "
+                "run `qmdctl embed --force`"
+            )
+        return self.vectors
+
+    def _response(self, payload: object, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]):
+        utils = common.pb()
+        ids, mask, types = pairs
+        return utils.InferenceResponse(output_tensors=[
+            utils.Tensor(CANDIDATES, np.array([json.dumps(payload, ensure_ascii=False).encode("utf-8")],
+                                              dtype=np.object_)),
+            utils.Tensor(PAIR_INPUT_IDS, ids),
+            utils.Tensor(PAIR_ATTENTION_MASK, mask),
+            utils.Tensor(PAIR_TOKEN_TYPE_IDS, types),
+        ])
+
+    def execute(self, requests: list) -> list:
+        utils = common.pb()
+
+        def handle(request):
+            plan = Plan.from_json(common.bytes_column(
+                utils.get_input_tensor_by_name(request, PLAN_JSON).as_numpy())[0])
+            embeddings = utils.get_input_tensor_by_name(request, QUERY_EMBEDDINGS).as_numpy()
+            vectors = self._index()
+            if plan.mode == "vsearch":
+                hits = vectors.search(embeddings[0], plan.search_options)
+                return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
+            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings)
+            payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
+                       "candidate_limit": clamp_candidates(plan.search_options)}
+            if cands and plan.search_options.rerank:
+                pairs = self.pairs.encode(plan.query, [c.passage for c in cands])
+            else:
+                pairs = self.pairs.encode("", ["-"])
+            return self._response(payload, pairs)
+
+        return common.respond_each(requests, handle, (QmdError, InputError))
+
+    def finalize(self) -> None:
+        self.handle.close()

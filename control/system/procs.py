@@ -1,0 +1,148 @@
+"""Processes we start, and proof that a pid is still one of them before anything signals it.
+
+A pid in a state file may have been reused by an unrelated process since it was
+written. A process is ours only when its pid, its start time (``/proc/PID/stat``
+field 22, in clock ticks since boot) and its executable all match what was
+recorded when we started it. Groups are signalled member by member, and only the
+members that prove to be ours.
+
+Example:
+    >>> proc = subprocess.Popen([binary, ...], start_new_session=True)
+    >>> me = identify(proc.pid, binary)
+    >>> is_running(me)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def process_group(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields and len(fields) > 2 else None
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] == "Z"
+
+
+def executable(pid: int) -> str | None:
+    """argv[0] of a process (what it was started as), or None when it is gone or not readable."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A process we started: enough to recognise it later and never mistake another for it."""
+
+    pid: int
+    binary: str
+    start_ticks: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def identify(pid: int, binary: str) -> Owned:
+    """Records a process we just started (call right after ``Popen``)."""
+    ticks = start_ticks(pid)
+    return Owned(pid, binary, ticks if ticks is not None else -1)
+
+
+def is_running(owned: Owned) -> bool:
+    """True when the pid still belongs to the process we recorded, alive (not a zombie)."""
+    ticks = start_ticks(owned.pid)
+    if ticks is None or (owned.start_ticks >= 0 and ticks != owned.start_ticks) or is_zombie(owned.pid):
+        return False
+    return executable(owned.pid) == owned.binary
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids whose process group is ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and process_group(int(entry.name)) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
+def owned_members(pgid: int, since_ticks: int, binaries: Iterable[str]) -> list[int]:
+    """Members of a group we started that are provably ours: started no earlier than its leader,
+    running one of the executables (or from inside one of the folders) we launch there."""
+    allowed = tuple(binaries)
+    out = []
+    for pid in group_members(pgid):
+        ticks = start_ticks(pid)
+        exe = executable(pid) or ""
+        if ticks is not None and ticks >= since_ticks and any(exe == b or exe.startswith(b.rstrip("/") + "/")
+                                                               for b in allowed):
+            out.append(pid)
+    return out
+
+
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def reap(pid: int) -> None:
+    """Collects the exit status of a child of ours so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
+    """SIGTERM to ``members()``, SIGKILL to what is left after ``timeout_s``; True when none is left."""
+    signal_pids(members(), signal.SIGTERM)
+    for sig, wait_s in ((None, timeout_s), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            signal_pids(members(), sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if leader is not None:
+                reap(leader)
+            if not [p for p in members() if not is_zombie(p)]:
+                return True
+            time.sleep(0.1)
+    return not members()
+
+
+def group_rss_bytes(pids: Iterable[int]) -> int:
+    """Resident memory of the given processes (a server and its backend stubs)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total

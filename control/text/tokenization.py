@@ -1,0 +1,278 @@
+"""Text -> token ids, shared by the ``qmd_tokenize`` Triton model and in-process baselines.
+
+Texts are wrapped in a prompt format (query or document), tokenized with the
+fast ``tokenizers`` library, truncated to the model's maximum length and padded
+to a *length bucket*. Buckets exist for Triton's dynamic batcher: it merges only
+requests whose shapes match, so padding every request to one of a few lengths
+lets requests of similar length share a batch.
+
+Example:
+    >>> enc = TextEncoder.from_dir(Path("model_repository/qmd_tokenize/1"))
+    >>> ids, mask = enc.encode(["hello world"], kind="query")
+    >>> ids.shape
+    (1, 16)
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qmd_triton.contracts import KIND_DOCUMENT, KIND_QUERY, PROMPT_KINDS
+from qmd_triton.errors import ArtifactMissing, ConfigError, InputError
+
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "export.json"
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+PARALLEL_MIN_TEXTS = 16  # below this, tokenize on the calling thread
+# A token covers at most this many characters in practice; longer texts are cut
+# before tokenizing so a 1 MB request costs no more than a long one.
+_CHARS_PER_TOKEN_BOUND = 48
+
+
+@dataclass(frozen=True)
+class PromptFormats:
+    """How a text is wrapped before embedding; ``{text}`` marks where it goes."""
+
+    query: str = "{text}"
+    document: str = "{text}"
+
+    def __post_init__(self) -> None:
+        for kind in PROMPT_KINDS:
+            fmt = getattr(self, kind)
+            if fmt.count("{text}") != 1:
+                raise ConfigError(f"{kind}_prompt must contain '{{text}}' exactly once, got {fmt!r}")
+
+    def apply(self, text: str, kind: str) -> str:
+        if kind == KIND_QUERY:
+            return self.query.replace("{text}", text)
+        if kind == KIND_DOCUMENT:
+            return self.document.replace("{text}", text)
+        raise InputError(f"kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+
+
+def parse_buckets(spec: str | Sequence[int] | None, max_length: int) -> tuple[int, ...]:
+    """Parses ``"16,32,64"``; an empty spec means "pad to the longest text".
+
+    Buckets above ``max_length`` are dropped and ``max_length`` itself is always a
+    bucket, so every encoded text fits one.
+    """
+    if spec is None:
+        values: list[int] = list(DEFAULT_BUCKETS)
+    elif isinstance(spec, str):
+        if not spec.strip():
+            return ()
+        try:
+            values = [int(v) for v in spec.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ConfigError(f"length_buckets must be comma-separated integers, got {spec!r}") from None
+    else:
+        values = [int(v) for v in spec]
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"length buckets must be positive, got {values}")
+    kept = sorted({v for v in values if v < max_length} | {max_length})
+    return tuple(kept)
+
+
+def bucket_for(length: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds ``length`` tokens (``length`` if none)."""
+    if not buckets:
+        return length
+    i = bisect_left(buckets, length)
+    return buckets[i] if i < len(buckets) else length
+
+
+def decode_text(raw: bytes | str, index: int) -> str:
+    """UTF-8 bytes from a BYTES tensor -> str, with a precise error for bad bytes."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"text[{index}] is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+
+
+class TextEncoder:
+    """A tokenizer with a maximum length, prompt formats and length buckets."""
+
+    def __init__(
+        self,
+        tokenizer_path: Path,
+        max_length: int,
+        prompts: PromptFormats = PromptFormats(),
+        buckets: str | Sequence[int] | None = None,
+    ) -> None:
+        from tokenizers import Tokenizer  # heavy import kept out of module import
+
+        if not tokenizer_path.is_file():
+            raise ArtifactMissing(f"{tokenizer_path} is missing; run `qmdctl export`")
+        if max_length < 2:
+            raise ConfigError(f"max_length must be at least 2, got {max_length}")
+        self.max_length = max_length
+        self.prompts = prompts
+        self.buckets = parse_buckets(buckets, max_length)
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length)
+        self._count = Tokenizer.from_file(str(tokenizer_path))
+        self._count.no_padding()
+        self._count.no_truncation()
+        padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
+        self.pad_id = int(padding.get("pad_id", 0))
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: Path,
+        max_length: int | None = None,
+        prompts: PromptFormats = PromptFormats(),
+        buckets: str | Sequence[int] | None = None,
+    ) -> TextEncoder:
+        """Loads ``tokenizer.json`` and the exporter's manifest from a version folder.
+
+        ``max_length`` is capped by the model's own limit recorded at export.
+        """
+        limit = read_manifest(directory).get("max_length")
+        if max_length is None or max_length <= 0:
+            max_length = int(limit or 512)
+        elif limit:
+            max_length = min(max_length, int(limit))
+        return cls(directory / TOKENIZER_FILE, max_length, prompts, buckets)
+
+    @classmethod
+    def from_repository(cls, repo: Path, buckets: str | Sequence[int] | None = "") -> TextEncoder:
+        """The encoder ``qmd_tokenize`` serves: its tokenizer, max length and prompt formats."""
+        from qmd_triton.contracts import TOKENIZE
+        from qmd_triton.model_config import parse_config, string_parameters
+
+        params = string_parameters(parse_config(Path(repo) / TOKENIZE.name / "config.pbtxt"))
+        prompts = PromptFormats(query=params.get("query_prompt") or "{text}",
+                                document=params.get("document_prompt") or "{text}")
+        return cls.from_dir(Path(repo) / TOKENIZE.name / "1", max_length=int(params.get("max_length") or 0) or None,
+                            prompts=prompts, buckets=buckets)
+
+    def _bounded(self, text: str) -> str:
+        """Cuts very long texts before tokenizing, keeping the result exact.
+
+        The cut is used only when its prefix alone already holds comfortably more
+        tokens than the maximum, so the first ``max_length`` tokens are the same
+        as those of the whole text.
+        """
+        limit = self.max_length * _CHARS_PER_TOKEN_BOUND
+        if len(text) <= limit:
+            return text
+        prefix = text[:limit]
+        if len(self._count.encode(prefix, add_special_tokens=False).ids) >= self.max_length + 8:
+            return prefix
+        return text
+
+    def encode(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(input_ids, attention_mask)`` as int64 ``[len(texts), bucket]``."""
+        return self.encode_mixed(texts, [kind] * len(texts))
+
+    def encode_mixed(self, texts: Sequence[str], kinds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`encode`, with a prompt kind per text."""
+        return self.pad(self.token_ids(texts, kinds))
+
+    def token_ids(self, texts: Sequence[str], kinds: Sequence[str]) -> list[list[int]]:
+        """Token ids per text (prompted, truncated, unpadded), tokenized in parallel."""
+        if len(texts) != len(kinds):
+            raise InputError(f"{len(texts)} texts but {len(kinds)} kinds")
+        if not texts:
+            raise InputError("no texts to encode")
+        prompted = [self._bounded(self.prompts.apply(t, k)) for t, k in zip(texts, kinds)]
+        if len(prompted) < PARALLEL_MIN_TEXTS:
+            # A handful of texts (what the server's batcher hands over): the tokenizers thread
+            # pool costs more than it saves and takes cores from the model (2x the tokenize
+            # time at concurrency 8 on 2 cores, perf/RESULTS.md).
+            return [self._tok.encode(p).ids for p in prompted]
+        return [e.ids for e in self._tok.encode_batch(prompted)]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Pads rows to the bucket of the longest: ``(input_ids, attention_mask)`` int64."""
+        longest = max(len(r) for r in rows)
+        width = bucket_for(longest, self.buckets)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a text without special tokens or truncation (for chunking)."""
+        return len(self._count.encode(text, add_special_tokens=False).ids)
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        """``count_tokens`` of many texts in one call."""
+        if not texts:
+            return []
+        return [len(r.ids) for r in self._count.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def read_manifest(directory: Path) -> dict:
+    """The exporter's ``export.json`` in a version folder, or ``{}`` if absent."""
+    path = directory / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable export manifest: {e}") from None
+
+
+class PairEncoder:
+    """(query, passage) pairs for a cross-encoder: ``input_ids``, ``attention_mask``, ``token_type_ids``.
+
+    Only the passage is truncated (the query is short and must survive whole);
+    rows are padded to the longest pair of the call.
+    """
+
+    def __init__(self, tokenizer_path: Path, max_length: int = 512, buckets: str | Sequence[int] | None = "") -> None:
+        from tokenizers import Tokenizer
+
+        if not tokenizer_path.is_file():
+            raise ArtifactMissing(f"{tokenizer_path} is missing; run `qmdctl export`")
+        self.max_length = max_length
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length, strategy="only_second")
+        self._single = Tokenizer.from_file(str(tokenizer_path))
+        self._single.no_padding()
+        self._single.no_truncation()
+        padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
+        self.pad_id = int(padding.get("pad_id", 0))
+        self.max_query_tokens = max(8, max_length // 4)
+        self.buckets = parse_buckets(buckets, max_length)
+
+    def _short_query(self, query: str) -> str:
+        """The query cut to a quarter of the window, so passages always keep room."""
+        enc = self._single.encode(query[: self.max_query_tokens * _CHARS_PER_TOKEN_BOUND], add_special_tokens=False)
+        if len(enc.ids) <= self.max_query_tokens:
+            return query
+        return query[: enc.offsets[self.max_query_tokens - 1][1]]
+
+    def encode(self, query: str, passages: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not passages:
+            raise InputError("no passages to pair with the query")
+        query = self._short_query(query)
+        # Cut very long passages first: only max_length tokens of them can count.
+        cut = [p[: self.max_length * _CHARS_PER_TOKEN_BOUND] for p in passages]
+        encodings = self._tok.encode_batch([(query, p) for p in cut])
+        width = bucket_for(max(len(e.ids) for e in encodings), self.buckets)
+        ids = np.full((len(cut), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(cut), width), dtype=np.int64)
+        types = np.zeros((len(cut), width), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[i, :n] = e.ids
+            mask[i, :n] = 1
+            types[i, :n] = e.type_ids
+        return ids, mask, types
