@@ -1,5 +1,5 @@
 # qmd-triton: `make quickstart` sets everything up, indexes docs/ and answers a search and a vsearch;
-# `make test` runs the tests.
+# `make test` runs the linters and every test; `make check` the linters and the unit tier (fast).
 # Both are idempotent: a second run reuses the venv, the exported models and a running server.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ QMDCTL := $(VENV)/bin/qmdctl
 STAMP := $(VENV)/.qmd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps perf-tools models quickstart test down clean-models
+.PHONY: setup system-deps perf-tools models quickstart lint check test down clean-models
 
 SYSTEM_TOOLS := prometheus promtool amtool nginx openssl
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager nginx-light openssl
@@ -57,7 +57,15 @@ quickstart: models
 	$(QMDCTL) vsearch "how do I stop the server" -n 3
 	@echo "server is running; stop it with: $(QMDCTL) down" >&2
 
-test: models
+# ruff, and the layering contracts of pyproject.toml ([tool.importlinter]): a violation fails the build.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check control exporters tests perf
+	$(VENV)/bin/lint-imports --no-cache
+
+check: lint models
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: lint models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 down:

@@ -55,6 +55,23 @@ class DecoderExport:
     skipped: bool = False
 
 
+def _load_gguf(gguf: Path):
+    """``(torch, tokenizer, model)``: the GGUF de-quantized to a float32 transformers model."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise ExportError(f"exporting needs torch and transformers: pip install -e '.[export]' ({e})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        except (ImportError, ValueError) as e:
+            raise ExportError(f"transformers could not load {gguf.name}: {e}") from None
+    return torch, tokenizer, model
+
+
 def _fingerprint(source: Path) -> str:
     return tree_fingerprint([source], source.parent)
 
@@ -148,20 +165,9 @@ def export_decoder(gguf: Path, repo: Path, *, opset: int = 17, force: bool = Fal
             known = set(DecoderExport.__dataclass_fields__) - {"skipped"}
             return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True)
     started = time.monotonic()
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:
-        raise ExportError(f"exporting needs torch and transformers: pip install -e '.[export]' ({e})") from None
     progress(f"loading {gguf.name} (de-quantizing GGUF)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                      dtype=torch.float32).eval()
-        except (ImportError, ValueError) as e:
-            raise ExportError(f"transformers could not load {gguf.name}: {e}") from None
+    torch, tokenizer, hf = _load_gguf(gguf)
+    hf.eval()
     decoder, layers, kv_heads, head_dim = _decoder_module(hf)
     target_dir.mkdir(parents=True, exist_ok=True)
     tmp = target_dir / f".{ARTIFACT}.tmp"
@@ -222,16 +228,12 @@ def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(gguf):
         progress(f"transformers copy up to date ({out})")
         return out
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:
-        raise ExportError(f"exporting needs torch and transformers: pip install -e '.[export]' ({e})") from None
     progress(f"writing {gguf.name} as a transformers model to {out}")
+    torch, tokenizer, loaded = _load_gguf(gguf)
+    from transformers import AutoModelForCausalLM
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
         fresh.load_state_dict(loaded.state_dict())
     tmp = out.with_name("hf.tmp")

@@ -7,7 +7,8 @@
 set -euo pipefail
 DEST=${1:-.tools/perf_analyzer}
 VERSION=2.60.0
-if [ -x "$DEST/perf_analyzer" ] && "$DEST/perf_analyzer" --version 2>/dev/null | grep -q "Perf Analyzer"; then
+# perf_analyzer prints its version on stderr
+if [ -x "$DEST/perf_analyzer" ] && "$DEST/perf_analyzer" --version 2>&1 | grep -q "Perf Analyzer"; then
   exit 0
 fi
 PYTHON=${PYTHON:-python3}
@@ -20,7 +21,8 @@ echo "installing perf_analyzer $VERSION into $DEST" >&2
 mkdir -p "$DEST/bin"
 install -m 0755 "$work/whl/perf_analyzer/bin/perf_analyzer" "$DEST/bin/perf_analyzer"
 
-glibc=$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || echo 0.0)
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')  # "glibc 2.36" -> 2.36
+glibc=${glibc:-0.0}
 if [ "$(printf '%s\n2.38\n' "$glibc" | sort -V | head -1)" = "2.38" ]; then
   ln -sf bin/perf_analyzer "$DEST/perf_analyzer"   # glibc >= 2.38: runs as it is
 else

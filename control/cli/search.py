@@ -18,12 +18,14 @@ from qmd_triton.cli.common import (
     server_options,
     server_settings,
 )
+from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
 from qmd_triton.index.refs import line_range, parse_ref, resolve, select
 from qmd_triton.search.formats import FORMATS, render
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.search.options import Hit, SearchOptions, check_query
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.serving.server import ensure_running
+from qmd_triton.settings import Settings
 
 
 def result_options(f: Callable) -> Callable:
@@ -68,6 +70,14 @@ def search(state: State, query: str, n: int, collections: tuple[str, ...], min_s
     _emit(hits, fmt, as_json, line_numbers)
 
 
+def _served(state: State, settings: Settings, model: str, query: str, options: SearchOptions) -> list[Hit]:
+    """A search model's hits, starting the local server when none answers."""
+    q = check_query(query)
+    ensure_running(settings, progress=state.progress, warn=state.warn)
+    with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
+        return [Hit.from_dict(d) for d in client.search(model, q, options.to_json())]
+
+
 @click.command()
 @click.argument("query")
 @result_options
@@ -78,11 +88,7 @@ def vsearch(state: State, query: str, n: int, collections: tuple[str, ...], min_
             line_numbers: bool, fmt: str, as_json: bool, **kwargs: Any) -> None:
     """Vector search through Triton's qmd_vsearch (starts the local server if none answers)."""
     settings = server_settings(state, kwargs)
-    q = check_query(query)
-    opts = _options(n, collections, min_score, full)
-    ensure_running(settings, progress=state.progress, warn=state.warn)
-    with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
-        hits = [Hit.from_dict(d) for d in client.search("qmd_vsearch", q, opts.to_json())]
+    hits = _served(state, settings, VSEARCH.name, query, _options(n, collections, min_score, full))
     _emit(hits, fmt, as_json, line_numbers)
 
 
@@ -105,13 +111,9 @@ def query(state: State, query: str, n: int, collections: tuple[str, ...], min_sc
     Starts the local server if none answers.
     """
     settings = server_settings(state, kwargs)
-    q = check_query(query)
     opts = SearchOptions(n=n, collections=tuple(collections), min_score=min_score, full=full, expand=not no_expand,
                          rerank=not no_rerank, candidates=candidates, explain=explain)
-    ensure_running(settings, progress=state.progress, warn=state.warn)
-    with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
-        hits = [Hit.from_dict(d) for d in client.search("qmd_query", q, opts.to_json())]
-    _emit(hits, fmt, as_json, line_numbers)
+    _emit(_served(state, settings, QUERY_PIPELINE.name, query, opts), fmt, as_json, line_numbers)
 
 
 @click.command()

@@ -23,7 +23,7 @@ from qmd_triton.serving import server
 @click.option("--prometheus-port", type=int, default=9090, show_default=True, envvar="QMD_PROMETHEUS_PORT",
               show_envvar=True, help="With --monitor: Prometheus's port.")
 @click.option("--exporter-port", type=int, default=9108, show_default=True, envvar="QMD_EXPORTER_PORT",
-              show_envvar=True, help="With --monitor: the qmdctl exporter's port.")
+              show_envvar=True, help="With --monitor: the metrics exporter's port.")
 @click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Trace requests in Triton's own format (timestamps per model) to FILE.N, every --trace-rate-th.")
 @click.option("--otel-endpoint", default=None, envvar="QMD_OTEL_ENDPOINT", show_envvar=True,

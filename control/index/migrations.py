@@ -48,15 +48,17 @@ CREATE TABLE chunked (hash TEXT PRIMARY KEY REFERENCES content(hash) ON DELETE C
 CREATE VIRTUAL TABLE fts USING fts5(title, body, tokenize = 'porter unicode61 remove_diacritics 2');
 """
 
-SCHEMA_V1 = _COMMON + """
-CREATE TABLE chunks (
+_CHUNK_COLUMNS = """
   id INTEGER PRIMARY KEY,
   hash TEXT NOT NULL REFERENCES content(hash) ON DELETE CASCADE,
   seq INTEGER NOT NULL,
   start_line INTEGER NOT NULL,
   end_line INTEGER NOT NULL,
   tokens INTEGER NOT NULL,
-  text TEXT NOT NULL,
+  text TEXT NOT NULL,"""
+
+SCHEMA_V1 = _COMMON + f"""
+CREATE TABLE chunks ({_CHUNK_COLUMNS}
   UNIQUE (hash, seq)
 );
 CREATE TABLE vectors (
@@ -65,15 +67,8 @@ CREATE TABLE vectors (
 );
 """
 
-SCHEMA = _COMMON + """
-CREATE TABLE chunks (
-  id INTEGER PRIMARY KEY,
-  hash TEXT NOT NULL REFERENCES content(hash) ON DELETE CASCADE,
-  seq INTEGER NOT NULL,
-  start_line INTEGER NOT NULL,
-  end_line INTEGER NOT NULL,
-  tokens INTEGER NOT NULL,
-  text TEXT NOT NULL,
+SCHEMA = _COMMON + f"""
+CREATE TABLE chunks ({_CHUNK_COLUMNS}
   text_hash TEXT NOT NULL,
   UNIQUE (hash, seq)
 );

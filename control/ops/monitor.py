@@ -1,4 +1,4 @@
-"""``qmdctl up --monitor``: a local Prometheus and the qmdctl exporter beside the server.
+"""``qmdctl up --monitor``: a local Prometheus and qmdctl metrics-exporter beside the server.
 
 Prometheus (Debian's package) runs from a generated config that scrapes the local
 Triton's metrics port and the exporter every 5 s and loads the project's alert
@@ -113,7 +113,7 @@ def start_monitor(settings: Settings, *, prometheus_port: int = 9090, exporter_p
     }
     (settings.run_dir / MONITOR_FILE).write_text(json.dumps(state, indent=2))
     try:
-        _wait(f"http://{settings.host}:{exporter_port}/metrics", exporter, "the qmdctl exporter", exporter_log)
+        _wait(f"http://{settings.host}:{exporter_port}/metrics", exporter, "qmdctl metrics-exporter", exporter_log)
         _wait(f"http://{settings.host}:{prometheus_port}/-/ready", prom, "Prometheus", prom_log)
     except ServerError:
         stop_monitor(settings)
@@ -139,5 +139,5 @@ def stop_monitor(settings: Settings, progress: Progress = silent) -> bool:
         # Each was started as the leader of its own group; only the leader, while it is provably ours.
         procs.stop_members(lambda o=owned: [o.pid] if procs.is_running(o) else [], timeout_s=15, leader=owned.pid)
     path.unlink(missing_ok=True)
-    progress("stopped Prometheus and the qmdctl exporter")
+    progress("stopped Prometheus and qmdctl metrics-exporter")
     return True

@@ -147,6 +147,16 @@ class OnnxDecoderEngine:
         return self.tokenizer.decode(out, skip_special_tokens=True), cut
 
 
+def _not_installed(engine: str, e: ImportError) -> ConfigError:
+    return ConfigError(f"engine {engine} is not installed ({e}); install the gpu extra in the serving image, "
+                       "or set engine to onnxruntime")
+
+
+def _require_transformers_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file():
+        raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
+
+
 class VllmEngine:
     """vLLM on GPU servers; the model is the transformers directory the exporter writes."""
 
@@ -156,10 +166,8 @@ class VllmEngine:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as e:
-            raise ConfigError(f"engine vllm is not installed ({e}); install the gpu extra in the serving image, "
-                              "or set engine to onnxruntime") from None
-        if not (model_dir / "config.json").is_file():
-            raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
+            raise _not_installed("vllm", e) from None
+        _require_transformers_dir(model_dir)
         self._params = SamplingParams
         self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True)
@@ -195,10 +203,8 @@ class DeepSpeedEngine:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
-            raise ConfigError(f"engine deepspeed is not installed ({e}); install the gpu extra in the serving "
-                              "image, or set engine to onnxruntime") from None
-        if not (model_dir / "config.json").is_file():
-            raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
+            raise _not_installed("deepspeed", e) from None
+        _require_transformers_dir(model_dir)
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32

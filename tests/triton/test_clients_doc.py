@@ -1,4 +1,4 @@
-"""The client examples in docs/clients.md run as written against a live server."""
+"""The client examples in docs/clients.md and the README run as written against a live server."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from qmd_triton.settings import PROJECT_ROOT, Settings
 from .test_query import indexed  # noqa: F401 - the notes index the examples search
 
 DOC = (PROJECT_ROOT / "docs" / "clients.md").read_text()
+README = (PROJECT_ROOT / "README.md").read_text()
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", DOC, flags=re.S)
+def blocks(lang: str, text: str = DOC) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 def localize(code: str, settings: Settings) -> str:
@@ -43,3 +44,14 @@ def test_curl_example_runs(indexed: Settings):  # noqa: F811
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     hits = json.loads(out)
     assert hits and all("explain" in h for h in hits)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_example_runs(indexed: Settings):  # noqa: F811
+    [script] = [b for b in blocks("bash", README) if b.lstrip().startswith("curl")]
+    out = subprocess.run(["bash", "-c", localize(script, indexed)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    response = json.loads(out)
+    assert "error" not in response, response
+    hits = json.loads(response["outputs"][0]["data"][0])
+    assert 0 < len(hits) <= 3 and hits[0]["file"].endswith(".md")

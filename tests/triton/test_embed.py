@@ -10,7 +10,7 @@ import pytest
 
 from qmd_triton.contracts import KIND_QUERY
 from qmd_triton.errors import InferenceError
-from qmd_triton.runtime.onnx import make_session
+from qmd_triton.runtime.onnx import InProcessEmbedder
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 from qmd_triton.text.tokenization import TextEncoder
@@ -28,14 +28,13 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def local(exported_repo: Path):
     """In-process reference: the same tokenizer files and the same ONNX file."""
-    encoder = TextEncoder.from_dir(exported_repo / "qmd_tokenize" / "1", buckets="")
-    session = make_session(exported_repo / "qmd_embed_model" / "1" / "model.onnx")
+    model = InProcessEmbedder.from_repository(exported_repo)
 
     def embed(texts: list[str], kind: str = "document") -> np.ndarray:
-        ids, mask = encoder.encode(texts, kind=kind)
-        return session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        return model.embed(texts, kind)
 
-    embed.encoder = encoder  # type: ignore[attr-defined]
+    embed.encoder = model.encoder  # type: ignore[attr-defined]
+    embed.model = model  # type: ignore[attr-defined]
     return embed
 
 
@@ -74,9 +73,7 @@ def test_embed_model_answers_token_ids_sent_directly(triton: Settings, local):
     mask = (ids != 0).astype(np.int64)
     with QmdClient(triton.url()) as client:
         got = client.infer("qmd_embed_model", {"input_ids": ids, "attention_mask": mask}, ["embedding"])["embedding"]
-    session = make_session(Path(triton.model_repository) / "qmd_embed_model" / "1" / "model.onnx")
-    want = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
-    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(got - local.model.run(ids, mask)).max() < 1e-5
 
 
 def test_empty_string_embeds_like_in_process(triton: Settings, local):
@@ -175,11 +172,10 @@ def test_prompt_formats_in_the_config_wrap_queries_and_documents(copy_repo, tmp_
     cfg.write_text(text)
     encoder = TextEncoder.from_dir(repo / "qmd_tokenize" / "1", buckets="",
                                    prompts=PromptFormats(query="query: {text}", document="passage: {text}"))
-    session = make_session(repo / "qmd_embed_model" / "1" / "model.onnx")
+    model = InProcessEmbedder(encoder, repo / "qmd_embed_model" / "1" / "model.onnx")
 
     def want(kind: str) -> np.ndarray:
-        ids, mask = encoder.encode(TEXTS[:3], kind=kind)
-        return session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        return model.embed(TEXTS[:3], kind)
 
     settings = make_settings(tmp_path / "home", repo)
     server.start(settings)
@@ -191,3 +187,56 @@ def test_prompt_formats_in_the_config_wrap_queries_and_documents(copy_repo, tmp_
     assert np.abs(query - want(KIND_QUERY)).max() < 1e-5
     assert np.abs(document - want("document")).max() < 1e-5
     assert np.abs(query - document).max() > 1e-2  # the two prompts really differ on the server
+
+
+def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes(triton: Settings, tmp_path: Path):
+    """A real SIGINT to a real `qmdctl embed`: what was embedded is kept, nothing is half-written."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from qmd_triton.cli import cli
+    from qmd_triton.index.store import IndexStore
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(240):
+        (notes / f"note{i:03d}.md").write_text(f"# Note {i}\n\nThe batcher merges request {i} with others. " * 3)
+    env = {**os.environ, "QMD_HOME": str(tmp_path / "home"), "QMD_HTTP_PORT": str(triton.http_port),
+           "QMD_GRPC_PORT": str(triton.grpc_port), "QMD_METRICS_PORT": str(triton.metrics_port)}
+    runner_env = {k: env[k] for k in ("QMD_HOME", "QMD_HTTP_PORT", "QMD_GRPC_PORT", "QMD_METRICS_PORT")}
+    for args in (["collection", "add", str(notes), "--name", "notes"], ["update"]):
+        assert CliRunner().invoke(cli, args, env=runner_env).exit_code == 0
+    index = tmp_path / "home" / "index.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", "from qmd_triton.cli import main; main()", "embed",
+                             "--batch-size", "4", "--concurrency", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        embedded = 0
+        while embedded == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            with IndexStore.open(index) as store:
+                embedded = store.counts()["embedded"]
+        assert proc.poll() is None, "embed finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopping after the batches in flight" in err and "run `qmdctl embed` again to resume" in err
+    assert "Traceback" not in err
+    with IndexStore.open(index) as store:
+        counts = store.counts()
+    assert 0 < counts["embedded"] < counts["chunks"] == 240
+    result = CliRunner().invoke(cli, ["embed", "--json"], env=runner_env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["embedded"] == counts["chunks"] - counts["embedded"]  # only the rest
+    assert report["total_embedded"] == report["total_chunks"] == 240

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 
-from ..conftest import SHARED
+from ..conftest import dataset
 
 SETS = ["msmarco", "dbpedia"]
 
@@ -18,10 +18,7 @@ SETS = ["msmarco", "dbpedia"]
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", SETS)
 def test_eval_scores_each_mode_at_least_as_well_as_its_baseline(name: str, exported_repo: Path, tmp_path: Path):
-    dataset = SHARED / "datasets" / name
-    if not dataset.is_dir():
-        pytest.skip(f"{dataset} is not here")
-    args = ["eval", str(dataset), "--mode", "search", "--mode", "vsearch", "--mode", "query-no-rerank",
+    args = ["eval", str(dataset(name)), "--mode", "search", "--mode", "vsearch", "--mode", "query-no-rerank",
             "--mode", "query", "--json"]
     result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
     assert result.exit_code == 0, result.output

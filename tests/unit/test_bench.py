@@ -102,3 +102,16 @@ def test_bench_without_datasets_is_one_error_line(tmp_path: Path):
                                          r"shared datasets there or point QMD_DATASETS at the folder"):
         bench.make_inputs("qmd_embed", tmp_path / "nowhere", tmp_path / "inputs")
     assert not (tmp_path / "inputs").exists()
+
+
+def test_soak_verdict_flat_only_when_memory_stops_growing_after_the_warm_up():
+    from qmd_triton.bench.soak import judge_memory
+
+    mb = 1_000_000
+    warming_then_flat = [(t, (500 + min(t, 5) * 100) * mb) for t in range(0, 21)]  # grows in the first quarter
+    warm, end, growth, flat = judge_memory(warming_then_flat, 0.05)
+    assert (warm, end, flat) == (1000 * mb, 1000 * mb, True) and growth == 0.0
+    leaking = [(t, (1000 + 10 * t) * mb) for t in range(0, 21)]  # +1% of the start every second, all the way
+    warm, end, growth, flat = judge_memory(leaking, 0.05)
+    assert not flat and growth == pytest.approx((1200 - 1050) / 1050)
+    assert judge_memory([(0, mb)], 0.05)[3] is False  # one sample cannot show that memory is flat

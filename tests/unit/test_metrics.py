@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
-from qmd_triton.cli import cli
 from qmd_triton.bench.evaluation import record
+from qmd_triton.cli import cli
 from qmd_triton.ops.prometheus import QmdCollector
 from qmd_triton.settings import Settings
 from qmd_triton.system.net import free_ports

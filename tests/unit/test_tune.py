@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qmd_triton.bench.tune import RAGGED, Grid, Trial, apply, choose, configure
-from qmd_triton.system.files import copy_tree_linked as copy_repo
 from qmd_triton.model_config import parse_config
+from qmd_triton.system.files import copy_tree_linked as copy_repo
 
 
 def test_grid_is_the_cartesian_product():

@@ -27,6 +27,13 @@ def parse_model_config(args: dict[str, str]) -> dict[str, Any]:
     return json.loads(args["model_config"])
 
 
+def load(args: dict[str, str]) -> tuple[dict[str, Any], Path]:
+    """What every model's ``initialize`` starts with: logging routed to Triton's log, the model's config,
+    and its version folder."""
+    route_logging()
+    return parse_model_config(args), Path(args["model_repository"]) / args["model_version"]
+
+
 def parameter(config: dict[str, Any], key: str, default: str) -> str:
     """A ``parameters { key: ... value: { string_value: ... } }`` entry, or the default."""
     entry = config.get("parameters", {}).get(key)

@@ -18,7 +18,6 @@ answered without running the engine.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from qmd_triton.errors import IndexMissing, InputError, QmdError
 from qmd_triton.index.store import IndexHandle
@@ -32,9 +31,7 @@ from qmd_triton.serving.triton.plan import plan_response, read_request
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
-        common.route_logging()
-        config = common.parse_model_config(args)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        config, version_dir = common.load(args)
         self.engine_name = common.parameter(config, "engine", "onnxruntime")
         try:
             engine = make_engine(

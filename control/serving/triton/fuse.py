@@ -55,8 +55,7 @@ def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
-        common.route_logging()
-        config = common.parse_model_config(args)
+        config, _ = common.load(args)
         self.fusion = common.parameter(config, "fusion", "rerank")
         if self.fusion not in FUSIONS:
             raise utils.TritonModelException(f"qmd_fuse: fusion must be one of {', '.join(FUSIONS)}")

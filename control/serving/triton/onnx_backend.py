@@ -80,11 +80,10 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
         try:
-            common.route_logging()
-            config = common.parse_model_config(args)
+            config, version_dir = common.load(args)
             self.name = config["name"]
             filename = config.get("default_model_filename") or "model.onnx"
-            path = Path(args["model_repository"]) / args["model_version"] / filename
+            path = version_dir / filename
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; run `qmdctl export`")
             self.session = make_session(

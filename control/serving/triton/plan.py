@@ -45,7 +45,7 @@ def plan_response(plan: Plan):
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        common.route_logging()
+        common.load(args)
 
     def execute(self, requests: list) -> list:
         def handle(request):

@@ -16,7 +16,6 @@ fingerprint is compared with this repository's on every request.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -41,10 +40,9 @@ from qmd_triton.text.tokenization import PairEncoder
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
-        common.route_logging()
-        config = common.parse_model_config(args)
+        config, version_dir = common.load(args)
         self.handle = IndexHandle(common.index_path(config))
-        repo = Path(args["model_repository"]).parent
+        repo = version_dir.parent.parent
         try:
             self.fingerprint = embedding_setup(repo).fingerprint
             self.pairs = PairEncoder(repo / RERANK_MODEL.name / "1" / "tokenizer.json",

@@ -21,8 +21,8 @@ from qmd_triton.serving.triton.plan import read_request
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        common.route_logging()
-        self.handle = IndexHandle(common.index_path(common.parse_model_config(args)))
+        config, _ = common.load(args)
+        self.handle = IndexHandle(common.index_path(config))
 
     def execute(self, requests: list) -> list:
         utils = common.pb()

@@ -14,7 +14,6 @@ request does not make a short request pay for its padding.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from qmd_triton.contracts import ATTENTION_MASK, INPUT_IDS, KIND, KIND_DOCUMENT, PROMPT_KINDS, TEXT
@@ -29,9 +28,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
         try:
-            common.route_logging()
-            config = common.parse_model_config(args)
-            version_dir = Path(args["model_repository"]) / args["model_version"]
+            config, version_dir = common.load(args)
             prompts = PromptFormats(
                 query=common.parameter(config, "query_prompt", "{text}"),
                 document=common.parameter(config, "document_prompt", "{text}"),

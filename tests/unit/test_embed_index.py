@@ -1,0 +1,80 @@
+"""The embed loop and vector search over a real index, with the test double embedder (no exported model)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qmd_triton.errors import ConfigError, FingerprintMismatch
+from qmd_triton.index import embedders
+from qmd_triton.index.collections import Collection
+from qmd_triton.index.embed import embed_pending
+from qmd_triton.index.store import IndexStore
+from qmd_triton.index.update import update
+from qmd_triton.search.options import SearchOptions
+from qmd_triton.search.vectors import VectorIndex
+
+from ..conftest import ASSETS
+from ..fakes import HashEmbedder
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    target = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", target)
+    return target
+
+
+def long_note(sections: int = 12) -> str:
+    parts = ["# Field notes", ""]
+    for s in range(sections):
+        parts += [f"## Section {s}", "", f"Section {s} talks about topic{s} and keeps talking " * 8, ""]
+    return "\n".join(parts)
+
+
+def index(store: IndexStore, notes: Path, embedder: HashEmbedder) -> int:
+    update(store, [Collection("notes", notes)])
+    return embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2).embedded
+
+
+def test_embedders_are_found_by_name_like_plugins():
+    assert "hash" in embedders.available()
+    assert isinstance(embedders.load("hash"), HashEmbedder)
+    with pytest.raises(ConfigError, match=r"no embedder named 'nope' \(available: .*hash"):
+        embedders.load("nope")
+
+
+def test_every_chunk_gets_a_vector_and_vector_search_ranks_by_meaning(tmp_path: Path, notes: Path):
+    embedder = embedders.load("hash")
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        embedded = index(store, notes, embedder)
+        counts = store.counts()
+        assert counts["embedded"] == counts["chunks"] > 0 and embedded == counts["chunks"]
+        hits = VectorIndex(store).search(embedder.embed_query("sourdough starter flour water"), SearchOptions(n=2))
+    assert hits[0].file == "notes/recipes.md" and hits[0].score > hits[1].score
+
+
+def test_an_edit_re_embeds_only_the_chunks_whose_text_changed(tmp_path: Path, notes: Path):
+    (notes / "long.md").write_text(long_note())
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        chunks = len(store.chunks_of(store.document("notes", "long.md").hash))
+        assert chunks >= 6
+        with (notes / "long.md").open("a") as f:
+            f.write("\nOne more line at the very end.\n")
+        assert index(store, notes, embedder) <= 2  # the last chunk (and its overlap neighbour), not all of them
+        shutil.move(notes / "long.md", notes / "renamed.md")
+        shutil.copy(notes / "recipes.md", notes / "copy-of-recipes.md")
+        assert index(store, notes, embedder) == 0  # same texts, same vectors
+        counts = store.counts()
+        assert counts["embedded"] == counts["chunks"]
+
+
+def test_vectors_of_another_embedder_are_refused_not_mixed(tmp_path: Path, notes: Path):
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, HashEmbedder())
+        with pytest.raises(FingerprintMismatch, match="embedded with a different dim than"):
+            index(store, notes, HashEmbedder(dim=32))
