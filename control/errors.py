@@ -31,6 +31,10 @@ class InferenceError(QmdError):
     """The server answered a request with an error."""
 
 
+class RequestTimeout(InferenceError):
+    """The server is up but did not answer within the client's timeout."""
+
+
 class ExportError(QmdError):
     """A model conversion failed or its parity check did not hold."""
 

@@ -155,6 +155,7 @@ class Settings:
         home = Path(home).expanduser() if home else default_home()
         values: dict[str, Any] = {}
         values.update(_read_config(home / "config.toml"))
+        values.update(_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["home"] = Path(values.get("home") or home).expanduser()
         if values.get("model_repository"):
@@ -170,6 +171,22 @@ class Settings:
 
 
 _SERVER_KEYS = {f.name for f in fields(Settings)} - {"home"}
+
+
+# Settings without a command-line flag of their own, read from the environment (over the config file).
+_ENV = {"QMD_REQUEST_TIMEOUT_S": ("request_timeout_s", float), "QMD_STARTUP_TIMEOUT": ("startup_timeout_s", float)}
+
+
+def _environment() -> dict[str, Any]:
+    out = {}
+    for var, (key, kind) in _ENV.items():
+        raw = os.environ.get(var)
+        if raw:
+            try:
+                out[key] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+    return out
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from qmd_triton.index.fingerprint import EmbeddingSetup
+from qmd_triton.text.chunking import CHUNKER_VERSION
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -29,7 +30,7 @@ class HashEmbedder:
         self._setup = EmbeddingSetup(
             fingerprint={"model": "hash", "source": "tests/fakes.py", "dim": dim, "max_length": chunk_tokens + 2,
                          "query_prompt": "{text}", "document_prompt": "{text}", "chunk_tokens": chunk_tokens,
-                         "chunk_overlap": 0.15},
+                         "chunk_overlap": 0.15, "chunker": CHUNKER_VERSION},
             count_tokens=lambda texts: [len(_WORD.findall(t)) for t in texts],
         )
 

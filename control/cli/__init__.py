@@ -18,7 +18,9 @@ from qmd_triton.cli.common import QmdGroup, State
 # so `qmdctl search` does not pay for the server, bench and export code.
 COMMANDS = {
     "bench": "bench:bench",
+    "cleanup": "index:cleanup_cmd",
     "collection": "index:collection",
+    "context": "index:context",
     "down": "serve:down",
     "embed": "embed:embed",
     "eval": "evaluate:evaluate_cmd",
@@ -38,6 +40,7 @@ COMMANDS = {
     "update": "index:update_cmd",
     "validate": "validate:validate",
     "vsearch": "search:vsearch",
+    "watch": "index:watch_cmd",
 }
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from qmd_triton.cli.common import State, collections_of, emit_json, open_store, pass_state
-from qmd_triton.errors import InputError
+from qmd_triton.cli.common import (
+    State,
+    collections_of,
+    emit_json,
+    open_store,
+    pass_state,
+    protocol_option,
+    server_options,
+    server_settings,
+)
+from qmd_triton.errors import InputError, QmdError
 from qmd_triton.index.collections import check_name
 from qmd_triton.index.update import update
 
@@ -21,15 +33,39 @@ def collection() -> None:
 @collection.command("add")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", "-n", default=None, help="Collection name. [default: the directory's name]")
-@click.option("--mask", "-m", "masks", multiple=True, help="Glob of files to index (repeatable). [default: **/*.md]")
-@click.option("--ignore", "-i", "ignore", multiple=True, help="Glob of files to leave out (repeatable).")
+@click.option("--mask", "--include", "-m", "masks", multiple=True,
+              help="Glob of files to index (repeatable). [default: **/*.md]")
+@click.option("--ignore", "--exclude", "-i", "ignore", multiple=True, help="Glob of files to leave out (repeatable).")
+@click.option("--update-cmd", default="", help="Shell command run in PATH before each `qmdctl update` (e.g. "
+                                                "'git pull --ff-only').")
 @pass_state
-def collection_add(state: State, path: Path, name: str | None, masks: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+def collection_add(state: State, path: Path, name: str | None, masks: tuple[str, ...], ignore: tuple[str, ...],
+                   update_cmd: str) -> None:
     """Add the directory PATH as a collection (run `qmdctl update` to index it)."""
     settings = state.settings()
     added = collections_of(settings).add(name or path.expanduser().resolve().name, path, list(masks) or None,
-                                         list(ignore))
+                                         list(ignore), update_cmd)
     state.progress(f"added collection {added.name}: {added.path} ({', '.join(added.masks)})")
+
+
+@collection.command("set")
+@click.argument("name")
+@click.option("--mask", "--include", "-m", "masks", multiple=True, help="Replace the globs of files to index.")
+@click.option("--ignore", "--exclude", "-i", "ignore", multiple=True, help="Replace the globs of files to leave out.")
+@click.option("--no-ignore", is_flag=True, help="Leave nothing out (drop every ignore glob).")
+@click.option("--update-cmd", default=None, help="Command run before scanning; '' removes it.")
+@click.option("--follow-links/--no-follow-links", default=None,
+              help="Index symlinks that lead outside the collection's folder.")
+@pass_state
+def collection_set(state: State, name: str, masks: tuple[str, ...], ignore: tuple[str, ...], no_ignore: bool,
+                   update_cmd: str | None, follow_links: bool | None) -> None:
+    """Change what collection NAME indexes: include/exclude globs, update_cmd, symlinks."""
+    changed = collections_of(state.settings()).set(
+        name, masks=masks or None, ignore=() if no_ignore else (ignore or None), update_cmd=update_cmd,
+        follow_links=follow_links)
+    state.progress(f"collection {changed.name}: masks {', '.join(changed.masks)}; ignore "
+                   f"{', '.join(changed.ignore) or '-'}; update_cmd {changed.update_cmd or '-'}; "
+                   f"follow_links {str(changed.follow_links).lower()}")
 
 
 @collection.command("list")
@@ -44,6 +80,7 @@ def collection_list(state: State, as_json: bool) -> None:
         with open_store(settings) as store:
             counts = store.counts()["collections"]
     rows = [{"name": c.name, "path": str(c.path), "masks": list(c.masks), "ignore": list(c.ignore),
+             "update_cmd": c.update_cmd, "follow_links": c.follow_links,
              "documents": counts.get(c.name, {}).get("documents", 0)} for c in cols]
     if as_json:
         emit_json(rows)
@@ -93,25 +130,148 @@ def collection_rename(state: State, old: str, new: str) -> None:
 @click.command("update")
 @click.option("--collection", "-c", "names", multiple=True, help="Only these collections (repeatable).")
 @click.option("--force", is_flag=True, help="Re-read every file, even those whose size and mtime are unchanged.")
+@click.option("--no-update-cmd", "no_commands", is_flag=True,
+              help="Do not run the collections' update_cmd (e.g. git pull) before scanning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_state
-def update_cmd(state: State, names: tuple[str, ...], force: bool, as_json: bool) -> None:
-    """Scan the collections and index added, changed and removed documents."""
+def update_cmd(state: State, names: tuple[str, ...], force: bool, no_commands: bool, as_json: bool) -> None:
+    """Scan the collections and index added, changed and removed documents.
+
+    A collection's update_cmd runs in its folder first. Files that cannot be indexed
+    (binary, not UTF-8, links leading outside the collection, ...) are reported on
+    stderr and counted as skipped; matching files under hidden folders and
+    node_modules are never indexed and counted as excluded.
+    """
     settings = state.settings()
     config = collections_of(settings)
     cols = [config.get(n) for n in names] if names else config.list()
     if not cols:
         raise click.ClickException("no collections; add one with `qmdctl collection add PATH --name NAME`")
     with open_store(settings, create=True) as store:
-        report = update(store, cols, force=force, warn=state.warn, progress=state.progress)
+        report = update(store, cols, force=force, run_commands=not no_commands, warn=state.warn,
+                        progress=state.progress)
         pending = store.counts()
     data = {"added": report.added, "changed": report.changed, "removed": report.removed,
-            "unchanged": report.unchanged, "skipped": report.skipped, "collections": report.collections}
+            "unchanged": report.unchanged, "skipped": report.skipped, "excluded": report.excluded,
+            "collections": report.collections}
     if as_json:
         emit_json(data)
     else:
+        excluded = (f", {report.excluded} excluded (under hidden folders or node_modules)"
+                    if report.excluded else "")
         click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
-                   f"{report.unchanged} unchanged, {len(report.skipped)} skipped")
+                   f"{report.unchanged} unchanged, {len(report.skipped)} skipped{excluded}")
     waiting = pending["unchunked_documents"] + (pending["chunks"] - pending["embedded"])
     if waiting:
         state.progress("run `qmdctl embed` to embed the new and changed documents")
+
+
+@click.group()
+def context() -> None:
+    """Describe collections and folders; the text comes back with every hit below them (for agents)."""
+
+
+@context.command("add")
+@click.argument("target")
+@click.argument("text")
+@pass_state
+def context_add(state: State, target: str, text: str) -> None:
+    """Attach TEXT to TARGET: `/` (every hit), a collection, or COLLECTION/PATH/PREFIX (replaces any earlier)."""
+    where = collections_of(state.settings()).set_context(target, text)
+    state.progress(f"context on {where}: {text}")
+
+
+@context.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_state
+def context_list(state: State, as_json: bool) -> None:
+    """List every context: its target and its text."""
+    rows = collections_of(state.settings()).contexts()
+    if as_json:
+        emit_json([{"target": t, "text": x} for t, x in rows])
+        return
+    if not rows:
+        state.progress("no contexts; add one with `qmdctl context add COLLECTION \"what these notes are\"`")
+    for target, text in rows:
+        click.echo(f"{target:<30} {text}")
+
+
+@context.command("rm")
+@click.argument("target")
+@pass_state
+def context_rm(state: State, target: str) -> None:
+    """Remove the context of TARGET (`/`, a collection, or COLLECTION/PATH/PREFIX)."""
+    collections_of(state.settings()).remove_context(target)
+    state.progress(f"removed the context on {target}")
+
+
+@click.command("cleanup")
+@click.option("--keep-expansions", type=click.IntRange(min=0), default=10000, show_default=True,
+              help="Cached query expansions to keep (the newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def cleanup_cmd(state: State, keep_expansions: int, as_json: bool) -> None:
+    """Compact the index: drop what no document needs, prune the expansion cache, merge the FTS index, VACUUM.
+
+    Safe while a server reads the index; it waits for writers (update, embed) to finish.
+    """
+    settings = state.settings()
+    with open_store(settings) as store:
+        state.progress(f"cleaning up {settings.index_path}")
+        report = store.cleanup(keep_expansions=keep_expansions)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"removed {report['contents']} unused contents, {report['vectors']} unused vectors and "
+               f"{report['expansions']} old expansions; {report['bytes_before'] / 1e6:.1f} MB -> "
+               f"{report['bytes_after'] / 1e6:.1f} MB ({report['bytes_reclaimed'] / 1e6:.1f} MB reclaimed)")
+
+
+@click.command("watch")
+@click.option("--collection", "-c", "names", multiple=True, help="Only these collections (repeatable).")
+@click.option("--debounce-ms", type=click.IntRange(min=50), default=1000, show_default=True,
+              help="Quiet time after the last change before re-indexing.")
+@click.option("--no-embed", is_flag=True, help="Only update the index (BM25); do not embed through the server.")
+@server_options
+@protocol_option
+@pass_state
+def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: bool, **kwargs: Any) -> None:
+    """Keep the index in step with the collections: re-index (and re-embed) when their files change.
+
+    Runs until stopped (Ctrl-C, or SIGTERM from systemd: deploy/systemd/qmd-watch.service). One
+    update and embed at start, then one per batch of changes, debounced. Starts the local server
+    for embedding when none answers (unless --no-embed).
+    """
+    from qmd_triton.index.watch import watch_changes
+    from qmd_triton.serving.client import embed_index
+    from qmd_triton.serving.server import ensure_running
+
+    settings = server_settings(state, kwargs)
+    config = collections_of(settings)
+    cols = [config.get(n) for n in names] if names else config.list()
+    if not cols:
+        raise click.ClickException("no collections; add one with `qmdctl collection add PATH --name NAME`")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def refresh(which: list) -> None:
+        with open_store(settings, create=True) as store:
+            report = update(store, which, warn=state.warn, progress=lambda _m: None)
+        click.echo(f"{time.strftime('%H:%M:%S')} {', '.join(c.name for c in which)}: {report.added} added, "
+                   f"{report.changed} changed, {report.removed} removed", err=True)
+        if not no_embed and (report.added or report.changed):
+            ensure_running(settings, progress=state.progress, warn=state.warn)
+            done = embed_index(settings)
+            click.echo(f"{time.strftime('%H:%M:%S')} embedded {done.embedded} chunks", err=True)
+
+    refresh(cols)
+    state.progress(f"watching {', '.join(f'{c.name} ({c.path})' for c in cols)}; Ctrl-C stops")
+    try:
+        for changed in watch_changes(cols, debounce_ms=debounce_ms, stop=stop):
+            try:
+                refresh([c for c in collections_of(settings).list() if c.name in changed])
+            except QmdError as e:  # a bad moment (a file half-written, the server restarting) is not the end
+                state.warn(str(e))
+    except KeyboardInterrupt:
+        pass
+    state.progress("stopped watching")

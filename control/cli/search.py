@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -19,63 +23,103 @@ from qmd_triton.cli.common import (
     server_settings,
 )
 from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
+from qmd_triton.errors import InputError
+from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.refs import line_range, parse_ref, resolve, select
 from qmd_triton.search.formats import FORMATS, render
 from qmd_triton.search.lexical import search_bm25
-from qmd_triton.search.options import Hit, SearchOptions, check_query
+from qmd_triton.search.options import MAX_RESULTS, Hit, SearchOptions, check_query, split_typed
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.serving.server import ensure_running
 from qmd_triton.settings import Settings
 
 
+@dataclass
+class Output:
+    """What every search command is asked to return and how to show it (``result_options``)."""
+
+    n: int
+    everything: bool
+    collections: tuple[str, ...]
+    min_score: float
+    full: bool
+    line_numbers: bool
+    fmt: str
+    full_path: bool
+
+    def options(self, **extra: Any) -> SearchOptions:
+        n = MAX_RESULTS if self.everything else self.n
+        return SearchOptions(n=n, collections=self.collections, min_score=self.min_score, full=self.full, **extra)
+
+    def emit(self, hits: list[Hit], settings: Settings) -> None:
+        roots = {c.name: c.path for c in collections_of(settings).list()} if self.full_path else None
+        color = self.fmt == "cli" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        click.echo(render(hits, self.fmt, line_numbers=self.line_numbers, color=color, roots=roots), nl=False)
+
+
 def result_options(f: Callable) -> Callable:
-    """``-n``, ``-c``, ``--min-score``, ``--full``, ``--line-numbers``, ``--format``, ``--json``."""
+    """``-n``, ``--all``, ``-c``, ``--min-score``, ``--full``, ``--line-numbers``, ``--format``, ``--json``,
+    ``--full-path``: bundled into one ``out: Output`` argument."""
     options = [
         click.option("-n", "n", type=int, default=10, show_default=True, help="Number of results (1-1000)."),
+        click.option("--all", "everything", is_flag=True,
+                     help=f"Every match above --min-score (up to {MAX_RESULTS}), not just the top -n."),
         click.option("-c", "--collection", "collections", multiple=True,
                      help="Search only this collection (repeatable)."),
         click.option("--min-score", type=float, default=0.0, show_default=True,
-                     help="Drop results scoring below this (0-1)."),
+                     help="Drop results scoring below this (0-1; what a score means in each mode: docs/search.md)."),
         click.option("--full", is_flag=True, help="Show whole documents instead of snippets."),
         click.option("--line-numbers", is_flag=True, help="Number the lines shown."),
+        click.option("--full-path", is_flag=True, help="Show files as absolute paths, not collection/path."),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default="cli", show_default=True,
-                     help="Output format."),
+                     help="Output format (no colors when NO_COLOR is set or stdout is not a terminal)."),
         click.option("--json", "as_json", is_flag=True, help="Same as --format json."),
     ]
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = kwargs.pop("as_json")
+        out = Output(n=kwargs.pop("n"), everything=kwargs.pop("everything"),
+                     collections=tuple(kwargs.pop("collections")), min_score=kwargs.pop("min_score"),
+                     full=kwargs.pop("full"), line_numbers=kwargs.pop("line_numbers"),
+                     fmt="json" if as_json else kwargs.pop("fmt"), full_path=kwargs.pop("full_path"))
+        kwargs.pop("fmt", None)
+        return f(*args, out=out, **kwargs)
+
     for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _options(n: int, collections: tuple[str, ...], min_score: float, full: bool) -> SearchOptions:
-    return SearchOptions(n=n, collections=tuple(collections), min_score=min_score, full=full)
-
-
-def _emit(hits: list[Hit], fmt: str, as_json: bool, line_numbers: bool) -> None:
-    fmt = "json" if as_json else fmt
-    click.echo(render(hits, fmt, line_numbers=line_numbers, color=fmt == "cli" and sys.stdout.isatty()), nl=False)
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @click.command()
 @click.argument("query")
 @result_options
 @pass_state
-def search(state: State, query: str, n: int, collections: tuple[str, ...], min_score: float, full: bool,
-           line_numbers: bool, fmt: str, as_json: bool) -> None:
-    """BM25 full-text search of the index (no server needed)."""
+def search(state: State, query: str, out: Output) -> None:
+    """BM25 full-text search of the index (no server needed).
+
+    Every word counts (more and rarer words rank higher); "a quoted phrase" must appear as
+    written; -word and -"a phrase" leave out the documents that hold them.
+    """
     settings = state.settings()
-    opts = _options(n, collections, min_score, full)
     with open_store(settings) as store:
-        hits = search_bm25(store, query, opts)
-    _emit(hits, fmt, as_json, line_numbers)
+        hits = search_bm25(store, query, out.options(), ContextMap.load(settings.config_file))
+    out.emit(hits, settings)
 
 
 def _served(state: State, settings: Settings, model: str, query: str, options: SearchOptions) -> list[Hit]:
     """A search model's hits, starting the local server when none answers."""
     q = check_query(query)
     ensure_running(settings, progress=state.progress, warn=state.warn)
-    with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
-        return [Hit.from_dict(d) for d in client.search(model, q, options.to_json())]
+    waiting = threading.Timer(5.0, lambda: state.progress(f"waiting for {model} (the first query after a start "
+                                                          "loads the models; later ones are faster) ..."))
+    waiting.daemon = True
+    waiting.start()
+    try:
+        with QmdClient(settings.url(), settings.protocol, settings.request_timeout_s) as client:
+            return [Hit.from_dict(d) for d in client.search(model, q, options.to_json())]
+    finally:
+        waiting.cancel()
 
 
 @click.command()
@@ -84,12 +128,13 @@ def _served(state: State, settings: Settings, model: str, query: str, options: S
 @server_options
 @protocol_option
 @pass_state
-def vsearch(state: State, query: str, n: int, collections: tuple[str, ...], min_score: float, full: bool,
-            line_numbers: bool, fmt: str, as_json: bool, **kwargs: Any) -> None:
-    """Vector search through Triton's qmd_vsearch (starts the local server if none answers)."""
+def vsearch(state: State, query: str, out: Output, **kwargs: Any) -> None:
+    """Vector search through Triton's qmd_vsearch (starts the local server if none answers).
+
+    -word and -"a phrase" leave out the documents that hold them.
+    """
     settings = server_settings(state, kwargs)
-    hits = _served(state, settings, VSEARCH.name, query, _options(n, collections, min_score, full))
-    _emit(hits, fmt, as_json, line_numbers)
+    out.emit(_served(state, settings, VSEARCH.name, query, out.options()), settings)
 
 
 @click.command()
@@ -99,21 +144,34 @@ def vsearch(state: State, query: str, n: int, collections: tuple[str, ...], min_
 @click.option("--no-rerank", is_flag=True, help="Skip cross-encoder reranking (RRF order).")
 @click.option("-C", "--candidate-limit", "candidates", type=int, default=40, show_default=True,
               help="Candidates sent to the reranker (clamped to n..200).")
+@click.option("--fusion", type=click.Choice(["rerank", "blend"]), default=None,
+              help="How reranker scores meet the retrieval order. [default: the server's qmd_fuse setting]")
+@click.option("--intent", default="", help="What you mean, to tell apart words with several senses "
+                                           "(e.g. 'the Triton inference server'); used by expansion and reranking.")
+@click.option("--lex", "lex", multiple=True, help="Your own keyword search (repeatable); replaces the LLM's.")
+@click.option("--vec", "vec", multiple=True, help="Your own question for vector search (repeatable).")
+@click.option("--hyde", "hyde", multiple=True, help="Your own hypothetical answer, embedded (repeatable).")
 @click.option("--explain", is_flag=True, help="Show each hit's lists, ranks, RRF, rerank score and blend weight.")
 @server_options
 @protocol_option
 @pass_state
-def query(state: State, query: str, n: int, collections: tuple[str, ...], min_score: float, full: bool,
-          line_numbers: bool, fmt: str, as_json: bool, no_expand: bool, no_rerank: bool, candidates: int,
+def query(state: State, query: str, out: Output, no_expand: bool, no_rerank: bool, candidates: int,
+          fusion: str | None, intent: str, lex: tuple[str, ...], vec: tuple[str, ...], hyde: tuple[str, ...],
           explain: bool, **kwargs: Any) -> None:
     """Hybrid search through Triton's qmd_query: expansion, BM25 + vectors, RRF, reranking.
 
-    Starts the local server if none answers.
+    QUERY may hold lines starting with lex:, vec: or hyde: (your own searches, as --lex/--vec/--hyde);
+    -word and -"a phrase" leave out documents and never reach the expansion. Starts the local server
+    if none answers.
     """
     settings = server_settings(state, kwargs)
-    opts = SearchOptions(n=n, collections=tuple(collections), min_score=min_score, full=full, expand=not no_expand,
-                         rerank=not no_rerank, candidates=candidates, explain=explain)
-    _emit(_served(state, settings, QUERY_PIPELINE.name, query, opts), fmt, as_json, line_numbers)
+    text, typed = split_typed(query)
+    typed += tuple(("lex", t) for t in lex) + tuple(("vec", t) for t in vec) + tuple(("hyde", t) for t in hyde)
+    if not text:
+        raise InputError("query is empty")
+    opts = out.options(expand=not no_expand, rerank=not no_rerank, candidates=candidates, explain=explain,
+                       fusion=fusion, intent=intent, searches=typed)
+    out.emit(_served(state, settings, QUERY_PIPELINE.name, text, opts), settings)
 
 
 @click.command()
@@ -131,10 +189,11 @@ def get(state: State, ref: str, count: int | None, start: int | None, line_numbe
     with open_store(settings) as store:
         doc = resolve(store, collections_of(settings).list(), parsed.target)
         body = store.body(doc.hash)
+        docid = store.unique_docids([doc.hash])[doc.hash]
     first = start or parsed.start
     first_line, text = line_range(body, first, count or parsed.count)
     if as_json:
-        emit_json({"docid": "#" + doc.docid, "file": doc.display_path, "title": doc.title, "from": first_line,
+        emit_json({"docid": "#" + docid, "file": doc.display_path, "title": doc.title, "from": first_line,
                    "text": text})
         return
     if line_numbers:
@@ -142,32 +201,84 @@ def get(state: State, ref: str, count: int | None, start: int | None, line_numbe
     click.echo(text, nl=False)
 
 
+DOC_FORMATS = ("cli", "json", "csv", "md", "xml")
+
+
 @click.command("multi-get")
 @click.argument("pattern")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=10240, show_default=True,
               help="Skip documents larger than this (listed on stderr).")
-@click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
+@click.option("-l", "--max-lines", type=click.IntRange(min=1), default=None,
+              help="Show at most this many lines of each document.")
+@click.option("--line-numbers", is_flag=True, help="Number the lines.")
+@click.option("--format", "fmt", type=click.Choice(DOC_FORMATS), default="cli", show_default=True,
+              help="Output format.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @pass_state
-def multi_get(state: State, pattern: str, max_bytes: int, as_json: bool) -> None:
-    """Print several documents: a glob over collection/path, or a comma-separated list of refs."""
+def multi_get(state: State, pattern: str, max_bytes: int, max_lines: int | None, line_numbers: bool, fmt: str,
+              as_json: bool) -> None:
+    """Print several documents: comma-separated globs over collection/path and references (path, #docid),
+    each reference optionally ending in :FROM[:COUNT]."""
     settings = state.settings()
     out = []
     with open_store(settings) as store:
-        for doc in select(store, pattern):
+        selected = select(store, collections_of(settings).list(), pattern)
+        docids = store.unique_docids([s.doc.hash for s in selected])
+        for sel in selected:
+            doc = sel.doc
+            head = {"docid": "#" + docids[doc.hash], "file": doc.display_path, "title": doc.title}
             body = store.body(doc.hash)
             size = len(body.encode("utf-8"))
-            if size > max_bytes:
+            if size > max_bytes and sel.start is None and sel.count is None:
                 state.progress(f"skipped {doc.display_path}: {size} bytes > --max-bytes {max_bytes}")
-                out.append({"docid": "#" + doc.docid, "file": doc.display_path, "title": doc.title,
-                            "skipped": f"{size} bytes"})
+                out.append({**head, "skipped": f"{size} bytes"})
                 continue
-            out.append({"docid": "#" + doc.docid, "file": doc.display_path, "title": doc.title, "text": body})
-    if as_json:
-        emit_json(out)
-        return
-    for d in out:
-        if "text" in d:
-            click.echo(f"==> {d['file']} ({d['docid']}) <==\n{d['text'].rstrip()}\n")
+            first, text = line_range(body, sel.start, sel.count)
+            lines = text.splitlines()
+            truncated = max_lines is not None and len(lines) > max_lines
+            if truncated:
+                text = "\n".join(lines[:max_lines]) + "\n"
+            out.append({**head, "from": first, "text": text, "truncated": truncated})
+    emit_documents(out, "json" if as_json else fmt, line_numbers)
+
+
+def emit_documents(docs: list[dict], fmt: str, line_numbers: bool) -> None:
+    """Documents (``get``/``multi-get``) in a format; skipped ones only in the structured formats."""
+    import csv
+    import io
+    from xml.sax.saxutils import escape, quoteattr
+
+    def numbered(d: dict) -> str:
+        if not line_numbers:
+            return d["text"]
+        return "".join(f"{d['from'] + i:>5}  {ln}\n" for i, ln in enumerate(d["text"].splitlines()))
+
+    shown = [d for d in docs if "text" in d]
+    if fmt == "json":
+        emit_json(docs)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["docid", "file", "title", "from", "text"])
+        for d in shown:
+            w.writerow([d["docid"], d["file"], d["title"], d["from"], numbered(d)])
+        click.echo(buf.getvalue(), nl=False)
+    elif fmt == "xml":
+        click.echo("<documents>")
+        for d in shown:
+            click.echo(f"  <document docid={quoteattr(d['docid'])} file={quoteattr(d['file'])} "
+                       f"title={quoteattr(d['title'])} from={quoteattr(str(d['from']))}>{escape(numbered(d))}"
+                       "</document>")
+        click.echo("</documents>")
+    elif fmt == "md":
+        for d in shown:
+            fence = "````" if "```" in d["text"] else "```"
+            click.echo(f"## {d['title'] or d['file']}\n\n`{d['file']}` ({d['docid']})\n\n{fence}markdown\n"
+                       f"{numbered(d).rstrip()}\n{fence}\n")
+    else:
+        for d in shown:
+            more = "  (truncated)" if d.get("truncated") else ""
+            click.echo(f"==> {d['file']} ({d['docid']}) <=={more}\n{numbered(d).rstrip()}\n")
 
 
 @click.command("ls")
@@ -191,6 +302,10 @@ def ls(state: State, where: str | None) -> None:
         return
     name, _, prefix = where.partition("/")
     collections_of(settings).get(name)
-    for d in docs:
-        if d.collection == name and d.path.startswith(prefix):
-            click.echo(f"{d.display_path}  #{d.docid}  {d.title}")
+    listed = [d for d in docs if d.collection == name and d.path.startswith(prefix)]
+    docids: dict[str, str] = {}
+    if listed:
+        with open_store(settings) as store:
+            docids = store.unique_docids([d.hash for d in listed])
+    for d in listed:
+        click.echo(f"{d.display_path}  #{docids[d.hash]}  {d.title}")

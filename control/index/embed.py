@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.fingerprint import EmbeddingSetup, check_fingerprint
+from qmd_triton.index.fingerprint import EmbeddingSetup, check_fingerprint, only_chunking_differs
 from qmd_triton.index.store import FINGERPRINT_KEY, IndexStore
 from qmd_triton.progress import Count, uncounted
 from qmd_triton.text.chunking import chunk_markdown
@@ -75,6 +75,11 @@ def embed_pending(
     if force:
         with store.transaction():
             store.clear_embeddings()
+    stored = store.fingerprint()
+    if stored is not None and only_chunking_differs(stored, setup.fingerprint):
+        with store.transaction():
+            store.clear_chunks()
+            store.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
     check_fingerprint(store, setup)
     if store.fingerprint() is None:
         with store.transaction():

@@ -21,7 +21,7 @@ from pathlib import Path
 from qmd_triton.contracts import TOKENIZE
 from qmd_triton.errors import ArtifactMissing, FingerprintMismatch
 from qmd_triton.index.store import IndexStore
-from qmd_triton.text.chunking import CHUNK_OVERLAP, chunk_size_for
+from qmd_triton.text.chunking import CHUNK_OVERLAP, CHUNKER_VERSION, chunk_size_for
 from qmd_triton.text.tokenization import TextEncoder, read_manifest
 
 Counter = Callable[[Sequence[str]], list[int]]
@@ -66,6 +66,7 @@ def embedding_setup(repo: Path) -> EmbeddingSetup:
         "document_prompt": prompts.document,
         "chunk_tokens": chunk_size_for(encoder.max_length, prompt_tokens),
         "chunk_overlap": CHUNK_OVERLAP,
+        "chunker": CHUNKER_VERSION,
     }
     return EmbeddingSetup(fp, encoder.count_many)
 
@@ -75,12 +76,23 @@ def fingerprint_difference(stored: dict, served: dict) -> list[str]:
     return sorted(k for k in set(stored) | set(served) if stored.get(k) != served.get(k))
 
 
+def only_chunking_differs(stored: dict, served: dict) -> bool:
+    """True when the vectors are the model's and only the chunker changed: re-chunking is enough, and chunks
+    whose text is unchanged keep their vectors."""
+    return fingerprint_difference(stored, served) == ["chunker"]
+
+
+def mismatch(stored: dict, served: dict, what: str) -> FingerprintMismatch:
+    diff = fingerprint_difference(stored, served)
+    if diff == ["chunker"]:
+        return FingerprintMismatch(f"the index was chunked by an older chunker than {what}; run `qmdctl embed` "
+                                   "to chunk it again (unchanged chunks keep their vectors)")
+    return FingerprintMismatch(f"the index was embedded with a different {', '.join(diff)} than {what}; "
+                               "run `qmdctl embed --force` to embed it again")
+
+
 def check_fingerprint(store: IndexStore, setup: EmbeddingSetup, what: str = "the model repository has") -> None:
     """Raises ``FingerprintMismatch`` when the index holds vectors of another setup."""
     stored = store.fingerprint()
     if stored is not None and fingerprint_id(stored) != setup.id:
-        diff = fingerprint_difference(stored, setup.fingerprint)
-        raise FingerprintMismatch(
-            f"the index was embedded with a different {', '.join(diff)} than {what}; "
-            "run `qmdctl embed --force` to embed it again"
-        )
+        raise mismatch(stored, setup.fingerprint, what)

@@ -11,6 +11,7 @@ History:
     2  chunks carry the hash of their text; vectors live in ``embeddings`` keyed by that hash,
        so a chunk whose text is unchanged (an edit elsewhere in its document, a renamed or
        copied file) keeps its vector instead of being embedded again
+    3  ``expansions``: the LLM's query expansions, kept across server restarts
 
 Example:
     >>> migrate(conn, progress=print)
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from qmd_triton.errors import IndexCorrupt
 from qmd_triton.progress import Progress, silent
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _COMMON = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,6 +48,12 @@ CREATE INDEX documents_hash ON documents(hash);
 CREATE TABLE chunked (hash TEXT PRIMARY KEY REFERENCES content(hash) ON DELETE CASCADE);
 CREATE VIRTUAL TABLE fts USING fts5(title, body, tokenize = 'porter unicode61 remove_diacritics 2');
 """
+
+_EXPANSIONS = """
+CREATE TABLE expansions (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX expansions_created ON expansions(created);
+"""
+
 
 _CHUNK_COLUMNS = """
   id INTEGER PRIMARY KEY,
@@ -74,7 +81,8 @@ CREATE TABLE chunks ({_CHUNK_COLUMNS}
 );
 CREATE INDEX chunks_text_hash ON chunks(text_hash);
 CREATE TABLE embeddings (text_hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
-"""
+""" + _EXPANSIONS
+
 
 
 def text_hash(text: str) -> str:
@@ -93,9 +101,16 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE vectors")
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    for statement in _EXPANSIONS.strip().split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 # version reached -> (what it does, the step from the version before)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     2: ("embeddings keyed by chunk text", _v1_to_v2),
+    3: ("an expansion cache", _v2_to_v3),
 }
 
 

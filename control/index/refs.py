@@ -8,13 +8,14 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.collections import Collection, _glob_match
+from qmd_triton.index.collections import Collection, glob_match
 from qmd_triton.index.store import DocRow, IndexStore
 
 _RANGE = re.compile(r"^(?P<target>.+?)(?::(?P<start>\d+)(?::(?P<count>\d+))?)?$")
@@ -28,9 +29,12 @@ class Ref:
 
 
 def parse_ref(text: str) -> Ref:
+    """``target[:FROM[:COUNT]]``; one clear error for an empty reference or one with control characters."""
     text = text.strip()
     if not text:
         raise InputError("give a path or #docid")
+    if any(ord(ch) < 32 for ch in text):
+        raise InputError(f"a reference cannot contain a line break or control character: {text!r}")
     m = _RANGE.match(text)
     assert m is not None
     start = int(m["start"]) if m["start"] else None
@@ -40,21 +44,39 @@ def parse_ref(text: str) -> Ref:
     return Ref(m["target"], start, count)
 
 
+def _suggest(store: IndexStore, target: str) -> str:
+    """`` (did you mean a, b?)`` from the indexed paths closest to a reference that missed."""
+    paths = [d.display_path for d in store.documents()]
+    close = difflib.get_close_matches(target, paths, n=3, cutoff=0.5)
+    if not close:
+        names = {p.rsplit("/", 1)[-1]: p for p in paths}
+        close = [names[n] for n in difflib.get_close_matches(target.rsplit("/", 1)[-1], list(names), n=3, cutoff=0.6)]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
 def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -> DocRow:
-    """One document by ``#docid``, ``collection/path`` or a path inside a collection's directory."""
+    """One document by ``#docid`` (any unique prefix), ``collection/path`` or a path inside a collection's
+    directory."""
     if target.startswith("#"):
-        docs = store.documents_by_docid(target)
+        prefix = target[1:].lower()
+        if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+            raise InputError(f"a docid is # and hex digits, got {target!r}")
+        docs = store.documents_by_docid(prefix)
         if not docs:
             raise InputError(f"no document with docid {target}")
-        if len({d.hash for d in docs}) > 1:
-            raise InputError(f"docid {target} is ambiguous: {', '.join(d.display_path for d in docs[:5])}")
+        hashes = sorted({d.hash for d in docs})
+        if len(hashes) > 1:
+            ids = store.unique_docids(hashes)
+            which = [f"#{ids[d.hash]} {d.display_path}" for d in docs[:5]]
+            raise InputError(f"docid {target} is ambiguous: {', '.join(which)}")
         return docs[0]
     names = {c.name: c for c in collections}
     head, _, rest = target.partition("/")
     if head in names and rest:
         doc = store.document(head, rest)
         if doc is None:
-            raise InputError(f"{target} is not in the index; run `qmdctl update`")
+            raise InputError(f"{target} is not in the index{_suggest(store, target)}; run `qmdctl update` "
+                             "if it is a new file")
         return doc
     path = Path(target).expanduser()
     absolute = path.resolve() if path.exists() or path.is_absolute() else None
@@ -75,13 +97,15 @@ def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -
         return matches[0]
     if len(matches) > 1:
         raise InputError(f"{target} matches {len(matches)} documents; use collection/path or #docid")
-    raise InputError(f"no document {target!r} in the index (use collection/path, #docid or a file path)")
+    raise InputError(f"no document {target!r} in the index{_suggest(store, target)} "
+                     "(use collection/path, #docid or a file path)")
 
 
 def line_range(body: str, start: int | None, count: int | None) -> tuple[int, str]:
     """The requested lines of a body and the number of the first one."""
-    if start is None:
+    if start is None and count is None:
         return 1, body
+    start = start or 1
     lines = body.split("\n")
     if body.endswith("\n"):
         lines.pop()  # the newline ends the last line; it does not start another
@@ -91,23 +115,38 @@ def line_range(body: str, start: int | None, count: int | None) -> tuple[int, st
     return start, "\n".join(lines[start - 1 : end]) + "\n"
 
 
-def select(store: IndexStore, pattern: str) -> list[DocRow]:
-    """Documents for ``multi-get``: a comma-separated list of refs, or a glob over collection/path."""
-    docs = store.documents()
-    if any(ch in pattern for ch in "*?["):
-        return [d for d in docs if _glob_match(d.display_path, pattern) or _glob_match(d.path, pattern)]
-    out = []
-    by_path = {d.display_path: d for d in docs}
-    for item in (p.strip() for p in pattern.split(",")):
-        if not item:
-            continue
-        if item.startswith("#"):
-            found = store.documents_by_docid(item)
+@dataclass(frozen=True)
+class Selected:
+    """A document ``multi-get`` prints, with the line range its reference asked for."""
+
+    doc: DocRow
+    start: int | None = None
+    count: int | None = None
+
+
+def select(store: IndexStore, collections: Sequence[Collection], pattern: str) -> list[Selected]:
+    """Documents for ``multi-get``: comma-separated items, each a glob over collection/path or a reference
+    (``#docid``, ``collection/path``, a file path) with an optional ``:FROM[:COUNT]``.
+
+    An item that matches nothing is an error, so a typo is never a silent empty answer.
+    """
+    items = [p.strip() for p in pattern.split(",") if p.strip()]
+    if not items:
+        raise InputError("give a glob or a comma-separated list of paths or #docids")
+    docs = None
+    out: list[Selected] = []
+    seen: set[int] = set()
+    for item in items:
+        if any(ch in item for ch in "*?["):
+            docs = docs if docs is not None else store.documents()
+            found = [Selected(d) for d in docs if glob_match(d.display_path, item) or glob_match(d.path, item)]
             if not found:
-                raise InputError(f"no document with docid {item}")
-            out.append(found[0])
-        elif item in by_path:
-            out.append(by_path[item])
+                raise InputError(f"no indexed document matches {item!r}")
         else:
-            raise InputError(f"no document {item!r} in the index")
+            ref = parse_ref(item)
+            found = [Selected(resolve(store, collections, ref.target), ref.start, ref.count)]
+        for sel in found:
+            if sel.doc.id not in seen:
+                seen.add(sel.doc.id)
+                out.append(sel)
     return out

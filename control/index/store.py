@@ -29,6 +29,7 @@ import numpy as np
 
 from qmd_triton.errors import IndexCorrupt, IndexMissing
 from qmd_triton.index import migrations
+from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.migrations import text_hash
 from qmd_triton.progress import Progress, silent
 from qmd_triton.text.terms import for_index, fts_match
@@ -105,6 +106,7 @@ class IndexStore:
                 conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("qmd_lucene_weight", 2, _lucene_weight, deterministic=True)
             store = cls(conn, path)
             if not readonly and _is_empty(conn):
                 migrations.create(conn)
@@ -172,6 +174,19 @@ class IndexStore:
         self.set_meta(f"{LAST_UPDATE_KEY}:{collection}", str(when))
         self.set_meta(LAST_UPDATE_KEY, str(when))
 
+    def cached_expansion(self, key: str) -> dict | None:
+        row = self.conn.execute("SELECT value FROM expansions WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def remember_expansion(self, key: str, value: dict) -> bool:
+        """Stores an expansion; False when the index is busy or read-only (the cache is best effort)."""
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO expansions VALUES (?, ?, ?)",
+                              (key, json.dumps(value, ensure_ascii=False), time.time()))
+            return True
+        except sqlite3.OperationalError:
+            return False
+
     def fingerprint(self) -> dict | None:
         raw = self.meta(FINGERPRINT_KEY)
         return json.loads(raw) if raw else None
@@ -201,6 +216,20 @@ class IndexStore:
             (prefix, prefix + "g"),
         )
         return [DocRow(*r) for r in rows]
+
+    def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
+        """The shortest prefix (at least ``minimum`` hex digits) of each content hash that no other indexed
+        content shares, git-style: what a hit prints as its ``#docid``."""
+        out = {}
+        for h in set(hashes):
+            longest = 0
+            for op, order in (("<", "DESC"), (">", "ASC")):
+                row = self.conn.execute(f"SELECT hash FROM content WHERE hash {op} ? ORDER BY hash {order} LIMIT 1",
+                                        (h,)).fetchone()
+                if row:
+                    longest = max(longest, len(os.path.commonprefix([h, row[0]])))
+            out[h] = h[: max(minimum, longest + 1)]
+        return out
 
     def documents_by_id(self, ids: Sequence[int]) -> dict[int, DocRow]:
         if not ids:
@@ -276,6 +305,36 @@ class IndexStore:
         self.conn.execute("UPDATE meta SET key = ? WHERE key = ?",
                           (f"{LAST_UPDATE_KEY}:{new}", f"{LAST_UPDATE_KEY}:{old}"))
 
+    def cleanup(self, keep_expansions: int = 10000) -> dict[str, int]:
+        """Removes what no document needs, prunes the expansion cache to its newest ``keep_expansions``,
+        merges the FTS index and compacts the file (VACUUM); returns what it removed and the bytes reclaimed."""
+        before = self.size_on_disk()
+        with self.transaction():
+            report = {
+                "contents": self.collect_garbage(),
+                "vectors": self.drop_unused_vectors(),
+                "expansions": self.conn.execute(
+                    "DELETE FROM expansions WHERE key NOT IN (SELECT key FROM expansions ORDER BY created DESC "
+                    "LIMIT ?)", (keep_expansions,)).rowcount,
+            }
+            self.conn.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        report["bytes_before"] = before
+        report["bytes_after"] = self.size_on_disk()
+        report["bytes_reclaimed"] = max(0, before - report["bytes_after"])
+        return report
+
+    def size_on_disk(self) -> int:
+        """The index file and its write-ahead log, in bytes."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(f"{self.path}{suffix}")
+            except OSError:
+                pass
+        return total
+
     def collect_garbage(self) -> int:
         """Drops content (with its chunks and vectors) that no document uses any more."""
         return self.conn.execute(
@@ -284,41 +343,61 @@ class IndexStore:
 
     # -- BM25 ------------------------------------------------------------------------
 
-    def bm25(self, terms: list[str], limit: int,
-             collections: Sequence[str] | None = None) -> list[tuple[DocRow, float]]:
-        """Documents matching any term, best first, with their BM25 score (negative, lower is better, as SQLite's).
+    def bm25(self, terms: Sequence[str], limit: int, collections: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> list[tuple[DocRow, float]]:
+        """Documents matching any term (a term with spaces is a phrase) and none of ``exclude``, best first,
+        with their BM25 score (negative, lower is better, as SQLite's).
 
         SQLite's bm25() weighs a term by log((N - n + 0.5) / (n + 0.5)) and floors that at 1e-6, so a term
         found in half the rows or more counts for nothing: in a small collection about one topic, the
         topic's own words score 0 and the order is arbitrary. Each term is therefore scored alone: its
         bm25() divided by SQLite's weight is its saturated, length-normalized frequency (title weighted),
         which is multiplied by Lucene's weight log(1 + (N - n + 0.5) / (n + 0.5)), positive for every term
-        and within log(2) of SQLite's for rare ones.
+        and within log(2) of SQLite's for rare ones. One statement does it all: each term is matched once,
+        and its document frequency n is counted from its own matches.
         """
+        terms = list(dict.fromkeys(t for t in terms if t.strip()))
         if not terms:
             return []
-        rows_total = self.conn.execute("SELECT count(*) FROM fts").fetchone()[0]
-        arms, args = [], []
-        for term in dict.fromkeys(terms):
-            match = fts_match([term])
-            n = self.conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (match,)).fetchone()[0]
-            if not n:
-                continue
-            ratio = (rows_total - n + 0.5) / (n + 0.5)
-            arms.append(f"SELECT rowid AS id, bm25(fts, {TITLE_WEIGHT}, 1.0) * ? AS s FROM fts WHERE fts MATCH ?")
-            args += [math.log1p(ratio) / max(1e-6, math.log(ratio)), match]
-        if not arms:
-            return []
-        # MATERIALIZED: a flattened single arm would put bm25() in a join, where SQLite refuses it
-        sql = (f"WITH hits(id, s) AS MATERIALIZED ({' UNION ALL '.join(arms)}) "
+        rows_total = self._row_count()
+        arms = " UNION ALL ".join(
+            f"SELECT {i} AS t, rowid AS id, bm25(fts, {TITLE_WEIGHT}, 1.0) AS s FROM fts WHERE fts MATCH ?"
+            for i in range(len(terms)))
+        args: list[Any] = [fts_match([t]) for t in terms]
+        # MATERIALIZED: a flattened arm would put bm25() in a join, where SQLite refuses it
+        sql = (f"WITH hits(t, id, s) AS MATERIALIZED ({arms}), "
+               "weights(t, w) AS (SELECT t, qmd_lucene_weight(COUNT(*), ?) FROM hits GROUP BY t) "
                "SELECT d.id, d.collection, d.path, d.title, d.hash, d.size, d.mtime_ns, t.score FROM "
-               "(SELECT id, SUM(s) AS score FROM hits GROUP BY id) t JOIN documents d ON d.id = t.id")
+               "(SELECT h.id AS id, SUM(h.s * w.w) AS score FROM hits h JOIN weights w ON w.t = h.t GROUP BY h.id) t "
+               "JOIN documents d ON d.id = t.id")
+        args.append(rows_total)
+        where = []
         if collections:
-            sql += f" WHERE d.collection IN ({','.join('?' * len(collections))})"
+            where.append(f"d.collection IN ({','.join('?' * len(collections))})")
             args += list(collections)
+        excluded = [e for e in exclude if e.strip()]
+        if excluded:
+            where.append("d.id NOT IN (SELECT rowid FROM fts WHERE fts MATCH ?)")
+            args.append(fts_match(excluded))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY t.score, d.id LIMIT ?"
         args.append(limit)
         return [(DocRow(*r[:7]), float(r[7])) for r in self.conn.execute(sql, args)]
+
+    def matching(self, terms: Sequence[str]) -> set[int]:
+        """Ids of the documents that hold any of the terms (for excluding them from vector lists)."""
+        terms = [t for t in terms if t.strip()]
+        if not terms:
+            return set()
+        return {int(r[0]) for r in self.conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (fts_match(terms),))}
+
+    def _row_count(self) -> int:
+        """Rows of the FTS table (one per document), cached until the index changes."""
+        version = self.data_version()
+        if getattr(self, "_rows", None) is None or self._rows[0] != version:
+            self._rows = (version, int(self.conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]))
+        return self._rows[1]
 
     # -- chunks and vectors ----------------------------------------------------------
 
@@ -356,6 +435,11 @@ class IndexStore:
         """Forgets vectors no chunk uses any more; returns how many."""
         return self.conn.execute(
             "DELETE FROM embeddings WHERE text_hash NOT IN (SELECT text_hash FROM chunks)").rowcount
+
+    def clear_chunks(self) -> None:
+        """Forgets every chunk (the next embed chunks again); vectors stay, keyed by chunk text."""
+        self.conn.execute("DELETE FROM chunks")
+        self.conn.execute("DELETE FROM chunked")
 
     def clear_embeddings(self) -> None:
         """Forgets every chunk and vector (a new model or chunking needs them all again)."""
@@ -417,6 +501,12 @@ class IndexStore:
         }
 
 
+def _lucene_weight(n: int, rows_total: int) -> float:
+    """Lucene's IDF over SQLite's (floored) one: multiplies a term's bm25() into Lucene's BM25."""
+    ratio = (rows_total - n + 0.5) / (n + 0.5)
+    return math.log1p(ratio) / max(1e-6, math.log(ratio)) if ratio > 0 else 0.0
+
+
 def _is_empty(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
 
@@ -432,6 +522,18 @@ class IndexHandle:
         self.path = path
         self._store: IndexStore | None = None
         self._inode: int | None = None
+
+    def contexts(self) -> ContextMap:
+        """The contexts of the config file beside the index (``$QMD_HOME/config.toml``), reread when it changes."""
+        config = Path(self.path).parent / "config.toml"
+        try:
+            stamp = config.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if getattr(self, "_contexts_stamp", object()) != stamp:
+            self._contexts = ContextMap.load(config)
+            self._contexts_stamp = stamp
+        return self._contexts
 
     def get(self) -> IndexStore:
         try:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class UpdateReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)
+    excluded: int = 0  # matching files under hidden or tool folders (.git, node_modules, ...)
     collections: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -49,20 +51,54 @@ def content_hash(text: str) -> str:
     return sha256_text(text)
 
 
-def update(store: IndexStore, collections: Sequence[Collection], *, force: bool = False,
+UPDATE_CMD_TIMEOUT_S = 600
+
+
+def run_update_cmd(collection: Collection, warn: Warn = silent, progress: Progress = silent) -> bool:
+    """Runs a collection's ``update_cmd`` (``git pull``, a sync) in its folder; False (and a warning) on failure."""
+    progress(f"{collection.name}: running `{collection.update_cmd}` in {collection.path}")
+    try:
+        proc = subprocess.run(collection.update_cmd, shell=True, cwd=collection.path, capture_output=True,
+                              text=True, timeout=UPDATE_CMD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        warn(f"{collection.name}: `{collection.update_cmd}` did not finish in {UPDATE_CMD_TIMEOUT_S}s; "
+             "scanning the files as they are")
+        return False
+    for line in (proc.stdout + proc.stderr).splitlines()[-20:]:
+        progress(f"  {line}")
+    if proc.returncode != 0:
+        warn(f"{collection.name}: `{collection.update_cmd}` exited with status {proc.returncode}; "
+             "scanning the files as they are")
+        return False
+    return True
+
+
+def update(store: IndexStore, collections: Sequence[Collection], *, force: bool = False, run_commands: bool = True,
            warn: Warn = silent, progress: Progress = silent) -> UpdateReport:
-    """Scans collections and records added, changed and removed documents in one transaction."""
+    """Scans collections and records added, changed and removed documents in one transaction.
+
+    Each collection's ``update_cmd`` runs first (unless ``run_commands`` is false).
+    """
     for c in collections:
         if not c.path.is_dir():
             raise InputError(f"collection {c.name}: path {c.path} does not exist or is not a directory")
     report = UpdateReport()
     plans = []
     for c in collections:
+        if c.update_cmd and run_commands:
+            run_update_cmd(c, warn, progress)
         progress(f"scanning {c.name} ({c.path})")
         known = {d.path: d for d in store.documents(c.name)}
         seen: dict[str, _Change | None] = {}
-        stats = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "skipped": 0}
-        for rel, full in c.files():
+        stats = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "skipped": 0, "excluded": 0}
+        scan = c.scan()
+        for skipped in scan.skipped:
+            warn(f"skipped {c.name}/{skipped.path}: {skipped.reason}")
+            report.skipped.append(f"{c.name}/{skipped.path}")
+        stats["skipped"] += len(scan.skipped)
+        stats["excluded"] = scan.excluded
+        report.excluded += scan.excluded
+        for rel, full in scan.files:
             try:
                 st = full.stat()
             except FileNotFoundError:

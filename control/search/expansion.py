@@ -21,11 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +35,9 @@ from typing import Protocol
 import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
-from qmd_triton.text.terms import query_terms
+from qmd_triton.index.store import IndexStore
+from qmd_triton.search.options import SearchOptions
+from qmd_triton.text.terms import parse_query, query_terms, without_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,13 @@ PREFILL = "lex:"
 _LINE = re.compile(r"^\s*(lex|vec|hyde)\s*:\s*(.+?)\s*$", re.IGNORECASE)
 
 
-def chatml(query: str) -> str:
-    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line."""
-    turns = [("system", SYSTEM)]
+def chatml(query: str, intent: str = "") -> str:
+    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line.
+
+    An ``intent`` (what the searcher means, e.g. "the Triton inference server") joins the instructions.
+    """
+    system = SYSTEM + (f" The searcher means: {intent.strip()}." if intent.strip() else "")
+    turns = [("system", system)]
     for q, a in SHOTS:
         turns += [("user", q), ("assistant", a)]
     turns.append(("user", query))
@@ -66,12 +74,28 @@ def chatml(query: str) -> str:
     return text + "<|im_start|>assistant\n" + PREFILL
 
 
+# What an expansion's status says (query --explain shows it):
+STATUSES = {
+    "ok": "the LLM's lines were used",
+    "partial": "the deadline cut the LLM short; the lines it had finished were used",
+    "cached": "the same query (and intent) was expanded before; those lines were used",
+    "caller": "the caller typed its own lex/vec/hyde searches; the LLM did not run",
+    "disabled": "expansion was turned off (--no-expand) or the engine is none",
+    "strong-bm25": "BM25 alone was convincing (top score >= 0.85 and 0.15 ahead of #2); the LLM did not run",
+    "empty": "the LLM answered nothing usable; the original query alone was searched",
+    "timeout": "the deadline passed before the LLM finished one line; the original query alone was searched",
+    "error: ...": "the engine failed; the original query alone was searched",
+}
+PROMPT_VERSION = 1  # part of the expansion cache's key: a new prompt expands again
+CACHED_STATUSES = ("ok", "partial", "empty")  # what the LLM said is kept; a timeout or an error is tried again
+
+
 @dataclass
 class Expansion:
     lex: list[str] = field(default_factory=list)
     vec: list[str] = field(default_factory=list)
     hyde: list[str] = field(default_factory=list)
-    status: str = "ok"  # ok | disabled | strong-bm25 | empty | timeout | error: ...
+    status: str = "ok"  # one of STATUSES, or "error: <why>"
     ms: float = 0.0
     raw: str = ""
 
@@ -232,12 +256,12 @@ class Expander:
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
 
-    def expand(self, query: str) -> Expansion:
+    def expand(self, query: str, intent: str = "") -> Expansion:
         if self.engine is None:
             return Expansion(status="disabled")
         started = time.monotonic()
         try:
-            text, cut = self.engine.generate(chatml(query), self.max_new_tokens, started + self.timeout_s)
+            text, cut = self.engine.generate(chatml(query, intent), self.max_new_tokens, started + self.timeout_s)
         except Exception as e:  # noqa: BLE001 - any engine failure degrades to the original query
             log.warning("expansion engine %s failed: %s", getattr(self.engine, "name", "?"), e)
             return Expansion(status=f"error: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
@@ -245,7 +269,7 @@ class Expander:
         result = parse(PREFILL + text, query)
         result.ms = (time.monotonic() - started) * 1000
         if cut:
-            result.status = "timeout" if not result.used else "ok (cut at timeout)"
+            result.status = "timeout" if not result.used else "partial"
         elif not result.used:
             result.status = "empty"
         return result
@@ -263,3 +287,43 @@ def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parall
     if name == "vllm":
         return VllmEngine(version_dir / "hf", tensor_parallel_size, gpu_memory_utilization)
     return DeepSpeedEngine(version_dir / "hf", tensor_parallel_size)
+
+
+def cache_key(engine: str, query: str, intent: str = "") -> str:
+    """What an expansion depends on: the engine and its model, the prompt, the query and the intent (never
+    ``n`` or the other options, so changing them reuses the expansion)."""
+    raw = json.dumps([engine, PROMPT_VERSION, " ".join(query.split()), " ".join(intent.split())])
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, engine_id: str = "",
+                   strong: Callable[[], bool] = lambda: False, store: IndexStore | None = None) -> Expansion:
+    """The expansion a ``query`` request uses: the caller's typed searches, none, the cache, or the LLM.
+
+    Excluded terms (``-word``) never reach the LLM, and expansion lines that hold one are dropped.
+    """
+    if options.searches:
+        out = Expansion(status="caller")
+        for kind, text in options.searches:
+            bucket = {"lex": out.lex, "vec": out.vec, "hyde": out.hyde}[kind]
+            if text not in bucket:
+                bucket.append(" ".join(text.split()))
+        return out
+    if not options.expand or expander.engine is None:
+        return Expansion(status="disabled")
+    if strong():
+        return Expansion(status="strong-bm25")
+    positive = without_exclusions(query)
+    key = cache_key(engine_id, positive, options.intent)
+    if store is not None:
+        hit = store.cached_expansion(key)
+        if hit is not None:
+            return Expansion(lex=hit["lex"], vec=hit["vec"], hyde=hit["hyde"], status="cached")
+    result = expander.expand(positive, options.intent)
+    excluded = set(parse_query(query).exclude)
+    if excluded:
+        for bucket in (result.lex, result.vec, result.hyde):
+            bucket[:] = [line for line in bucket if not excluded & set(query_terms(line))]
+    if store is not None and result.status in CACHED_STATUSES:
+        store.remember_expansion(key, {"lex": result.lex, "vec": result.vec, "hyde": result.hyde})
+    return result

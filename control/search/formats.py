@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from qmd_triton.search.options import Hit
@@ -18,9 +20,14 @@ from qmd_triton.search.options import Hit
 FORMATS = ("cli", "json", "csv", "md", "xml", "files")
 
 
-def render(hits: Sequence[Hit], fmt: str, *, line_numbers: bool = False, color: bool = False) -> str:
+def render(hits: Sequence[Hit], fmt: str, *, line_numbers: bool = False, color: bool = False,
+           roots: Mapping[str, Path] | None = None) -> str:
+    """Hits in a format. ``roots`` (collection -> folder) shows files as absolute paths (``--full-path``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
+    if roots:
+        hits = [replace(h, collection=str(roots[h.collection]), path=h.path) if h.collection in roots else h
+                for h in hits]
     return _RENDERERS[fmt](hits, line_numbers, color)
 
 
@@ -44,7 +51,8 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
             title = f"  \x1b[1m{h.title}\x1b[0m" if h.title else ""
         body = "\n".join("    " + ln for ln in _text(h, line_numbers).split("\n"))
         why = f"    ~ {explain_line(h.explain)}\n" if h.explain else ""
-        out.append(f"{head}{title}\n{why}{body}\n")
+        context = f"    » {h.context}\n" if h.context else ""
+        out.append(f"{head}{title}\n{context}{why}{body}\n")
     return "\n".join(out)
 
 
@@ -72,9 +80,9 @@ def _json(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
 def _csv(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["docid", "score", "file", "title", "line", "snippet"])
+    w.writerow(["docid", "score", "file", "title", "line", "snippet", "context"])
     for h in hits:
-        w.writerow([f"#{h.docid}", f"{h.score:.4f}", h.file, h.title, h.line, _text(h, line_numbers)])
+        w.writerow([f"#{h.docid}", f"{h.score:.4f}", h.file, h.title, h.line, _text(h, line_numbers), h.context])
     return buf.getvalue()
 
 
@@ -83,7 +91,8 @@ def _md(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
         return "_No results._\n"
     out = []
     for i, h in enumerate(hits, 1):
-        out.append(f"{i}. **{h.title or h.path}** — `{h.file}:{h.line}` (#{h.docid}, score {h.score:.2f})\n")
+        out.append(f"{i}. **{h.title or h.path}** — `{h.file}:{h.line}` (#{h.docid}, score {h.score:.2f})\n"
+                   + (f"   _{h.context}_\n" if h.context else ""))
         fence = "````" if "```" in _text(h, line_numbers) else "```"
         out.append(f"   {fence}\n" + "\n".join("   " + ln for ln in _text(h, line_numbers).split("\n"))
                    + f"\n   {fence}\n")
@@ -95,7 +104,8 @@ def _xml(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
     for h in hits:
         out.append(
             f"  <result docid={quoteattr('#' + h.docid)} score={quoteattr(f'{h.score:.4f}')} "
-            f"file={quoteattr(h.file)} line={quoteattr(str(h.line))} title={quoteattr(h.title)}>"
+            f"file={quoteattr(h.file)} line={quoteattr(str(h.line))} title={quoteattr(h.title)}"
+            + (f" context={quoteattr(h.context)}" if h.context else "") + ">"
             f"{escape(_text(h, line_numbers))}</result>"
         )
     out.append("</results>")

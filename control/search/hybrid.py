@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import DocRow, IndexStore
 from qmd_triton.search.fusion import (
     EXPANSION_WEIGHT,
@@ -30,10 +31,10 @@ from qmd_triton.search.fusion import (
     max_rrf,
     rrf,
 )
-from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for
-from qmd_triton.search.options import Hit, SearchOptions
+from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for, snippet_terms
+from qmd_triton.search.options import Hit, SearchOptions, annotate
 from qmd_triton.search.vectors import VectorIndex
-from qmd_triton.text.terms import has_cjk, query_terms
+from qmd_triton.text.terms import has_cjk, parse_query, query_terms, without_exclusions
 
 MODES = ("vsearch", "query")
 PASSAGE_CHARS = 4000  # a best chunk longer than this is cut before pair tokenization
@@ -59,9 +60,16 @@ class Plan:
     def search_options(self) -> SearchOptions:
         return SearchOptions.from_json(json.dumps(self.options))
 
+    def rerank_query(self) -> str:
+        """What the cross-encoder pairs with each passage: the query less its exclusions, and the caller's
+        intent (what the words mean here) after it."""
+        query = without_exclusions(self.query)
+        intent = str(self.options.get("intent") or "").strip()
+        return f"{query} ({intent})" if intent else query
+
     def vec_texts(self) -> list[str]:
-        """Texts to embed with the query prompt: the query, then vec, then hyde lines."""
-        return [self.query, *self.vec, *self.hyde]
+        """Texts to embed with the query prompt: the query (less its exclusions), then vec, then hyde lines."""
+        return [without_exclusions(self.query), *self.vec, *self.hyde]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -112,7 +120,8 @@ def _best_chunk(store: IndexStore, doc: DocRow, terms: Sequence[str]) -> tuple[i
     return best.start_line, best.text[:PASSAGE_CHARS]
 
 
-def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embeddings: np.ndarray) -> list[Candidate]:
+def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embeddings: np.ndarray,
+                      contexts: ContextMap | None = None) -> list[Candidate]:
     """BM25 and vector lists for every query of the plan, fused by RRF, best first."""
     options = plan.search_options
     if options.collections:
@@ -123,8 +132,11 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
     cols = options.collections or None
     lists: list[RankedList] = []
     docs: dict[str, DocRow] = {}
+    original = parse_query(plan.query)
+    excluded = store.matching(original.exclude)
     for i, lex in enumerate([plan.query, *plan.lex]):
-        rows = store.bm25(query_terms(lex), TOP_PER_LIST, cols)
+        parsed = original if i == 0 else parse_query(lex)
+        rows = store.bm25(parsed.terms, TOP_PER_LIST, cols, original.exclude + parsed.exclude)
         for doc, _ in rows:
             docs[str(doc.id)] = doc
         source = "bm25:original" if i == 0 else f"bm25:lex{i}"
@@ -133,13 +145,13 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
         f"vec:hyde{i + 1}" for i in range(len(plan.hyde))]
     for name, emb in zip(names, embeddings):
         keys = []
-        for doc, _, _ in vectors.ranked_docs(emb, TOP_PER_LIST, options.collections):
+        for doc, _, _ in vectors.ranked_docs(emb, TOP_PER_LIST, options.collections, excluded):
             docs[str(doc.id)] = doc
             keys.append(str(doc.id))
         lists.append(RankedList(name, ORIGINAL_WEIGHT if name == "vec:original" else EXPANSION_WEIGHT, keys))
     fused = rrf(lists)[: clamp_candidates(options)]
     top = max_rrf(lists)
-    terms = query_terms(" ".join([plan.query, *plan.lex]))
+    terms = list(dict.fromkeys(snippet_terms(original) + [w for lex in plan.lex for w in query_terms(lex)]))
     out = []
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
@@ -150,10 +162,12 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
                   score=min(1.0, f.score / top), line=line + offset - 1, snippet=snippet, hash=doc.hash,
                   body=store.body(doc.hash) if options.full else None)
         out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks)))
+    annotate([c.hit for c in out], store, contexts)
     return out
 
 
 def bm25_probe(store: IndexStore, query: str, options: SearchOptions) -> list[float]:
     """Normalized scores of the top two BM25 hits (for the strong-signal shortcut)."""
-    rows = store.bm25(query_terms(query), 2, options.collections or None)
+    parsed = parse_query(query)
+    rows = store.bm25(parsed.terms, 2, options.collections or None, parsed.exclude)
     return [normalize_bm25(raw) for _, raw in rows]

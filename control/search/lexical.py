@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from qmd_triton.errors import InputError
+from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import IndexStore
-from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, check_query, clip, hit_of
-from qmd_triton.text.terms import has_cjk, query_terms
+from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, check_query, clip, hit_of
+from qmd_triton.text.terms import LexicalQuery, has_cjk, parse_query
 
 
 def normalize_bm25(raw: float) -> float:
@@ -42,22 +44,31 @@ def snippet_for(body: str, terms: Sequence[str], lines: int = SNIPPET_LINES) -> 
     return best + 1, clip(text)
 
 
+def snippet_terms(parsed: LexicalQuery) -> list[str]:
+    """The words a snippet looks for: every word of the terms and phrases."""
+    return list(dict.fromkeys(w for t in parsed.terms for w in t.split()))
+
+
 def known_collections(store: IndexStore) -> list[str]:
     return [r[0] for r in store.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
 
 
-def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOptions()) -> list[Hit]:
+def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOptions(),
+                contexts: ContextMap | None = None) -> list[Hit]:
     """Full-text search: documents matching any query term, ranked by BM25."""
     q = check_query(query)
     if options.collections:
         options.check_collections(known_collections(store))
-    terms = query_terms(q)
+    parsed = parse_query(q)
+    if not parsed.terms:
+        raise InputError("the query only excludes (-word); give at least one word to search for")
+    terms = snippet_terms(parsed)
     hits = []
-    for doc, raw in store.bm25(terms, options.limit, options.collections or None):
+    for doc, raw in store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude):
         score = normalize_bm25(raw)
         if score < options.min_score:
             continue
         body = store.body(doc.hash)
         line, snippet = snippet_for(body, terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
-    return hits
+    return annotate(hits, store, contexts)

@@ -11,12 +11,14 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.store import DocRow
+from qmd_triton.index.collections import ContextMap
+from qmd_triton.index.store import DocRow, IndexStore
 
 MAX_QUERY_BYTES = 16 * 1024
 
@@ -43,6 +45,43 @@ def check_query(query: str) -> str:
     return q
 
 
+MAX_INTENT_CHARS = 1000
+MAX_SEARCHES = 10
+SEARCH_TYPES = ("lex", "vec", "hyde")
+_TYPED_LINE = re.compile(r"^\s*(lex|vec|hyde)\s*:\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def _searches(raw: Any) -> tuple[tuple[str, str], ...]:
+    """``[{"type": "lex", "query": "..."}, ...]`` (tobi/qmd's shape) -> ``(("lex", "..."), ...)``."""
+    if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
+        raise InputError('searches must be a list of {"type": "lex|vec|hyde", "query": "..."}')
+    out = []
+    for s in raw:
+        kind, text = s.get("type"), s.get("query")
+        if not isinstance(kind, str) or not isinstance(text, str):
+            raise InputError('each search needs a "type" (lex, vec or hyde) and a "query" string')
+        out.append((kind.lower(), text))
+    return tuple(out)
+
+
+def split_typed(query: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A query whose lines start with ``lex:``, ``vec:`` or ``hyde:`` -> (the untyped text, the typed searches).
+
+    With no untyped line, the first ``vec:`` (else ``lex:``) line stands for the query in reranking.
+    """
+    plain, typed = [], []
+    for line in query.splitlines():
+        m = _TYPED_LINE.match(line)
+        if m:
+            typed.append((m.group(1).lower(), m.group(2)))
+        elif line.strip():
+            plain.append(line.strip())
+    text = " ".join(plain)
+    if not text and typed:
+        text = next((t for k, t in typed if k == "vec"), typed[0][1])
+    return text, tuple(typed)
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """What a caller may ask of a search; parsed from the ``options`` JSON tensor too."""
@@ -57,6 +96,11 @@ class SearchOptions:
     candidates: int = 40
     explain: bool = False
     fusion: str | None = None  # None: the server's configured fusion
+    # Disambiguation context for expansion and reranking ("the Triton inference server", not the god).
+    intent: str = ""
+    # Sub-queries typed by the caller, (type, text) with type lex, vec or hyde: they replace the LLM's
+    # expansion for this request.
+    searches: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("n", "candidates"):
@@ -70,6 +114,14 @@ class SearchOptions:
                 raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fusion not in (None, "rerank", "blend"):
             raise InputError(f"fusion must be rerank or blend, got {self.fusion!r}")
+        if not isinstance(self.intent, str) or len(self.intent) > MAX_INTENT_CHARS:
+            raise InputError(f"intent must be a string of at most {MAX_INTENT_CHARS} characters")
+        if len(self.searches) > MAX_SEARCHES:
+            raise InputError(f"at most {MAX_SEARCHES} typed searches, got {len(self.searches)}")
+        for kind, text in self.searches:
+            if kind not in SEARCH_TYPES:
+                raise InputError(f"a search's type must be one of {', '.join(SEARCH_TYPES)}, got {kind!r}")
+            check_query(text)
 
     @property
     def limit(self) -> int:
@@ -84,9 +136,12 @@ class SearchOptions:
                 data = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as e:
                 raise InputError(f"options is not valid JSON: {e}") from None
+            except RecursionError:
+                raise InputError("options is nested too deeply to be a JSON object of options") from None
             if not isinstance(data, dict):
                 raise InputError("options must be a JSON object")
-        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion"}
+        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion",
+                 "intent", "searches"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -106,12 +161,15 @@ class SearchOptions:
             candidates=data.get("candidates", base.candidates),
             explain=data.get("explain", base.explain),
             fusion=data.get("fusion", base.fusion),
+            intent=data.get("intent", base.intent),
+            searches=_searches(data.get("searches", [])),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "collections": list(self.collections), "min_score": self.min_score, "full": self.full,
                 "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain,
-                "fusion": self.fusion}
+                "fusion": self.fusion, "intent": self.intent,
+                "searches": [{"type": k, "query": q} for k, q in self.searches]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -136,6 +194,7 @@ class Hit:
     hash: str = field(default="", repr=False)
     body: str | None = field(default=None, repr=False)
     explain: dict[str, Any] = field(default_factory=dict, repr=False)
+    context: str = ""  # descriptions attached to the document's collection or folder (`qmdctl context`)
 
     @property
     def file(self) -> str:
@@ -151,6 +210,8 @@ class Hit:
             d.pop("body")
         if not self.explain:
             d.pop("explain")
+        if not self.context:
+            d.pop("context")
         return d
 
     @classmethod
@@ -158,7 +219,7 @@ class Hit:
         return cls(
             docid=str(d["docid"]).lstrip("#"), collection=d["collection"], path=d["path"], title=d["title"],
             score=float(d["score"]), line=int(d["line"]), snippet=d["snippet"], body=d.get("body"),
-            explain=d.get("explain") or {},
+            explain=d.get("explain") or {}, context=d.get("context") or "",
         )
 
 
@@ -169,3 +230,14 @@ def clip(text: str, limit: int = SNIPPET_CHARS) -> str:
 def hit_of(doc: DocRow, score: float, line: int, snippet: str, body: str | None) -> Hit:
     return Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title, score=score,
                line=line, snippet=snippet, hash=doc.hash, body=body)
+
+
+def annotate(hits: Sequence[Hit], store: IndexStore, contexts: ContextMap | None = None) -> list[Hit]:
+    """Gives hits their shortest unique ``#docid`` and their contexts (in place; returns them)."""
+    docids = store.unique_docids([h.hash for h in hits if h.hash])
+    for h in hits:
+        if h.hash:
+            h.docid = docids[h.hash]
+        if contexts:
+            h.context = contexts.for_path(h.collection, h.path)
+    return list(hits)

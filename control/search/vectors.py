@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import ChunkRow, DocRow, IndexStore
 from qmd_triton.search.lexical import known_collections
-from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, clip, hit_of
+from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, clip, hit_of
 
 
 class VectorIndex:
@@ -65,8 +66,8 @@ class VectorIndex:
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         return [(int(i), float(scores[i])) for i in idx]
 
-    def ranked_docs(self, query_vec: np.ndarray, n: int,
-                    collections: Sequence[str] = ()) -> list[tuple[DocRow, ChunkRow, float]]:
+    def ranked_docs(self, query_vec: np.ndarray, n: int, collections: Sequence[str] = (),
+                    exclude_ids: set[int] | frozenset[int] = frozenset()) -> list[tuple[DocRow, ChunkRow, float]]:
         """Up to n documents by their best chunk's cosine similarity, with that chunk."""
         self.refresh()
         k = n * 4
@@ -76,21 +77,25 @@ class VectorIndex:
             for i, score in top:
                 best.setdefault(self.chunks[i].hash, (i, score))
             docs = self.store.documents_by_hash(list(best), collections or None)
-            ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds), key=lambda x: -x[1][1])
+            ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
+                            key=lambda x: -x[1][1])
             if len(ranked) >= n or k >= len(self.chunks):
                 break
             k *= 4
         return [(doc, self.chunks[i], score) for doc, (i, score) in ranked[:n]]
 
-    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions()) -> list[Hit]:
-        """Documents by their best chunk's cosine similarity to the query."""
+    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions(),
+               contexts: ContextMap | None = None, exclude: Sequence[str] = ()) -> list[Hit]:
+        """Documents by their best chunk's cosine similarity to the query, leaving out those that hold an
+        excluded term (``-word``)."""
         if options.collections:
             options.check_collections(known_collections(self.store))
         hits = []
-        for doc, chunk, score in self.ranked_docs(query_vec, options.limit, options.collections):
+        excluded = self.store.matching(exclude)
+        for doc, chunk, score in self.ranked_docs(query_vec, options.limit, options.collections, excluded):
             if score < options.min_score:
                 continue
             body = self.store.body(doc.hash) if options.full else None
             lines = chunk.text.strip().split("\n")[:SNIPPET_LINES]
             hits.append(hit_of(doc, score, chunk.start_line, clip("\n".join(lines)), body))
-        return hits
+        return annotate(hits, self.store, contexts)

@@ -28,7 +28,7 @@ from qmd_triton.contracts import (
     RESULTS,
     TEXT,
 )
-from qmd_triton.errors import InferenceError, InputError, ServerUnavailable
+from qmd_triton.errors import InferenceError, InputError, RequestTimeout, ServerUnavailable
 from qmd_triton.progress import Count, uncounted
 
 
@@ -67,6 +67,12 @@ class QmdClient:
             f"no Triton server answers at {self.url} ({self.protocol}): {_short(e)}; start one with `qmdctl up`"
         )
 
+    def _timed_out(self, model: str) -> RequestTimeout:
+        return RequestTimeout(
+            f"{model} did not answer within {self.timeout_s:g}s at {self.url} ({self.protocol}): the server is up "
+            "but busy, or the request is long; allow more with request_timeout_s under [server] in "
+            "$QMD_HOME/config.toml, or QMD_REQUEST_TIMEOUT_S")
+
     def is_ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready())
@@ -91,9 +97,13 @@ class QmdClient:
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
         except self._utils.InferenceServerException as e:
             status = str(e.status() or "")
+            if "DEADLINE_EXCEEDED" in status:
+                raise self._timed_out(model) from None
             if "UNAVAILABLE" in status or "Connection refused" in str(e) or "StatusCode.UNAVAILABLE" in status:
                 raise self._unavailable(e) from None
             raise InferenceError(f"{model}: {_short(e)}") from None
+        except TimeoutError:
+            raise self._timed_out(model) from None
         except (ConnectionError, OSError) as e:
             raise self._unavailable(e) from None
         return {n: result.as_numpy(n) for n in outputs}

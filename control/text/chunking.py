@@ -7,6 +7,10 @@ blocks worth up to ``overlap`` of the size. Fenced code is never split (a fence
 larger than a chunk becomes a chunk of its own); a paragraph larger than a chunk
 is split at sentence ends, then, for a sentence with no end in sight, by length.
 
+Every chunk's text is an exact slice of the document (line breaks, list items and
+blank lines as written), so its first and last line numbers are exact and a line
+found inside a chunk maps back to the document by adding its offset.
+
 Example:
     >>> chunks = chunk_markdown(text, counter.count_many, max_tokens=254)
     >>> chunks[0].start_line
@@ -23,6 +27,9 @@ from qmd_triton.text.markdown import Block, blocks
 
 CHUNK_TOKENS = 900
 CHUNK_OVERLAP = 0.15
+# Part of the embedding fingerprint: an index chunked by another version is chunked again by `embed`.
+# 2: chunks are exact slices of the document (1 re-joined split paragraphs with spaces).
+CHUNKER_VERSION = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s+|(?<=[。！？])")
 
 Counter = Callable[[Sequence[str]], list[int]]
@@ -78,7 +85,7 @@ def chunk_markdown(text: str, count: Counter, max_tokens: int = CHUNK_TOKENS,
             seq=i,
             start_line=g[0][0].start_line,
             end_line=g[-1][0].end_line,
-            text="\n\n".join(b.text for b, _ in g),
+            text=text[g[0][0].start : g[-1][0].end],
             tokens=sum(n for _, n in g),
         )
         for i, g in enumerate(groups)
@@ -97,38 +104,53 @@ def _units(bl: list[Block], count: Counter, max_tokens: int) -> list[tuple[Block
     return out
 
 
+def _spans(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """``(start, end)`` narrowed to exclude surrounding whitespace; None when only whitespace is left."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if start < end else None
+
+
 def _split_paragraph(block: Block, count: Counter, max_tokens: int) -> list[tuple[Block, int]]:
-    """Packs a long paragraph's sentences into pieces of at most ``max_tokens``."""
-    sentences = [s for s in _SENTENCE_END.split(block.text) if s.strip()]
-    sizes = count(sentences)
-    pieces: list[tuple[str, int]] = []
-    for s, n in zip(sentences, sizes):
+    """Packs a long paragraph's sentences into pieces of at most ``max_tokens``, each an exact slice."""
+    text = block.text
+    sentences: list[tuple[int, int]] = []
+    last = 0
+    for m in _SENTENCE_END.finditer(text):
+        span = _spans(text, last, m.start() if m.group(0).strip() == "" and m.start() != m.end() else m.end())
+        if span:
+            sentences.append(span)
+        last = m.end()
+    span = _spans(text, last, len(text))
+    if span:
+        sentences.append(span)
+    sizes = count([text[a:b] for a, b in sentences])
+    pieces: list[tuple[int, int, int]] = []
+    for (a, b), n in zip(sentences, sizes):
         if n <= max_tokens:
-            pieces.append((s, n))
+            pieces.append((a, b, n))
             continue
-        step = max(1, int(len(s) * max_tokens / n * 0.9))
-        parts = [s[i : i + step] for i in range(0, len(s), step)]
-        pieces.extend(zip(parts, count(parts)))
+        step = max(1, int((b - a) * max_tokens / n * 0.9))
+        cuts = [(x, min(x + step, b)) for x in range(a, b, step)]
+        cuts = [s for s in (_spans(text, x, y) for x, y in cuts) if s]
+        pieces.extend((x, y, k) for (x, y), k in zip(cuts, count([text[x:y] for x, y in cuts])))
     out: list[tuple[Block, int]] = []
-    buf: list[str] = []
-    total = 0
-    consumed = 0
-    line = block.start_line
+    group: list[tuple[int, int, int]] = []
 
     def flush() -> None:
-        nonlocal buf, total, line, consumed
-        piece = " ".join(buf)
-        lines_in = piece.count("\n")
-        out.append((Block(line, min(block.end_line, line + lines_in), piece, "paragraph"), total))
-        consumed += len(piece)
-        line = min(block.end_line, block.start_line + block.text.count("\n", 0, consumed))
-        buf, total = [], 0
+        a, b = group[0][0], group[-1][1]
+        first = block.start_line + text.count("\n", 0, a)
+        last_line = block.start_line + text.count("\n", 0, b)
+        out.append((Block(first, last_line, text[a:b], "paragraph", block.start + a, block.start + b),
+                    sum(n for _, _, n in group)))
 
-    for s, n in pieces:
-        if buf and total + n > max_tokens:
+    for piece in pieces:
+        if group and sum(n for _, _, n in group) + piece[2] > max_tokens:
             flush()
-        buf.append(s.strip())
-        total += n
-    if buf:
+            group = []
+        group.append(piece)
+    if group:
         flush()
     return out

@@ -55,15 +55,36 @@ def strip_frontmatter(text: str) -> tuple[str, str]:
     return "", text
 
 
+TITLE_CHARS = 200
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_REF_LINK = re.compile(r"\[([^\]]*)\]\[[^\]]*\]")
+_HTML = re.compile(r"<[^>]+>")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+
+
+def plain_title(text: str) -> str:
+    """Heading text as a title: images (badges) dropped, links to their text, HTML tags and emphasis
+    marks removed, whitespace collapsed, at most 200 characters."""
+    text = _IMAGE.sub("", text)
+    text = _REF_LINK.sub(r"\1", _LINK.sub(r"\1", text))
+    text = _HTML.sub("", text)
+    text = re.sub(r"(\*\*|__|`)", "", text)
+    text = " ".join(text.split()).strip(" -|:")
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1].rstrip() + "…"
+
+
 def title_of(text: str, fallback: str) -> str:
-    """Frontmatter ``title:``, else the first ``#`` heading, else any heading, else ``fallback``."""
+    """Frontmatter ``title:``, else the first level-1 heading (``#`` or ``===`` underlined), else the
+    highest heading of any level, else ``fallback``; heading markup (badges, links) reduced to text."""
     front, body = strip_frontmatter(text)
     m = _FRONT_TITLE.search(front)
     if m:
-        return m.group(1).strip()
+        return plain_title(m.group(1)) or fallback
     best: tuple[int, str] | None = None
     in_fence = None
-    for line in body.split("\n"):
+    lines = body.split("\n")
+    for i, line in enumerate(lines):
         fence = _FENCE.match(line)
         if fence:
             marker = fence.group(1)[0]
@@ -71,29 +92,53 @@ def title_of(text: str, fallback: str) -> str:
             continue
         if in_fence:
             continue
+        found: tuple[int, str] | None = None
         h = _ATX.match(line)
         if h:
-            level = len(h.group(1))
-            if level == 1:
-                return h.group(2).strip()
-            if best is None or level < best[0]:
-                best = (level, h.group(2).strip())
+            found = (len(h.group(1)), h.group(2))
+        elif (line.strip() and not line.startswith("    ") and i + 1 < len(lines)
+              and (u := _SETEXT.match(lines[i + 1])) and not _SETEXT.match(line)
+              and not (u.group(1).startswith("-") and i > 0 and lines[i - 1].strip())):
+            found = (1 if u.group(1).startswith("=") else 2, line)
+        if found is None:
+            continue
+        title = plain_title(found[1])
+        if not title:
+            continue
+        if found[0] == 1:
+            return title
+        if best is None or found[0] < best[0]:
+            best = (found[0], title)
     return best[1] if best else fallback
 
 
 @dataclass(frozen=True)
 class Block:
-    """A unit chunking never splits lightly: a heading, a paragraph or a fenced code block."""
+    """A unit chunking never splits lightly: a heading, a paragraph or a fenced code block.
+
+    ``start``/``end`` are character offsets into the document (``text == document[start:end]``),
+    so a chunk made of blocks is an exact slice of the document and its line numbers are exact.
+    """
 
     start_line: int  # 1-based, inclusive
     end_line: int
     text: str
     kind: str  # "heading" | "paragraph" | "code"
+    start: int = 0
+    end: int = 0
 
 
 def blocks(text: str) -> list[Block]:
     """Splits markdown at its natural break points; fenced code stays whole."""
     lines = text.split("\n")
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line) + 1)
+
+    def block(first: int, last: int, kind: str) -> Block:  # 0-based line indices, inclusive
+        return Block(first + 1, last + 1, "\n".join(lines[first : last + 1]), kind, offsets[first],
+                     offsets[last + 1] - 1)
+
     out: list[Block] = []
     i = 0
     while i < len(lines):
@@ -108,17 +153,17 @@ def blocks(text: str) -> list[Block]:
             while j < len(lines) and not re.match(rf"^ {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}\s*$", lines[j]):
                 j += 1
             end = min(j, len(lines) - 1)
-            out.append(Block(i + 1, end + 1, "\n".join(lines[i : end + 1]), "code"))
+            out.append(block(i, end, "code"))
             i = end + 1
             continue
         if _ATX.match(line):
-            out.append(Block(i + 1, i + 1, line, "heading"))
+            out.append(block(i, i, "heading"))
             i += 1
             continue
         j = i
         while (j + 1 < len(lines) and lines[j + 1].strip() and not _FENCE.match(lines[j + 1])
                and not _ATX.match(lines[j + 1])):
             j += 1
-        out.append(Block(i + 1, j + 1, "\n".join(lines[i : j + 1]), "paragraph"))
+        out.append(block(i, j, "paragraph"))
         i = j + 1
     return out

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _CJK = (
     "\u3040-\u30ff"  # Hiragana, Katakana
@@ -52,8 +53,62 @@ def query_terms(query: str, limit: int = MAX_QUERY_TERMS) -> list[str]:
 
 
 def fts_match(terms: list[str]) -> str:
-    """An FTS5 MATCH expression: any of the terms (BM25 ranks by how many and how rare)."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    """An FTS5 MATCH expression: any of the terms (BM25 ranks by how many and how rare).
+
+    A term with spaces is a phrase (its words next to each other, in order).
+    """
+    return " OR ".join('"' + for_index(t).strip().replace('"', '""') + '"' for t in terms)
+
+
+_PART = re.compile(r'(-?)"([^"]*)"|(-?)(\S+)')
+
+
+@dataclass(frozen=True)
+class LexicalQuery:
+    """What BM25 looks for: terms and phrases (any of them; more and rarer rank higher), and what excludes a
+    document (``-word``, ``-"a phrase"``)."""
+
+    terms: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def positive_text(self) -> str:
+        """The query without its exclusions (what expansion and vector search may read)."""
+        return " ".join(self.terms)
+
+
+def without_exclusions(query: str) -> str:
+    """The query as written, less its ``-word`` and ``-"phrase"`` parts (for embedding and expansion)."""
+    kept = [m.group(0) for m in _PART.finditer(query) if not (m.group(1) or (m.group(3) and query_terms(m.group(4))))]
+    return " ".join(kept).strip() or query.strip()
+
+
+def parse_query(query: str, limit: int = MAX_QUERY_TERMS) -> LexicalQuery:
+    """``aaron -moses "exact phrase" -"not this"`` -> terms ``aaron``, the phrase, and two exclusions.
+
+    Words become distinct lower-cased terms (CJK runs as bigrams); a quoted phrase stays one term. A ``-``
+    at the start of a word or a quoted phrase excludes it. Hyphens inside words (``e-mail``) stay words.
+    """
+    terms: dict[str, None] = {}
+    exclude: dict[str, None] = {}
+    for m in _PART.finditer(query):
+        negative, phrase, negative_word, word = m.group(1), m.group(2), m.group(3), m.group(4)
+        target = exclude if (negative or negative_word) else terms
+        if phrase is not None:
+            words = query_terms(phrase, limit)
+            if len(words) > 1 and not has_cjk(phrase):
+                target.setdefault(" ".join(words), None)
+            else:
+                for w in words:
+                    target.setdefault(w, None)
+        elif word is not None:
+            if negative_word and not query_terms(word):
+                continue  # a lone "-" is punctuation
+            for w in query_terms(word, limit):
+                target.setdefault(w, None)
+        if len(terms) >= limit:
+            break
+    return LexicalQuery(tuple(list(terms)[:limit]), tuple(list(exclude)[:limit]))
 
 
 def has_cjk(text: str) -> bool:

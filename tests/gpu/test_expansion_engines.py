@@ -32,4 +32,4 @@ def test_gpu_engine_expands_a_query_and_stops_at_the_deadline(engine: str, hf_di
         assert all("batching" in x.lower() or "dynamic" in x.lower() or "configure" in x.lower()
                    for x in result.lex + result.vec + result.hyde)
     hurried = Expander(loaded, max_new_tokens=512, timeout_s=0.001).expand("configure dynamic batching")
-    assert hurried.status in ("timeout", "ok (cut at timeout)"), hurried.status
+    assert hurried.status in ("timeout", "partial"), hurried.status

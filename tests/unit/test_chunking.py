@@ -109,3 +109,29 @@ def test_a_huge_paragraph_is_split_at_sentences(count):
     assert len(chunks) > 5
     assert all(count([c.text])[0] <= 104 for c in chunks)
     assert chunks[0].text.startswith("Sentence number 0")
+
+
+def test_chunks_are_exact_slices_so_their_line_numbers_are_exact(count):
+    """A long list or paragraph split into chunks keeps its line breaks, and each chunk's lines are the
+    document's lines (text re-joined with spaces shifted every line number after it)."""
+    items = [f"- item {i}: the batcher merges requests that arrive within the queue delay." for i in range(80)]
+    text = "# Process\n\nIntro line.\n\n" + "\n".join(items) + "\n\n\n\nClosing words after two blank lines.\n"
+    lines = text.split("\n")
+    chunks = chunk_markdown(text, count, max_tokens=120)
+    assert len(chunks) >= 5
+    for c in chunks:
+        assert c.text == "\n".join(lines[c.start_line - 1 : c.end_line]), (c.start_line, c.end_line)
+        assert "\n- item" in c.text or c.text.startswith(("- item", "# Process", "Closing"))
+    last = chunks[-1]
+    assert last.text.endswith("Closing words after two blank lines.")
+    assert lines[last.end_line - 1] == "Closing words after two blank lines."
+
+
+def test_setext_headings_are_titles_and_badges_are_dropped_from_them():
+    assert title_of("Project notes\n=============\n\nBody text.\n", "x") == "Project notes"
+    assert title_of("Intro paragraph\n\nSubtitle\n--------\n\nMore.\n", "x") == "Subtitle"
+    assert title_of("a paragraph line\nstill the paragraph\n---\n", "x") == "x"  # a rule under a paragraph
+    badges = ("# [![Build](https://ci.example/badge.svg)](https://ci.example) [![PyPI](https://img/pypi.svg)]"
+              "(https://pypi.org/x) qmd-triton <img src='logo.png'> **search**")
+    assert title_of(badges + "\n", "x") == "qmd-triton search"
+    assert len(title_of("# " + "word " * 300, "x")) <= 200

@@ -78,3 +78,36 @@ def test_vectors_of_another_embedder_are_refused_not_mixed(tmp_path: Path, notes
         index(store, notes, HashEmbedder())
         with pytest.raises(FingerprintMismatch, match="embedded with a different dim than"):
             index(store, notes, HashEmbedder(dim=32))
+
+
+def test_an_index_chunked_by_an_older_chunker_is_chunked_again_keeping_unchanged_vectors(tmp_path: Path, notes: Path):
+    import json
+
+    from qmd_triton.index.store import FINGERPRINT_KEY
+
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        total = index(store, notes, embedder)
+        old = {k: v for k, v in embedder.setup().fingerprint.items() if k != "chunker"}
+        with store.transaction():
+            store.set_meta(FINGERPRINT_KEY, json.dumps(old))
+        assert index(store, notes, embedder) == 0  # chunked again; the same texts keep their vectors
+        assert store.fingerprint() == embedder.setup().fingerprint
+        counts = store.counts()
+        assert counts["embedded"] == counts["chunks"] == total
+
+
+def test_cleanup_drops_what_no_document_needs_and_reports_the_bytes(tmp_path: Path, notes: Path):
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        (notes / "recipes.md").unlink()
+        update(store, [Collection("notes", notes)])
+        assert store.remember_expansion("k1", {"lex": [], "vec": [], "hyde": []})
+        assert store.remember_expansion("k2", {"lex": [], "vec": [], "hyde": []})
+        report = store.cleanup(keep_expansions=1)
+        assert report["vectors"] >= 1 and report["expansions"] == 1
+        assert report["bytes_after"] <= report["bytes_before"] and report["bytes_reclaimed"] >= 0
+        counts = store.counts()
+        assert counts["embedded"] == counts["chunks"]
+        assert store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == counts["chunks"]

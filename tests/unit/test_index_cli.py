@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import io
 import json
 import shutil
@@ -62,7 +63,8 @@ def test_collection_add_list_rename_remove(tmp_path: Path, notes: Path):
     q = Qmd(tmp_path / "home")
     q("collection", "add", str(notes), "--name", "notes", "--mask", "guide/*.md")
     rows = json.loads(q("collection", "list", "--json").stdout)
-    assert rows == [{"name": "notes", "path": str(notes), "masks": ["guide/*.md"], "ignore": [], "documents": 0}]
+    assert rows == [{"name": "notes", "path": str(notes), "masks": ["guide/*.md"], "ignore": [], "update_cmd": "",
+                     "follow_links": False, "documents": 0}]
     q("update")
     q("collection", "rename", "notes", "kb")
     assert [r["name"] for r in json.loads(q("collection", "list", "--json").stdout)] == ["kb"]
@@ -312,3 +314,145 @@ def test_a_word_every_document_shares_still_ranks_them(tmp_path: Path):
     hits = json.loads(q("search", "batching", "--json").stdout)
     assert [h["file"] for h in hits][0] == "topic/b.md"  # title and three mentions
     assert len(hits) == 3 and all(h["score"] > 0.1 for h in hits)
+
+
+# -- everyday use (issue: what the docs promise holds, what tobi/qmd users expect) ---------------------
+
+
+def test_a_file_whose_whole_text_is_touch_is_indexed_and_updated_like_any_other(qmd: Qmd, notes: Path):
+    (notes / "odd.md").write_text("touch")
+    assert json.loads(qmd("update", "--json").stdout)["added"] == 1
+    assert qmd("get", "notes/odd.md").stdout == "touch"
+    (notes / "recipes.md").write_text("touch")
+    assert json.loads(qmd("update", "--json").stdout)["changed"] == 1
+    assert qmd("get", "notes/recipes.md").stdout == "touch"
+
+
+def test_collection_commands_keep_the_comments_of_the_config_file(tmp_path: Path, notes: Path):
+    q = Qmd(tmp_path / "home")
+    config = tmp_path / "home" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("# my qmd settings\n[server]\nhttp_port = 8000  # the usual port\n\n# notes below\n")
+    q("collection", "add", str(notes), "--name", "notes")
+    q("collection", "rename", "notes", "kb")
+    q("context", "add", "kb/guide", "How-to guides")
+    text = config.read_text()
+    assert "# my qmd settings" in text and "# the usual port" in text and "# notes below" in text
+    assert "[collections.kb]" in text and '"/guide" = "How-to guides"' in text
+    q("collection", "remove", "kb")
+    assert "# my qmd settings" in config.read_text()
+
+
+def test_multi_get_takes_line_ranges_mixes_globs_and_refs_and_refuses_what_matches_nothing(qmd: Qmd):
+    docs = json.loads(qmd("multi-get", "notes/guide/*.md,notes/recipes.md:3:2", "--json").stdout)
+    assert [d["file"] for d in docs] == ["notes/guide/batching.md", "notes/guide/operations.md", "notes/recipes.md"]
+    assert docs[2]["from"] == 3 and docs[2]["text"].count("\n") == 2
+    assert qmd.error("multi-get", "notes/nothing/*.md") == "Error: no indexed document matches 'notes/nothing/*.md'"
+    assert qmd.error("multi-get", "notes/guide/*.md,notes/missing.md").startswith(
+        "Error: notes/missing.md is not in the index")
+    limited = qmd("multi-get", "notes/guide/*.md", "--max-lines", "2").stdout
+    assert "(truncated)" in limited
+    root = ET.fromstring(qmd("multi-get", "notes/recipes.md", "--format", "xml").stdout)
+    assert root[0].get("file") == "notes/recipes.md" and "Sourdough" in root[0].text
+    assert "## Sourdough bread" in qmd("multi-get", "notes/recipes.md", "--format", "md").stdout
+
+
+def test_docids_are_the_shortest_unique_prefix_and_any_unique_prefix_finds_the_document(tmp_path: Path):
+    from qmd_triton.index.store import IndexStore
+
+    notes = tmp_path / "clash"
+    notes.mkdir()
+    q = Qmd(tmp_path / "home")
+    # find two texts whose sha256 share their first 6 hex digits (a birthday search over short texts)
+    import hashlib
+
+    seen: dict[str, str] = {}
+    pair = None
+    i = 0
+    while pair is None:
+        text = f"# note {i}\n"
+        prefix = hashlib.sha256(text.encode()).hexdigest()[:6]
+        if prefix in seen:
+            pair = (seen[prefix], text)
+        seen[prefix] = text
+        i += 1
+    for n, text in enumerate(pair):
+        (notes / f"n{n}.md").write_text(text)
+    q("collection", "add", str(notes), "--name", "clash")
+    q("update")
+    hits = json.loads(q("search", "note", "--json").stdout)
+    ids = [h["docid"] for h in hits]
+    assert len(ids) == 2 and all(len(d) > 7 for d in ids) and ids[0] != ids[1]  # longer than #xxxxxx
+    for h in hits:
+        assert json.loads(q("get", h["docid"], "--json").stdout)["file"] == h["file"]
+    assert q.error("get", ids[0][:7]).startswith(f"Error: docid {ids[0][:7]} is ambiguous: #")
+    with IndexStore.open(tmp_path / "home" / "index.sqlite") as store:
+        assert len(store.unique_docids([store.documents()[0].hash])[store.documents()[0].hash]) == len(ids[0]) - 1
+
+
+def test_get_suggests_the_closest_paths_when_it_misses(qmd: Qmd):
+    message = qmd.error("get", "notes/guide/batchng.md")
+    assert "did you mean notes/guide/batching.md" in message
+    assert qmd.error("get", "notes/recipes.md\nrm -rf").startswith(
+        "Error: a reference cannot contain a line break or control character")
+
+
+def test_minus_words_and_phrases_exclude_documents_from_search(qmd: Qmd):
+    both = [h["file"] for h in json.loads(qmd("search", "starter dough", "--json").stdout)]
+    assert "notes/recipes.md" in both
+    without = [h["file"] for h in json.loads(qmd("search", "starter dough -sourdough", "--json").stdout)]
+    assert "notes/recipes.md" not in without
+    phrase = json.loads(qmd("search", '"dynamic batching"', "--json").stdout)
+    assert phrase[0]["file"] == "notes/guide/batching.md"
+    assert qmd.error("search", "--", "-sourdough").startswith("Error: the query only excludes")
+
+
+def test_update_counts_what_it_leaves_out_and_says_why(qmd: Qmd, notes: Path):
+    (notes / "node_modules" / "pkg").mkdir(parents=True)
+    (notes / "node_modules" / "pkg" / "README.md").write_text("# vendored\n")
+    (notes / ".hidden").mkdir()
+    (notes / ".hidden" / "secret.md").write_text("# hidden\n")
+    (notes / "outside.md").symlink_to("/etc/hostname")
+    (notes / "dangling.md").symlink_to(notes / "nowhere.md")
+    (notes / "inside-link.md").symlink_to(notes / "recipes.md")
+    bad_name = os.fsencode(str(notes)) + b"/caf\xe9.md"
+    with open(bad_name, "wb") as f:
+        f.write(b"# latin-1 name\n")
+    result = qmd("update", "--json")
+    report = json.loads(result.stdout)
+    assert report["excluded"] == 2 and report["added"] == 1  # the link inside the collection is indexed
+    assert sorted(report["skipped"]) == ["notes/caf\\xe9.md", "notes/dangling.md", "notes/outside.md"]
+    assert "Warning: skipped notes/outside.md: a symlink to /etc/hostname, outside the collection" in result.stderr
+    assert "the file name is not valid UTF-8" in result.stderr
+    assert "2 excluded" in qmd("update").stdout or json.loads(qmd("update", "--json").stdout)["excluded"] == 2
+    assert json.loads(qmd("search", "hostname", "--json").stdout) == []
+
+
+def test_update_cmd_runs_in_the_collection_folder_before_the_scan(tmp_path: Path, notes: Path):
+    q = Qmd(tmp_path / "home")
+    q("collection", "add", str(notes), "--name", "notes", "--update-cmd", "printf '# pulled\\n' > pulled.md")
+    report = json.loads(q("update", "--json").stdout)
+    assert report["added"] == 5 and (notes / "pulled.md").is_file()
+    q("collection", "set", "notes", "--update-cmd", "exit 3")
+    result = q("update")
+    assert "Warning: notes: `exit 3` exited with status 3; scanning the files as they are" in result.stderr
+
+
+def test_contexts_come_back_with_every_hit_below_them(qmd: Qmd):
+    qmd("context", "add", "/", "The team's notes")
+    qmd("context", "add", "notes/guide", "Operating guides for the search service")
+    hits = {h["file"]: h for h in json.loads(qmd("search", "batching recipes sourdough", "--json").stdout)}
+    assert hits["notes/guide/batching.md"]["context"] == "The team's notes / Operating guides for the search service"
+    assert hits["notes/recipes.md"]["context"] == "The team's notes"
+    listed = json.loads(qmd("context", "list", "--json").stdout)
+    assert {"target": "notes/guide", "text": "Operating guides for the search service"} in listed
+    qmd("context", "rm", "notes/guide")
+    assert qmd.error("context", "rm", "notes/guide").startswith("Error: no context on 'notes/guide'")
+
+
+def test_all_full_path_and_no_color(qmd: Qmd, notes: Path):
+    every = json.loads(qmd("search", "the", "--all", "-n", "1", "--json").stdout)
+    assert len(every) == 3  # every English note: --all outranks -n
+    lines = qmd("search", "sourdough", "--full-path", "--format", "files").stdout.splitlines()
+    assert lines == [str(notes / "recipes.md")]
+    assert "\x1b[" not in qmd("search", "sourdough").stdout  # not a terminal: no colors

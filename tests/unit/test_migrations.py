@@ -50,10 +50,11 @@ def test_a_version_1_index_is_migrated_and_keeps_every_vector(tmp_path: Path):
         counts = store.counts()
         assert (counts["documents"], counts["chunks"], counts["embedded"]) == (2, 3, 3)
         assert [d.path for d, _ in store.bm25(["gamma"], 5)] == ["b.md"]
-    assert messages == ["migrating " + str(path) + " from index schema 1 to 2 (embeddings keyed by chunk text)"]
+    assert messages == [f"migrating {path} from index schema 1 to 2 (embeddings keyed by chunk text)",
+                        f"migrating {path} from index schema 2 to 3 (an expansion cache)"]
     with IndexStore.open(path, progress=messages.append):
         pass
-    assert len(messages) == 1  # a migrated index is not migrated again
+    assert len(messages) == 2  # a migrated index is not migrated again
 
 
 def test_a_failing_migration_leaves_the_version_1_index_as_it_was(tmp_path: Path, monkeypatch):
@@ -82,7 +83,7 @@ def test_an_index_from_a_newer_qmdctl_is_refused_with_one_line(tmp_path: Path):
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(IndexCorrupt, match=r"was written by a newer qmdctl \(index schema 99\); this one reads "
-                                           r"schema 2 and older: upgrade qmd-triton"):
+                                           r"schema 3 and older: upgrade qmd-triton"):
         IndexStore.open(path)
 
 
@@ -97,4 +98,4 @@ def test_a_new_index_is_created_at_the_current_schema(tmp_path: Path):
     with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
         assert store.meta("schema_version") == str(migrations.SCHEMA_VERSION)
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "embeddings" in tables and "vectors" not in tables
+        assert {"embeddings", "expansions"} <= tables and "vectors" not in tables

@@ -31,3 +31,28 @@ def test_settings_raise_when_config_has_unknown_key(tmp_path: Path):
 def test_settings_raise_when_port_out_of_range(tmp_path: Path):
     with pytest.raises(ConfigError, match="http_port must be a port number"):
         Settings.load(tmp_path, http_port=70000)
+
+
+def test_a_request_slower_than_the_client_timeout_says_so_and_names_the_setting(tmp_path, monkeypatch):
+    """A hung server is not a missing one: the message says it timed out and how to allow more."""
+    import socket
+    import threading
+
+    from qmd_triton.errors import RequestTimeout
+    from qmd_triton.serving.client import QmdClient
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    monkeypatch.setenv("QMD_REQUEST_TIMEOUT_S", "0.5")
+    settings = Settings.load(tmp_path)
+    assert settings.request_timeout_s == 0.5
+    port = listener.getsockname()[1]
+    for protocol in ("http", "grpc"):
+        with QmdClient(f"127.0.0.1:{port}", protocol, settings.request_timeout_s) as client:
+            with pytest.raises(RequestTimeout, match=r"qmd_search did not answer within 0.5s at .*: the server is "
+                                                     r"up but busy.*request_timeout_s.*QMD_REQUEST_TIMEOUT_S"):
+                client.search("qmd_search", "batching", "")
+    listener.close()

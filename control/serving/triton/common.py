@@ -118,3 +118,35 @@ def respond_each(requests: list, handle: Callable[[Any], Any], expected: tuple[t
 def bytes_column(array: np.ndarray) -> list[bytes]:
     """A ``[batch, 1]`` BYTES tensor -> one bytes value per row."""
     return [v if isinstance(v, (bytes, str)) else bytes(v) for v in array.reshape(-1)]
+
+
+class Counter:
+    """A Prometheus counter on Triton's own /metrics (the python backend's custom metrics), by one label.
+
+    Where the backend has no custom metrics the counter does nothing: a metric must never fail a request.
+    """
+
+    def __init__(self, name: str, description: str, label: str) -> None:
+        self.label = label
+        self._metrics: dict[str, Any] = {}
+        try:
+            utils = pb()
+            self._family = utils.MetricFamily(name=name, description=description, kind=utils.MetricFamily.COUNTER)
+        except Exception:  # noqa: BLE001 - no custom metrics in this backend
+            self._family = None
+
+    def close(self) -> None:
+        """Drops the metrics before their family (the backend requires that order)."""
+        self._metrics.clear()
+        self._family = None
+
+    def increment(self, value: str, by: float = 1.0) -> None:
+        if self._family is None:
+            return
+        try:
+            metric = self._metrics.get(value)
+            if metric is None:
+                metric = self._metrics[value] = self._family.Metric(labels={self.label: value})
+            metric.increment(by)
+        except Exception:  # noqa: BLE001
+            pass

@@ -11,8 +11,9 @@ Parameters:
         score >= 0.85 and >= 0.15 ahead of #2).
     index_path: as for qmd_search.
 
-The response cache is enabled in the config: a repeated (query, options) is
-answered without running the engine.
+Expansions are cached in the index (``expansions``), keyed by the engine, its model, the
+prompt, the query and the intent: a repeated query (with any ``n`` or other options) is
+answered without running the engine, and ``--explain`` says ``cached``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import time
 
 from qmd_triton.errors import IndexMissing, InputError, QmdError
 from qmd_triton.index.store import IndexHandle
-from qmd_triton.search.expansion import Expander, Expansion, make_engine
+from qmd_triton.search.expansion import Expander, make_engine, plan_expansion
 from qmd_triton.search.fusion import strong_signal
 from qmd_triton.search.hybrid import Plan, bm25_probe
 from qmd_triton.serving.triton import common
 from qmd_triton.serving.triton.plan import plan_response, read_request
+from qmd_triton.text.tokenization import read_manifest
 
 
 class TritonPythonModel:
@@ -33,6 +35,8 @@ class TritonPythonModel:
         utils = common.pb()
         config, version_dir = common.load(args)
         self.engine_name = common.parameter(config, "engine", "onnxruntime")
+        # the cache key's engine part: the engine and the exported model it runs
+        self.engine_id = f"{self.engine_name}:{read_manifest(version_dir).get('onnx_sha256', '')[:16]}"
         try:
             engine = make_engine(
                 self.engine_name, version_dir,
@@ -49,6 +53,9 @@ class TritonPythonModel:
         )
         self.strong = common.parameter(config, "strong_signal", "true").lower() == "true"
         self.handle = IndexHandle(common.index_path(config))
+        self.expansions = common.Counter("qmd_expansions_total",
+                                         "Query expansions of qmd_expand by how they were made (ok, cached, ...)",
+                                         "status")
 
     def _probe(self, query: str, options) -> bool:
         if not self.strong:
@@ -58,16 +65,19 @@ class TritonPythonModel:
         except IndexMissing:
             return False
 
+    def _store(self):
+        try:
+            return self.handle.get()
+        except QmdError:
+            return None  # no index yet: expand without the cache
+
     def execute(self, requests: list) -> list:
         def handle(request):
             query, options = read_request(request)
             started = time.monotonic()
-            if not options.expand:
-                expansion = Expansion(status="disabled")
-            elif self._probe(query, options):
-                expansion = Expansion(status="strong-bm25")
-            else:
-                expansion = self.expander.expand(query)
+            expansion = plan_expansion(query, options, self.expander, engine_id=self.engine_id,
+                                       strong=lambda: self._probe(query, options), store=self._store())
+            self.expansions.increment("error" if expansion.status.startswith("error") else expansion.status)
             plan = Plan(
                 query=query, mode="query", lex=expansion.lex, vec=expansion.vec, hyde=expansion.hyde,
                 options=options.to_dict(),
@@ -79,4 +89,5 @@ class TritonPythonModel:
         return common.respond_each(requests, handle, (InputError, QmdError))
 
     def finalize(self) -> None:
+        self.expansions.close()
         self.handle.close()

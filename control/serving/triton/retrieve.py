@@ -28,12 +28,13 @@ from qmd_triton.contracts import (
     QUERY_EMBEDDINGS,
     RERANK_MODEL,
 )
-from qmd_triton.errors import ArtifactMissing, FingerprintMismatch, InputError, QmdError
-from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id
+from qmd_triton.errors import ArtifactMissing, InputError, QmdError
+from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id, mismatch
 from qmd_triton.index.store import IndexHandle
 from qmd_triton.search.hybrid import Plan, clamp_candidates, hybrid_candidates
 from qmd_triton.search.vectors import VectorIndex
 from qmd_triton.serving.triton import common
+from qmd_triton.text.terms import parse_query
 from qmd_triton.text.tokenization import PairEncoder
 
 
@@ -61,11 +62,7 @@ class TritonPythonModel:
         if stored is None:
             raise ArtifactMissing("the index has no vectors yet; run `qmdctl embed`")
         if fingerprint_id(stored) != self.fingerprint_id:
-            diff = sorted(k for k in set(stored) | set(self.fingerprint) if stored.get(k) != self.fingerprint.get(k))
-            raise FingerprintMismatch(
-                f"the index was embedded with a different {', '.join(diff)} than this server's model; "
-                "run `qmdctl embed --force`"
-            )
+            raise mismatch(stored, self.fingerprint, "this server's model")
         return self.vectors
 
     def _response(self, payload: object, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]):
@@ -88,13 +85,14 @@ class TritonPythonModel:
             embeddings = utils.get_input_tensor_by_name(request, QUERY_EMBEDDINGS).as_numpy()
             vectors = self._index()
             if plan.mode == "vsearch":
-                hits = vectors.search(embeddings[0], plan.search_options)
+                hits = vectors.search(embeddings[0], plan.search_options, self.handle.contexts(),
+                                      parse_query(plan.query).exclude)
                 return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
-            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings)
+            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts())
             payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
                        "candidate_limit": clamp_candidates(plan.search_options)}
             if cands and plan.search_options.rerank:
-                pairs = self.pairs.encode(plan.query, [c.passage for c in cands])
+                pairs = self.pairs.encode(plan.rerank_query(), [c.passage for c in cands])
             else:
                 pairs = self.pairs.encode("", ["-"])
             return self._response(payload, pairs)

@@ -29,7 +29,7 @@ class TritonPythonModel:
 
         def handle(request):
             query, options = read_request(request)
-            hits = search_bm25(self.handle.get(), query, options)
+            hits = search_bm25(self.handle.get(), query, options, self.handle.contexts())
             payload = json.dumps([h.to_dict() for h in hits], ensure_ascii=False).encode("utf-8")
             return utils.InferenceResponse(
                 output_tensors=[utils.Tensor(RESULTS, np.array([payload], dtype=np.object_))])

@@ -1,0 +1,48 @@
+"""Watching collections: which collections changed on disk, debounced, for ``qmdctl watch``.
+
+A change is any file added, modified or removed below a collection's folder that its masks
+select (hidden and tool folders ignored, as ``update`` does). Changes are gathered until the
+folders have been quiet for the debounce time, then reported once per batch.
+
+Example:
+    >>> for changed in watch_changes(config.list(), debounce_ms=1000, stop=stop_event):
+    ...     update(store, [c for c in collections if c.name in changed])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from qmd_triton.index.collections import SKIP_DIRS, Collection
+
+DEBOUNCE_MS = 1000
+
+
+def _collection_of(path: Path, collections: Sequence[Collection]) -> Collection | None:
+    for c in collections:
+        try:
+            rel = path.relative_to(c.path)
+        except ValueError:
+            continue
+        parts = rel.parts
+        if any(p in SKIP_DIRS or p.startswith(".") for p in parts[:-1]):
+            return None
+        return c if c.matches(rel.as_posix()) else None
+    return None
+
+
+def watch_changes(collections: Sequence[Collection], *, debounce_ms: int = DEBOUNCE_MS,
+                  stop: threading.Event | None = None) -> Iterator[set[str]]:
+    """Yields the names of the collections whose selected files changed, one set per quiet period."""
+    from watchfiles import watch
+
+    roots = [str(c.path) for c in collections if c.path.is_dir()]
+    if not roots:
+        return
+    for batch in watch(*roots, debounce=debounce_ms, step=50, stop_event=stop, yield_on_timeout=False,
+                       raise_interrupt=False):
+        changed = {c.name for _, raw in batch if (c := _collection_of(Path(raw), collections)) is not None}
+        if changed:
+            yield changed

@@ -1,0 +1,56 @@
+"""Which expansion a query gets: typed searches, none, the index's cache, or the LLM; exclusions respected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qmd_triton.index.store import IndexStore
+from qmd_triton.search.expansion import Expander, plan_expansion
+from qmd_triton.search.options import SearchOptions, split_typed
+
+
+class Scripted:
+    """An engine that answers with fixed text and records the prompts it was given."""
+
+    name = "scripted"
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.prompts: list[str] = []
+
+    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        self.prompts.append(prompt)
+        return self.answer, False
+
+
+def test_an_expansion_is_cached_in_the_index_whatever_n(tmp_path: Path):
+    engine = Scripted(" batching requests triton\nvec: how are requests batched\n")
+    expander = Expander(engine)
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        first = plan_expansion("request batching", SearchOptions(n=2), expander, engine_id="e", store=store)
+        again = plan_expansion("request  batching", SearchOptions(n=9), expander, engine_id="e", store=store)
+        other = plan_expansion("request batching", SearchOptions(), expander, engine_id="other-model", store=store)
+    assert first.status == "ok" and first.lex == ["batching requests triton"]
+    assert again.status == "cached" and again.lex == first.lex and again.vec == first.vec
+    assert other.status == "ok"  # another engine or model expands again
+    assert len(engine.prompts) == 2
+
+
+def test_typed_searches_replace_the_llm_and_intent_reaches_the_prompt():
+    engine = Scripted(" unused\n")
+    expander = Expander(engine)
+    typed = plan_expansion("q", SearchOptions(searches=(("lex", "gpu batching"), ("vec", "how do batches form"))),
+                           expander)
+    assert (typed.status, typed.lex, typed.vec) == ("caller", ["gpu batching"], ["how do batches form"])
+    assert engine.prompts == []
+    plan_expansion("triton batching", SearchOptions(intent="the Triton inference server"), expander)
+    assert "The searcher means: the Triton inference server." in engine.prompts[0]
+    assert split_typed("lex: a b\nvec: what is a\nplain words") == ("plain words", (("lex", "a b"), ("vec", "what is a")))
+    assert split_typed("lex: a b\nvec: what is a")[0] == "what is a"
+
+
+def test_excluded_words_never_reach_the_llm_and_lines_holding_them_are_dropped():
+    engine = Scripted(" aaron biography\nlex: aaron moses brother\nvec: who was aaron\n")
+    result = plan_expansion("aaron -moses", SearchOptions(), Expander(engine))
+    assert "moses" not in engine.prompts[0].rsplit("<|im_start|>user\n", 1)[1]
+    assert result.lex == ["aaron biography"] and result.vec == ["who was aaron"]
