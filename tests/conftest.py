@@ -114,7 +114,9 @@ def started(monkeypatch) -> Started:
 
     def popen(*args, **kwargs):
         proc = real(*args, **kwargs)
-        record.procs.append(proc)
+        command = args[0] if args else kwargs.get("args")
+        if isinstance(command, list) and str(command[0]).endswith("/tritonserver"):
+            record.procs.append(proc)
         return proc
 
     monkeypatch.setattr(server.subprocess, "Popen", popen)

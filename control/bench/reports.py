@@ -95,6 +95,15 @@ def plot(rows: Sequence[Row], path: Path, baselines: dict | None = None, hardwar
 
     Both axes start at zero, so ratios between points read off the picture as they are.
     """
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, baselines, hardware)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def figure(rows: Sequence[Row], baselines: dict | None = None, hardware: dict | None = None):
+    """The plot as a matplotlib figure (see :func:`plot`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,5 +130,4 @@ def plot(rows: Sequence[Row], path: Path, baselines: dict | None = None, hardwar
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig

@@ -335,7 +335,10 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
                    interval_s=0.25, give_up=failed, note=lambda _s: progress("waiting for models to load ..."))
     except WaitTimeout as e:
         _stop_members(state, timeout=5)
-        procs.reap(proc.pid)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
         _clear_state(settings)
         reason = str(e)
         if reason.startswith("not ready after"):

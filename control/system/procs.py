@@ -112,12 +112,18 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def reap(pid: int) -> None:
-    """Collects the exit status of a child of ours so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+def reap(pid: int, wait_s: float = 0.0) -> None:
+    """Collects the exit status of a child of ours so it does not linger as a zombie, waiting up to
+    ``wait_s`` for it to exit; a pid that is not our child is left alone."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
 
 
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
@@ -131,6 +137,8 @@ def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, lead
             if leader is not None:
                 reap(leader)
             if not [p for p in members() if not is_zombie(p)]:
+                if leader is not None:
+                    reap(leader, wait_s=5.0)
                 return True
             time.sleep(0.1)
     return not members()

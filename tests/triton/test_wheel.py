@@ -23,13 +23,15 @@ EXPORTED = ("model.onnx", "tokenizer.json", "export.json", "generation.json", "d
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+    return proc.stdout + (proc.stderr if "-v" in cmd else "")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO.parent)], cwd=out)
+    log = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(REPO.parent)], cwd=out)
+    # a folder left out of `packages` makes setuptools print a screenful that reads like an error
+    assert "would be ignored" not in log and "is absent from the `packages`" not in log
     [built] = list(out.glob("qmd_triton-*.whl"))
     return built
 

@@ -115,3 +115,56 @@ def test_soak_verdict_flat_only_when_memory_stops_growing_after_the_warm_up():
     warm, end, growth, flat = judge_memory(leaking, 0.05)
     assert not flat and growth == pytest.approx((1200 - 1050) / 1050)
     assert judge_memory([(0, mb)], 0.05)[3] is False  # one sample cannot show that memory is flat
+
+
+def test_the_plot_starts_at_zero_shows_the_baselines_and_names_the_machine():
+    import matplotlib.pyplot as plt
+
+    from qmd_triton.bench.reports import figure
+
+    rows = [bench.Row("qmd_embed", "grpc", c, 27.0 + c, 1e4, 2e4, 3e4 * c, 4e4, 1e4, 0, 1e4) for c in (1, 8)]
+    hardware = {"cpu": "Test CPU", "cores": 2, "load_avg_1m": 1.5}
+    fig = figure(rows, {"in-process onnxruntime": {"per_s": 40.0}}, hardware)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("baseline: in-process onnxruntime") for label in labels)
+    assert "Test CPU, 2 cores, load average 1.5" in ax.get_title()
+    plt.close(fig)
+
+
+def test_bench_soak_and_tune_say_what_they_default_to():
+    for command in ("bench", "soak"):
+        help_text = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+        assert "Triton protocol. [default: grpc]" in help_text
+    tune = CliRunner().invoke(cli, ["tune", "--help"], terminal_width=200).output
+    assert "--datasets" in tune and "QMD_DATASETS" in tune
+
+
+def test_perf_analyzer_install_is_skipped_when_it_is_already_there(tmp_path: Path):
+    """The installed check reads the version from stderr, where perf_analyzer prints it: no reinstall."""
+    import subprocess
+
+    from ..conftest import REPO
+
+    dest = tmp_path / "pa"
+    dest.mkdir()
+    (dest / "perf_analyzer").write_text("#!/bin/sh\necho 'Perf Analyzer 2.60.0' >&2\n")
+    (dest / "perf_analyzer").chmod(0o755)
+    script = REPO.parent / "scripts" / "install-perf-analyzer.sh"
+    proc = subprocess.run(["bash", str(script), str(dest)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": "/nonexistent/python"})
+    assert proc.returncode == 0 and "installing" not in proc.stderr, proc.stderr
+
+
+def test_counted_progress_off_a_terminal_prints_periodic_lines(capsys):
+    from qmd_triton.cli.common import CountReporter
+
+    reporter = CountReporter("embedding chunks", quiet=False, every_s=0.0)
+    reporter.tty = False
+    for done in (0, 10, 20, 40):
+        reporter(done, 40)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "embedding chunks: 0/40"
+    assert lines[-1].startswith("embedding chunks: 40/40 (100%")
+    assert len(lines) == 4
