@@ -264,14 +264,20 @@ def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: 
             done = embed_index(settings)
             click.echo(f"{time.strftime('%H:%M:%S')} embedded {done.embedded} chunks", err=True)
 
-    refresh(cols)
-    state.progress(f"watching {', '.join(f'{c.name} ({c.path})' for c in cols)}; Ctrl-C stops")
+    first = True
     try:
+        # The first batch comes once the folders are watched, naming every collection: the initial
+        # update runs then, so a file saved while the watch starts is not missed.
         for changed in watch_changes(cols, debounce_ms=debounce_ms, stop=stop):
             try:
                 refresh([c for c in collections_of(settings).list() if c.name in changed])
             except QmdError as e:  # a bad moment (a file half-written, the server restarting) is not the end
+                if first:
+                    raise
                 state.warn(str(e))
+            if first:
+                first = False
+                state.progress(f"watching {', '.join(f'{c.name} ({c.path})' for c in cols)}; Ctrl-C stops")
     except KeyboardInterrupt:
         pass
     state.progress("stopped watching")

@@ -339,6 +339,12 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        # A stub the server was still launching can show up after the first sweep (briefly under a shell
+        # or loader it execs from): sweep until the group the server led is empty, for a few seconds.
+        deadline = time.monotonic() + 10
+        while procs.group_members(state.pgid) and time.monotonic() < deadline:
+            _stop_members(state, timeout=2)
+            time.sleep(0.2)
         _clear_state(settings)
         reason = str(e)
         if reason.startswith("not ready after"):
