@@ -190,7 +190,7 @@ EXPAND = ModelSpec(
     kind=ModelKind.PYTHON,
     inputs=_QUERY_IN,
     outputs=_PLAN_OUT,
-    artifacts=("model.py", "decoder.onnx", "tokenizer.json", "generation.json"),
+    artifacts=("model.py", "genai/genai_config.json", "genai/model.onnx", "genai/tokenizer.json", "generation.json"),
     doc="Query expansion (lex/vec/hyde lines) by an LLM engine; the original query always first.",
 )
 

@@ -37,14 +37,16 @@ PARTS = ("embedding", "reranker", "expansion")
               help="Also build TensorRT plans of the embedding model and the reranker into this repository "
                    "(their configs switch to tensorrt_plan there). Needs TensorRT: run it in the NGC image.")
 @click.option("--int8", is_flag=True, help="With --tensorrt: INT8 as well as FP16 (calibrated on the docs/ texts).")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--expansion-precision", type=click.Choice(["int8", "int4", "fp32"]), default="int8", show_default=True,
+              help="Weights of the expansion LLM's decoder (int4 is faster but garbles a 135M model's output).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset of the embedding export.")
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
 def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_source: Path | None,
            reranker_source: Path | None,
            reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, tensorrt_repo: Path | None,
-           int8: bool, opset: int, force: bool, as_json: bool) -> None:
+           int8: bool, expansion_precision: str, opset: int, force: bool, as_json: bool) -> None:
     """Export the embedding model, the reranker and the expansion LLM to ONNX, with parity reports.
 
     Each export is skipped when the model repository already holds an export of the
@@ -77,7 +79,8 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
             from qmd_triton.exporters.decoder_onnx import export_decoder, export_transformers
 
             gguf = expansion_gguf or default_source("expansion")
-            reports[part] = export_decoder(gguf, repo, opset=opset, force=force, progress=state.progress)
+            reports[part] = export_decoder(gguf, repo, precision=expansion_precision, force=force,
+                                           progress=state.progress)
             if expansion_hf:
                 export_transformers(gguf, repo, force=force, progress=state.progress)
     if tensorrt_repo is not None:
@@ -94,4 +97,6 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
             click.echo(f"{part:<10} plan {r.plan_bytes / 1e6:.1f} MB, {len(r.profiles)} profiles, {r.seconds:.1f}s")
             continue
         verdict = "unchanged" if r.skipped else f"exported in {r.seconds:.1f}s"
-        click.echo(f"{part:<10} {verdict:<20} parity max|diff|={r.max_abs_diff:.2e}  sha256={r.onnx_sha256[:12]}")
+        parity = (f"parity agreement {r.agreement:.1%}" if hasattr(r, "agreement")
+                  else f"parity max|diff|={r.max_abs_diff:.2e}")
+        click.echo(f"{part:<10} {verdict:<20} {parity}  sha256={r.onnx_sha256[:12]}")

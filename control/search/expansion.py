@@ -8,13 +8,18 @@ error, a timeout before the first line, no valid line — leaves the original qu
 alone. Expansion never fails a request.
 
 Engines (the ``engine`` parameter of ``qmd_expand``):
-    ``onnxruntime``  the exported decoder with a KV cache, greedy, CPU (default)
+    ``onnxruntime``  the exported int8 decoder on onnxruntime-genai, greedy, CPU (default); the
+                     prompt's fixed part (instructions and examples) is computed once and its key/value
+                     cache reused by every request, so a request pays only for its own words
     ``vllm``         vLLM on GPUs (``tensor_parallel_size``, ``gpu_memory_utilization``)
     ``deepspeed``    DeepSpeed inference on GPUs (``tensor_parallel_size``)
     ``none``         no expansion
 
+The prompt is bounded (the query and the intent are cut to a few hundred characters) and the
+deadline covers the whole request, reading the prompt included.
+
 Example:
-    >>> expander = Expander(OnnxDecoderEngine(Path("model_repository/qmd_expand/1")))
+    >>> expander = Expander(GenaiEngine(Path("model_repository/qmd_expand/1")))
     >>> expander.expand("configure dynamic batching").lex
     ['configure dynamic batching triton']
 """
@@ -31,8 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-
-import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
 from qmd_triton.index.store import IndexStore
@@ -58,20 +61,59 @@ SHOTS = (
 )
 PREFILL = "lex:"
 _LINE = re.compile(r"^\s*(lex|vec|hyde)\s*:\s*(.+?)\s*$", re.IGNORECASE)
+MAX_QUERY_CHARS = 400  # what the LLM reads of a query (a 16 KiB query would hold the model for seconds)
+MAX_INTENT_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as a fixed ``prefix`` (instructions and examples: the same for every request, so an engine
+    may keep its key/value cache) and the request's own ``suffix``."""
+
+    prefix: str
+    suffix: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.suffix
+
+
+def _prefix() -> str:
+    turns = [("system", SYSTEM)]
+    for q, a in SHOTS:
+        turns += [("user", q), ("assistant", a)]
+    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns) + "<|im_start|>user\n"
+
+
+def prompt(query: str, intent: str = "") -> Prompt:
+    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line.
+
+    The query is cut to ``MAX_QUERY_CHARS``; an ``intent`` (what the searcher means, e.g. "the Triton
+    inference server") follows it in the request's turn.
+    """
+    asked = " ".join(query.split())[:MAX_QUERY_CHARS]
+    intent = " ".join(intent.split())[:MAX_INTENT_CHARS]
+    if intent:
+        asked += f"\n(meaning: {intent})"
+    return Prompt(_prefix(), f"{asked}<|im_end|>\n<|im_start|>assistant\n{PREFILL}")
 
 
 def chatml(query: str, intent: str = "") -> str:
-    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line.
+    """The whole prompt as one string (engines that cache prefixes themselves, and the exporter's parity)."""
+    return prompt(query, intent).text
 
-    An ``intent`` (what the searcher means, e.g. "the Triton inference server") joins the instructions.
-    """
-    system = SYSTEM + (f" The searcher means: {intent.strip()}." if intent.strip() else "")
-    turns = [("system", system)]
-    for q, a in SHOTS:
-        turns += [("user", q), ("assistant", a)]
-    turns.append(("user", query))
-    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
-    return text + "<|im_start|>assistant\n" + PREFILL
+
+def finished(text: str) -> bool:
+    """True once the answer (after the ``lex:`` prefill) holds everything the parser would keep: a blank
+    line or a line that is not lex/vec/hyde ends it, and so do full buckets. Generation stops there."""
+    lines = (PREFILL + text).split("\n")
+    complete, counts = lines[:-1], {"lex": 0, "vec": 0, "hyde": 0}
+    for line in complete:
+        m = _LINE.match(line)
+        if not m:
+            return True
+        counts[m.group(1).lower()] += 1
+    return counts["lex"] >= MAX_LEX and counts["vec"] >= MAX_VEC and counts["hyde"] >= MAX_HYDE
 
 
 # What an expansion's status says (query --explain shows it):
@@ -127,48 +169,74 @@ def parse(text: str, query: str) -> Expansion:
 class Engine(Protocol):
     name: str
 
-    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
-        """Text generated after ``prompt`` and whether the deadline cut it short."""
+    def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        """Text generated after ``prompt`` (stopping early once :func:`finished` says so) and whether the
+        deadline cut it short."""
 
 
-class OnnxDecoderEngine:
-    """Greedy decoding over the exported ONNX decoder and its explicit KV cache."""
+class GenaiEngine:
+    """Greedy decoding on onnxruntime-genai over the exported decoder (``genai/``), one request at a time.
+
+    The prompt's fixed prefix is read once; each request rewinds the key/value cache to the end of it,
+    appends its own tokens and decodes, so a request costs its own words, not the examples'.
+    """
 
     name = "onnxruntime"
+    MAX_PROMPT_TOKENS = 512  # prefix + the request's turn (its query and intent are cut to a few hundred chars)
 
-    def __init__(self, version_dir: Path, threads: int = 0) -> None:
+    def __init__(self, version_dir: Path, threads: int = 0, max_new_tokens: int = 64) -> None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError as e:
+            raise ConfigError(f"engine onnxruntime needs onnxruntime-genai ({e}); pip install -e '.[cpu]'") from None
         from tokenizers import Tokenizer
 
-        from qmd_triton.runtime.onnx import make_session
-
-        manifest = version_dir / "export.json"
-        decoder = version_dir / "decoder.onnx"
-        if not decoder.is_file() or not manifest.is_file():
-            raise ArtifactMissing(f"{decoder} is missing; run `qmdctl export`")
-        meta = json.loads(manifest.read_text())
+        model_dir = version_dir / "genai"
+        if not (model_dir / "genai_config.json").is_file():
+            raise ArtifactMissing(f"{model_dir}/genai_config.json is missing; run `qmdctl export`")
         gen = json.loads((version_dir / "generation.json").read_text())
-        self.layers, self.kv_heads, self.head_dim = meta["layers"], meta["kv_heads"], meta["head_dim"]
         self.eos = set(gen["eos_token_ids"])
-        self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
-        self.session = make_session(decoder, intra_threads=threads)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config = og.Config(str(model_dir))
+        if threads > 0:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                                 "inter_op_num_threads": 1}}}}))
+        self._og = og
+        self.model = og.Model(config)
+        self.max_length = self.MAX_PROMPT_TOKENS + max_new_tokens
+        self._generator = None
+        self._prefix: tuple[str, int] | None = None  # the prefix text and its length in tokens, when cached
+        self._start(_prefix())  # read the fixed prefix now, not in the first request
 
-    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        past = np.zeros((self.layers, 1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        feeds = {"input_ids": np.array([ids], dtype=np.int64), "past_keys": past, "past_values": past}
+    def _start(self, prefix: str) -> None:
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.max_length, do_sample=False)
+        self._generator = self._og.Generator(self.model, params)
+        ids = self.tokenizer.encode(prefix, add_special_tokens=False).ids
+        self._generator.append_tokens(ids)
+        self._prefix = (prefix, len(ids))
+
+    def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        if self._prefix is None or self._prefix[0] != prompt.prefix:
+            self._start(prompt.prefix)
+        else:
+            self._generator.rewind_to(self._prefix[1])
+        gen = self._generator
+        suffix = self.tokenizer.encode(prompt.suffix, add_special_tokens=False).ids
+        room = self.max_length - self._prefix[1] - 1
+        gen.append_tokens(suffix[: max(1, room - max_new_tokens)])
         out: list[int] = []
-        cut = False
-        for _ in range(max_new_tokens):
-            logits, keys, values = self.session.run(None, feeds)
-            token = int(np.argmax(logits[0]))
+        for _ in range(min(max_new_tokens, self.max_length - gen.token_count() - 1)):
+            if time.monotonic() > deadline:
+                return self.tokenizer.decode(out, skip_special_tokens=True), True
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
             if token in self.eos:
                 break
             out.append(token)
-            if time.monotonic() > deadline:
-                cut = True
+            if self.tokenizer.id_to_token(token) in ("Ċ", "ĊĊ") and finished(self.tokenizer.decode(out)):
                 break
-            feeds = {"input_ids": np.array([[token]], dtype=np.int64), "past_keys": keys, "past_values": values}
-        return self.tokenizer.decode(out, skip_special_tokens=True), cut
+        return self.tokenizer.decode(out, skip_special_tokens=True), False
 
 
 def _not_installed(engine: str, e: ImportError) -> ConfigError:
@@ -194,16 +262,16 @@ class VllmEngine:
         _require_transformers_dir(model_dir)
         self._params = SamplingParams
         self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True)
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True, enable_prefix_caching=True)
         self._ids = itertools.count()
 
-    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+    def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
         """Steps the engine itself (``LLM.generate`` cannot be interrupted) and aborts the request at the deadline,
-        keeping the text generated so far."""
-        params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=["<|im_end|>"])
+        keeping the text generated so far. vLLM caches the shared prefix itself (prefix caching)."""
+        params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=["<|im_end|>", "\n\n"])
         engine = self.llm.llm_engine
         request_id = f"qmd-expand-{next(self._ids)}"
-        engine.add_request(request_id, prompt, params)
+        engine.add_request(request_id, prompt.text, params)
         text = ""
         while True:
             for out in engine.step():
@@ -237,8 +305,8 @@ class DeepSpeedEngine:
                                                dtype=dtype, replace_with_kernel_inject=torch.cuda.is_available())
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+    def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        ids = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False).to(self.device)
         # transformers' max_time stops generation between tokens once the budget is spent
         budget = max(0.0, deadline - time.monotonic())
         with self.torch.no_grad():
@@ -261,7 +329,7 @@ class Expander:
             return Expansion(status="disabled")
         started = time.monotonic()
         try:
-            text, cut = self.engine.generate(chatml(query, intent), self.max_new_tokens, started + self.timeout_s)
+            text, cut = self.engine.generate(prompt(query, intent), self.max_new_tokens, started + self.timeout_s)
         except Exception as e:  # noqa: BLE001 - any engine failure degrades to the original query
             log.warning("expansion engine %s failed: %s", getattr(self.engine, "name", "?"), e)
             return Expansion(status=f"error: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
@@ -283,7 +351,7 @@ def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parall
     if name == "none":
         return None
     if name == "onnxruntime":
-        return OnnxDecoderEngine(version_dir, threads=threads)
+        return GenaiEngine(version_dir, threads=threads)
     if name == "vllm":
         return VllmEngine(version_dir / "hf", tensor_parallel_size, gpu_memory_utilization)
     return DeepSpeedEngine(version_dir / "hf", tensor_parallel_size)

@@ -17,7 +17,7 @@ from qmd_triton.system.net import free_ports
 
 from ..conftest import ASSETS, REPO
 
-EXPORTED = ("model.onnx", "tokenizer.json", "export.json", "generation.json", "decoder.onnx")
+EXPORTED = ("model.onnx", "tokenizer.json", "export.json", "generation.json")
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> str:
@@ -66,6 +66,8 @@ def test_a_fresh_venv_with_the_wheel_answers_a_vsearch(wheel: Path, exported_rep
     for src in exported_repo.glob("*/1/*"):  # the exported weights: what `qmdctl export` would write here
         if src.name in EXPORTED:
             os.link(src, repo / src.relative_to(exported_repo))
+        elif src.name == "genai":  # the expansion LLM's decoder folder
+            shutil.copytree(src, repo / src.relative_to(exported_repo), copy_function=os.link)
     run([qmdctl, "update"], cwd=tmp_path, env=env)
     try:
         run([qmdctl, "embed"], cwd=tmp_path, env=env)  # starts the server from the fresh venv

@@ -18,8 +18,8 @@ class Scripted:
         self.answer = answer
         self.prompts: list[str] = []
 
-    def generate(self, prompt: str, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
-        self.prompts.append(prompt)
+    def generate(self, prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        self.prompts.append(prompt.text)
         return self.answer, False
 
 
@@ -44,7 +44,7 @@ def test_typed_searches_replace_the_llm_and_intent_reaches_the_prompt():
     assert (typed.status, typed.lex, typed.vec) == ("caller", ["gpu batching"], ["how do batches form"])
     assert engine.prompts == []
     plan_expansion("triton batching", SearchOptions(intent="the Triton inference server"), expander)
-    assert "The searcher means: the Triton inference server." in engine.prompts[0]
+    assert "triton batching\n(meaning: the Triton inference server)<|im_end|>" in engine.prompts[0]
     assert split_typed("lex: a b\nvec: what is a\nplain words") == ("plain words", (("lex", "a b"), ("vec", "what is a")))
     assert split_typed("lex: a b\nvec: what is a")[0] == "what is a"
 

@@ -39,12 +39,32 @@ def test_prepared_reranker_keeps_its_inputs_and_names_its_output_logit(exported_
         ["input_ids", "attention_mask", "token_type_ids"], ["logit"])
 
 
-def test_decoder_export_matches_transformers_logits_and_greedy_tokens(exported_repo: Path):
+def test_decoder_export_picks_the_next_token_transformers_picks(exported_repo: Path):
     manifest = json.loads((exported_repo / "qmd_expand" / "1" / "export.json").read_text())
-    assert manifest["greedy_match"] is True
-    assert manifest["max_abs_diff"] < decoder_onnx.PARITY_TOLERANCE
-    assert _graph_io(exported_repo / "qmd_expand" / "1" / "decoder.onnx") == (
-        ["input_ids", "past_keys", "past_values"], ["logits", "present_keys", "present_values"])
+    assert manifest["precision"] == "int8"
+    assert manifest["agreement"] >= decoder_onnx.PARITY_AGREEMENT
+    genai = exported_repo / "qmd_expand" / "1" / "genai"
+    config = json.loads((genai / "genai_config.json").read_text())
+    assert config["model"]["type"] == "llama" and (genai / "model.onnx").is_file()
+
+
+def test_the_expansion_engine_reuses_the_prompt_prefix_and_stops_when_the_answer_is_complete(exported_repo: Path):
+    """A request pays for its own words: the fixed prefix is read once; a rewound cache answers the same."""
+    import time
+
+    from qmd_triton.search.expansion import GenaiEngine, finished, prompt
+
+    engine = GenaiEngine(exported_repo / "qmd_expand" / "1", threads=2)
+    asked = prompt("sourdough starter feeding schedule")
+    first, cut = engine.generate(asked, 64, time.monotonic() + 60)
+    assert not cut
+    again, _ = engine.generate(prompt("how do I configure dynamic batching"), 64, time.monotonic() + 60)
+    third, _ = engine.generate(asked, 64, time.monotonic() + 60)
+    assert third == first  # the rewound cache holds only the prefix: the earlier request left nothing behind
+    assert first.count("\n\n") == 0  # generation stopped at the end of the answer
+    assert finished(" a\nvec: b\n\n") and not finished(" a\nvec: b")
+    cut_text, was_cut = engine.generate(prompt("x" * 5000), 64, time.monotonic())  # a deadline already passed
+    assert was_cut and cut_text == ""
 
 
 @pytest.fixture
