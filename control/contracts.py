@@ -14,8 +14,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import numpy as np
-
 
 class DataType(str, enum.Enum):
     """Triton data types; values equal the config.pbtxt spelling."""
@@ -29,7 +27,10 @@ class DataType(str, enum.Enum):
 
     @property
     def numpy(self) -> type:
-        return _NUMPY[self]
+        import numpy as np  # only where tensors are made: `qmdctl search` never needs numpy
+
+        return {"TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP16": np.float16,
+                "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}[self.value]
 
     @property
     def wire(self) -> str:
@@ -37,14 +38,6 @@ class DataType(str, enum.Enum):
         return "BYTES" if self is DataType.STRING else self.value.removeprefix("TYPE_")
 
 
-_NUMPY: dict[DataType, type] = {
-    DataType.BOOL: np.bool_,
-    DataType.INT32: np.int32,
-    DataType.INT64: np.int64,
-    DataType.FP16: np.float16,
-    DataType.FP32: np.float32,
-    DataType.STRING: np.object_,
-}
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ from qmd_triton.index.refs import line_range, parse_ref, resolve, select
 from qmd_triton.search.formats import FORMATS, render
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.search.options import MAX_RESULTS, Hit, SearchOptions, check_query, split_typed
-from qmd_triton.serving.client import QmdClient
-from qmd_triton.serving.server import ensure_running
 from qmd_triton.settings import Settings
 
 
@@ -109,6 +107,9 @@ def search(state: State, query: str, out: Output) -> None:
 
 def _served(state: State, settings: Settings, model: str, query: str, options: SearchOptions) -> list[Hit]:
     """A search model's hits, starting the local server when none answers."""
+    from qmd_triton.serving.client import QmdClient
+    from qmd_triton.serving.server import ensure_running
+
     q = check_query(query)
     ensure_running(settings, progress=state.progress, warn=state.warn)
     waiting = threading.Timer(5.0, lambda: state.progress(f"waiting for {model} (the first query after a start "
@@ -246,7 +247,8 @@ def emit_documents(docs: list[dict], fmt: str, line_numbers: bool) -> None:
     """Documents (``get``/``multi-get``) in a format; skipped ones only in the structured formats."""
     import csv
     import io
-    from xml.sax.saxutils import escape, quoteattr
+
+    from qmd_triton.search.formats import escape, quoteattr
 
     def numbered(d: dict) -> str:
         if not line_numbers:

@@ -23,9 +23,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 from qmd_triton.errors import IndexCorrupt, IndexMissing
 from qmd_triton.index import migrations
@@ -144,8 +146,10 @@ class IndexStore:
         self.conn.execute("COMMIT")
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits (how servers notice a re-index)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        """Changes whenever a connection commits: another one (SQLite's ``data_version``, how servers notice a
+        re-index) or this one (its count of changed rows)."""
+        other = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return other * 1_000_000_007 + self.conn.total_changes
 
     # -- meta ------------------------------------------------------------------------
 
@@ -426,6 +430,8 @@ class IndexStore:
 
     def add_vectors(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """Stores vectors by chunk text hash (every chunk with that text shares the vector)."""
+        import numpy as np
+
         self.conn.executemany(
             "INSERT OR REPLACE INTO embeddings (text_hash, vec) VALUES (?, ?)",
             [(h, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in items],
@@ -448,16 +454,41 @@ class IndexStore:
         self.conn.execute("DELETE FROM chunked")
         self.conn.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT_KEY,))
 
-    def load_vectors(self) -> tuple[np.ndarray, list[ChunkRow]]:
-        """Every stored vector as a float32 matrix, with the chunk each row belongs to."""
+    def embedded_chunk_ids(self) -> np.ndarray:
+        """Ids of the chunks that have a vector, ascending (int64)."""
+        import numpy as np
+
         rows = self.conn.execute(
-            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, c.text_hash, e.vec "
-            "FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash ORDER BY c.id"
-        ).fetchall()
+            "SELECT c.id FROM chunks c WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) "
+            "ORDER BY c.id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""
+        import numpy as np
+
+        sql = ("SELECT c.id, c.hash, e.vec FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
+        if ids is None:
+            rows = self.conn.execute(sql + " ORDER BY c.id").fetchall()
+        else:
+            rows = []
+            for start in range(0, len(ids), 900):  # SQLite's parameter limit
+                part = list(ids[start : start + 900])
+                rows += self.conn.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
+            rows.sort(key=lambda r: r[0])
         if not rows:
-            return np.zeros((0, 0), dtype=np.float32), []
-        matrix = np.stack([np.frombuffer(r[8], dtype=np.float32) for r in rows])
-        return matrix, [ChunkRow(*r[:8]) for r in rows]
+            return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
+        return (matrix, np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                np.array([r[1] for r in rows], dtype=object))
+
+    def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r[0]: ChunkRow(*r) for r in self.conn.execute(
+            f"SELECT id, hash, seq, start_line, end_line, tokens, text, text_hash FROM chunks WHERE id IN ({marks})",
+            list(ids))}
 
     def chunks_of(self, content_hash: str) -> list[ChunkRow]:
         return [ChunkRow(*r) for r in self.conn.execute(

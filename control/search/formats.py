@@ -13,11 +13,20 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
 from qmd_triton.search.options import Hit
 
 FORMATS = ("cli", "json", "csv", "md", "xml", "files")
+
+
+def escape(text: str) -> str:
+    """XML character data (xml.sax.saxutils would import urllib, which `qmdctl search` does not need)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def quoteattr(text: str) -> str:
+    """A double-quoted XML attribute value."""
+    return '"' + escape(text).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#9;") + '"'
 
 
 def render(hits: Sequence[Hit], fmt: str, *, line_numbers: bool = False, color: bool = False,

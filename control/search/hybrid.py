@@ -67,6 +67,11 @@ class Plan:
         intent = str(self.options.get("intent") or "").strip()
         return f"{query} ({intent})" if intent else query
 
+    def terms(self) -> list[str]:
+        """The words that pick a document's best chunk and its snippet: the query's and the lex lines'."""
+        original = parse_query(self.query)
+        return list(dict.fromkeys(snippet_terms(original) + [w for lex in self.lex for w in query_terms(lex)]))
+
     def vec_texts(self) -> list[str]:
         """Texts to embed with the query prompt: the query (less its exclusions), then vec, then hyde lines."""
         return [without_exclusions(self.query), *self.vec, *self.hyde]
@@ -151,7 +156,7 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
         lists.append(RankedList(name, ORIGINAL_WEIGHT if name == "vec:original" else EXPANSION_WEIGHT, keys))
     fused = rrf(lists)[: clamp_candidates(options)]
     top = max_rrf(lists)
-    terms = list(dict.fromkeys(snippet_terms(original) + [w for lex in plan.lex for w in query_terms(lex)]))
+    terms = plan.terms()
     out = []
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]

@@ -23,17 +23,24 @@ from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotat
 class VectorIndex:
     """Exact cosine search over every stored chunk vector (BLAS matrix product).
 
-    The matrix is loaded once and reloaded when the index changes: SQLite's
-    ``data_version`` moves when another connection commits, and the file's inode
-    changes when the index is rebuilt from scratch.
+    The matrix holds one row per embedded chunk, with the chunk's id and its content hash beside it
+    (the chunks' texts stay in SQLite and are read only for the hits). It follows the index: when SQLite's
+    ``data_version`` moves (another connection committed), only the rows of chunks that came or went are
+    read or dropped; when the file is replaced (a new inode) or most of it changed, it is read whole.
     """
+
+    FULL_RELOAD_SHARE = 0.5  # more new rows than this share of the matrix: reading it whole is cheaper
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
         self._version: tuple[int, int] | None = None
         self.matrix = np.zeros((0, 0), dtype=np.float32)
-        self.chunks: list[ChunkRow] = []
+        self.ids = np.zeros(0, dtype=np.int64)
         self.hashes: np.ndarray = np.zeros(0, dtype=object)
+        self.reloads = {"full": 0, "incremental": 0}
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def _stamp(self) -> tuple[int, int]:
         try:
@@ -43,18 +50,34 @@ class VectorIndex:
         return inode, self.store.data_version()
 
     def refresh(self) -> bool:
-        """Reloads when the index changed; True if it did."""
+        """Follows the index when it changed; True if it did."""
         stamp = self._stamp()
         if stamp == self._version:
             return False
-        self.matrix, self.chunks = self.store.load_vectors()
-        self.hashes = np.array([c.hash for c in self.chunks], dtype=object)
+        current = self.store.embedded_chunk_ids()
+        same_file = self._version is not None and stamp[0] == self._version[0]
+        added = np.setdiff1d(current, self.ids, assume_unique=True)
+        if not same_file or len(self.ids) == 0 or len(added) > self.FULL_RELOAD_SHARE * max(1, len(self.ids)):
+            self.matrix, self.ids, self.hashes = self.store.load_vectors()
+            self.reloads["full"] += 1
+        else:
+            keep = np.isin(self.ids, current, assume_unique=True)
+            matrix, ids, hashes = self.matrix[keep], self.ids[keep], self.hashes[keep]
+            if len(added):
+                new_matrix, new_ids, new_hashes = self.store.load_vectors(added.tolist())
+                if len(ids) == 0:
+                    matrix = new_matrix
+                else:
+                    matrix = np.concatenate([matrix, new_matrix])
+                ids, hashes = np.concatenate([ids, new_ids]), np.concatenate([hashes, new_hashes])
+            self.matrix, self.ids, self.hashes = matrix, ids, hashes
+            self.reloads["incremental"] += 1
         self._version = stamp
         return True
 
     def top_chunks(self, query_vec: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Indices into ``self.chunks`` and cosine scores of the k best chunks."""
-        if not len(self.chunks):
+        """Rows of the matrix and cosine scores of the k best chunks."""
+        if not len(self.ids):
             return []
         if query_vec.shape[-1] != self.matrix.shape[1]:
             raise InputError(
@@ -75,14 +98,16 @@ class VectorIndex:
             top = self.top_chunks(query_vec, k)
             best: dict[str, tuple[int, float]] = {}
             for i, score in top:
-                best.setdefault(self.chunks[i].hash, (i, score))
+                best.setdefault(self.hashes[i], (i, score))
             docs = self.store.documents_by_hash(list(best), collections or None)
             ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
                             key=lambda x: -x[1][1])
-            if len(ranked) >= n or k >= len(self.chunks):
+            if len(ranked) >= n or k >= len(self.ids):
                 break
             k *= 4
-        return [(doc, self.chunks[i], score) for doc, (i, score) in ranked[:n]]
+        ranked = ranked[:n]
+        chunks = self.store.chunks_by_id([int(self.ids[i]) for _, (i, _) in ranked])
+        return [(doc, chunks[int(self.ids[i])], score) for doc, (i, score) in ranked]
 
     def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions(),
                contexts: ContextMap | None = None, exclude: Sequence[str] = ()) -> list[Hit]:

@@ -79,8 +79,12 @@ class QmdClient:
         except Exception:  # noqa: BLE001 - any transport failure means "not ready"
             return False
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """One request; ``InferenceError`` carries the server's message."""
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
+              priority: int = 0) -> dict[str, np.ndarray]:
+        """One request; ``InferenceError`` carries the server's message.
+
+        ``priority`` is Triton's schedule-policy priority (1 highest; 0 the model's default level).
+        """
         spec = contracts.model(model)
         tensors = []
         for name, array in inputs.items():
@@ -91,7 +95,7 @@ class QmdClient:
             tensors.append(t)
         requested = [self._mod.InferRequestedOutput(n) for n in outputs]
         try:
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = {"priority": priority} if priority else {}
             if self.protocol == "grpc":
                 kwargs["client_timeout"] = self.timeout_s
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
@@ -108,20 +112,26 @@ class QmdClient:
             raise self._unavailable(e) from None
         return {n: result.as_numpy(n) for n in outputs}
 
-    def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, batch: int = contracts.MAX_BATCH) -> np.ndarray:
-        """Embeddings ``[len(texts), dim]``; documents through ``qmd_embed``, queries via ``kind``."""
+    def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, batch: int = contracts.MAX_BATCH,
+              priority: int = 0) -> np.ndarray:
+        """Embeddings ``[len(texts), dim]``; documents through ``qmd_embed``, queries via ``kind``.
+
+        With a ``priority`` (``BULK_PRIORITY`` for indexing), the texts go to ``qmd_tokenize`` and
+        ``qmd_embed_model`` directly, each request carrying it, so interactive searches are scheduled first.
+        """
         if not texts:
             raise InputError("nothing to embed")
         parts = []
         for start in range(0, len(texts), batch):
             chunk = texts[start : start + batch]
             column = np.array([t.encode("utf-8") for t in chunk], dtype=np.object_).reshape(-1, 1)
-            if kind == KIND_DOCUMENT:
+            if kind == KIND_DOCUMENT and not priority:
                 out = self.infer(contracts.EMBED.name, {TEXT: column}, [EMBEDDING])
             else:
                 kinds = np.array([kind.encode()] * len(chunk), dtype=np.object_).reshape(-1, 1)
-                tok = self.infer(contracts.TOKENIZE.name, {TEXT: column, KIND: kinds}, [INPUT_IDS, ATTENTION_MASK])
-                out = self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING])
+                tok = self.infer(contracts.TOKENIZE.name, {TEXT: column, KIND: kinds}, [INPUT_IDS, ATTENTION_MASK],
+                                 priority)
+                out = self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING], priority)
             parts.append(out[EMBEDDING])
         return np.concatenate(parts, axis=0)
 
@@ -154,15 +164,22 @@ def _short(e: Exception) -> str:
     return text.splitlines()[0][:300]
 
 
+# Triton priority of bulk embedding (`qmdctl embed`, `watch`): below the default level (1) of interactive
+# requests, in the models that declare two levels (qmd_tokenize, qmd_embed_model).
+BULK_PRIORITY = 2
+
+
 class TritonEmbedder:
-    """``qmd_embed`` of a running server, as an embedder for ``embed`` (one client per thread)."""
+    """``qmd_embed`` of a running server, as an embedder for ``embed`` (one client per thread), at the bulk
+    priority: interactive searches go first."""
 
     name = "triton"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, priority: int = BULK_PRIORITY) -> None:
         from qmd_triton.index.fingerprint import embedding_setup
 
         self.settings = settings
+        self.priority = priority
         self._setup = embedding_setup(settings.model_repository)
         self._local = threading.local()
 
@@ -175,7 +192,7 @@ class TritonEmbedder:
         return self._setup
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._client().embed(list(texts))
+        return self._client().embed(list(texts), priority=self.priority)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._client().embed([text], kind=contracts.KIND_QUERY)[0]

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,6 +229,11 @@ def read_manifest(directory: Path) -> dict:
         raise ConfigError(f"{path}: unreadable export manifest: {e}") from None
 
 
+def _is_cjk(text: str) -> bool:
+    return any("\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff"
+               for ch in text)
+
+
 class PairEncoder:
     """(query, passage) pairs for a cross-encoder: ``input_ids``, ``attention_mask``, ``token_type_ids``.
 
@@ -259,9 +265,45 @@ class PairEncoder:
             return query
         return query[: enc.offsets[self.max_query_tokens - 1][1]]
 
-    def encode(self, query: str, passages: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def window(self, passage: str, terms: Sequence[str], budget: int) -> str:
+        """The ``budget``-token stretch of a passage that holds the most occurrences of the terms (the first
+        such stretch on ties; the passage's start when no term occurs); the passage itself when it fits.
+
+        This bounds what one (query, passage) pair costs the cross-encoder, whatever the chunk size.
+        """
+        if budget <= 0:
+            return passage
+        enc = self._single.encode(passage[: (budget + 1) * _CHARS_PER_TOKEN_BOUND * 8], add_special_tokens=False)
+        offsets = enc.offsets
+        if len(offsets) <= budget:
+            return passage
+        low = passage.lower()
+        stems = [t[:5] if not _is_cjk(t) and len(t) > 5 else t for t in terms if t.strip()]
+        hits = sorted(m.start() for s in set(stems) for m in re.finditer(re.escape(s.lower()), low))
+        starts = [o[0] for o in offsets]
+        best, best_key = 0, (-1, 0.0)
+        lo = hi = 0
+        for i in range(0, len(offsets) - budget + 1):
+            begin, end = starts[i], offsets[i + budget - 1][1]
+            while lo < len(hits) and hits[lo] < begin:
+                lo += 1
+            hi = max(hi, lo)
+            while hi < len(hits) and hits[hi] < end:
+                hi += 1
+            # the most occurrences; among equals, the window whose occurrences sit nearest its middle
+            centered = -abs((hits[lo] + hits[hi - 1]) / 2 - (begin + end) / 2) if hi > lo else 0.0
+            if (hi - lo, centered) > best_key:
+                best, best_key = i, (hi - lo, centered)
+        return passage[starts[best] : offsets[best + budget - 1][1]]
+
+    def encode(self, query: str, passages: Sequence[str], terms: Sequence[str] = (),
+               passage_tokens: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pair tokens; with ``passage_tokens``, each passage is first cut to its best window of that many
+        tokens (:meth:`window`, around ``terms``)."""
         if not passages:
             raise InputError("no passages to pair with the query")
+        if passage_tokens > 0:
+            passages = [self.window(p, terms, passage_tokens) for p in passages]
         query = self._short_query(query)
         # Cut very long passages first: only max_length tokens of them can count.
         cut = [p[: self.max_length * _CHARS_PER_TOKEN_BOUND] for p in passages]

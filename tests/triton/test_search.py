@@ -179,8 +179,8 @@ def test_embedding_resumes_after_an_interrupt(indexed, tmp_path: Path):
                                batch_size=4, concurrency=2)
         assert first.embedded + second.embedded == 12
         assert store.counts()["embedded"] == 12
-        matrix, chunks = store.load_vectors()
-    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5) and len(chunks) == 12
+        matrix, ids, _ = store.load_vectors()
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5) and len(ids) == 12
 
 
 def chinese_model() -> Path:

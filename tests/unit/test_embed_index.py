@@ -111,3 +111,21 @@ def test_cleanup_drops_what_no_document_needs_and_reports_the_bytes(tmp_path: Pa
         counts = store.counts()
         assert counts["embedded"] == counts["chunks"]
         assert store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == counts["chunks"]
+
+
+def test_vector_search_follows_an_update_reading_only_what_changed(tmp_path: Path, notes: Path):
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        vectors = VectorIndex(store)
+        query = embedder.embed_query("zebra crossings painted stripes")
+        assert vectors.search(query, SearchOptions(n=1))[0].file != "notes/zebra.md"
+        full = len(vectors)
+        (notes / "zebra.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
+        (notes / "recipes.md").unlink()
+        index(store, notes, embedder)
+        hits = vectors.search(query, SearchOptions(n=1))
+        assert hits[0].file == "notes/zebra.md" and hits[0].snippet.startswith("# Zebra crossings")
+        assert vectors.reloads == {"full": 1, "incremental": 1}  # the update cost its own rows, not a reload
+        assert len(vectors) == full  # one document gone, one come (one chunk each)
+        assert all(h.file != "notes/recipes.md" for h in vectors.search(query, SearchOptions(n=10)))

@@ -42,8 +42,9 @@ def test_a_version_1_index_is_migrated_and_keeps_every_vector(tmp_path: Path):
     messages: list[str] = []
     with IndexStore.open(path, progress=messages.append) as store:
         assert store.meta("schema_version") == str(migrations.SCHEMA_VERSION)
-        matrix, chunks = store.load_vectors()
+        matrix, ids, _ = store.load_vectors()
         assert np.array_equal(matrix, vectors)  # no chunk needs embedding again
+        chunks = [store.chunks_by_id(ids.tolist())[i] for i in ids.tolist()]
         assert [c.text for c in chunks] == ["# A", "alpha beta", "gamma"]
         assert all(c.text_hash == migrations.text_hash(c.text) for c in chunks)
         assert store.pending_chunks() == []

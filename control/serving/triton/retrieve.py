@@ -49,6 +49,8 @@ class TritonPythonModel:
             self.pairs = PairEncoder(repo / RERANK_MODEL.name / "1" / "tokenizer.json",
                                      max_length=common.int_parameter(config, "rerank_max_length", 512),
                                      buckets=common.parameter(config, "rerank_length_buckets", ""))
+            # each candidate's best window of this many tokens is what the cross-encoder reads (0: the chunk)
+            self.passage_tokens = common.int_parameter(config, "rerank_passage_tokens", 0)
         except (QmdError, OSError) as e:
             raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)
@@ -92,7 +94,8 @@ class TritonPythonModel:
             payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
                        "candidate_limit": clamp_candidates(plan.search_options)}
             if cands and plan.search_options.rerank:
-                pairs = self.pairs.encode(plan.rerank_query(), [c.passage for c in cands])
+                pairs = self.pairs.encode(plan.rerank_query(), [c.passage for c in cands], plan.terms(),
+                                          self.passage_tokens)
             else:
                 pairs = self.pairs.encode("", ["-"])
             return self._response(payload, pairs)
