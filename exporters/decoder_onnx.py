@@ -37,7 +37,7 @@ import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ExportError
 from qmd_triton.progress import Progress, silent
-from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE
 
 ARTIFACT_DIR = "genai"  # the builder's output: genai_config.json, model.onnx(.data), tokenizer files
@@ -151,7 +151,7 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
         if target.exists():
             shutil.rmtree(target)
         os.replace(built, target)
-    (version_dir / GENERATION).write_text(json.dumps({"eos_token_ids": eos}, indent=2) + "\n")
+    atomic_write_text(version_dir / GENERATION, json.dumps({"eos_token_ids": eos}, indent=2) + "\n")
     for stale in ("decoder.onnx", "tokenizer.json"):  # the hand-written decoder of earlier releases
         (version_dir / stale).unlink(missing_ok=True)
     weights = target / "model.onnx.data"
@@ -160,7 +160,7 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
         vocab=int(hf.config.vocab_size), eos_token_ids=eos, onnx_sha256=sha256_file(weights),
         onnx_bytes=weights.stat().st_size, agreement=round(agreement, 4), seconds=round(time.monotonic() - started, 2),
     )
-    manifest_path.write_text(json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
+    atomic_write_text(manifest_path, json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.0f} MB, {precision}), parity agreement {agreement:.1%}")
     return report
 

@@ -26,7 +26,7 @@ import numpy as np
 from qmd_triton.contracts import ATTENTION_MASK, EMBED_MODEL, EMBEDDING, INPUT_IDS, TOKENIZE
 from qmd_triton.errors import ArtifactMissing, ExportError
 from qmd_triton.progress import Progress, silent
-from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE, TOKENIZER_FILE, TextEncoder
 
 ARTIFACT = "model.onnx"
@@ -217,7 +217,7 @@ def export_embedding(
     )
     manifest = json.dumps(asdict(report), indent=2)
     for d in (model_dir, tok_dir):
-        (d / MANIFEST_FILE).write_text(manifest + "\n", encoding="utf-8")
+        atomic_write_text(d / MANIFEST_FILE, manifest + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.1f} MB), parity max diff {diff:.2e}")
     return report
 

@@ -29,7 +29,7 @@ import numpy as np
 from qmd_triton.contracts import ATTENTION_MASK, INPUT_IDS, LOGIT, RERANK_MODEL, TOKEN_TYPE_IDS
 from qmd_triton.errors import ArtifactMissing, ExportError
 from qmd_triton.progress import Progress, silent
-from qmd_triton.system.files import sha256_file, tree_fingerprint
+from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE, PairEncoder
 
 ARTIFACT = "model.onnx"
@@ -127,7 +127,7 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
     report = RerankerExport(source=str(source), kind=kind, onnx_sha256=sha256_file(target),
                             onnx_bytes=target.stat().st_size, max_abs_diff=diff,
                             seconds=round(time.monotonic() - started, 2))
-    manifest_path.write_text(json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
+    atomic_write_text(manifest_path, json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.1f} MB, {kind}), parity max diff {diff:.2e}")
     return report
 

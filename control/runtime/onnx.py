@@ -37,12 +37,13 @@ ONNX_FILE = "model.onnx"
 
 
 def make_session(path: Path, intra_threads: int = 0, inter_threads: int = 0, spinning: bool = True,
-                 arena: bool = True) -> Any:
+                 arena: bool = True, mem_pattern: bool = True) -> Any:
     """An onnxruntime CPU session with the settings both the server and the baselines use.
 
     ``spinning=False`` stops idle worker threads from busy-waiting: inside the server they
-    share the cores with Triton, the tokenizer stub and the clients. ``arena=False`` returns
-    memory after each run instead of keeping the peak in onnxruntime's CPU arena.
+    share the cores with Triton, the tokenizer stub and the clients. ``arena=False`` allocates
+    from the heap instead of onnxruntime's CPU arena; to keep the arena but give its peak back,
+    run with :func:`run_options` ``(shrink=True)`` instead (measured in perf/RESULTS.md).
     """
     import onnxruntime as ort
 
@@ -53,13 +54,27 @@ def make_session(path: Path, intra_threads: int = 0, inter_threads: int = 0, spi
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if not arena:
-        opts.enable_cpu_mem_arena = False
+    opts.enable_cpu_mem_arena = arena
+    opts.enable_mem_pattern = mem_pattern
     if intra_threads > 0:
         opts.intra_op_num_threads = intra_threads
     if inter_threads > 0:
         opts.inter_op_num_threads = inter_threads
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_options(shrink: str = "") -> Any:
+    """onnxruntime RunOptions; ``shrink`` (e.g. ``"cpu:0"``) returns the arena's growth after each run.
+
+    Without it the CPU arena keeps its peak for the life of the process: one batch of 40
+    long pairs grows the reranker from ~130 MB to ~1.8 GB and it stays there.
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if shrink:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrink)
+    return options
 
 
 def version_dir(repo: Path, model: str) -> Path:

@@ -4,7 +4,9 @@ Triton 2.51 uses ``<backend-dir>/onnxruntime/model.py`` as a Python-based backen
 when ``libtriton_onnxruntime.so`` is absent, so the same ``backend: "onnxruntime"``
 configs run on a CPU box (this module, onnxruntime CPU) and in the NGC image
 (Triton's native backend). Parameters use the native backend's keys so one
-config serves both: ``intra_op_thread_count``, ``inter_op_thread_count``.
+config serves both: ``intra_op_thread_count``, ``inter_op_thread_count``,
+``enable_mem_arena``, ``enable_mem_pattern`` and ``memory.enable_memory_arena_shrinkage``
+(``cpu:0`` gives the CPU arena's growth back after every run).
 
 A batch from the dynamic batcher arrives as several requests. Requests whose
 non-batch shapes match are concatenated and run in one ``session.run``; the
@@ -22,11 +24,11 @@ merge does not buy batching with wasted compute.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qmd_triton.runtime.onnx import make_session, run_options
 from qmd_triton.serving.triton import common
 
 log = logging.getLogger(__name__)
@@ -38,26 +40,6 @@ _ORT_TYPES = {
     "tensor(float16)": np.float16,
     "tensor(bool)": np.bool_,
 }
-
-
-def make_session(path: Path, intra_threads: int = 0, inter_threads: int = 0, spinning: bool = True) -> Any:
-    """An onnxruntime CPU session with the settings both server and baselines use.
-
-    ``spinning=False`` stops idle worker threads from busy-waiting: inside the server
-    they share the cores with Triton, the tokenizer stub and the clients.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if intra_threads > 0:
-        opts.intra_op_num_threads = intra_threads
-    if inter_threads > 0:
-        opts.inter_op_num_threads = inter_threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def check_io(session: Any, config: dict[str, Any]) -> None:
@@ -90,8 +72,11 @@ class TritonPythonModel:
                 path,
                 intra_threads=common.int_parameter(config, "intra_op_thread_count", 0),
                 inter_threads=common.int_parameter(config, "inter_op_thread_count", 0),
-                spinning=common.parameter(config, "allow_spinning", "true").lower() == "true",
+                spinning=_flag(config, "allow_spinning", True),
+                arena=_flag(config, "enable_mem_arena", True),
+                mem_pattern=_flag(config, "enable_mem_pattern", True),
             )
+            self.run_options = run_options(common.parameter(config, "memory.enable_memory_arena_shrinkage", ""))
             check_io(self.session, config)
             self.inputs = [t["name"] for t in config["input"]]
             self.optional = {t["name"] for t in config["input"] if t.get("optional")}
@@ -120,7 +105,7 @@ class TritonPythonModel:
             merged = feeds[0]
         else:
             merged = {k: np.concatenate([f[k] for f in feeds], axis=0) for k in feeds[0]}
-        results = self.session.run([name for name, _ in self.outputs], merged)
+        results = self.session.run([name for name, _ in self.outputs], merged, self.run_options)
         sizes = np.cumsum([len(next(iter(f.values()))) for f in feeds])[:-1]
         per_output = [np.split(r, sizes, axis=0) for r in results]
         return [[per_output[o][i] for o in range(len(self.outputs))] for i in range(len(feeds))]
@@ -198,6 +183,13 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
+
+
+def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    raw = common.parameter(config, key, "1" if default else "0").strip().lower()
+    if raw not in ("1", "0", "true", "false"):
+        raise ValueError(f"parameter {key} must be 1/0 or true/false, got {raw!r}")
+    return raw in ("1", "true")
 
 
 def _first_line(e: BaseException) -> str:
