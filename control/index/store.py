@@ -183,6 +183,10 @@ class IndexStore:
         row = self.conn.execute("SELECT value FROM expansions WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def forget_expansions(self) -> int:
+        """Empties the expansion cache (every query's next expansion runs the model); returns how many."""
+        return self.conn.execute("DELETE FROM expansions").rowcount
+
     def remember_expansion(self, key: str, value: dict) -> bool:
         """Stores an expansion; False when the index is busy or read-only (the cache is best effort)."""
         try:

@@ -3,7 +3,15 @@
 A document is cut into blocks (headings, paragraphs, fenced code) and packed into
 chunks of at most ``max_tokens``; a new section (a heading) starts a new chunk
 once the current one is half full; consecutive chunks overlap by whole trailing
-blocks worth up to ``overlap`` of the size. Fenced code is never split (a fence
+blocks worth up to ``overlap`` of the size.
+
+Chunk ends are chosen by content, so an edit changes the chunks around it and no
+others: greedy packing alone would shift every later boundary (one inserted line
+in a 450-chunk note re-embedded 234 chunks). A block ends a chunk when its own
+text says so (a hash of the block, drawn with a chance in proportion to its
+tokens: about one such end per chunk size of tokens) and the chunk is a third
+full; after an edit, both versions meet at the next such block and chunk alike
+from there. Fenced code is never split (a fence
 larger than a chunk becomes a chunk of its own); a paragraph larger than a chunk
 is split at sentence ends, then, for a sentence with no end in sight, by length.
 
@@ -19,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +38,10 @@ CHUNK_TOKENS = 900
 CHUNK_OVERLAP = 0.15
 # Part of the embedding fingerprint: an index chunked by another version is chunked again by `embed`.
 # 2: chunks are exact slices of the document (1 re-joined split paragraphs with spaces).
-CHUNKER_VERSION = 2
+# 3: content-defined chunk ends (an edit re-chunks its neighbourhood, not the rest of the document).
+CHUNKER_VERSION = 3
+CDC_SPAN = 1.0  # one content-defined end per chunk-size of tokens, on average (+9% chunks on triton-docs)
+CDC_MIN = 1 / 3  # ... honoured once the chunk is at least this full
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s+|(?<=[。！？])")
 
 Counter = Callable[[Sequence[str]], list[int]]
@@ -62,9 +74,10 @@ def chunk_markdown(text: str, count: Counter, max_tokens: int = CHUNK_TOKENS,
     groups: list[list[tuple[Block, int]]] = []
     current: list[tuple[Block, int]] = []
     size = 0
+    ends_here = False  # the previous block ends a chunk by its content
     for block, n in units:
         new_section = block.kind == "heading" and size >= max_tokens // 2
-        if current and (size + n > max_tokens or new_section):
+        if current and (size + n > max_tokens or new_section or (ends_here and size >= max_tokens * CDC_MIN)):
             groups.append(current)
             tail: list[tuple[Block, int]] = []
             carried = 0
@@ -79,6 +92,7 @@ def chunk_markdown(text: str, count: Counter, max_tokens: int = CHUNK_TOKENS,
             current, size = tail, carried
         current.append((block, n))
         size += n
+        ends_here = _content_end(block.text, n, max_tokens)
     groups.append(current)
     return [
         Chunk(
@@ -90,6 +104,12 @@ def chunk_markdown(text: str, count: Counter, max_tokens: int = CHUNK_TOKENS,
         )
         for i, g in enumerate(groups)
     ]
+
+
+def _content_end(text: str, tokens: int, max_tokens: int) -> bool:
+    """Whether a block ends a chunk, decided by its own text: a hash drawn against tokens / (CDC_SPAN * size)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < tokens / (CDC_SPAN * max_tokens)
 
 
 def _units(bl: list[Block], count: Counter, max_tokens: int) -> list[tuple[Block, int]]:

@@ -129,3 +129,35 @@ def test_vector_search_follows_an_update_reading_only_what_changed(tmp_path: Pat
         assert vectors.reloads == {"full": 1, "incremental": 1}  # the update cost its own rows, not a reload
         assert len(vectors) == full  # one document gone, one come (one chunk each)
         assert all(h.file != "notes/recipes.md" for h in vectors.search(query, SearchOptions(n=10)))
+
+
+def big_note(paragraphs: int = 2300) -> list[str]:
+    """A long note of plain paragraphs, few headings: the case where greedy packing could cascade."""
+    lines = ["# Lab journal", ""]
+    for p in range(paragraphs):
+        if p % 150 == 0:
+            lines += [f"## Week {p // 150}", ""]
+        lines += [f"Entry {p}: measured sample{p} twice; the reading was {p * 7 % 101} units and stable.", ""]
+    return lines
+
+
+@pytest.mark.parametrize("edit", ["word", "new line", "trailing space", "deleted line"])
+def test_a_one_line_edit_of_a_450_chunk_file_re_embeds_a_handful(tmp_path: Path, notes: Path, edit: str):
+    lines = big_note()
+    (notes / "journal.md").write_text("\n".join(lines))
+    embedder = HashEmbedder(chunk_tokens=60)
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        chunks = len(store.chunks_of(store.document("notes", "journal.md").hash))
+        assert chunks >= 450
+        middle = len(lines) // 2 + 1  # an entry line
+        if edit == "word":
+            lines[middle] = lines[middle].replace("twice", "three times")
+        elif edit == "new line":
+            lines.insert(middle + 1, "A note added later, between two entries.")
+        elif edit == "trailing space":
+            lines[middle] += " "
+        else:
+            del lines[middle]
+        (notes / "journal.md").write_text("\n".join(lines))
+        assert index(store, notes, embedder) <= 6  # the edited chunk, its overlap neighbour, until both meet
