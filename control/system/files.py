@@ -7,9 +7,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +16,8 @@ LINK_ABOVE_BYTES = 1_000_000
 
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -26,11 +26,15 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_text(text: str) -> str:
+    import hashlib
+
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def tree_fingerprint(paths: Iterable[Path], root: Path) -> str:
     """Identifies a set of files by their names (relative to ``root``), sizes and mtimes; cheap, no reads."""
+    import hashlib
+
     h = hashlib.sha256()
     for p in sorted(paths):
         if p.is_file():
@@ -41,6 +45,9 @@ def tree_fingerprint(paths: Iterable[Path], root: Path) -> str:
 
 def link_or_copy(src: str, dst: str) -> None:
     """Hard-links files above 1 MB (model weights), copies the rest; a copy where a link is refused."""
+    import shutil
+
+
     if os.path.getsize(src) > LINK_ABOVE_BYTES:
         try:
             os.link(src, dst)
@@ -57,6 +64,8 @@ def copy_tree_linked(src: Path, dst: Path, names: Iterable[str] | None = None,
     Configs are real copies, so they can be rewritten; never write through a linked weight file
     (unlink it and write a new one).
     """
+    import shutil
+
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
