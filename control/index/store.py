@@ -146,6 +146,20 @@ class IndexStore:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the index as of its first read (WAL keeps that
+        version while a writer commits), so a search made of several statements never mixes two states.
+        Inside a transaction already, that transaction is the snapshot."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
     def data_version(self) -> int:
         """Changes whenever a connection commits: another one (SQLite's ``data_version``, how servers notice a
         re-index) or this one (its count of changed rows)."""
@@ -377,6 +391,11 @@ class IndexStore:
         terms = list(dict.fromkeys(t for t in terms if t.strip()))
         if not terms:
             return []
+        with self.snapshot():  # the counts and the scoring statements see one state of the index
+            return self._bm25(terms, limit, collections, exclude, exhaustive)
+
+    def _bm25(self, terms: list[str], limit: int, collections: Sequence[str] | None, exclude: Sequence[str],
+              exhaustive: bool) -> list[tuple[DocRow, float]]:
         rows_total = self._row_count()
         counts = {i: self._match_count(t) for i, t in enumerate(terms)}
         live = sorted((i for i, n in counts.items() if n), key=lambda i: (counts[i], i))
