@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,7 +51,7 @@ from qmd_triton.api.models import (
 from qmd_triton.errors import InputError, QmdError
 from qmd_triton.serving import http
 from qmd_triton.serving.http import Guard, GuardMiddleware, error_body, status_of
-from qmd_triton.serving.service import QmdService, hits_json
+from qmd_triton.serving.service import QmdService
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,11 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         if len(items) > max_texts:
             raise TooLarge(f"{len(items)} texts in one request; the limit is {max_texts}")
 
-    async def searched(mode: str, query: str, body: SearchRequest) -> dict[str, Any]:
-        hits = await service.search(mode, query, body.options())
-        return {"query": query, "mode": mode, "results": hits_json(hits)}
+    async def searched(mode: str, query: str, body: SearchRequest) -> Response:
+        # Triton's results JSON is passed on as it came (no parse and re-encode on the hot path).
+        results = await service.search_json(mode, query, body.options())
+        head = json.dumps({"query": query, "mode": mode}, ensure_ascii=False)[:-1].encode("utf-8")
+        return Response(head + b', "results": ' + results + b"}", media_type="application/json")
 
     @app.get("/health", tags=["service"])
     async def health() -> JSONResponse:
@@ -181,43 +184,43 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
                              "triton": service.url, "version": __version__}, status_code=200 if ready else 503)
 
     @app.post("/search", tags=["search"])
-    async def search(body: SearchRequest) -> dict[str, Any]:
+    async def search(body: SearchRequest) -> Response:
         """BM25 full-text search (qmd_search)."""
         return await searched("search", body.query, body)
 
     @app.post("/vsearch", tags=["search"])
-    async def vsearch(body: SearchRequest) -> dict[str, Any]:
+    async def vsearch(body: SearchRequest) -> Response:
         """Vector search (qmd_vsearch)."""
         return await searched("vsearch", body.query, body)
 
     @app.post("/query", tags=["search"])
-    async def query(body: QueryRequest) -> dict[str, Any]:
+    async def query(body: QueryRequest) -> Response:
         """The hybrid pipeline (qmd_query): expansion or typed sub-queries, BM25 + vectors, RRF, reranking."""
         return await searched("query", body.query, body)
 
     @app.post("/embed", tags=["models"])
-    async def embed(body: EmbedRequest) -> Any:
+    async def embed(body: EmbedRequest) -> JSONResponse:
         """Embeddings of any number of texts, one vector per text (qmd_embed, split into batches of 64)."""
         items = body.items
         count(items)
         vectors = await service.embed(items, body.kind)
         if body.texts is None:
-            return vectors.tolist()  # TEI's answer
-        return {"embeddings": vectors.tolist(), "model": service.embedding_model()["name"],
-                "dim": int(vectors.shape[1])}
+            return JSONResponse(vectors.tolist())  # TEI's answer
+        return JSONResponse({"embeddings": vectors.tolist(), "model": service.embedding_model()["name"],
+                             "dim": int(vectors.shape[1])})
 
     @app.post("/rerank", tags=["models"])
-    async def rerank(body: RerankRequest) -> list[dict[str, Any]]:
+    async def rerank(body: RerankRequest) -> JSONResponse:
         """TEI's rerank: a score per text, best first; sigmoid of the cross-encoder's logit unless raw_scores."""
         count(body.texts)
         logits = await service.rerank(body.query, body.texts)
         scores = logits if body.raw_scores else 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         order = np.argsort(-scores, kind="stable")
-        return [{"index": int(i), "score": float(scores[i]), **({"text": body.texts[i]} if body.return_text else {})}
-                for i in order]
+        return JSONResponse([{"index": int(i), "score": float(scores[i]),
+                              **({"text": body.texts[i]} if body.return_text else {})} for i in order])
 
     @app.post("/v1/embeddings", tags=["models"])
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> dict[str, Any]:
+    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> JSONResponse:
         """OpenAI's embeddings API (the `openai` client's `embeddings.create`), float or base64."""
         items = body.items
         count(items)
@@ -232,9 +235,10 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
                 return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
             return v.tolist()
 
-        return {"object": "list", "model": model["name"],
-                "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({
+            "object": "list", "model": model["name"],
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/get", tags=["documents"])
     async def get(body: GetRequest) -> dict[str, Any]:

@@ -131,10 +131,15 @@ class AsyncQmdClient:
             raise
         return {n: result.as_numpy(n) for n in outputs}
 
-    async def search(self, model: str, query: str, options: str) -> list[dict]:
-        """A search model's (``qmd_search``, ``qmd_vsearch``, ``qmd_query``) hits as dicts."""
+    async def search_json(self, model: str, query: str, options: str) -> bytes:
+        """A search model's (``qmd_search``, ``qmd_vsearch``, ``qmd_query``) ``results`` as the JSON it sent."""
         out = await self.infer(model, {QUERY: _column([query]), OPTIONS: _column([options])}, [RESULTS])
-        return json.loads(out[RESULTS].reshape(-1)[0])
+        raw = out[RESULTS].reshape(-1)[0]
+        return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+
+    async def search(self, model: str, query: str, options: str) -> list[dict]:
+        """A search model's hits as dicts."""
+        return json.loads(await self.search_json(model, query, options))
 
     async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> np.ndarray:
         """Embeddings ``[len(texts), dim]`` in input order, ``contracts.MAX_BATCH`` texts per request."""

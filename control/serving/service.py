@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +108,25 @@ class QmdService:
         finally:
             http.TRITON_CALLS.labels(model, outcome).observe(time.perf_counter() - started)
 
-    async def search(self, mode: str, query: str, options: SearchOptions = SearchOptions()) -> list[Hit]:
-        """``search`` (BM25), ``vsearch`` or ``query`` (hybrid: typed ``lex:``/``vec:``/``hyde:`` lines of
-        ``query`` join ``options.searches``)."""
+    async def search_json(self, mode: str, query: str, options: SearchOptions = SearchOptions()) -> bytes:
+        """The hits of ``search`` (BM25), ``vsearch`` or ``query`` (hybrid: typed ``lex:``/``vec:``/``hyde:``
+        lines of ``query`` join ``options.searches``) as the JSON list the Triton model answered (the gateway
+        passes it on without parsing it)."""
         model = MODES.get(mode)
         if model is None:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "query":
             text, typed = typed_query(query, options.searches)
             if typed != options.searches:
-                options = SearchOptions(**{**options.__dict__, "searches": typed})
+                options = replace(options, searches=typed)
         else:
             text = query
         text = check_query(text)
-        raw = await self._timed(model, self.client.search(model, text, options.to_json()))
-        return [Hit.from_dict(d) for d in raw]
+        return await self._timed(model, self.client.search_json(model, text, options.to_json()))
+
+    async def search(self, mode: str, query: str, options: SearchOptions = SearchOptions()) -> list[Hit]:
+        """As :meth:`search_json`, parsed into hits."""
+        return [Hit.from_dict(d) for d in json.loads(await self.search_json(mode, query, options))]
 
     async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> np.ndarray:
         """Embeddings of any number of texts (split into requests of ``contracts.MAX_BATCH``)."""
