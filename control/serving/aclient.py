@@ -107,11 +107,12 @@ class AsyncQmdClient:
             t.set_data_from_numpy(array)
             tensors.append(t)
         requested = [self._mod.InferRequestedOutput(n) for n in outputs]
+        # The deadline is the transport's own (aiohttp's total timeout, gRPC's client_timeout): no extra task
+        # per request on the hot path.
         kwargs: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
             async with self._parallel:
-                result = await asyncio.wait_for(self._client.infer(model, tensors, outputs=requested, **kwargs),
-                                                timeout=self.timeout_s + 1.0)
+                result = await self._client.infer(model, tensors, outputs=requested, **kwargs)
         except self._server_error as e:
             status = str(e.status() or "")
             if "DEADLINE_EXCEEDED" in status:
