@@ -158,3 +158,31 @@ def test_mcp_http_refuses_to_start_beyond_loopback_without_a_token(indexed: Sett
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("Error: refusing to serve on 0.0.0.0:9 without a token: "
                                                         "set QMD_API_TOKEN")
+
+
+def test_stdio_server_starts_the_local_triton_when_none_answers(exported_repo: Path, tmp_path: Path):
+    from qmd_triton.serving import server
+
+    from ..conftest import make_settings
+
+    settings = make_settings(tmp_path / "home", exported_repo)
+    notes = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", notes)
+    qmd(settings, "collection", "add", str(notes), "--name", "fresh")
+    qmd(settings, "update")
+    assert not server.status(settings).live
+    params = StdioServerParameters(command=QMDCTL, args=["mcp"], env=door_env(settings))
+
+    async def run():
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return await session.call_tool("search", {"query": "sourdough", "limit": 1})
+
+    try:
+        result = asyncio.run(run())
+        assert not result.is_error, result.content
+        assert result.structured_content["results"][0]["file"] == "fresh/recipes.md"
+        assert server.status(settings).managed  # started by the MCP server, recorded in this home
+    finally:
+        if server.read_state(settings) is not None:
+            server.stop(settings)
