@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -164,6 +165,12 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         return JSONResponse(error_body(500, f"internal error ({type(e).__name__}); see the gateway's log"),
                             status_code=500)
 
+    async def large_json(build: Any) -> Response:
+        """A JSON answer built and encoded on a worker thread: thousands of vectors take long enough to encode
+        to stall every other request on the event loop."""
+        body = await asyncio.to_thread(lambda: json.dumps(build(), ensure_ascii=False, separators=(",", ":")))
+        return Response(body.encode("utf-8"), media_type="application/json")
+
     def count(items: list[str]) -> None:
         if not items:
             raise InputError("the list of texts is empty")
@@ -199,15 +206,15 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         return await searched("query", body.query, body)
 
     @app.post("/embed", tags=["models"])
-    async def embed(body: EmbedRequest) -> JSONResponse:
+    async def embed(body: EmbedRequest) -> Response:
         """Embeddings of any number of texts, one vector per text (qmd_embed, split into batches of 64)."""
         items = body.items
         count(items)
         vectors = await service.embed(items, body.kind)
         if body.texts is None:
-            return JSONResponse(vectors.tolist())  # TEI's answer
-        return JSONResponse({"embeddings": vectors.tolist(), "model": service.embedding_model()["name"],
-                             "dim": int(vectors.shape[1])})
+            return await large_json(lambda: vectors.tolist())  # TEI's answer
+        return await large_json(lambda: {"embeddings": vectors.tolist(), "model": service.embedding_model()["name"],
+                                         "dim": int(vectors.shape[1])})
 
     @app.post("/rerank", tags=["models"])
     async def rerank(body: RerankRequest) -> JSONResponse:
@@ -220,22 +227,21 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
                               **({"text": body.texts[i]} if body.return_text else {})} for i in order])
 
     @app.post("/v1/embeddings", tags=["models"])
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> JSONResponse:
+    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
         """OpenAI's embeddings API (the `openai` client's `embeddings.create`), float or base64."""
         items = body.items
         count(items)
         model = service.embedding_model()
         if body.dimensions is not None and model["dim"] and body.dimensions != model["dim"]:
             raise InputError(f"dimensions must be {model['dim']} (this model's), got {body.dimensions}")
-        vectors = await service.embed(items)
-        tokens = service.count_tokens(items)
+        vectors, tokens = await asyncio.gather(service.embed(items), asyncio.to_thread(service.count_tokens, items))
 
         def encoded(v: np.ndarray) -> Any:
             if body.encoding_format == "base64":
                 return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
             return v.tolist()
 
-        return JSONResponse({
+        return await large_json(lambda: {
             "object": "list", "model": model["name"],
             "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
