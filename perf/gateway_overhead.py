@@ -1,7 +1,7 @@
 """What the HTTP gateway costs: ``POST /vsearch`` through ``qmdctl api`` against the same query sent straight to
 Triton's ``qmd_vsearch``, measured side by side in one run.
 
-The triton-docs set (60 real markdown pages, ~860 chunks) is indexed into its own home (once; reused after),
+The triton-docs set (60 real markdown pages, 857 chunks) is indexed into its own home (once; reused after),
 a fresh tritonserver and ``qmdctl api`` start on free loopback ports, and every known-item query is sent each
 way, one request at a time, in a rotating order, for ``--rounds`` rounds after a warm-up:
 
