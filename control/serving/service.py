@@ -231,7 +231,3 @@ def hits_json(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     """Hits as the doors return them (``Hit.to_dict``: docid, collection, path, file, title, score, line,
     snippet, and context/body/explain where present)."""
     return [h.to_dict() for h in hits]
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False)
