@@ -114,6 +114,7 @@ PAIR_INPUT_IDS = "pair_input_ids"
 PAIR_ATTENTION_MASK = "pair_attention_mask"
 PAIR_TOKEN_TYPE_IDS = "pair_token_type_ids"
 LOGIT = "logit"
+TEXTS = "texts"
 
 # Values of the tokenizer's ``kind`` input: which prompt format wraps the text.
 KIND_QUERY = "query"
@@ -121,6 +122,8 @@ KIND_DOCUMENT = "document"
 PROMPT_KINDS = (KIND_QUERY, KIND_DOCUMENT)
 
 MAX_BATCH = 64
+# Pairs one qmd_rerank_model request may carry (its max_batch_size); qmd_rerank refuses more texts per request.
+RERANK_MAX_PAIRS = 256
 
 TOKENIZE = ModelSpec(
     name="qmd_tokenize",
@@ -222,7 +225,7 @@ RERANK_MODEL = ModelSpec(
         TensorSpec(TOKEN_TYPE_IDS, DataType.INT64, (-1,)),
     ),
     outputs=(TensorSpec(LOGIT, DataType.FP32, (1,)),),
-    max_batch_size=256,
+    max_batch_size=RERANK_MAX_PAIRS,
     artifacts=("model.onnx", "tokenizer.json"),
     doc="Cross-encoder: (query, passage) pair tokens -> relevance logit.",
 )
@@ -255,8 +258,33 @@ QUERY_PIPELINE = ModelSpec(
     doc="Ensemble: qmd_expand -> qmd_tokenize -> qmd_embed_model -> qmd_retrieve -> qmd_rerank_model -> qmd_fuse.",
 )
 
+_PAIRS_IN = (TensorSpec(QUERY, DataType.STRING, (1,)), TensorSpec(TEXTS, DataType.STRING, (-1,)))
+
+PAIR_TOKENIZE = ModelSpec(
+    name="qmd_pair_tokenize",
+    kind=ModelKind.PYTHON,
+    inputs=_PAIRS_IN,
+    outputs=(
+        TensorSpec(PAIR_INPUT_IDS, DataType.INT64, (-1, -1)),
+        TensorSpec(PAIR_ATTENTION_MASK, DataType.INT64, (-1, -1)),
+        TensorSpec(PAIR_TOKEN_TYPE_IDS, DataType.INT64, (-1, -1)),
+    ),
+    artifacts=("model.py",),
+    doc="A query and up to RERANK_MAX_PAIRS texts -> cross-encoder pair tokens (the reranker's own tokenizer).",
+)
+
+RERANK = ModelSpec(
+    name="qmd_rerank",
+    kind=ModelKind.ENSEMBLE,
+    inputs=_PAIRS_IN,
+    outputs=(TensorSpec(LOGIT, DataType.FP32, (-1, 1)),),
+    doc="Ensemble: qmd_pair_tokenize -> qmd_rerank_model; one raw logit per text (sigmoid(logit) is the "
+        "relevance probability).",
+)
+
 MODEL_SPECS: tuple[ModelSpec, ...] = (
     TOKENIZE, EMBED_MODEL, EMBED, PLAN, EXPAND, SEARCH, RETRIEVE, RERANK_MODEL, FUSE, VSEARCH, QUERY_PIPELINE,
+    PAIR_TOKENIZE, RERANK,
 )
 
 

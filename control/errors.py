@@ -43,6 +43,10 @@ class InputError(QmdError):
     """A request's input cannot be used as given (empty, wrong type, ...)."""
 
 
+class NotFound(InputError):
+    """A document (or another named thing) the request names does not exist."""
+
+
 class IndexMissing(QmdError):
     """No index exists yet at the configured location."""
 

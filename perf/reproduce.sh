@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
 # Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch batching query stress-embed stress-query soak tune latency
+#        gateway
 # (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
 # Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
 set -euo pipefail
@@ -12,7 +13,7 @@ EVAL_HOME=$QMD_HOME/eval/msmarco        # `qmdctl eval` indexes the set here (it
 LOGS=perf/results/logs
 mkdir -p "$LOGS"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency)
+[ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency gateway)
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 index() {  # the msmarco index the search pipelines read (embedded through Triton)
@@ -65,6 +66,9 @@ for step in "${steps[@]}"; do
     latency) # qmd_query one at a time: cold, warm expansion cache, no-expand
       index
       .venv/bin/python perf/query_latency.py "$DATASETS/msmarco" 2>&1 | tee "$LOGS/latency.log" ;;
+    gateway) # /vsearch through `qmdctl api` against qmd_vsearch directly, side by side (its own home and server)
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/gateway_overhead.py --rounds 20 --home "$QMD_HOME/gateway" 2>&1 | tee "$LOGS/gateway.log" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

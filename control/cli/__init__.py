@@ -17,6 +17,7 @@ from qmd_triton.cli.common import QmdGroup, State
 # command -> "module:function"; a command's module is imported only when it runs (or for --help),
 # so `qmdctl search` does not pay for the server, bench and export code.
 COMMANDS = {
+    "api": "doors:api",
     "bench": "bench:bench",
     "cleanup": "index:cleanup_cmd",
     "collection": "index:collection",
@@ -27,6 +28,7 @@ COMMANDS = {
     "export": "export:export",
     "get": "search:get",
     "ls": "search:ls",
+    "mcp": "doors:mcp",
     "metrics-exporter": "serve:metrics_exporter",
     "models": "models:models",
     "multi-get": "search:multi_get",

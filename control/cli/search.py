@@ -23,12 +23,11 @@ from qmd_triton.cli.common import (
     server_settings,
 )
 from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
-from qmd_triton.errors import InputError
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.refs import line_range, parse_ref, resolve, select
+from qmd_triton.index.refs import fetch, fetch_many
 from qmd_triton.search.formats import FORMATS, render
 from qmd_triton.search.lexical import search_bm25
-from qmd_triton.search.options import MAX_RESULTS, Hit, SearchOptions, check_query, split_typed
+from qmd_triton.search.options import MAX_RESULTS, Hit, SearchOptions, check_query, typed_query
 from qmd_triton.settings import Settings
 
 
@@ -166,10 +165,8 @@ def query(state: State, query: str, out: Output, no_expand: bool, no_rerank: boo
     if none answers.
     """
     settings = server_settings(state, kwargs)
-    text, typed = split_typed(query)
-    typed += tuple(("lex", t) for t in lex) + tuple(("vec", t) for t in vec) + tuple(("hyde", t) for t in hyde)
-    if not text:
-        raise InputError("query is empty")
+    flags = tuple(("lex", t) for t in lex) + tuple(("vec", t) for t in vec) + tuple(("hyde", t) for t in hyde)
+    text, typed = typed_query(query, flags)
     opts = out.options(expand=not no_expand, rerank=not no_rerank, candidates=candidates, explain=explain,
                        fusion=fusion, intent=intent, searches=typed)
     out.emit(_served(state, settings, QUERY_PIPELINE.name, text, opts), settings)
@@ -186,16 +183,11 @@ def query(state: State, query: str, out: Output, no_expand: bool, no_rerank: boo
 def get(state: State, ref: str, count: int | None, start: int | None, line_numbers: bool, as_json: bool) -> None:
     """Print a document by path, collection/path or #docid; REF may end in :FROM[:COUNT]."""
     settings = state.settings()
-    parsed = parse_ref(ref)
     with open_store(settings) as store:
-        doc = resolve(store, collections_of(settings).list(), parsed.target)
-        body = store.body(doc.hash)
-        docid = store.unique_docids([doc.hash])[doc.hash]
-    first = start or parsed.start
-    first_line, text = line_range(body, first, count or parsed.count)
+        doc = fetch(store, collections_of(settings).list(), ref, start, count)
+    first_line, text = doc["from"], doc["text"]
     if as_json:
-        emit_json({"docid": "#" + docid, "file": doc.display_path, "title": doc.title, "from": first_line,
-                   "text": text})
+        emit_json(doc)
         return
     if line_numbers:
         text = "".join(f"{first_line + i:>5}  {ln}\n" for i, ln in enumerate(text.splitlines()))
@@ -221,25 +213,11 @@ def multi_get(state: State, pattern: str, max_bytes: int, max_lines: int | None,
     """Print several documents: comma-separated globs over collection/path and references (path, #docid),
     each reference optionally ending in :FROM[:COUNT]."""
     settings = state.settings()
-    out = []
     with open_store(settings) as store:
-        selected = select(store, collections_of(settings).list(), pattern)
-        docids = store.unique_docids([s.doc.hash for s in selected])
-        for sel in selected:
-            doc = sel.doc
-            head = {"docid": "#" + docids[doc.hash], "file": doc.display_path, "title": doc.title}
-            body = store.body(doc.hash)
-            size = len(body.encode("utf-8"))
-            if size > max_bytes and sel.start is None and sel.count is None:
-                state.progress(f"skipped {doc.display_path}: {size} bytes > --max-bytes {max_bytes}")
-                out.append({**head, "skipped": f"{size} bytes"})
-                continue
-            first, text = line_range(body, sel.start, sel.count)
-            lines = text.splitlines()
-            truncated = max_lines is not None and len(lines) > max_lines
-            if truncated:
-                text = "\n".join(lines[:max_lines]) + "\n"
-            out.append({**head, "from": first, "text": text, "truncated": truncated})
+        out = fetch_many(store, collections_of(settings).list(), pattern, max_bytes, max_lines)
+    for d in out:
+        if "skipped" in d:
+            state.progress(f"skipped {d['file']}: {d['skipped']} > --max-bytes {max_bytes}")
     emit_documents(out, "json" if as_json else fmt, line_numbers)
 
 

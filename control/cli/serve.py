@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.store import index_summary
 from qmd_triton.serving import server
 
 
@@ -100,17 +100,6 @@ def metrics_exporter(state: State, host: str, port: int, triton_url: str | None,
     serve(settings, host=host, port=port, triton_url=triton_url or settings.http_url, admin_key=admin_key)
 
 
-def index_status(settings) -> dict | None:
-    """Collections, documents, chunks and the share embedded; None when there is no index yet."""
-    if not settings.index_path.exists():
-        return None
-    with IndexStore.open(settings.index_path) as store:
-        counts = store.counts()
-    counts["path"] = str(settings.index_path)
-    counts["embedded_share"] = round(counts["embedded"] / counts["chunks"], 4) if counts["chunks"] else 0.0
-    return counts
-
-
 @click.command()
 @server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -122,7 +111,7 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
     """
     settings = server_settings(state, kwargs)
     st = server.status(settings)
-    index = index_status(settings)
+    index = index_summary(settings.index_path)
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "managed": st.managed,
                    "pid": st.pid, "log": st.log, "models": st.models, "index": index})

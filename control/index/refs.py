@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qmd_triton.errors import InputError
+from qmd_triton.errors import InputError, NotFound
 from qmd_triton.index.collections import Collection, glob_match
 from qmd_triton.index.store import DocRow, IndexStore
 
@@ -63,7 +63,7 @@ def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -
             raise InputError(f"a docid is # and hex digits, got {target!r}")
         docs = store.documents_by_docid(prefix)
         if not docs:
-            raise InputError(f"no document with docid {target}")
+            raise NotFound(f"no document with docid {target}")
         hashes = sorted({d.hash for d in docs})
         if len(hashes) > 1:
             ids = store.unique_docids(hashes)
@@ -75,8 +75,8 @@ def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -
     if head in names and rest:
         doc = store.document(head, rest)
         if doc is None:
-            raise InputError(f"{target} is not in the index{_suggest(store, target)}; run `qmdctl update` "
-                             "if it is a new file")
+            raise NotFound(f"{target} is not in the index{_suggest(store, target)}; run `qmdctl update` "
+                           "if it is a new file")
         return doc
     path = Path(target).expanduser()
     absolute = path.resolve() if path.exists() or path.is_absolute() else None
@@ -88,17 +88,17 @@ def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -
                 continue
             doc = store.document(c.name, rel)
             if doc is None:
-                raise InputError(f"{target} is not in the index; run `qmdctl update`")
+                raise NotFound(f"{target} is not in the index; run `qmdctl update`")
             return doc
         known = ", ".join(f"{c.name} ({c.path})" for c in collections) or "none"
-        raise InputError(f"{target} is not inside any collection (collections: {known})")
+        raise NotFound(f"{target} is not inside any collection (collections: {known})")
     matches = [d for d in store.documents() if d.path == target or d.path.endswith("/" + target)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise InputError(f"{target} matches {len(matches)} documents; use collection/path or #docid")
-    raise InputError(f"no document {target!r} in the index{_suggest(store, target)} "
-                     "(use collection/path, #docid or a file path)")
+    raise NotFound(f"no document {target!r} in the index{_suggest(store, target)} "
+                   "(use collection/path, #docid or a file path)")
 
 
 def line_range(body: str, start: int | None, count: int | None) -> tuple[int, str]:
@@ -141,7 +141,7 @@ def select(store: IndexStore, collections: Sequence[Collection], pattern: str) -
             docs = docs if docs is not None else store.documents()
             found = [Selected(d) for d in docs if glob_match(d.display_path, item) or glob_match(d.path, item)]
             if not found:
-                raise InputError(f"no indexed document matches {item!r}")
+                raise NotFound(f"no indexed document matches {item!r}")
         else:
             ref = parse_ref(item)
             found = [Selected(resolve(store, collections, ref.target), ref.start, ref.count)]
@@ -149,4 +149,40 @@ def select(store: IndexStore, collections: Sequence[Collection], pattern: str) -
             if sel.doc.id not in seen:
                 seen.add(sel.doc.id)
                 out.append(sel)
+    return out
+
+
+def fetch(store: IndexStore, collections: Sequence[Collection], ref: str, start: int | None = None,
+          count: int | None = None) -> dict:
+    """``get``: one document (or the lines a ``:FROM[:COUNT]`` reference or ``start``/``count`` ask for) as
+    ``{docid, file, title, from, text}``; ``start``/``count`` win over the reference's own range."""
+    parsed = parse_ref(ref)
+    doc = resolve(store, collections, parsed.target)
+    body = store.body(doc.hash)
+    docid = store.unique_docids([doc.hash])[doc.hash]
+    first, text = line_range(body, start or parsed.start, count or parsed.count)
+    return {"docid": "#" + docid, "file": doc.display_path, "title": doc.title, "from": first, "text": text}
+
+
+def fetch_many(store: IndexStore, collections: Sequence[Collection], pattern: str, max_bytes: int,
+               max_lines: int | None = None) -> list[dict]:
+    """``multi-get``: every selected document as :func:`fetch` returns it, plus ``truncated`` (cut at
+    ``max_lines``); a whole document larger than ``max_bytes`` is ``{docid, file, title, skipped}`` instead."""
+    selected = select(store, collections, pattern)
+    docids = store.unique_docids([s.doc.hash for s in selected])
+    out = []
+    for sel in selected:
+        doc = sel.doc
+        head = {"docid": "#" + docids[doc.hash], "file": doc.display_path, "title": doc.title}
+        body = store.body(doc.hash)
+        size = len(body.encode("utf-8"))
+        if size > max_bytes and sel.start is None and sel.count is None:
+            out.append({**head, "skipped": f"{size} bytes"})
+            continue
+        first, text = line_range(body, sel.start, sel.count)
+        lines = text.splitlines()
+        truncated = max_lines is not None and len(lines) > max_lines
+        if truncated:
+            text = "\n".join(lines[:max_lines]) + "\n"
+        out.append({**head, "from": first, "text": text, "truncated": truncated})
     return out

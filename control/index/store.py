@@ -656,3 +656,15 @@ class IndexHandle:
             self._store.close()
         self._store = None
         self._inode = None
+
+
+def index_summary(path: Path) -> dict[str, Any] | None:
+    """Collections, documents, chunks and the share embedded (``qmdctl status``, the doors' status); None when
+    there is no index yet."""
+    if not Path(path).exists():
+        return None
+    with IndexStore.open(path) as store:
+        counts = store.counts()
+    counts["path"] = str(path)
+    counts["embedded_share"] = round(counts["embedded"] / counts["chunks"], 4) if counts["chunks"] else 0.0
+    return counts

@@ -82,6 +82,21 @@ def split_typed(query: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return text, tuple(typed)
 
 
+def typed_query(query: str, searches: Sequence[tuple[str, str]] = ()) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What a hybrid request runs: the untyped text of ``query`` and its typed lines followed by ``searches``.
+
+    With no untyped text, the first ``vec:`` search (else the first search) stands for the query, so an agent
+    may send typed sub-queries alone (tobi/qmd's ``query`` tool shape).
+    """
+    text, typed = split_typed(query or "")
+    typed = typed + tuple(searches)
+    if not text and typed:
+        text = next((t for k, t in typed if k == "vec"), typed[0][1])
+    if not text:
+        raise InputError("query is empty")
+    return text, typed
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """What a caller may ask of a search; parsed from the ``options`` JSON tensor too."""

@@ -20,6 +20,9 @@ from qmd_triton.settings import PROJECT_ROOT
 from qmd_triton.system.net import free_ports
 
 DEPLOY = PROJECT_ROOT / "deploy"
+# compose refuses to start without these (no default secrets); the validators get stand-ins
+SECRETS = {"QMD_API_TOKEN": "compose-check-token-0123456789", "QMD_ADMIN_KEY": "compose-check-admin",
+           "GRAFANA_ADMIN_PASSWORD": "compose-check-grafana"}
 
 
 def tool(name: str) -> str:
@@ -32,8 +35,13 @@ def tool(name: str) -> str:
     pytest.skip(f"{name} is not installed (apt-get install prometheus prometheus-alertmanager nginx-light)")
 
 
-def run(*cmd: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=120)
+def run(*cmd: str, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def compose(*args: str, secrets: dict[str, str] = SECRETS, file: str = "docker-compose.yml"):
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return run(compose_binary(), "-f", file, *args, env={**env, **secrets})
 
 
 def compose_binary() -> str:
@@ -45,22 +53,42 @@ def compose_binary() -> str:
 
 
 def test_compose_file_is_valid():
-    r = run(compose_binary(), "-f", "docker-compose.yml", "config", "-q")
+    r = compose("config", "-q")
     assert r.returncode == 0, r.stderr
-    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    config = yaml.safe_load(compose("config").stdout)
     triton = config["services"]["triton"]
     assert triton["healthcheck"]["test"][-1] == "http://localhost:8000/v2/health/ready"
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert "--model-config-name=gpu" in triton["command"]
-    assert set(config["services"]) >= {"export", "triton", "qmd-exporter", "prometheus", "alertmanager", "grafana"}
+    assert set(config["services"]) >= {"export", "triton", "qmd-api", "qmd-mcp", "nginx", "qmd-exporter",
+                                       "prometheus", "alertmanager", "grafana"}
+
+
+def test_compose_publishes_only_nginx_beyond_loopback_and_every_door_gets_the_token():
+    config = yaml.safe_load(compose("config").stdout)
+    public = {name: p for name, svc in config["services"].items() for p in svc.get("ports", [])
+              if p.get("host_ip") != "127.0.0.1"}
+    assert set(public) == {"nginx"} and public["nginx"]["target"] == 443
+    token = SECRETS["QMD_API_TOKEN"]
+    for name in ("qmd-api", "qmd-mcp", "nginx"):
+        assert config["services"][name]["environment"]["QMD_API_TOKEN"] == token, name
+    nginx = config["services"]["nginx"]
+    assert "render.sh" in " ".join(nginx["command"]) and nginx["environment"]["QMD_GATEWAY"] == "qmd-api:18765"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(missing: str):
+    r = compose("config", "-q", secrets={k: v for k, v in SECRETS.items() if k != missing})
+    assert r.returncode != 0
+    assert f"required variable {missing} is missing a value: set {missing}" in r.stderr
 
 
 def test_compose_file_with_a_typo_is_refused(tmp_path: Path):
     broken = (PROJECT_ROOT / "docker-compose.yml").read_text().replace("shm_size: 2gb", "shm_size: [2gb]")
     (tmp_path / "docker-compose.yml").write_text(broken)
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    r = run(compose_binary(), "-f", str(tmp_path / "docker-compose.yml"), "config", "-q")
+    r = compose("config", "-q", file=str(tmp_path / "docker-compose.yml"))
     assert r.returncode != 0 and "shm_size" in r.stderr
 
 
@@ -88,6 +116,32 @@ def test_prometheus_and_alertmanager_configs_check():
     assert am["route"]["group_by"] == ["alertname", "model"] and am["route"]["repeat_interval"] == "4h"
 
 
+def render(**env: str) -> subprocess.CompletedProcess:
+    """deploy/nginx/render.sh with only these variables (and PATH) set."""
+    return run("sh", str(DEPLOY / "nginx" / "render.sh"), env={"PATH": os.environ["PATH"], **env})
+
+
+@pytest.mark.parametrize("token, line", [
+    (None, "render.sh: QMD_API_TOKEN is not set; refusing to start nginx without a token "
+           "(make one with: openssl rand -hex 32)"),
+    ("short", "render.sh: QMD_API_TOKEN is 5 characters; use at least 16 (openssl rand -hex 32)"),
+    ('quote"breaks-the-config', "render.sh: QMD_API_TOKEN may hold only letters, digits and . _ ~ + / = - "
+                                "(openssl rand -hex 32)"),
+], ids=["unset", "short", "odd-characters"])
+def test_nginx_config_is_not_rendered_without_a_usable_token(token, line: str):
+    r = render(**({"QMD_API_TOKEN": token} if token else {}))
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.strip() == line
+
+
+def test_rendered_nginx_config_guards_every_location_with_the_token():
+    site = render(QMD_API_TOKEN=SECRETS["QMD_API_TOKEN"]).stdout
+    assert "@" + "QMD_" not in site
+    assert f'"Bearer {SECRETS["QMD_API_TOKEN"]}" 1;' in site
+    server = site[site.index("server {"):]
+    assert server.count("auth_request /_qmd_token;") == 1  # server level: inherited by every location
+    assert server.count("auth_request off;") == 2  # only the check itself and its 401 answer opt out
+
+
 def test_nginx_config_passes_nginx_t(tmp_path: Path):
     nginx = tool("nginx")
     openssl = tool("openssl")
@@ -95,8 +149,9 @@ def test_nginx_config_passes_nginx_t(tmp_path: Path):
     r = run(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
             "-days", "1", "-subj", "/CN=qmd.test")
     assert r.returncode == 0, r.stderr
-    site = (DEPLOY / "nginx" / "qmd-triton.conf").read_text()
-    site = site.replace("/etc/ssl/qmd/fullchain.pem", str(cert)).replace("/etc/ssl/qmd/privkey.pem", str(key))
+    rendered = render(QMD_API_TOKEN=SECRETS["QMD_API_TOKEN"], QMD_TLS_CERT=str(cert), QMD_TLS_KEY=str(key))
+    assert rendered.returncode == 0, rendered.stderr
+    site = rendered.stdout
     (tmp_path / "logs").mkdir()
     (tmp_path / "qmd.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
@@ -109,7 +164,7 @@ def test_kubernetes_manifests_pass_schema_validation():
     files = sorted(str(p) for p in (DEPLOY / "kubernetes").glob("*.yaml"))
     r = run(str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", *files)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("passed for resource") == 7
+    assert r.stdout.count("passed for resource") == 8
 
 
 def test_kubernetes_manifests_agree_with_each_other():
@@ -124,9 +179,17 @@ def test_kubernetes_manifests_agree_with_each_other():
     triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
-    [service] = by_kind["Service"]
-    assert service["spec"]["selector"].items() <= labels.items()
-    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    public = services["qmd-public"]
+    assert public["spec"]["type"] == "LoadBalancer" and [p["targetPort"] for p in public["spec"]["ports"]] == ["https"]
+    # every door beyond loopback, and the nginx renderer, take the one token from one Secret
+    for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
+        if c["name"] in ("qmd-api", "qmd-mcp", "nginx-config"):
+            [token] = [e for e in c["env"] if e["name"] == "QMD_API_TOKEN"]
+            assert token["valueFrom"]["secretKeyRef"] == {"name": "qmd-api-token", "key": "token"}, c["name"]
     [monitor] = by_kind["PodMonitor"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
@@ -192,13 +255,14 @@ def test_the_dashboard_covers_what_operators_watch():
 
 def test_prometheus_reaches_every_compose_target():
     """Each scrape target is a compose service listening on that port on an address other containers reach."""
-    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    config = yaml.safe_load(compose("config").stdout)
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {"triton:8002", "qmd-exporter:9108"}
-    exporter = config["services"]["qmd-exporter"]["command"]
-    assert exporter[exporter.index("--host") + 1] == "0.0.0.0"
-    assert exporter[exporter.index("--port") + 1] == "9108"
+    assert targets == {"triton:8002", "qmd-exporter:9108", "qmd-api:18765", "qmd-mcp:8181"}
+    for service, port in (("qmd-exporter", "9108"), ("qmd-api", "18765"), ("qmd-mcp", "8181")):
+        command = config["services"][service]["command"]
+        assert command[command.index("--host") + 1] == "0.0.0.0", service
+        assert command[command.index("--port") + 1] == port, service
     assert "--allow-metrics=true" in config["services"]["triton"]["command"]
 
 

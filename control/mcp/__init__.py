@@ -1,0 +1,1 @@
+"""The MCP server (`qmdctl mcp`): qmd for agents, over stdio and streamable HTTP."""

@@ -1,0 +1,255 @@
+"""The HTTP gateway (`qmdctl api`) as a real process in front of the real tritonserver: QMD-Python's requests
+sent verbatim with httpx, OpenAI's client on /v1/embeddings, TEI's /rerank against the in-process reranker,
+errors as JSON with their status, and the token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from qmd_triton.runtime.onnx import InProcessReranker
+from qmd_triton.serving.client import QmdClient
+from qmd_triton.settings import Settings
+
+from ..conftest import ASSETS
+from ..doors import TOKEN, Door, door_env
+from .test_search import qmd
+
+DIM = 384  # all-MiniLM-L6-v2, the exported embedding model
+COLLECTION = "gwnotes"
+
+
+@pytest.fixture(scope="module")
+def indexed(triton: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    notes = tmp_path_factory.mktemp("gateway") / "notes"
+    shutil.copytree(ASSETS / "notes", notes)
+    qmd(triton, "collection", "add", str(notes), "--name", COLLECTION)
+    qmd(triton, "update")
+    qmd(triton, "embed")
+    yield triton
+    qmd(triton, "collection", "remove", COLLECTION)
+
+
+@pytest.fixture(scope="module")
+def gateway(indexed: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`qmdctl api` on a free loopback port, no token (loopback)."""
+    log = tmp_path_factory.mktemp("gateway-log") / "api.log"
+    with Door(["api"], door_env(indexed), log) as door:
+        yield door.url
+
+
+def post(url: str, path: str, body, **kw) -> httpx.Response:
+    return httpx.post(url + path, json=body, timeout=120, **kw)
+
+
+# -- QMD-Python's requests, verbatim --------------------------------------------------------------------------
+
+
+def test_health_answers_in_qmd_pythons_shape(gateway: str):
+    r = httpx.get(f"{gateway}/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "healthy" and r.json()["model_loaded"] is True
+
+
+def test_embed_returns_one_vector_per_text_with_the_models_dimension(gateway: str):
+    r = httpx.post(f"{gateway}/embed", json={"texts": ["First text", "Second text", "第三段文字"]})
+    assert r.status_code == 200
+    embeddings = r.json()["embeddings"]
+    assert len(embeddings) == 3 and all(len(v) == DIM for v in embeddings)
+    assert r.json()["dim"] == DIM
+    assert np.allclose(np.linalg.norm(np.array(embeddings), axis=1), 1.0, atol=1e-5)
+
+
+def test_vsearch_returns_ranked_hits_with_path_docid_score_snippet(gateway: str):
+    r = httpx.post(f"{gateway}/vsearch", json={"query": "how are concurrent inference calls grouped together",
+                                                "top_k": 3}, timeout=60)
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert 0 < len(results) <= 3 and results[0]["path"] == "guide/batching.md"
+    for hit in results:
+        assert {"path", "docid", "score", "snippet"} <= set(hit) and hit["docid"].startswith("#")
+    assert [h["score"] for h in results] == sorted((h["score"] for h in results), reverse=True)
+
+
+def test_query_returns_ranked_hits_with_path_docid_score_snippet(gateway: str):
+    r = httpx.post(f"{gateway}/query", json={"query": "how are concurrent inference requests merged into a batch",
+                                              "top_k": 3}, timeout=120)
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert 0 < len(results) <= 3 and results[0]["path"] == "guide/batching.md"
+    for hit in results:
+        assert {"path", "docid", "score", "snippet"} <= set(hit)
+    assert [h["score"] for h in results] == sorted((h["score"] for h in results), reverse=True)
+
+
+# -- the rest of the gateway ----------------------------------------------------------------------------------
+
+
+def test_query_takes_typed_searches_and_an_intent_without_a_query(gateway: str):
+    r = post(gateway, "/query", {"searches": [{"type": "lex", "query": "sourdough"},
+                                              {"type": "vec", "query": "how do I bake bread"}],
+                                 "intent": "baking at home", "collections": [COLLECTION], "top_k": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["file"] == f"{COLLECTION}/recipes.md"
+
+
+def test_search_get_multi_get_and_status(gateway: str):
+    hits = post(gateway, "/search", {"query": "向量检索", "collection": COLLECTION}).json()["results"]
+    assert hits[0]["file"] == f"{COLLECTION}/zh/向量检索.md"
+    doc = post(gateway, "/get", {"file": hits[0]["docid"]}).json()
+    assert doc["file"] == hits[0]["file"] and doc["text"].startswith("# 向量检索入门")
+    part = post(gateway, "/get", {"file": f"{COLLECTION}/recipes.md:3", "max_lines": 2}).json()
+    assert part["from"] == 3 and len(part["text"].splitlines()) == 2
+    docs = post(gateway, "/multi_get", {"pattern": f"{COLLECTION}/guide/*.md"}).json()["documents"]
+    assert sorted(d["file"] for d in docs) == [f"{COLLECTION}/guide/batching.md", f"{COLLECTION}/guide/operations.md"]
+    status = httpx.get(f"{gateway}/status").json()
+    assert status["triton"]["ready"] and status["index"]["collections"][COLLECTION]["documents"] == 4
+
+
+def test_embed_splits_any_number_of_texts_and_equals_qmd_embed(gateway: str, indexed: Settings):
+    texts = [f"note {i}: dynamic batching merges requests number {i}" for i in range(150)]  # > 64 = MAX_BATCH
+    r = post(gateway, "/embed", {"texts": texts})
+    assert r.status_code == 200
+    served = np.array(r.json()["embeddings"], dtype=np.float32)
+    with QmdClient(indexed.url()) as client:
+        direct = client.embed(texts)
+    assert served.shape == (150, DIM) and np.abs(served - direct).max() < 1e-6
+    tei = post(gateway, "/embed", {"inputs": "one text"}).json()  # TEI's form: a bare list of vectors
+    assert len(tei) == 1 and len(tei[0]) == DIM
+
+
+def test_openai_client_embeddings_equal_qmd_embed(gateway: str, indexed: Settings):
+    from openai import OpenAI
+
+    texts = ["Dynamic batching merges requests into one batch.", "向量检索把文本映射到嵌入空间", "sourdough bread"]
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="not-needed-on-loopback")
+    with QmdClient(indexed.url()) as qc:
+        direct = qc.embed(texts)
+    def vector(embedding) -> np.ndarray:  # an explicit base64 request comes back undecoded
+        if isinstance(embedding, str):
+            return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+        return np.array(embedding)
+
+    # None: the client's own default, which asks for base64 and decodes it
+    for fmt in (None, "float", "base64"):
+        kwargs = {"encoding_format": fmt} if fmt else {}
+        response = client.embeddings.create(model="qmd-embed", input=texts, **kwargs)
+        got = np.array([vector(d.embedding) for d in sorted(response.data, key=lambda d: d.index)], dtype=np.float64)
+        cosine = (got * direct).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(direct, axis=1)
+        assert got.shape == (3, DIM) and np.all(np.abs(cosine - 1.0) < 1e-5), (fmt, cosine)
+        assert response.usage.prompt_tokens > 0
+    one = client.embeddings.create(model="qmd-embed", input="sourdough bread")
+    assert len(one.data) == 1 and len(one.data[0].embedding) == DIM
+
+
+def test_rerank_scores_equal_the_in_process_reranker(gateway: str, indexed: Settings):
+    query = "how do requests get batched together"
+    texts = [p.read_text() for p in sorted((ASSETS / "notes").rglob("*.md"))] + [
+        "Dynamic batching merges requests into one batch.", "Bread needs flour, water and salt.", "", "短文本"]
+    raw = post(gateway, "/rerank", {"query": query, "texts": texts, "raw_scores": True}).json()
+    probs = post(gateway, "/rerank", {"query": query, "texts": texts, "return_text": True}).json()
+    reference = InProcessReranker.from_repository(indexed.model_repository, threads=2).scores(query, texts)
+    logits = np.zeros(len(texts))
+    for item in raw:
+        logits[item["index"]] = item["score"]
+    assert np.abs(logits - reference).max() < 1e-4
+    sigmoid = 1 / (1 + np.exp(-reference.astype(np.float64)))
+    assert all(abs(p["score"] - sigmoid[p["index"]]) < 1e-4 and p["text"] == texts[p["index"]] for p in probs)
+    assert [p["index"] for p in probs] == list(np.argsort(-sigmoid, kind="stable"))  # best first
+
+
+def test_rerank_splits_lists_longer_than_one_triton_request(gateway: str):
+    texts = [f"passage {i} about batching" for i in range(300)]  # > RERANK_MAX_PAIRS (256)
+    r = post(gateway, "/rerank", {"query": "batching", "texts": texts})
+    assert r.status_code == 200 and sorted(p["index"] for p in r.json()) == list(range(300))
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/vsearch", b"{nope", 400, "not valid JSON"),
+    ("/vsearch", {"query": "x", "top_k": 0}, 400, "top_k"),
+    ("/vsearch", {"query": "x", "colections": ["a"]}, 400, "colections: Extra inputs are not permitted"),
+    ("/vsearch", {"query": ""}, 400, "query is empty"),
+    ("/search", {"query": "x", "collection": "nope"}, 400, "unknown collection 'nope'"),
+    ("/query", {"top_k": 3}, 400, "give a query or typed searches"),
+    ("/get", {"file": f"{COLLECTION}/nope.md"}, 404, "not in the index"),
+    ("/get", {"file": "#ffffff"}, 404, "no document with docid"),
+    ("/embed", {"texts": []}, 400, "empty"),
+    ("/embed", {"texts": ["x"] * 3000}, 413, "the limit is 2048"),
+    ("/embed", {"texts": ["x" * 1024 * 1024] * 17}, 413, "the limit is 16777216"),
+    ("/rerank", {"query": "", "texts": ["a"]}, 400, "query is empty"),
+    ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "input"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 7}, 400, "dimensions must be 384"),
+], ids=["bad-json", "top_k-0", "unknown-key", "empty-query", "unknown-collection", "query-nothing", "no-doc",
+        "no-docid", "no-texts", "too-many-texts", "body-too-large", "rerank-empty-query", "token-arrays",
+        "dimensions"])
+def test_bad_requests_get_json_errors_with_their_status(gateway: str, path: str, body, status: int, message: str):
+    if isinstance(body, bytes):
+        r = httpx.post(gateway + path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = post(gateway, path, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["code"] == status
+    assert "Traceback" not in r.text
+
+
+def test_unknown_routes_and_methods_are_json_errors(gateway: str):
+    r = httpx.get(f"{gateway}/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == 404
+    r = httpx.get(f"{gateway}/vsearch")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_metrics_count_requests_by_route_and_status(gateway: str):
+    post(gateway, "/vsearch", {"query": "batching", "top_k": 1})
+    text = httpx.get(f"{gateway}/metrics").text
+    assert 'qmd_http_requests_total{door="api",route="/vsearch",status="200"}' in text
+    assert 'qmd_triton_call_duration_seconds_count{model="qmd_vsearch",outcome="ok"}' in text
+
+
+def test_openapi_documents_every_endpoint(gateway: str):
+    paths = httpx.get(f"{gateway}/openapi.json").json()["paths"]
+    assert {"/health", "/embed", "/search", "/vsearch", "/query", "/get", "/multi_get", "/status", "/rerank",
+            "/v1/embeddings"} <= set(paths)
+
+
+def test_a_token_guards_every_route_but_health_and_metrics(indexed: Settings, tmp_path: Path):
+    with Door(["api"], door_env(indexed, QMD_API_TOKEN=TOKEN), tmp_path / "api.log") as door:
+        body = {"query": "batching", "top_k": 1}
+        assert post(door.url, "/vsearch", body).status_code == 401
+        wrong = post(door.url, "/vsearch", body, headers={"Authorization": "Bearer not-the-token-at-all"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+        right = post(door.url, "/vsearch", body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200 and right.json()["results"]
+        foreign = post(door.url, "/vsearch", body, headers={"Authorization": f"Bearer {TOKEN}",
+                                                            "Origin": "https://evil.example"})
+        assert foreign.status_code == 403 and "Origin" in foreign.json()["error"]["message"]
+        assert httpx.get(f"{door.url}/health").status_code == 200
+        assert httpx.get(f"{door.url}/metrics").status_code == 200
+
+
+def test_triton_down_is_503_not_a_traceback(indexed: Settings, tmp_path: Path):
+    from qmd_triton.system.net import free_ports
+
+    (dead,) = free_ports(1)
+    with Door(["api", "--triton-url", f"127.0.0.1:{dead}"], door_env(indexed), tmp_path / "api.log") as door:
+        r = post(door.url, "/vsearch", {"query": "batching"})
+        assert r.status_code == 503 and "no Triton server answers" in r.json()["error"]["message"]
+        health = httpx.get(f"{door.url}/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert post(door.url, "/embed", {"texts": ["x"]}).status_code == 503
+    assert "Traceback" not in (tmp_path / "api.log").read_text()
+
+
+def test_results_json_is_the_triton_models_own(gateway: str, indexed: Settings):
+    options = {"n": 3, "collections": [COLLECTION]}
+    via_gateway = post(gateway, "/search", {"query": "batching", "top_k": 3, "collections": [COLLECTION]}).json()
+    with QmdClient(indexed.url()) as client:
+        direct = client.search("qmd_search", "batching", json.dumps(options))
+    assert via_gateway["results"] == direct
