@@ -72,8 +72,24 @@ class ServerState:
 
     def members(self) -> list[int]:
         """The server and the backend stubs of its process group that are provably ours."""
-        allowed = [self.binary] + ([self.backends] if self.backends else [])
-        return procs.owned_members(self.pgid, max(self.start_ticks, 0), allowed)
+        leader = [self.pid] if procs.is_running(self.owned) else []
+        return leader + sorted(self.stubs())
+
+    def stubs(self) -> dict[int, str]:
+        """The python backend stubs of this server, by pid, with the model each serves.
+
+        A stub is ours only when it is in the server's process group, started no earlier than the server,
+        runs from the recorded backend directory and names the server's pid as its parent on its command
+        line (the stub's sixth argument), so a reused group or pid never qualifies.
+        """
+        if not self.backends:
+            return {}
+        out = {}
+        for pid in procs.owned_members(self.pgid, max(self.start_ticks, 0), [self.backends]):
+            args = procs.argv(pid)
+            if len(args) > 5 and Path(args[0]).name == STUB and args[5] == str(self.pid):
+                out[pid] = stub_model(args)
+        return out
 
 
 @dataclass
@@ -87,6 +103,11 @@ class ServerStatus:
     pid: int | None = None
     log: str | None = None
     models: list[dict] = field(default_factory=list)
+
+
+def stub_model(args: list[str]) -> str:
+    """The model a backend stub serves, from its command line (``<repo>/<model>/<version>/model.py``)."""
+    return Path(args[1]).parent.parent.name if len(args) > 1 else ""
 
 
 def pytriton_dir() -> Path:

@@ -47,12 +47,19 @@ def is_zombie(pid: int) -> bool:
     return bool(fields) and fields[0] == "Z"
 
 
+def argv(pid: int) -> list[str]:
+    """A process's command line, or [] when it is gone, a zombie or not readable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
 def executable(pid: int) -> str | None:
     """argv[0] of a process (what it was started as), or None when it is gone or not readable."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return None
+    args = argv(pid)
+    return args[0] if args else None
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,15 @@ def reap(pid: int, wait_s: float = 0.0) -> None:
 
 
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
-    """SIGTERM to ``members()``, SIGKILL to what is left after ``timeout_s``; True when none is left."""
-    signal_pids(members(), signal.SIGTERM)
+    """SIGTERM to ``members()``, SIGKILL to what is left after ``timeout_s``; True when none is left.
+
+    ``leader`` is reaped (when it is our child) only if it is one of the members or already a zombie:
+    a pid that is not provably ours is never waited on either.
+    """
+    first = members()
+    if leader is not None and leader not in first and not is_zombie(leader):
+        leader = None
+    signal_pids(first, signal.SIGTERM)
     for sig, wait_s in ((None, timeout_s), (signal.SIGKILL, 5.0)):
         if sig is not None:
             signal_pids(members(), sig)
