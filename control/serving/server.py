@@ -83,8 +83,12 @@ class ServerState:
 
     def members(self) -> list[int]:
         """The server and the backend stubs of its process group that are provably ours."""
-        leader = [self.pid] if procs.is_running(self.owned) else []
-        return leader + sorted(self.stubs())
+        if not procs.is_running(self.owned):
+            return sorted(self.stubs())  # orphans of a server that died: only stubs that name it
+        # The leader, and its children that have not yet become a stub (forked, still the server's binary).
+        forks = [p for p in procs.owned_members(self.pgid, max(self.start_ticks, 0), [self.binary])
+                 if procs.parent(p) == self.pid]
+        return sorted({self.pid, *forks, *self.stubs()})
 
     def stubs(self) -> dict[int, str]:
         """The python backend stubs of this server, by pid, with the model each serves.

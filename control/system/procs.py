@@ -37,6 +37,11 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
+def parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
+
+
 def process_group(pid: int) -> int | None:
     fields = _stat_fields(pid)
     return int(fields[2]) if fields and len(fields) > 2 else None
@@ -134,28 +139,40 @@ def reap(pid: int, wait_s: float = 0.0) -> None:
 
 
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
-    """SIGTERM to ``members()``, SIGKILL to what is left after ``timeout_s``; True when none is left.
+    """Stops ``members()``: SIGTERM to the leader first (a server stops and reaps its own children), then to
+    whatever outlived it, SIGKILL to what is left after ``timeout_s``; True when none is left.
 
-    ``leader`` is reaped (when it is our child) only if it is one of the members or already a zombie:
-    a pid that is not provably ours is never waited on either.
+    ``leader`` is signalled first and reaped (when it is our child) only if it is one of the members or
+    already a zombie: a pid that is not provably ours is never waited on either.
     """
     first = members()
     if leader is not None and leader not in first and not is_zombie(leader):
         leader = None
-    signal_pids(first, signal.SIGTERM)
-    for sig, wait_s in ((None, timeout_s), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            signal_pids(members(), sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if leader is not None:
-                reap(leader)
-            if not [p for p in members() if not is_zombie(p)]:
-                if leader is not None:
-                    reap(leader, wait_s=5.0)
-                return True
+
+    def left() -> list[int]:
+        if leader is not None:
+            reap(leader)
+        return [p for p in members() if not is_zombie(p)]
+
+    def wait(until: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not until():
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-    return not members()
+        return True
+
+    deadline = time.monotonic() + timeout_s
+    if leader is not None and leader in first:
+        signal_pids([leader], signal.SIGTERM)
+        wait(lambda: leader not in left(), timeout_s)
+    signal_pids(left(), signal.SIGTERM)
+    if not wait(lambda: not left(), max(1.0, deadline - time.monotonic())):
+        signal_pids(left(), signal.SIGKILL)
+        wait(lambda: not left(), 5.0)
+    if leader is not None:
+        reap(leader, wait_s=5.0)
+    return not left()
 
 
 def group_rss_bytes(pids: Iterable[int]) -> int:

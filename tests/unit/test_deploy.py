@@ -44,30 +44,77 @@ def compose_binary() -> str:
     return str(binary)
 
 
+# The secrets compose refuses to start without (no defaults); the tests set them.
+SECRETS = {"QMD_ADMIN_KEY": "test-admin-key", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+
+
+def compose(*args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    environment.update(SECRETS if env is None else env)
+    return subprocess.run([compose_binary(), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=environment)
+
+
+def compose_config() -> dict:
+    return yaml.safe_load(compose("-f", "docker-compose.yml", "config").stdout)
+
+
 def test_compose_file_is_valid():
-    r = run(compose_binary(), "-f", "docker-compose.yml", "config", "-q")
+    r = compose("-f", "docker-compose.yml", "config", "-q")
     assert r.returncode == 0, r.stderr
-    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    config = compose_config()
     triton = config["services"]["triton"]
-    assert triton["healthcheck"]["test"][-1] == "http://localhost:8000/v2/health/ready"
+    assert triton["healthcheck"]["test"][1:3] == ["qmdctl", "health"]  # a real query, not /v2/health/ready
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert "--model-config-name=gpu" in triton["command"]
     assert set(config["services"]) >= {"export", "triton", "qmd-exporter", "prometheus", "alertmanager", "grafana"}
 
 
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(missing: str):
+    r = compose("-f", "docker-compose.yml", "config", "-q", env={k: v for k, v in SECRETS.items() if k != missing})
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"required variable {missing} is missing a value: set {missing}" in lines[0], r.stderr
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and f"${{{missing}:-" not in text
+
+
+def test_triton_restricts_shared_memory_and_admin_apis_on_both_protocols_everywhere():
+    apis = {"shared-memory", "model-repository", "logging", "trace"}
+    k8s = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+    k8s_triton = next(c for c in k8s["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+    for where, command, key in (("compose", compose_config()["services"]["triton"]["command"], SECRETS["QMD_ADMIN_KEY"]),
+                                ("kubernetes", k8s_triton["args"], "$(QMD_ADMIN_KEY)")):
+        assert command[:3] == ["qmdctl", "supervise", "--"] and command[3] == "tritonserver", where
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            [value] = [a.split("=", 1)[1] for a in command if a.startswith(flag + "=")]
+            groups, header = value.split(":", 1)
+            assert set(groups.split(",")) >= apis and header == f"admin-key={key}", (where, flag, value)
+        assert "--model-control-mode=explicit" in command and "--load-model=*" in command, where
+    env = {e["name"]: e for e in k8s_triton["env"]}
+    assert env["QMD_ADMIN_KEY"]["valueFrom"]["secretKeyRef"].get("optional") is not True  # no pod without it
+    # the local server: qmdctl up restricts the same APIs on both protocols
+    from qmd_triton.serving import server
+
+    assert set(server.RESTRICTED_APIS.split(",")) >= apis
+    assert server.restricted_api_flags("k") == [f"--http-restricted-api={server.RESTRICTED_APIS}:admin-key=k",
+                                                f"--grpc-restricted-protocol={server.RESTRICTED_APIS}:admin-key=k"]
+
+
 def test_compose_file_with_a_typo_is_refused(tmp_path: Path):
     broken = (PROJECT_ROOT / "docker-compose.yml").read_text().replace("shm_size: 2gb", "shm_size: [2gb]")
     (tmp_path / "docker-compose.yml").write_text(broken)
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    r = run(compose_binary(), "-f", str(tmp_path / "docker-compose.yml"), "config", "-q")
+    r = compose("-f", str(tmp_path / "docker-compose.yml"), "config", "-q")
     assert r.returncode != 0 and "shm_size" in r.stderr
 
 
 def test_alert_rules_check_and_pass_their_unit_tests():
     promtool = tool("promtool")
     r = run(promtool, "check", "rules", "deploy/prometheus/rules/qmd-alerts.yml")
-    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 8 rules found" in r.stdout, r.stdout + r.stderr
     r = run(promtool, "test", "rules", "deploy/prometheus/tests/qmd-alerts.test.yml")
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
@@ -75,7 +122,7 @@ def test_alert_rules_check_and_pass_their_unit_tests():
 def test_every_alert_waits_before_firing():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "qmd-alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 7
+    assert len(alerts) == 8
     assert all(r.get("for") and r["labels"]["severity"] in ("critical", "warning", "info") for r in alerts)
 
 
@@ -122,7 +169,8 @@ def test_kubernetes_manifests_agree_with_each_other():
     labels = pod["metadata"]["labels"]
     ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    for probe in ("readinessProbe", "livenessProbe"):  # a real query, not /v2/health/ready or /live
+        assert triton[probe]["exec"]["command"][:2] == ["qmdctl", "health"], probe
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     [service] = by_kind["Service"]
     assert service["spec"]["selector"].items() <= labels.items()
@@ -192,7 +240,7 @@ def test_the_dashboard_covers_what_operators_watch():
 
 def test_prometheus_reaches_every_compose_target():
     """Each scrape target is a compose service listening on that port on an address other containers reach."""
-    config = yaml.safe_load(run(compose_binary(), "-f", "docker-compose.yml", "config").stdout)
+    config = compose_config()
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == {"triton:8002", "qmd-exporter:9108"}
