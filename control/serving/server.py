@@ -230,6 +230,17 @@ def _load_failure(path: Path) -> str | None:
     return None
 
 
+def run_dir(settings: Settings) -> Path:
+    """``$QMD_HOME/run``, made if needed; one clear error where the home cannot be written."""
+    try:
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ServerError(f"cannot write {settings.run_dir} ({e.strerror or e}): starting a server needs a writable "
+                          "QMD_HOME; start it from one (qmdctl --home DIR up) or point --http-port at a running one"
+                          ) from None
+    return settings.run_dir
+
+
 def admin_key(settings: Settings) -> str:
     """The key of this home's restricted APIs, made on first use (``$QMD_HOME/run/admin.key``, mode 0600).
 
@@ -243,7 +254,7 @@ def admin_key(settings: Settings) -> str:
             return key
     except FileNotFoundError:
         pass
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir(settings)
     key = secrets.token_hex(16)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -278,7 +289,7 @@ def restricted_api_flags(key: str) -> list[str]:
 @contextmanager
 def start_lock(settings: Settings, progress: Progress = silent) -> Iterator[None]:
     """One start at a time per home: a second ``qmdctl`` that wants the server waits for the first."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir(settings)
     with (settings.run_dir / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -362,8 +373,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
             )
     require_artifacts(settings.model_repository)
 
-    run = settings.run_dir
-    run.mkdir(parents=True, exist_ok=True)
+    run = run_dir(settings)
     backends = assemble_backends(run / BACKENDS_DIR)
     root = pytriton_dir()
     binary = str(root / "bin" / "tritonserver")

@@ -95,15 +95,17 @@ def bucket_for(length: int, buckets: tuple[int, ...]) -> int:
     return buckets[i] if i < len(buckets) else length
 
 
-def decode_text(raw: bytes | str, index: int) -> str:
-    """UTF-8 bytes from a BYTES tensor -> str, with a precise error for bad bytes."""
+def decode_text(raw: bytes | str, index: int | None, name: str = "text") -> str:
+    """UTF-8 bytes from a BYTES tensor -> str, with a precise error for bad bytes naming the input
+    (``text[3]``, or ``query`` for a one-value input: ``index=None``)."""
     if isinstance(raw, str):
         return raw
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
+        where = name if index is None else f"{name}[{index}]"
         raise InputError(
-            f"text[{index}] is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+            f"{where} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
         ) from None
 
 
