@@ -361,7 +361,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
             "run `qmdctl down` first"
         )
     if state:
-        _stop_members(state, timeout=5)  # stubs orphaned by a server that died
+        _stop_members(state, timeout=1)  # stubs orphaned by a server that died (they outlive SIGTERM)
         _clear_state(settings)
     ports = {"http": settings.http_port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
     if len(set(ports.values())) != len(ports):
@@ -494,7 +494,8 @@ def restart(settings: Settings, progress: Progress = silent) -> ServerState:
         state = read_state(settings)
         options = state.options if state else {}
         if state is not None:
-            _stop_members(state)
+            # Orphaned stubs of a dead server outlive SIGTERM and serve nobody: SIGKILL after a second.
+            _stop_members(state, timeout=30 if procs.is_running(state.owned) else 1)
             _clear_state(settings)
         return _start(settings, int(options.get("log_verbose", 0)),
                       int(options.get("cache_bytes", DEFAULT_CACHE_BYTES)), tuple(options.get("extra_args", ())),
@@ -562,7 +563,7 @@ def stop(settings: Settings, progress: Progress = silent) -> ServerState:
     if state is None:
         raise ServerError(f"no server started by qmdctl is recorded in {settings.run_dir / STATE_FILE}")
     if not procs.is_running(state.owned):
-        _stop_members(state, timeout=5)  # stubs orphaned by a crashed server: only those provably ours
+        _stop_members(state, timeout=1)  # stubs orphaned by a crashed server: only those provably ours
         _clear_state(settings)
         raise ServerError(f"the recorded server (pid {state.pid}) is not running; removed its stale state")
     progress(f"stopping tritonserver (pid {state.pid})")
