@@ -451,3 +451,52 @@ def test_a_2mb_text_without_spaces_is_embedded_like_any_text(supervised: Setting
         vectors = client.embed(["x" * (2 << 20), "short text"])
     assert vectors.shape == (2, 384) and np.isfinite(vectors).all()
     record("embed 2 MB without spaces (seconds, not a recovery)", time.monotonic() - started, TMP["root"])
+
+
+def test_the_container_entry_point_reloads_a_dead_backend_and_passes_sigterm_on(exported_repo: Path, tmp_path: Path):
+    """`qmdctl supervise -- tritonserver ...`, as compose and Kubernetes run it (here with the local binary)."""
+    settings = make_settings(tmp_path / "home", exported_repo)
+    backends = server.assemble_backends(tmp_path / "backends")
+    key = "container-key"
+    binary = str(server.pytriton_dir() / "bin" / "tritonserver")
+    command = [binary, f"--model-repository={exported_repo}", f"--backend-directory={backends}",
+               f"--http-address={settings.host}", f"--http-port={settings.http_port}",
+               f"--grpc-address={settings.host}", f"--grpc-port={settings.grpc_port}",
+               f"--metrics-address={settings.host}", f"--metrics-port={settings.metrics_port}",
+               "--strict-readiness=true", "--disable-auto-complete-config", "--model-control-mode=explicit",
+               "--load-model=*", *server.restricted_api_flags(key)]
+    env = {**server.server_environment(settings), "QMD_ADMIN_KEY": key}
+    entry = subprocess.Popen([sys.executable, "-c", "from qmd_triton.cli import main; main()", "supervise", "--",
+                              *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while health.probe(base(settings), "qmd_search") is not None and time.monotonic() < deadline:
+            assert entry.poll() is None
+            time.sleep(0.5)
+        [child] = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and procs.parent(int(p.name)) == entry.pid and procs.executable(int(p.name)) == binary]
+        state = server.ServerState(pid=child, pgid=child, binary=binary, log="-", host=settings.host,
+                                   http_port=settings.http_port, grpc_port=0, metrics_port=0, model_repository="",
+                                   started_at=0, start_ticks=procs.start_ticks(child), backends=str(backends))
+        [victim] = [pid for pid, m in state.stubs().items() if m == "qmd_retrieve"]
+        os.kill(victim, signal.SIGKILL)  # a stub of the server this test's entry point started
+        killed = time.monotonic()
+        while time.monotonic() - killed < RECOVERY_BOUND_S:
+            if list(state.stubs().values()).count("qmd_retrieve") == 1 and \
+                    health.probe(base(settings), "qmd_vsearch") is None:
+                break
+            time.sleep(0.2)
+        record("container entry point: qmd_retrieve stub SIGKILL", time.monotonic() - killed, TMP.get("root", tmp_path))
+        assert health.probe(base(settings), "qmd_vsearch") is None  # no index in this home: a 400 answers
+        assert victim not in state.stubs()
+        entry.send_signal(signal.SIGTERM)  # ours: started above
+        _, err = entry.communicate(timeout=90)
+        assert entry.returncode == 0, err
+        assert "qmd_retrieve: 1 of 1 backend process gone (its backend died); reloading it" in err
+        assert not procs.is_running(procs.Owned(child, binary, state.start_ticks))
+        assert [p for p in procs.group_members(child) if not procs.is_zombie(p)] == []
+    finally:
+        if entry.poll() is None:
+            entry.kill()
+            entry.wait()
