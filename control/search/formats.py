@@ -2,7 +2,7 @@
 
 Example:
     >>> print(render(hits, "csv"))
-    docid,score,file,title,line,snippet
+    docid,score,file,title,line,snippet,context
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_query_cli_flags_reach_the_pipeline(indexed: Settings):
     kept = json.loads(qmd(indexed, *base, "--no-expand", "-n", "4", "--min-score", str(cut)).stdout)
     assert [h["file"] for h in kept] == [h["file"] for h in full if h["score"] >= cut]
     csv_out = qmd(indexed, "query", "how do I stop the server", "-c", "qnotes", "--no-expand", "--format", "csv").stdout
-    assert csv_out.splitlines()[0] == "docid,score,file,title,line,snippet"
+    assert csv_out.splitlines()[0] == "docid,score,file,title,line,snippet,context"
 
 
 def test_a_convincing_bm25_hit_skips_the_expansion_model(indexed: Settings):

@@ -30,7 +30,7 @@ def test_watch_reindexes_and_reembeds_edits_additions_and_removals(triton: Setti
         result = CliRunner().invoke(cli, [*args, "--format", "json"], env=env)
         return [h["file"] for h in json.loads(result.stdout)] if result.exit_code == 0 else []
 
-    def eventually(check, timeout: float = 20.0) -> bool:
+    def eventually(check, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if check():
