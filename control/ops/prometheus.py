@@ -140,7 +140,7 @@ class QmdCollector:
         # READY is not enough: a model whose backend process died stays READY and fails every request.
         for model in PROBE_MODELS:
             if model in ready:
-                problem = probe(base, model, attempts=2, timeout=5.0)
+                problem = probe(base, model, attempts=1, timeout=5.0)
                 if problem:
                     log.warning("%s", problem)
                 answering.add_metric([model], 0.0 if problem else 1.0)
