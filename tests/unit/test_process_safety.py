@@ -100,3 +100,19 @@ def test_owned_members_never_include_a_process_started_before_the_group_leader(s
     assert procs.owned_members(stranger.pid, ticks, ["/bin/sleep"]) == [stranger.pid]
     assert not procs.is_running(procs.Owned(stranger.pid, "/bin/sleep", ticks + 1))
     assert procs.is_running(procs.Owned(stranger.pid, "/bin/sleep", ticks))
+
+
+def test_down_leaves_a_process_alone_when_the_supervisor_state_is_stale(tmp_path: Path, stranger):
+    settings = Settings.load(tmp_path / "home")
+    settings.run_dir.mkdir(parents=True)
+    ticks = procs.start_ticks(stranger.pid)
+    (settings.run_dir / server.SUPERVISOR_FILE).write_text(json.dumps(
+        {"pid": stranger.pid, "binary": "/bin/sleep", "start_ticks": ticks - 1}))
+    assert server.supervisor_state(settings) is None  # not provably ours
+    started = time.monotonic()
+    result = qmd(settings.home, "down")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1 and "Error: no server started by qmdctl is recorded" in result.output
+    time.sleep(0.5)
+    assert stranger.poll() is None
+    assert not (settings.run_dir / server.SUPERVISOR_FILE).exists()
