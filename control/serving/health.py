@@ -107,13 +107,13 @@ def probe(base_url: str, model: str, attempts: int = 2, timeout: float = 10.0) -
         except urllib.error.HTTPError as e:
             if e.code == 400:  # the model itself refused the request (no index yet, ...): it answers
                 continue
-            return f"answers HTTP {e.code}: {_error_text(e)}"
+            return f"answers HTTP {e.code}: {error_text(e)}"
         except (urllib.error.URLError, OSError) as e:
             return f"does not answer: {getattr(e, 'reason', e)}"
     return None
 
 
-def _error_text(e: urllib.error.HTTPError) -> str:
+def error_text(e: urllib.error.HTTPError) -> str:
     try:
         raw = e.read()
         return str(json.loads(raw).get("error", raw.decode(errors="replace")))[:300].rstrip(".")

@@ -66,7 +66,7 @@ def reload_model(target: Target, model: str, timeout_s: float = RELOAD_TIMEOUT_S
             with urllib.request.urlopen(req, timeout=timeout_s):
                 pass
         except urllib.error.HTTPError as e:
-            raise ServerError(f"{action} of {model} failed: HTTP {e.code}: {health._error_text(e)}") from None
+            raise ServerError(f"{action} of {model} failed: HTTP {e.code}: {health.error_text(e)}") from None
         except (urllib.error.URLError, OSError) as e:
             raise ServerError(f"{action} of {model} failed: {getattr(e, 'reason', e)}") from None
 
@@ -113,7 +113,7 @@ class Watcher:
         if left:
             self.log(f"still short of backends after the reload: {', '.join(f'{m} ({w})' for m, w in left.items())}")
             return False
-        self.log(f"{', '.join(gaps)} answering again ({time.monotonic() - started:.1f}s)")
+        self.log(f"{', '.join(gaps)} reloaded, every backend process back ({time.monotonic() - started:.1f}s)")
         return True
 
     def _end_siblings(self, model: str) -> None:
