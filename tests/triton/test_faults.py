@@ -469,6 +469,7 @@ def test_the_container_entry_point_reloads_a_dead_backend_and_passes_sigterm_on(
     entry = subprocess.Popen([sys.executable, "-c", "from qmd_triton.cli import main; main()", "supervise", "--",
                               *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
+    state = None
     try:
         deadline = time.monotonic() + 120
         while health.probe(base(settings), "qmd_search") is not None and time.monotonic() < deadline:
@@ -498,5 +499,11 @@ def test_the_container_entry_point_reloads_a_dead_backend_and_passes_sigterm_on(
         assert [p for p in procs.group_members(child) if not procs.is_zombie(p)] == []
     finally:
         if entry.poll() is None:
-            entry.kill()
-            entry.wait()
+            entry.send_signal(signal.SIGTERM)  # it stops its server
+            try:
+                entry.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                entry.kill()
+                entry.wait()
+        if state is not None:  # whatever of the server it started is still there: stopped, member by member
+            procs.stop_members(state.members, timeout_s=10, leader=state.pid)
