@@ -671,22 +671,39 @@ class IndexStore:
         """Forgets every chunk (the next embed chunks again); vectors stay, keyed by chunk text."""
         self.conn.execute("DELETE FROM chunks")
         self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM vector_log")  # everything changed: readers read everything again
 
     def clear_embeddings(self) -> None:
         """Forgets every chunk and vector (a new model or chunking needs them all again)."""
         self.conn.execute("DELETE FROM embeddings")
         self.conn.execute("DELETE FROM chunks")
         self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM vector_log")  # everything changed: readers read everything again
         self.conn.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT_KEY,))
 
-    def embedded_chunk_ids(self) -> np.ndarray:
-        """Ids of the chunks that have a vector, ascending (int64)."""
-        import numpy as np
+    VECTOR_LOG_KEEP = 200_000  # changes a lagging reader can catch up on; beyond that it reads everything again
 
-        rows = self.conn.execute(
-            "SELECT c.id FROM chunks c WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) "
-            "ORDER BY c.id").fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    def vector_log_position(self) -> int:
+        """The last change of any chunk's vector, as a position in the vector log (0: none yet)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'").fetchone()
+        return int(row[0]) if row else 0
+
+    def vector_changes(self, after: int) -> tuple[list[int], int] | None:
+        """Ids of the chunks whose vector may have come, gone or changed since log position ``after``, and
+        the position now; None when the log no longer reaches back that far (read everything again)."""
+        now = self.vector_log_position()
+        if now == after:
+            return [], now
+        oldest = self.conn.execute("SELECT MIN(seq) FROM vector_log").fetchone()[0]
+        if oldest is None or oldest > after + 1:
+            return None
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT chunk_id FROM vector_log WHERE seq > ? AND seq <= ?", (after, now))]
+        return ids, now
+
+    def prune_vector_log(self, keep: int = VECTOR_LOG_KEEP) -> int:
+        return self.conn.execute("DELETE FROM vector_log WHERE seq <= ?",
+                                 (self.vector_log_position() - keep,)).rowcount
 
     def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""

@@ -200,3 +200,55 @@ def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Pa
         counts = store.counts()
     assert report.embedded > 0
     assert counts["documents"] == 2 and counts["embedded"] == counts["chunks"] > 0
+
+
+def live_rows(vectors: VectorIndex) -> dict[int, tuple[str, bytes]]:
+    keep = vectors.ids >= 0
+    return {int(i): (h, m.tobytes()) for i, h, m in zip(vectors.ids[keep], vectors.hashes[keep], vectors.matrix[keep])}
+
+
+def test_a_followed_index_holds_exactly_what_a_fresh_read_holds_after_many_edits(tmp_path: Path, notes: Path):
+    import random
+
+    rng = random.Random(3)
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        follower = VectorIndex(store)
+        follower.refresh()
+        for step in range(25):
+            kind = rng.choice(["add", "edit", "remove"])
+            existing = sorted(notes.glob("extra*.md"))
+            if kind == "add" or not existing:
+                (notes / f"extra{step}.md").write_text(f"# Extra {step}\n\n" + long_note(rng.randint(1, 4)))
+            elif kind == "edit":
+                path = rng.choice(existing)
+                path.write_text(path.read_text() + f"\nEdited at step {step}.\n")
+            else:
+                rng.choice(existing).unlink()
+            index(store, notes, embedder)
+            follower.refresh()
+            fresh = VectorIndex(store)
+            fresh.refresh()
+            assert live_rows(follower) == live_rows(fresh), step
+            query = embedder.embed_query(f"topic{step % 12} talks")
+            assert [h.file for h in follower.search(query, SearchOptions(n=5))] == \
+                [h.file for h in fresh.search(query, SearchOptions(n=5))]
+        assert follower.reloads["incremental"] >= 15  # a change larger than half the matrix reads it whole
+
+
+def test_a_reader_behind_a_pruned_vector_log_reads_everything_again(tmp_path: Path, notes: Path):
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        follower = VectorIndex(store)
+        follower.refresh()
+        (notes / "zebra.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
+        index(store, notes, embedder)
+        with store.transaction():
+            store.prune_vector_log(keep=0)  # the changes this reader needs are gone from the log
+        follower.refresh()
+        assert follower.reloads == {"full": 2, "incremental": 0}
+        fresh = VectorIndex(store)
+        fresh.refresh()
+        assert live_rows(follower) == live_rows(fresh)
