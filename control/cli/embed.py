@@ -29,8 +29,9 @@ EXIT_INTERRUPTED = 130
 @click.option("-f", "--force", is_flag=True, help="Index mode: drop every vector and embed all chunks again.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=32, show_default=True,
               help="Index mode: chunks per request.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Index mode: requests in flight.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Index mode: requests in flight (2 leaves one of the CPU embedder's 3 instances free for "
+                   "searches; raise it when nobody searches).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @server_options
 @protocol_option

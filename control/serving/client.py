@@ -167,6 +167,11 @@ def _short(e: Exception) -> str:
 # Triton priority of bulk embedding (`qmdctl embed`, `watch`): below the default level (1) of interactive
 # requests, in the models that declare two levels (qmd_tokenize, qmd_embed_model).
 BULK_PRIORITY = 2
+# Bulk requests in flight. A priority only orders the queue: a search that finds every qmd_embed_model
+# instance running a bulk batch waits for one to finish (hundreds of ms). The CPU config has three
+# single-thread instances, so two bulk requests keep both cores busy and leave one instance free for
+# searches (perf/RESULTS.md, "Interactive first").
+BULK_IN_FLIGHT = 2
 
 
 class TritonEmbedder:
@@ -199,7 +204,8 @@ class TritonEmbedder:
 
 
 def embed_index(settings: Any, *, embedder: Any = None, force: bool = False, batch_size: int = 32,
-                concurrency: int = 4, progress: Count = uncounted, stop: threading.Event | None = None) -> Any:
+                concurrency: int = BULK_IN_FLIGHT, progress: Count = uncounted,
+                stop: threading.Event | None = None) -> Any:
     """Chunks and embeds everything pending in the settings' index (through the server by default)."""
     from qmd_triton.index.embed import embed_pending
     from qmd_triton.index.store import IndexStore
