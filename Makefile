@@ -55,6 +55,7 @@ quickstart: models
 	$(QMDCTL) embed
 	$(QMDCTL) search "dynamic batching" -n 3
 	$(QMDCTL) vsearch "how do I stop the server" -n 3
+	$(QMDCTL) query "how are requests batched on the server" -n 3
 	@echo "server is running; stop it with: $(QMDCTL) down" >&2
 
 # ruff, and the layering contracts of pyproject.toml ([tool.importlinter]): a violation fails the build.
