@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,16 +133,25 @@ def test_out_of_vocabulary_ids_fail_that_request_with_a_message(triton: Settings
 
 
 def test_concurrent_requests_are_batched_by_the_dynamic_batcher(triton: Settings, local):
-    texts = [f"note number {i} about {'search ' * (i % 7)}" for i in range(48)]
+    # More clients than the model has instances (3 on the CPU), each keeping its connection, so requests
+    # queue and the batcher has something to merge.
+    texts = [f"note number {i} about {'search ' * (i % 7)}" for i in range(96)]
     with QmdClient(triton.url()) as stats_client:
         before = _counts(stats_client.statistics("qmd_embed_model"))
+    local_client, opened = threading.local(), []
 
     def one(t: str) -> np.ndarray:
-        with QmdClient(triton.url()) as c:
-            return c.embed([t])[0]
+        if not hasattr(local_client, "c"):
+            local_client.c = QmdClient(triton.url())
+            opened.append(local_client.c)
+        return local_client.c.embed([t])[0]
 
-    with ThreadPoolExecutor(8) as pool:
-        got = np.stack(list(pool.map(one, texts)))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            got = np.stack(list(pool.map(one, texts)))
+    finally:
+        for c in opened:
+            c.close()
     with QmdClient(triton.url()) as stats_client:
         after = _counts(stats_client.statistics("qmd_embed_model"))
     assert np.abs(got - local(texts)).max() < 1e-5
