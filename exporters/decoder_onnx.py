@@ -30,12 +30,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ExportError
+from qmd_triton.exporters import declaration, redeclare
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE
@@ -64,6 +66,8 @@ class DecoderExport:
     agreement: float  # teacher-forced next-token agreement with transformers (fp32)
     seconds: float
     skipped: bool = False
+    model: str = ""
+    languages: list[str] | None = None  # what the model reads (None: undeclared)
 
 
 def _fingerprint(source: Path) -> str:
@@ -109,10 +113,14 @@ def _write_transformers(gguf: Path, out: Path) -> tuple[object, object]:
     return tokenizer, fresh.eval()
 
 
-def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force: bool = False,
-                   progress: Progress = silent) -> DecoderExport:
-    """Exports ``gguf`` into ``repo/qmd_expand/1/genai/`` unless an export of the same file and precision exists."""
+def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force: bool = False, model: str = "",
+                   languages: Sequence[str] | None = None, progress: Progress = silent) -> DecoderExport:
+    """Exports ``gguf`` into ``repo/qmd_expand/1/genai/`` unless an export of the same file and precision exists;
+    ``model`` and ``languages`` (what it reads: the expansion prompt and the pipeline use them) go into the
+    manifest, an up-to-date export's too."""
     gguf, repo = Path(gguf), Path(repo)
+    model = model or gguf.stem
+    langs = list(languages) if languages else None
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not gguf.is_file():
@@ -126,9 +134,11 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
     if not force and manifest_path.is_file() and (target / "genai_config.json").is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fingerprint and (target / "model.onnx.data").is_file():
+            redeclare([manifest_path], model, langs)
             progress(f"expansion decoder up to date ({target})")
-            known = set(DecoderExport.__dataclass_fields__) - {"skipped"}
-            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True)
+            known = set(DecoderExport.__dataclass_fields__) - {"skipped", "model", "languages"}
+            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True, model=model,
+                                 languages=langs)
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as e:
@@ -159,6 +169,7 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
         source=str(gguf), precision=precision, layers=int(hf.config.num_hidden_layers),
         vocab=int(hf.config.vocab_size), eos_token_ids=eos, onnx_sha256=sha256_file(weights),
         onnx_bytes=weights.stat().st_size, agreement=round(agreement, 4), seconds=round(time.monotonic() - started, 2),
+        **declaration(model, langs),
     )
     atomic_write_text(manifest_path, json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.0f} MB, {precision}), parity agreement {agreement:.1%}")
