@@ -105,16 +105,22 @@ def metrics_exporter(state: State, host: str, port: int, triton_url: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
 def status(state: State, as_json: bool, **kwargs: Any) -> None:
-    """Show the index (collections, documents, chunks, share embedded) and the server's state.
+    """Show the index (collections, documents, chunks, share embedded), the server's state, and the query
+    stages: each stage's model, the languages it reads, and how often the stage ran or was bypassed (and why)
+    since the server started.
 
     Exits with status 1 when the server is not ready, so scripts can wait on it.
     """
+    from qmd_triton.search.coverage import repository_languages
+
     settings = server_settings(state, kwargs)
     st = server.status(settings)
     index = index_summary(settings.index_path)
+    stages = [{**m.to_dict(), "counts": st.stages.get(m.to_dict()["stage"], {})}
+              for m in repository_languages(settings.model_repository).values()]
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "managed": st.managed,
-                   "pid": st.pid, "log": st.log, "models": st.models, "index": index})
+                   "pid": st.pid, "log": st.log, "models": st.models, "index": index, "stages": stages})
     else:
         if index is None:
             click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
@@ -131,5 +137,12 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
         for m in st.models:
             reason = f"  {m['reason']}" if m["reason"] else ""
             click.echo(f"  {m['name']:<20} v{m['version'] or '-':<3} {m['state']}{reason}")
+        click.echo("stages  (model: languages it reads; since the server started: outcomes)")
+        for s in stages:
+            langs = ", ".join(s["languages"]) if s["languages"] else "undeclared (read as every script)"
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())) or "-"
+            click.echo(f"  {s['stage']:<10} {s['name'] or '-'}: {langs}; {counts}")
+        click.echo("  (bypassed/language: the model does not read the query's language; partial: some candidates "
+                   "kept their fused place)")
     if not st.ready:
         raise SystemExit(1)
