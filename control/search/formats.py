@@ -52,9 +52,6 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
     if not hits:
         return "No results.\n"
     out = []
-    stages = hits[0].explain.get("stages") if hits[0].explain else None
-    if stages:
-        out.append(stages_text(stages))
     for h in hits:
         head = f"{h.file}:{h.line}  #{h.docid}  {h.score:.2f}"
         title = f"  {h.title}" if h.title else ""
@@ -65,6 +62,9 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
         why = f"    ~ {explain_line(h.explain)}\n" if h.explain else ""
         context = f"    » {h.context}\n" if h.context else ""
         out.append(f"{head}{title}\n{context}{why}{body}\n")
+    stages = hits[0].explain.get("stages") if hits[0].explain else None
+    if stages:  # query --explain: what ran and what was bypassed, once, after the hits
+        out.append(stages_text(stages))
     return "\n".join(out)
 
 
