@@ -175,17 +175,17 @@ def export_embedding(
         raise ArtifactMissing(f"{repo} has no {EMBED_MODEL.name}/ and {TOKENIZE.name}/ model folders")
     fingerprint = source_fingerprint(source)
     previous = _current(model_dir, tok_dir, fingerprint, opset)
-    model = model or source.name
+    name = model or source.name
     langs = list(languages) if languages else None
     if previous and not force:
-        redeclare([model_dir / MANIFEST_FILE, tok_dir / MANIFEST_FILE], model, langs)
+        redeclare([model_dir / MANIFEST_FILE, tok_dir / MANIFEST_FILE], name, langs)
         progress(f"embedding model up to date ({model_dir / ARTIFACT})")
-        return EmbeddingExport(**{**previous, "skipped": True, "model": model, "languages": langs})
+        return EmbeddingExport(**{**previous, "skipped": True, "model": name, "languages": langs})
 
     started = time.monotonic()
     pooling, normalize = read_pooling(source)
     max_length = read_max_length(source)
-    progress(f"loading {model} (pooling={pooling}, normalize={normalize}, max_length={max_length})")
+    progress(f"loading {name} (pooling={pooling}, normalize={normalize}, max_length={max_length})")
     try:
         import torch
         from transformers import AutoModel
@@ -252,7 +252,7 @@ def export_embedding(
         max_abs_diff=diff,
         parity_texts=len(PARITY_TEXTS),
         seconds=round(time.monotonic() - started, 2),
-        model=model,
+        model=name,
         languages=langs,
     )
     manifest = json.dumps(asdict(report), indent=2)

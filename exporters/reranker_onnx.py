@@ -131,7 +131,9 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
         tmp.unlink(missing_ok=True)
         raise ExportError(f"reranker parity failed: max |diff| = {diff:.3g} > {limit}")
     os.replace(tmp, target_dir / ARTIFACT)
-    shutil.copyfile(source / TOKENIZER, target_dir / TOKENIZER)
+    tok_tmp = target_dir / f".{TOKENIZER}.tmp"
+    shutil.copyfile(source / TOKENIZER, tok_tmp)
+    os.replace(tok_tmp, target_dir / TOKENIZER)  # a new file: never written through a hard link of another copy
     target = target_dir / ARTIFACT
     report = RerankerExport(source=str(source), kind=kind, onnx_sha256=sha256_file(target),
                             onnx_bytes=target.stat().st_size, max_abs_diff=diff,
