@@ -38,7 +38,7 @@ def test_letters_are_counted_by_script_and_digits_and_punctuation_are_not():
 @pytest.mark.parametrize("languages, text, expected", [
     (("en",), "how do I configure dynamic batching", True),
     (("en",), "怎样配置动态批处理", False),
-    (("en",), "Triton 动态批处理怎么配置", False),          # 6 Latin letters of 14: the Chinese words carry it
+    (("en",), "Triton 动态批处理怎么配置", False),          # 6 Latin letters of 15: the Chinese words carry it
     (("en",), "how do I configure dynamic batching 的", True),  # one Han character among 30 letters
     (("en",), "كيف أضبط الدفعات الديناميكية", False),
     (("en",), "naïve café résumé", True),                   # Latin with diacritics is Latin

@@ -1,0 +1,177 @@
+"""Expected CPU latency of the `multilingual` profile's models, beside the `small` profile's, in one run.
+
+ModelScope cannot be reached from the machines this project is built on, so the multilingual profile's
+models are built here from their published shapes with random weights (compute depends on the shapes, not
+on the weights) and exported by the project's own exporters and onnxruntime-genai's builder:
+
+    multilingual-e5-small   BERT, vocab 250037, 12 layers, hidden 384, 12 heads, FFN 1536
+    bge-reranker-base       XLM-RoBERTa, vocab 250002, 12 layers, hidden 768, 12 heads, FFN 3072, one label
+    Qwen2.5-0.5B-Instruct   Qwen2, vocab 151936, 24 layers, hidden 896, 14 heads (2 KV), FFN 4864, tied embeddings
+
+The small profile's real exports (the checkout's model_repository) run beside them in the same process,
+alternating, so the ratios hold under whatever else the machine is doing. Measured, median of REPEATS:
+one query embedded (16 tokens), 32 chunks embedded (254 tokens: MiniLM's window; 510: e5's), 40 (query,
+passage) pairs of 256 tokens reranked in one batch, the expansion decoder's time per token after a
+260-token prompt, and the ONNX sizes.
+
+Usage: .venv/bin/python perf/multilingual_latency.py [WORKDIR]   (default /tmp/qmd-multilingual-latency)
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qmd_triton.artifacts.registry import default_source
+from qmd_triton.exporters.decoder_onnx import _build, _write_transformers
+from qmd_triton.exporters.embedding_onnx import export_embedding
+from qmd_triton.exporters.reranker_onnx import export_reranker
+from qmd_triton.runtime.onnx import make_session
+from qmd_triton.settings import checkout_path
+
+REPEATS = 5
+THREADS = 2
+
+
+def tokenizer_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedding")  # m3e-small's tokenizer (ids < 21128): lengths are what count
+    return Path(next(iter(spec.submodule_search_locations))) / "m3e-small"
+
+
+def build_sources(work: Path) -> dict[str, Path]:
+    import shutil
+
+    import torch
+    from transformers import (BertConfig, BertModel, Qwen2Config, Qwen2ForCausalLM, XLMRobertaConfig,
+                              XLMRobertaForSequenceClassification)
+
+    torch.manual_seed(0)
+    out = {}
+    tok = tokenizer_dir()
+    e5 = work / "src" / "e5-small"
+    if not (e5 / "config.json").is_file():
+        BertModel(BertConfig(vocab_size=250037, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=1536, max_position_embeddings=512)).save_pretrained(str(e5))
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(tok / name, e5 / name)
+    out["embedding"] = e5
+    rr = work / "src" / "bge-reranker-base"
+    if not (rr / "config.json").is_file():
+        # type_vocab_size 2 (bge's is 1): the stand-in tokenizer marks the passage as segment 1; same compute
+        XLMRobertaForSequenceClassification(XLMRobertaConfig(
+            vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=514, type_vocab_size=2, num_labels=1, pad_token_id=1)).save_pretrained(str(rr))
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(tok / name, rr / name)
+    out["reranker"] = rr
+    qwen = work / "src" / "qwen2.5-0.5b"
+    if not (qwen / "config.json").is_file():
+        smol = work / "src" / "smollm2-hf"
+        if not (smol / "config.json").is_file():
+            _write_transformers(default_source("expansion"), smol)
+        Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+            num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+            rope_theta=1000000.0)).save_pretrained(str(qwen))
+        for p in smol.iterdir():  # the builder wants a tokenizer beside the weights
+            if p.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "generation")):
+                shutil.copyfile(p, qwen / p.name)
+    out["expansion"] = qwen
+    return out
+
+
+def export(work: Path, sources: dict[str, Path]) -> Path:
+    repo = work / "repo"
+    for model in ("qmd_embed_model", "qmd_tokenize", "qmd_rerank_model", "qmd_expand"):
+        (repo / model / "1").mkdir(parents=True, exist_ok=True)
+    export_embedding(sources["embedding"], repo, progress=print)
+    export_reranker(sources["reranker"], repo, progress=print)
+    genai = repo / "qmd_expand" / "1" / "genai"
+    if not (genai / "genai_config.json").is_file():
+        print("building the int8 decoder of the Qwen2.5-0.5B shape (minutes)")
+        _build(sources["expansion"], genai, "int8", work / "cache")
+    return repo
+
+
+def median_ms(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def encoder_ms(path: Path, batch: int, length: int, pair: bool = False) -> float:
+    session = make_session(path, intra_threads=THREADS, inter_threads=1)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 20000, (batch, length)).astype(np.int64),
+             "attention_mask": np.ones((batch, length), np.int64)}
+    if pair or "token_type_ids" in {i.name for i in session.get_inputs()}:
+        feeds["token_type_ids"] = np.zeros((batch, length), np.int64)
+    return median_ms(lambda: session.run(None, feeds))
+
+
+def decoder_ms_per_token(genai_dir: Path, prompt_tokens: int = 260, new_tokens: int = 32) -> float:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(genai_dir))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": THREADS,
+                                                                         "inter_op_num_threads": 1}}}}))
+    model = og.Model(config)
+
+    def run() -> None:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt_tokens + new_tokens + 1, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(list(range(1000, 1000 + prompt_tokens)))
+        for _ in range(new_tokens):
+            gen.generate_next_token()
+
+    return median_ms(run, 3) / new_tokens
+
+
+def size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def main() -> None:
+    work = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/qmd-multilingual-latency")
+    multi = export(work, build_sources(work))
+    small = checkout_path("model_repository")
+    rows = []
+    for label, repo in (("small", small), ("multilingual", multi)):
+        embed = repo / "qmd_embed_model" / "1" / "model.onnx"
+        rerank = repo / "qmd_rerank_model" / "1" / "model.onnx"
+        window = 254 if label == "small" else 510
+        rows.append({
+            "profile": label,
+            "embed 1 query (16 tokens) ms": encoder_ms(embed, 1, 16),
+            "embed 32 chunks (254 tokens) ms": encoder_ms(embed, 32, 254),
+            f"embed 32 chunks ({window} tokens, the window) ms": encoder_ms(embed, 32, window),
+            "rerank 40 pairs (256 tokens) ms": encoder_ms(rerank, 40, 256, pair=True),
+            "expansion ms/token": decoder_ms_per_token(repo / "qmd_expand" / "1" / "genai"),
+            "embedding MB": size_mb(embed), "reranker MB": size_mb(rerank),
+            "expansion MB": size_mb(repo / "qmd_expand" / "1" / "genai"),
+        })
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, {os.cpu_count()} cores, {THREADS} threads")
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "profile"))
+    print("| measure | small | multilingual | ratio |\n|---|---|---|---|")
+    for k in keys:
+        a, b = rows[0].get(k), rows[1].get(k)
+        ratio = f"{b / a:.1f}x" if a and b else "-"
+        print(f"| {k} | {a:.0f} | {b:.0f} | {ratio} |" if a and b else f"| {k} | {a or '-'} | {b or '-'} | - |")
+
+
+if __name__ == "__main__":
+    main()
