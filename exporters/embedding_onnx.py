@@ -64,7 +64,8 @@ class EmbeddingExport:
     languages: list[str] | None = None  # what the model reads (None: undeclared)
 
 
-_PROMPT_LINE = re.compile(r'(parameters\s*\{\s*key:\s*"(query|document)_prompt",\s*value:\s*\{\s*string_value:\s*)"((?:[^"\\\\]|\\\\.)*)"')
+_PROMPT_LINE = re.compile(r'(parameters\s*\{\s*key:\s*"(query|document)_prompt",\s*value:\s*\{\s*string_value:\s*)'
+                          r'"((?:[^"\\]|\\.)*)"')
 
 
 def write_prompts(repo: Path, prompts: dict[str, str]) -> list[Path]:

@@ -49,8 +49,14 @@ def build_sources(work: Path) -> dict[str, Path]:
     import shutil
 
     import torch
-    from transformers import (BertConfig, BertModel, Qwen2Config, Qwen2ForCausalLM, XLMRobertaConfig,
-                              XLMRobertaForSequenceClassification)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     out = {}
