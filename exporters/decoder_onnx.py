@@ -213,10 +213,22 @@ def _parity(hf, tokenizer, genai_dir: Path) -> float:
     return same / total if total else 0.0
 
 
-def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
-                        progress: Progress = silent) -> Path:
+HF_DECLARATION = "hf.json"  # beside hf/: what the transformers model the GPU engines serve is and reads
+
+
+def declare_transformers(repo: Path, model: str, languages: Sequence[str] | None) -> Path:
+    """Records the name and languages of the transformers LLM in ``qmd_expand/1/hf.json`` (``export.json`` there
+    describes the CPU decoder); ``qmd_expand`` reads it when its engine is vllm or deepspeed."""
+    path = Path(repo) / MODEL_DIR / "1" / HF_DECLARATION
+    atomic_write_text(path, json.dumps(declaration(model, languages), indent=2) + "\n")
+    return path
+
+
+def export_transformers(gguf: Path, repo: Path, *, force: bool = False, model: str = "",
+                        languages: Sequence[str] | None = None, progress: Progress = silent) -> Path:
     """GGUF -> a plain transformers directory (``qmd_expand/1/hf``) for the vllm and deepspeed engines."""
     out = Path(repo) / MODEL_DIR / "1" / "hf"
+    declare_transformers(repo, model or Path(gguf).stem, languages)
     stamp = out / "source.json"
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(gguf):
         progress(f"transformers copy up to date ({out})")
@@ -233,8 +245,10 @@ def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
     return out
 
 
-def link_transformers_expansion(source: Path, repo: Path, progress: Progress = silent) -> Path:
+def link_transformers_expansion(source: Path, repo: Path, progress: Progress = silent, *, model: str = "",
+                                languages: Sequence[str] | None = None) -> Path:
     """Points ``qmd_expand/1/hf`` at a downloaded transformers LLM (served by the vllm/deepspeed engines)."""
+    declare_transformers(repo, model or source.name, languages)
     target = repo / MODEL_DIR / "1" / "hf"
     if target.is_symlink() or target.is_file():
         target.unlink()

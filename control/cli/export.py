@@ -103,7 +103,8 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
         elif expansion is not None and (not parts or "expansion" in parts):
             from qmd_triton.exporters.decoder_onnx import link_transformers_expansion
 
-            link_transformers_expansion(expansion, repo, progress=state.progress)
+            name, langs = _declared(entries.get("expansion"), flags["expansion"], False)
+            link_transformers_expansion(expansion, repo, progress=state.progress, model=name, languages=langs)
             parts = tuple(p for p in (parts or PARTS) if p != "expansion")
     reports: dict[str, Any] = {}
     for part in parts or PARTS:
@@ -128,7 +129,7 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
             reports[part] = export_decoder(gguf, repo, precision=expansion_precision, force=force, model=name,
                                            languages=langs, progress=state.progress)
             if expansion_hf:
-                export_transformers(gguf, repo, force=force, progress=state.progress)
+                export_transformers(gguf, repo, force=force, model=name, languages=langs, progress=state.progress)
     if tensorrt_repo is not None:
         from qmd_triton.exporters.onnx_tensorrt import TOKEN_MODELS, export_tensorrt
 

@@ -218,9 +218,9 @@ class TextEncoder:
         return [len(r.ids) for r in self._count.encode_batch(list(texts), add_special_tokens=False)]
 
 
-def read_manifest(directory: Path) -> dict:
-    """The exporter's ``export.json`` in a version folder, or ``{}`` if absent."""
-    path = directory / MANIFEST_FILE
+def read_manifest(directory: Path, name: str = MANIFEST_FILE) -> dict:
+    """The exporter's ``export.json`` (or another of its JSON records) in a version folder, or ``{}`` if absent."""
+    path = directory / name
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -39,8 +39,12 @@ class TritonPythonModel:
         # the cache key's engine part: the engine and the exported model it runs
         manifest = read_manifest(version_dir)
         self.engine_id = f"{self.engine_name}:{manifest.get('onnx_sha256', '')[:16]}"
-        # what the LLM reads (its export.json): a query in another language is not expanded
-        self.languages = ModelLanguages.from_manifest("expansion", manifest)
+        # what the LLM reads (its export.json; hf.json for the transformers model of the GPU engines): a query in
+        # another language is not expanded
+        declared = manifest
+        if self.engine_name in ("vllm", "deepspeed"):
+            declared = read_manifest(version_dir, "hf.json")
+        self.languages = ModelLanguages.from_manifest("expansion", declared)
         shots = shots_for(self.languages.languages)
         try:
             engine = make_engine(
