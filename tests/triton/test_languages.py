@@ -94,9 +94,11 @@ def test_an_english_query_reranks_english_notes_and_leaves_chinese_passages_in_p
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     english_hits = served(english, "qmd_query", "how are concurrent inference requests merged into a batch",
                           {"n": 3, "explain": True, "collections": ["en"]})
-    assert english_hits[0]["file"] == "en/guide/batching.md"
-    assert english_hits[0]["explain"]["stages"]["rerank"] == {"status": "ran"}
+    assert english_hits[0]["file"] == "en/guide/batching.md" and english_hits[0]["explain"]["rerank"] > 0.5
     assert english_hits[0]["explain"]["stages"]["vectors"] == {"status": "ran"}
+    # the English notes include one Chinese note (zh/向量检索.md): the only candidate left unread
+    stage = english_hits[0]["explain"]["stages"]["rerank"]
+    assert stage == {"status": "ran"} or (stage["status"] == "partial" and stage["why"].startswith("1 of "))
 
 
 def test_status_counts_what_ran_and_what_was_bypassed(english: Settings):
@@ -123,10 +125,9 @@ def test_chinese_embedder_query_ranks_chinese_notes_at_least_as_well_as_its_part
     exported = qmd(settings, *where, "export", "--only", "embedding", "--embedding-source", str(chinese_model()),
                    "--embedding-languages", "zh,en", "--force")
     assert "languages: zh, en" in exported.stdout
-    index_set(settings, tmp_path, *where)
     server.start(settings)
     try:
-        qmd(settings, *where, "embed")
+        index_set(settings, tmp_path, *where)
         search, _ = hit_at_1(settings, "qmd_search")
         vsearch, _ = hit_at_1(settings, "qmd_vsearch")
         no_rerank, _ = hit_at_1(settings, "qmd_query", {"rerank": False})
