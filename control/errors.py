@@ -55,5 +55,17 @@ class IndexCorrupt(QmdError):
     """The index file is not a readable qmd-triton index."""
 
 
+class IndexReadOnly(QmdError):
+    """The index (or its folder) cannot be written: it can be searched, not changed."""
+
+
+class DiskFull(QmdError):
+    """The disk holding the index is full; the change was rolled back."""
+
+
+class IndexUnavailable(QmdError):
+    """The index file cannot be opened, read or written (I/O error, busy, ...)."""
+
+
 class FingerprintMismatch(QmdError):
     """The index was embedded with another model, prompt format or chunking."""

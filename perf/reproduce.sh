@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
 # Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch batching query stress-embed stress-query soak tune latency
-#        gateway
+#        gateway rerank-budget scale interactive soak-query
 # (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
 # Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
 set -euo pipefail
@@ -13,7 +13,8 @@ EVAL_HOME=$QMD_HOME/eval/msmarco        # `qmdctl eval` indexes the set here (it
 LOGS=perf/results/logs
 mkdir -p "$LOGS"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency gateway)
+[ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency gateway rerank-budget
+                                  scale interactive soak-query)
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 index() {  # the msmarco index the search pipelines read (embedded through Triton)
@@ -63,9 +64,22 @@ for step in "${steps[@]}"; do
     tune)    # every trial serves its own copy of the repository on free ports
       "$QMDCTL" down >/dev/null 2>&1 || true
       "$QMDCTL" tune qmd_embed_model --budget-ms 500 2>&1 | tee "$LOGS/tune.log" ;;
-    latency) # qmd_query one at a time: cold, warm expansion cache, no-expand
+    latency) # qmd_query on triton-docs and msmarco: cold and warm expansion, no-expand, 1 and 4 clients (own servers)
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/query_latency.py --sets triton-docs msmarco 2>&1 | tee "$LOGS/latency.log" ;;
+    rerank-budget) # candidates x passage tokens for the cross-encoder: quality and time on the three shared sets
+      .venv/bin/python perf/rerank_budget.py --sets triton-docs msmarco dbpedia --candidates 40 30 20 15 \
+        --tokens 0 128 96 64 2>&1 | tee "$LOGS/rerank-budget.log" ;;
+    scale) # BM25 and vectors at 5k and 100k chunks, `qmdctl search` end to end, the first vsearch after an edit
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/scale.py --chunks 5000 100000 2>&1 | tee "$LOGS/scale.log" ;;
+    interactive) # vsearch and query while a full `qmdctl embed` runs, beside idle (own server)
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      .venv/bin/python perf/interactive.py --set msmarco 2>&1 | tee "$LOGS/interactive.log" ;;
+    soak-query) # the server's memory under 4 query clients for 10 minutes (arena shrinkage), msmarco index
       index
-      .venv/bin/python perf/query_latency.py "$DATASETS/msmarco" 2>&1 | tee "$LOGS/latency.log" ;;
+      serve "$EVAL_HOME"
+      QMD_HOME=$EVAL_HOME "$QMDCTL" soak qmd_query --seconds 600 --concurrency 4 2>&1 | tee "$LOGS/soak-query.log" ;;
     gateway) # /vsearch through `qmdctl api` against qmd_vsearch directly, side by side (its own home and server)
       "$QMDCTL" down >/dev/null 2>&1 || true
       .venv/bin/python perf/gateway_overhead.py --rounds 20 --home "$QMD_HOME/gateway" 2>&1 | tee "$LOGS/gateway.log" ;;

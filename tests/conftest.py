@@ -97,15 +97,14 @@ class Started:
         return [p.pid for p in self.procs]  # each server leads its own process group
 
     def alive(self) -> list[int]:
-        """The recorded groups that still have a member (signal 0 only asks; it delivers nothing)."""
-        out = []
-        for pgid in self.groups:
-            try:
-                os.killpg(pgid, 0)
-                out.append(pgid)
-            except ProcessLookupError:
-                pass
-        return out
+        """The recorded groups that still have a running member (read from /proc; nothing is signalled).
+
+        A zombie is not running: a stub that exits after its server is reparented to init, which may reap
+        it a moment later."""
+        from qmd_triton.system import procs
+
+        return [pgid for pgid in self.groups
+                if any(not procs.is_zombie(pid) for pid in procs.group_members(pgid))]
 
 
 @pytest.fixture

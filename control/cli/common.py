@@ -22,11 +22,29 @@ PERIODIC_S = 10.0  # off a terminal, a counted task reports a line this often
 class QmdGroup(click.Group):
     """Maps known failures (``QmdError``) to one ``Error: ...`` line and exit 1."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            check_argument(arg)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except QmdError as e:
             raise click.ClickException(str(e)) from None
+
+
+def check_argument(arg: str) -> None:
+    """Command-line arguments must be UTF-8 text: Python keeps other bytes as lone surrogates, which no
+    index, file name or request can carry."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = arg.encode("utf-8", "surrogateescape")
+        shown = raw.decode("utf-8", "backslashreplace")
+        offset = len(arg[: e.start].encode("utf-8", "surrogateescape"))
+        raise click.ClickException(f"argument '{shown}' is not valid UTF-8 (byte 0x{raw[offset]:02x} at offset "
+                                   f"{offset}); qmdctl takes UTF-8 text") from None
 
 
 class State:

@@ -49,7 +49,7 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, for
     settings = server_settings(state, kwargs)
     items = list(texts)
     if from_stdin:
-        items.extend(line.rstrip("\n") for line in sys.stdin)
+        items.extend(stdin_lines())
         if not items:
             raise InputError("no text on standard input")
     if not items:
@@ -62,6 +62,18 @@ def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, for
         return
     for v in vectors:
         click.echo(" ".join(np.format_float_positional(float(x), precision=7, trim="-") for x in v))
+
+
+def stdin_lines() -> list[str]:
+    """Standard input's lines as text; bytes that are not UTF-8 are one error naming the line."""
+    out = []
+    for n, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            out.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as e:
+            raise InputError(f"standard input line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset "
+                             f"{e.start})") from None
+    return out
 
 
 def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_size: int, concurrency: int,

@@ -10,6 +10,7 @@ import click
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
 from qmd_triton.index.store import index_summary
 from qmd_triton.serving import server
+from qmd_triton.serving.health import PROBE_MODELS
 
 
 @click.command()
@@ -32,17 +33,26 @@ from qmd_triton.serving import server
               help="Trace one request in this many.")
 @click.option("--model-config-name", default=None, envvar="QMD_MODEL_CONFIG_NAME", show_envvar=True,
               help="Use MODEL/configs/NAME.pbtxt where a model has one (e.g. vllm, deepspeed for qmd_expand).")
+@click.option("--supervise/--no-supervise", default=True, show_default=True, envvar="QMD_SUPERVISE",
+              show_envvar=True,
+              help="Also start `qmdctl supervise`: it reloads a model whose backend process died and restarts a "
+                   "server that died.")
 @pass_state
 def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor: bool, prometheus_port: int,
        exporter_port: int, trace_file: Path | None, otel_endpoint: str | None, trace_rate: int,
-       model_config_name: str | None, **kwargs: Any) -> None:
-    """Start the local Triton server on the model repository and wait until it is ready."""
+       model_config_name: str | None, supervise: bool, **kwargs: Any) -> None:
+    """Start the local Triton server on the model repository and wait until it is ready.
+
+    The shared-memory, model-repository, logging and trace APIs are restricted (on HTTP and gRPC) to
+    requests with the header `admin-key` set to the key in $QMD_HOME/run/admin.key.
+    """
     settings = server_settings(state, kwargs).with_(startup_timeout_s=startup_timeout_s)
     extra = (f"--model-config-name={model_config_name}",) if model_config_name else ()
     extra += trace_flags(trace_file, otel_endpoint, trace_rate)
     if monitor:
         extra += ("--metrics-config=summary_latencies=true",)
-    info = server.start(settings, log_verbose=log_verbose, extra_args=extra, progress=state.progress)
+    info = server.start(settings, log_verbose=log_verbose, extra_args=extra, supervise=supervise,
+                        progress=state.progress)
     if monitor:
         from qmd_triton.ops.monitor import start_monitor
 
@@ -77,6 +87,7 @@ def down(state: State) -> None:
     from qmd_triton.ops.monitor import stop_monitor
 
     settings = state.settings()
+    server.stop_supervisor(settings, progress=state.progress)  # first: it would bring the server back
     stop_monitor(settings, progress=state.progress)
     info = server.stop(settings, progress=state.progress)
     state.progress(f"stopped tritonserver (pid {info.pid})")
@@ -96,6 +107,8 @@ def metrics_exporter(state: State, host: str, port: int, triton_url: str | None,
     from qmd_triton.ops.prometheus import serve
 
     settings = state.settings()
+    if admin_key is None:  # the local server's key, when this home started one
+        admin_key = server.admin_headers(settings).get(server.ADMIN_HEADER)
     state.progress(f"serving qmd metrics on http://{host}:{port}/metrics")
     serve(settings, host=host, port=port, triton_url=triton_url or settings.http_url, admin_key=admin_key)
 
@@ -109,7 +122,10 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
     stages: each stage's model, the languages it reads, and how often the stage ran or was bypassed (and why)
     since the server started.
 
-    Exits with status 1 when the server is not ready, so scripts can wait on it.
+    Besides Triton's own readiness, each model served by backend processes must have all of them alive
+    (for a server this home started), and qmd_search, qmd_vsearch and qmd_query must answer a small query.
+    Exits with status 1 when the server is not ready or a model does not answer (named on stderr), so
+    scripts can wait on it.
     """
     from qmd_triton.search.coverage import repository_languages
 
@@ -119,8 +135,9 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
     stages = [{**m.to_dict(), "counts": st.stages.get(m.to_dict()["stage"], {})}
               for m in repository_languages(settings.model_repository).values()]
     if as_json:
-        emit_json({"url": st.url, "live": st.live, "ready": st.ready, "managed": st.managed,
-                   "pid": st.pid, "log": st.log, "models": st.models, "index": index, "stages": stages})
+        emit_json({"url": st.url, "live": st.live, "ready": st.ready, "healthy": st.healthy, "managed": st.managed,
+                   "pid": st.pid, "log": st.log, "supervisor": st.supervisor, "models": st.models,
+                   "problems": st.problems, "index": index, "stages": stages})
     else:
         if index is None:
             click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
@@ -130,13 +147,18 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
             for name, c in sorted(index["collections"].items()):
                 click.echo(f"  {name:<20} {c['documents']:>6} docs {c['chunks']:>7} chunks {c['embedded']:>7} embedded")
         who = f"started by qmdctl, pid {st.pid}" if st.managed else "not started by qmdctl"
-        health = "ready" if st.ready else ("live, not ready" if st.live else "down")
+        health = ("ready" if st.healthy else "ready, but not every model answers") if st.ready else (
+            "live, not ready" if st.live else "down")
         click.echo(f"server  {st.url}  {health}" + (f"  ({who})" if st.live else ""))
         if st.log:
             click.echo(f"log     {st.log}")
+        if st.managed:
+            click.echo("supervisor  " + (f"running, pid {st.supervisor}" if st.supervisor else
+                                         "not running (qmdctl up starts one; nothing brings a dead backend back)"))
         for m in st.models:
             reason = f"  {m['reason']}" if m["reason"] else ""
-            click.echo(f"  {m['name']:<20} v{m['version'] or '-':<3} {m['state']}{reason}")
+            problem = f"  NOT ANSWERING: {st.problems[m['name']]}" if m["name"] in st.problems else ""
+            click.echo(f"  {m['name']:<20} v{m['version'] or '-':<3} {m['state']}{reason}{problem}")
         click.echo("stages  (model: languages it reads; since the server started: outcomes)")
         for s in stages:
             langs = ", ".join(s["languages"]) if s["languages"] else "undeclared (read as every script)"
@@ -144,5 +166,64 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
             click.echo(f"  {s['stage']:<10} {s['name'] or '-'}: {langs}; {counts}")
         click.echo("  (bypassed/language: the model does not read the query's language; partial: some candidates "
                    "kept their fused place)")
-    if not st.ready:
+    for model, why in sorted(st.problems.items()):
+        state.warn(f"{model}: {why}")
+    if not st.healthy:
         raise SystemExit(1)
+
+
+@click.command()
+@server_options
+@click.option("--url", default=None, envvar="QMD_TRITON_URL", show_envvar=True,
+              help="Triton HTTP host:port to check. [default: the configured server]")
+@click.option("--model", "models", multiple=True, type=click.Choice(list(PROBE_MODELS)),
+              help="A pipeline to ask (repeatable). [default: all three]")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@pass_state
+def health(state: State, url: str | None, models: tuple[str, ...], timeout: float, **kwargs: Any) -> None:
+    """Exit 0 when the search pipelines answer a small real query, else 1 with one line naming the model.
+
+    What container probes run (compose healthcheck, Kubernetes readiness and liveness): unlike
+    /v2/health/ready, it fails while a model's backend process is dead. A model answering with its own
+    request error (no index yet) counts as answering.
+    """
+    from qmd_triton.serving.health import probe_all
+
+    base = f"http://{url or server_settings(state, kwargs).http_url}"
+    problems = probe_all(base, models or PROBE_MODELS, timeout=timeout)
+    if problems:
+        raise click.ClickException("; ".join(f"{m}: {why}" for m, why in problems.items()))
+    state.progress(f"{', '.join(models or PROBE_MODELS)} answer at {base}")
+
+
+@click.command()
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between checks.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+def supervise(state: State, interval_s: float, command: tuple[str, ...]) -> None:
+    """Bring back a model whose backend process died, or a server that died, without a person.
+
+    Without COMMAND: watch the local server of this home (what `qmdctl up` starts in the background; `qmdctl
+    down` stops it). With `-- tritonserver ARGS...` (containers): run that server as a child, pass SIGTERM on
+    to it and exit with its status; a model that cannot be reloaded stops the server and exits 1 so that the
+    container restarts. Reloading needs `--model-control-mode=explicit --load-model=*` and, where the
+    model-repository API is restricted, QMD_ADMIN_KEY.
+    """
+    import os
+    import threading
+    import time
+
+    from qmd_triton.serving import supervisor
+
+    def log(message: str) -> None:
+        click.echo(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervise: {message}", err=True)
+
+    stop = threading.Event()
+    supervisor.install_stop_handlers(stop)
+    if command:
+        code = supervisor.supervise_child(list(command), stop, log, admin_key=os.environ.get("QMD_ADMIN_KEY", ""),
+                                          interval_s=interval_s)
+    else:
+        code = supervisor.supervise_local(state.settings(), stop, log, interval_s=interval_s)
+    raise SystemExit(code)

@@ -248,7 +248,10 @@ class CollectionConfig:
     def _write(self, doc: Any) -> None:
         import tomlkit
 
-        atomic_write_text(self.path, tomlkit.dumps(doc))
+        try:
+            atomic_write_text(self.path, tomlkit.dumps(doc))
+        except OSError as e:
+            raise ConfigError(f"cannot write {self.path}: {e.strerror or e}; the collections are unchanged") from None
 
     def list(self) -> list[Collection]:
         data = self._read().get("collections", {})

@@ -43,17 +43,22 @@ class EmbedReport:
 
 
 def chunk_pending(store: IndexStore, setup: EmbeddingSetup) -> tuple[int, int]:
-    """Chunks every content hash that has no chunks yet; returns (documents, chunks)."""
+    """Chunks every content hash that has no chunks yet; returns (documents, chunks).
+
+    An ``update`` may remove documents meanwhile (another process): content that is gone by the time its
+    batch's transaction starts is skipped, not an error.
+    """
     hashes = store.unchunked_hashes()
-    total = 0
+    total = done = 0
     for start in range(0, len(hashes), 200):
         batch = hashes[start : start + 200]
         with store.transaction():
-            for h in batch:
+            for h in store.still_indexed(batch):
                 chunks = chunk_markdown(store.body(h), setup.count_tokens, max_tokens=setup.chunk_tokens)
                 store.add_chunks(h, chunks)
                 total += len(chunks)
-    return len(hashes), total
+                done += 1
+    return done, total
 
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]

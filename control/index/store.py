@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-from qmd_triton.errors import IndexCorrupt, IndexMissing
+from qmd_triton.errors import DiskFull, IndexCorrupt, IndexMissing, IndexReadOnly, IndexUnavailable, QmdError
 from qmd_triton.index import migrations
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.migrations import text_hash
@@ -81,6 +81,131 @@ def docid_of(content_hash: str) -> str:
     return content_hash[:6]
 
 
+# SQLite's primary result codes that say something about the file rather than about a statement.
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+def sqlite_error(e: sqlite3.Error, path: os.PathLike[str] | str) -> QmdError | None:
+    """The error a person can act on for a SQLite error about the index file itself (read-only, disk full,
+    damaged, cannot be opened), or None for an error of one statement (a bug, a missing table)."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(e)
+    if code in (_SQLITE_READONLY, _SQLITE_PERM) or "readonly database" in text:
+        return IndexReadOnly(f"{path} is read-only ({text}): it can be searched but not changed; give this user write "
+                             f"access to it and to its folder, or point QMD_HOME at a writable copy")
+    if code == _SQLITE_FULL or "disk is full" in text:
+        return DiskFull(f"the disk holding {path} is full ({text}); nothing was changed: free some space and run "
+                        "the command again")
+    if code == _SQLITE_NOTADB:
+        return IndexCorrupt(f"{path} is not a readable qmd-triton index ({text}); move it aside and run "
+                            "`qmdctl update` to rebuild")
+    if code == _SQLITE_CORRUPT or "malformed" in text:
+        return IndexCorrupt(f"{path} is damaged ({text}); move it aside (mv {path} {path}.damaged) and rebuild it "
+                            "with `qmdctl update` and `qmdctl embed`")
+    if code == _SQLITE_CANTOPEN:
+        return IndexUnavailable(f"cannot open {path} ({text}): its folder must exist and be writable (SQLite keeps "
+                                "its -wal and -shm files there)")
+    if code == _SQLITE_IOERR:
+        return _io_error(text, path)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return IndexUnavailable(f"{path} stayed locked by another writer ({text}); run the command again")
+    return None
+
+
+def _io_error(text: str, path: os.PathLike[str] | str) -> QmdError:
+    """SQLite says only "disk I/O error" when a write fails for want of space: look at the disk and at
+    this process's file size limit (``ulimit -f``) to say which."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            near = max(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+        except (OSError, ValueError):
+            near = 0
+        if near >= soft * 0.5:
+            return DiskFull(f"{path} reached this process's file size limit (ulimit -f: {soft} bytes) ({text}); "
+                            "nothing was changed: raise the limit and run the command again")
+    try:
+        st = os.statvfs(Path(path).parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = -1
+    if 0 <= free < 1 << 20:
+        return DiskFull(f"the disk holding {path} is full ({text}: {free} bytes free); nothing was changed: free "
+                        "some space and run the command again")
+    return IndexUnavailable(f"cannot read or write {path} ({text}); check the disk")
+
+
+class _Cursor(sqlite3.Cursor):
+    """Turns SQLite's errors about the file into the errors of :func:`sqlite_error`, wherever they surface
+    (executing a statement or fetching its rows)."""
+
+    def _mapped(self, e: sqlite3.Error) -> BaseException:
+        return sqlite_error(e, getattr(self.connection, "qmd_path", "the index")) or e
+
+    def execute(self, *args: Any) -> _Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def executemany(self, *args: Any) -> _Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def executescript(self, *args: Any) -> _Cursor:
+        try:
+            return super().executescript(*args)
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def fetchmany(self, *args: Any) -> list:
+        try:
+            return super().fetchmany(*args)
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def fetchall(self) -> list:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as e:
+            raise self._mapped(e) from None
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements run on :class:`_Cursor` (``Connection.execute`` would bypass it)."""
+
+    qmd_path = "the index"
+
+    def cursor(self, factory: Any = _Cursor) -> Any:  # type: ignore[override]
+        return super().cursor(factory)
+
+    def execute(self, *args: Any) -> Any:  # type: ignore[override]
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args: Any) -> Any:  # type: ignore[override]
+        return self.cursor().executemany(*args)
+
+    def executescript(self, *args: Any) -> Any:  # type: ignore[override]
+        return self.cursor().executescript(*args)
+
+
 class IndexStore:
     """A connection to one index file."""
 
@@ -102,12 +227,17 @@ class IndexStore:
             if not create:
                 raise IndexMissing(f"no index at {path}; add a collection and run `qmdctl update`")
             path.parent.mkdir(parents=True, exist_ok=True)
+        conn: _Connection | None = None
         try:
-            if readonly:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-            else:
-                conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                conn = _connect(path, readonly)
+            except (IndexUnavailable, IndexReadOnly):
+                # A read-only folder (or file system): SQLite cannot make the -shm file a WAL reader needs.
+                # A cleanly closed index (no -wal left) can still be read as an immutable file; writing to
+                # it then fails with the read-only error.
+                if not _read_only_place(path) or os.path.exists(f"{path}-wal"):
+                    raise
+                conn = _connect(path, readonly, immutable=True)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
             store = cls(conn, path)
@@ -121,9 +251,15 @@ class IndexStore:
                                        f"(`qmdctl update`) to migrate it to schema {migrations.SCHEMA_VERSION}")
                 migrations.migrate(conn, str(path), progress)
         except sqlite3.DatabaseError as e:
-            raise IndexCorrupt(
+            if conn is not None:
+                conn.close()
+            raise sqlite_error(e, path) or IndexCorrupt(
                 f"{path} is not a readable qmd-triton index ({e}); move it aside and run `qmdctl update` to rebuild"
             ) from None
+        except QmdError:
+            if conn is not None:
+                conn.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -141,10 +277,16 @@ class IndexStore:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite rolls back by itself after some errors (a full disk): a ROLLBACK then would fail with
+            # "cannot rollback - no transaction is active" and hide the real error.
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except (sqlite3.Error, QmdError):
+                    pass
             raise
-        self.conn.execute("COMMIT")
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -207,7 +349,7 @@ class IndexStore:
             self.conn.execute("INSERT OR REPLACE INTO expansions VALUES (?, ?, ?)",
                               (key, json.dumps(value, ensure_ascii=False), time.time()))
             return True
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, QmdError):
             return False
 
     def fingerprint(self) -> dict | None:
@@ -483,6 +625,16 @@ class IndexStore:
             "SELECT DISTINCT d.hash FROM documents d LEFT JOIN chunked c ON c.hash = d.hash WHERE c.hash IS NULL"
         )]
 
+    def still_indexed(self, hashes: Sequence[str]) -> list[str]:
+        """Those of ``hashes`` whose content a document still uses (an update may have removed the rest)."""
+        if not hashes:
+            return []
+        marks = ",".join("?" * len(hashes))
+        keep = {r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT hash FROM documents WHERE hash IN ({marks}) AND hash IN (SELECT hash FROM content)",
+            list(hashes))}
+        return [h for h in hashes if h in keep]
+
     def add_chunks(self, content_hash: str, chunks: Sequence[Any]) -> None:
         """Stores a content hash's chunks (objects with seq, start_line, end_line, tokens, text)."""
         self.conn.executemany(
@@ -603,6 +755,28 @@ class IndexStore:
             "fingerprint": self.fingerprint(),
             "bytes": os.path.getsize(self.path) if self.path.exists() else 0,
         }
+
+
+def _connect(path: Path, readonly: bool, immutable: bool = False) -> _Connection:
+    uri = None
+    if immutable:
+        uri = f"file:{path}?immutable=1"
+    elif readonly:
+        uri = f"file:{path}?mode=ro"
+    conn = sqlite3.connect(uri or path, uri=uri is not None, timeout=30, isolation_level=None,
+                           check_same_thread=False, factory=_Connection)
+    conn.qmd_path = str(path)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now, not at first use
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _read_only_place(path: Path) -> bool:
+    """True when this process cannot write the index's folder (a read-only home or file system)."""
+    return path.exists() and not os.access(path.parent, os.W_OK)
 
 
 def _lucene_weight(n: int, rows_total: int) -> float:

@@ -9,6 +9,9 @@
     qmd_triton_model_ready{model, state}     1 when Triton says READY: from its repository index, or, where
                                              that API is restricted and no admin key is given, from each
                                              pipeline model's /v2/models/NAME/ready (state READY or NOT_READY)
+    qmd_triton_model_answering{model}        1 when the search pipeline (qmd_search, qmd_vsearch, qmd_query)
+                                             answers a small real query; 0 when Triton says READY but a
+                                             request fails (a dead backend process)
     qmd_exporter_scrape_errors_total{source} scrapes that could not read the index or Triton
 
 Example:
@@ -26,11 +29,12 @@ from qmd_triton.contracts import MODEL_SPECS
 from qmd_triton.errors import QmdError
 from qmd_triton.index.collections import CollectionConfig
 from qmd_triton.index.store import IndexStore
+from qmd_triton.serving.health import PROBE_MODELS, probe
+from qmd_triton.serving.server import ADMIN_HEADER
 from qmd_triton.settings import Settings
 from qmd_triton.system.net import http_ok
 
 log = logging.getLogger(__name__)
-ADMIN_HEADER = "admin-key"  # the header name the compose file and the Kubernetes manifests restrict APIs with
 
 
 class QmdCollector:
@@ -79,7 +83,9 @@ class QmdCollector:
             since.add_metric([name], now - updated[name] if name in updated else float("inf"))
         yield from (docs, chunks, embedded, pending, since)
         yield self._eval()
-        yield self._models()
+        models, answering = self._models()
+        yield models
+        yield answering
         errors = CounterMetricFamily("qmd_exporter_scrape_errors", "Scrapes that could not read a source",
                                      labels=["source"])
         for source, n in self.errors.items():
@@ -108,25 +114,37 @@ class QmdCollector:
 
         family = GaugeMetricFamily("qmd_triton_model_ready", "1 when Triton reports the model READY",
                                    labels=["model", "state"])
+        answering = GaugeMetricFamily("qmd_triton_model_answering",
+                                      "1 when the search pipeline answers a small real query", labels=["model"])
         if not self.triton_url:
-            return family
+            return family, answering
         base = f"http://{self.triton_url}"
+        ready: set[str] = set()
         try:
             for m in repository_index(base, timeout=3.0, headers=self.headers):
                 family.add_metric([m["name"], m["state"]], 1.0 if m["state"] == "READY" else 0.0)
-            return family
+                if m["state"] == "READY":
+                    ready.add(m["name"])
         except QmdError as e:
-            index_error = e
-        # The index API is restricted (production servers) or refused: ask each pipeline model instead.
-        # The health API is never restricted, and a server that does not answer it is down, not "not ready".
-        if not http_ok(f"{base}/v2/health/live"):
-            self.errors["triton"] += 1
-            log.warning("cannot read Triton's model states: %s", index_error)
-            return family
-        for spec in MODEL_SPECS:
-            ok = http_ok(f"{base}/v2/models/{spec.name}/ready")
-            family.add_metric([spec.name, "READY" if ok else "NOT_READY"], 1.0 if ok else 0.0)
-        return family
+            # The index API is restricted (production servers) or refused: ask each pipeline model instead.
+            # The health API is never restricted, and a server that does not answer it is down, not "not ready".
+            if not http_ok(f"{base}/v2/health/live"):
+                self.errors["triton"] += 1
+                log.warning("cannot read Triton's model states: %s", e)
+                return family, answering
+            for spec in MODEL_SPECS:
+                ok = http_ok(f"{base}/v2/models/{spec.name}/ready")
+                family.add_metric([spec.name, "READY" if ok else "NOT_READY"], 1.0 if ok else 0.0)
+                if ok:
+                    ready.add(spec.name)
+        # READY is not enough: a model whose backend process died stays READY and fails every request.
+        for model in PROBE_MODELS:
+            if model in ready:
+                problem = probe(base, model, attempts=1, timeout=5.0)
+                if problem:
+                    log.warning("%s", problem)
+                answering.add_metric([model], 0.0 if problem else 1.0)
+        return family, answering
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9108, triton_url: str | None = None,

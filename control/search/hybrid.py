@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -84,11 +84,32 @@ class Plan:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Plan:
+        """A plan as ``to_json`` wrote it; anything else is one ``InputError`` saying what is wrong."""
         try:
             data = json.loads(raw)
-            return cls(**data)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"malformed plan: {e}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"malformed plan: not JSON ({e})") from None
+        except RecursionError:
+            raise InputError("malformed plan: nested too deeply") from None
+        if not isinstance(data, dict):
+            raise InputError("malformed plan: must be a JSON object")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"malformed plan: unknown key(s) {', '.join(unknown)}")
+        if not isinstance(data.get("query"), str):
+            raise InputError("malformed plan: query must be a string")
+        if not isinstance(data.get("mode", "query"), str):
+            raise InputError("malformed plan: mode must be a string")
+        for key in ("lex", "vec", "hyde"):
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"malformed plan: {key} must be a list of strings")
+        for key in ("options", "expansion", "stages"):
+            if not isinstance(data.get(key, {}), dict):
+                raise InputError(f"malformed plan: {key} must be a JSON object")
+        plan = cls(**data)
+        plan.search_options  # noqa: B018 - checks the options now, as one error
+        return plan
 
 
 @dataclass

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from qmd_triton.errors import ServerError, ServerUnavailable
 from qmd_triton.progress import Progress, silent
+from qmd_triton.serving import health
 from qmd_triton.serving.repository import require_artifacts
 from qmd_triton.settings import PACKAGE_DIR, Settings
 from qmd_triton.system import procs
@@ -43,7 +45,14 @@ STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 PID_FILE = "tritonserver.pid"
 LOCK_FILE = "start.lock"
+KEY_FILE = "admin.key"
 BACKENDS_DIR = "backends"
+# The header that opens the restricted APIs (HTTP; gRPC prefixes it with triton-grpc-protocol-), here and in
+# the compose file and the Kubernetes manifests.
+ADMIN_HEADER = "admin-key"
+# APIs only an operator needs: shared memory (a client that registers a backend's region can abort the
+# server), model load/unload, the repository index, log and trace settings.
+RESTRICTED_APIS = "shared-memory,model-repository,logging,trace"
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 STUB = "triton_python_backend_stub"
 _TAIL_LINES = 15
@@ -65,6 +74,8 @@ class ServerState:
     started_at: float
     start_ticks: int = -1  # the leader's start time (clock ticks since boot): proves a pid is still ours
     backends: str = ""  # the backend directory its python stubs run from
+    # how it was started (log_verbose, cache_bytes, extra_args, startup_timeout_s): a restart repeats it
+    options: dict = field(default_factory=dict)
 
     @property
     def owned(self) -> procs.Owned:
@@ -72,8 +83,28 @@ class ServerState:
 
     def members(self) -> list[int]:
         """The server and the backend stubs of its process group that are provably ours."""
-        allowed = [self.binary] + ([self.backends] if self.backends else [])
-        return procs.owned_members(self.pgid, max(self.start_ticks, 0), allowed)
+        if not procs.is_running(self.owned):
+            return sorted(self.stubs())  # orphans of a server that died: only stubs that name it
+        # The leader, and its children that have not yet become a stub (forked, still the server's binary).
+        forks = [p for p in procs.owned_members(self.pgid, max(self.start_ticks, 0), [self.binary])
+                 if procs.parent(p) == self.pid]
+        return sorted({self.pid, *forks, *self.stubs()})
+
+    def stubs(self) -> dict[int, str]:
+        """The python backend stubs of this server, by pid, with the model each serves.
+
+        A stub is ours only when it is in the server's process group, started no earlier than the server,
+        runs from the recorded backend directory and names the server's pid as its parent on its command
+        line (the stub's sixth argument), so a reused group or pid never qualifies.
+        """
+        if not self.backends:
+            return {}
+        out = {}
+        for pid in procs.owned_members(self.pgid, max(self.start_ticks, 0), [self.backends]):
+            args = procs.argv(pid)
+            if len(args) > 5 and Path(args[0]).name == STUB and args[5] == str(self.pid):
+                out[pid] = stub_model(args)
+        return out
 
 
 @dataclass
@@ -89,6 +120,18 @@ class ServerStatus:
     models: list[dict] = field(default_factory=list)
     # stage -> outcome -> count since the server started (qmd_stages_total, qmd_expansions_total)
     stages: dict[str, dict[str, int]] = field(default_factory=dict)
+    # models that Triton calls READY but that do not answer (a dead backend process), each with why
+    problems: dict[str, str] = field(default_factory=dict)
+    supervisor: int | None = None  # pid of the running supervisor
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and not self.problems
+
+
+def stub_model(args: list[str]) -> str:
+    """The model a backend stub serves, from its command line (``<repo>/<model>/<version>/model.py``)."""
+    return Path(args[1]).parent.parent.name if len(args) > 1 else ""
 
 
 def pytriton_dir() -> Path:
@@ -189,10 +232,66 @@ def _load_failure(path: Path) -> str | None:
     return None
 
 
+def run_dir(settings: Settings) -> Path:
+    """``$QMD_HOME/run``, made if needed; one clear error where the home cannot be written."""
+    try:
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ServerError(f"cannot write {settings.run_dir} ({e.strerror or e}): starting a server needs a writable "
+                          "QMD_HOME; start it from one (qmdctl --home DIR up) or point --http-port at a running one"
+                          ) from None
+    return settings.run_dir
+
+
+def admin_key(settings: Settings) -> str:
+    """The key of this home's restricted APIs, made on first use (``$QMD_HOME/run/admin.key``, mode 0600).
+
+    The local server gets it on its command line; ``qmdctl`` commands (status, the supervisor, the exporter of
+    ``up --monitor``) read it from the file.
+    """
+    path = settings.run_dir / KEY_FILE
+    try:
+        key = path.read_text().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    run_dir(settings)
+    key = secrets.token_hex(16)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    try:
+        os.link(tmp, path)  # first writer wins; a concurrent one reads the winner's key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """Headers that open a server's restricted APIs: ``QMD_ADMIN_KEY``, else this home's key file if any."""
+    key = os.environ.get("QMD_ADMIN_KEY") or ""
+    if not key:
+        try:
+            key = (settings.run_dir / KEY_FILE).read_text().strip()
+        except OSError:
+            key = ""
+    return {ADMIN_HEADER: key} if key else {}
+
+
+def restricted_api_flags(key: str) -> list[str]:
+    """Triton flags that put the operator APIs behind the ``admin-key`` header, on HTTP and on gRPC."""
+    return [f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={key}"]
+
+
 @contextmanager
 def start_lock(settings: Settings, progress: Progress = silent) -> Iterator[None]:
     """One start at a time per home: a second ``qmdctl`` that wants the server waits for the first."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir(settings)
     with (settings.run_dir / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -211,15 +310,23 @@ def start(
     log_verbose: int = 0,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     extra_args: tuple[str, ...] = (),
+    supervise: bool = False,
     progress: Progress = silent,
 ) -> ServerState:
-    """Launches tritonserver and waits until it is ready; raises ``ServerError`` otherwise."""
+    """Launches tritonserver and waits until it is ready; raises ``ServerError`` otherwise.
+
+    ``supervise`` also starts ``qmdctl supervise`` beside it, which brings back a dead backend or server.
+    """
     with start_lock(settings, progress):
-        return _start(settings, log_verbose, cache_bytes, extra_args, progress)
+        state = _start(settings, log_verbose, cache_bytes, extra_args, progress)
+        if supervise:
+            start_supervisor(settings, progress)
+        return state
 
 
 def ensure_running(settings: Settings, progress: Progress = silent, warn: Progress = silent) -> bool:
-    """Starts the local server when nothing answers at the configured address; True when it started one.
+    """Starts the local server (supervised) when nothing answers at the configured address; True when it
+    started one.
 
     Several commands may call this at once: one starts the server, the others wait for it
     and find it ready.
@@ -243,6 +350,7 @@ def ensure_running(settings: Settings, progress: Progress = silent, warn: Progre
                                   f"see {state.log}") from None
         progress(f"no server answers at {settings.url()}; starting the local one")
         _start(settings, 0, DEFAULT_CACHE_BYTES, (), progress)
+        start_supervisor(settings, progress)
         return True
 
 
@@ -255,7 +363,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
             "run `qmdctl down` first"
         )
     if state:
-        _stop_members(state, timeout=5)  # stubs orphaned by a server that died
+        _stop_members(state, timeout=1)  # stubs orphaned by a server that died (they outlive SIGTERM)
         _clear_state(settings)
     ports = {"http": settings.http_port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
     if len(set(ports.values())) != len(ports):
@@ -267,8 +375,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
             )
     require_artifacts(settings.model_repository)
 
-    run = settings.run_dir
-    run.mkdir(parents=True, exist_ok=True)
+    run = run_dir(settings)
     backends = assemble_backends(run / BACKENDS_DIR)
     root = pytriton_dir()
     binary = str(root / "bin" / "tritonserver")
@@ -295,6 +402,11 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         f"--log-verbose={log_verbose}",
         "--backend-config=python,shm-default-byte-size=4194304",
         "--backend-config=python,shm-growth-byte-size=4194304",
+        # every model at start, as "none" would; explicit so that the supervisor can reload a model whose
+        # backend process died (POST /v2/repository/models/NAME/unload, then /load)
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        *restricted_api_flags(admin_key(settings)),
         *extra_args,
     ]
     progress(f"starting tritonserver on {settings.host} (http {settings.http_port}, grpc {settings.grpc_port})")
@@ -321,6 +433,8 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         started_at=time.time(),
         start_ticks=owned.start_ticks,
         backends=str(backends),
+        options={"log_verbose": log_verbose, "cache_bytes": cache_bytes, "extra_args": list(extra_args),
+                 "startup_timeout_s": settings.startup_timeout_s},
     )
     _write_state(settings, state)
 
@@ -374,6 +488,77 @@ def _stop_members(state: ServerState, timeout: float = 30.0) -> None:
     procs.stop_members(state.members, timeout_s=timeout, leader=state.pid)
 
 
+def settings_of(state: ServerState, home: Path) -> Settings:
+    """The settings a recorded server was started with (what a restart uses)."""
+    return Settings.load(home, model_repository=Path(state.model_repository), host=state.host,
+                         http_port=state.http_port, grpc_port=state.grpc_port, metrics_port=state.metrics_port,
+                         startup_timeout_s=state.options.get("startup_timeout_s"))
+
+
+def restart(settings: Settings, progress: Progress = silent) -> ServerState:
+    """Stops the recorded server (only processes provably its own) and starts it again the way it was
+    started; what the supervisor does when a reload cannot bring a model back. The supervisor is left alone."""
+    with start_lock(settings, progress):
+        state = read_state(settings)
+        options = state.options if state else {}
+        if state is not None:
+            # Orphaned stubs of a dead server outlive SIGTERM and serve nobody: SIGKILL after a second.
+            _stop_members(state, timeout=30 if procs.is_running(state.owned) else 1)
+            _clear_state(settings)
+        return _start(settings, int(options.get("log_verbose", 0)),
+                      int(options.get("cache_bytes", DEFAULT_CACHE_BYTES)), tuple(options.get("extra_args", ())),
+                      progress)
+
+
+SUPERVISOR_FILE = "supervisor.json"
+SUPERVISOR_LOG = "supervisor.log"
+SUPERVISOR_PID_FILE = "supervisor.pid"
+
+
+def supervisor_state(settings: Settings) -> procs.Owned | None:
+    """The supervisor ``start_supervisor`` recorded, while it is provably running."""
+    try:
+        data = json.loads((settings.run_dir / SUPERVISOR_FILE).read_text())
+        owned = procs.Owned(int(data["pid"]), str(data["binary"]), int(data["start_ticks"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return owned if procs.is_running(owned) else None
+
+
+def start_supervisor(settings: Settings, progress: Progress = silent) -> procs.Owned:
+    """Starts ``qmdctl supervise`` for this home in its own process group (unless one runs already) and
+    records it in ``$QMD_HOME/run/supervisor.json``; ``stop`` stops it first."""
+    running = supervisor_state(settings)
+    if running is not None:
+        return running
+    log_path = settings.run_dir / SUPERVISOR_LOG
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from qmd_triton.cli import main; main()", "--home", str(settings.home),
+             "supervise"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_environment(settings),
+            start_new_session=True)
+    owned = procs.identify(proc.pid, sys.executable)
+    path = settings.run_dir / SUPERVISOR_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**owned.as_dict(), "log": str(log_path)}, indent=2))
+    os.replace(tmp, path)
+    (settings.run_dir / SUPERVISOR_PID_FILE).write_text(f"{proc.pid}\n")  # systemd's PIDFile=
+    progress(f"supervisor running (pid {proc.pid}, log {log_path}): it brings back a dead backend or server")
+    return owned
+
+
+def stop_supervisor(settings: Settings, progress: Progress = silent) -> bool:
+    """Stops the recorded supervisor, only while it is provably the one we started; False when none ran."""
+    owned = supervisor_state(settings)
+    if owned is not None and owned.pid != os.getpid():
+        procs.stop_members(lambda: [owned.pid] if procs.is_running(owned) else [], timeout_s=30, leader=owned.pid)
+        progress(f"stopped the supervisor (pid {owned.pid})")
+    for name in (SUPERVISOR_FILE, SUPERVISOR_PID_FILE):
+        (settings.run_dir / name).unlink(missing_ok=True)
+    return owned is not None
+
+
 def server_pids(state: ServerState) -> list[int]:
     """The running processes of a server we started: tritonserver and its python backend stubs."""
     return state.members()
@@ -381,11 +566,12 @@ def server_pids(state: ServerState) -> list[int]:
 
 def stop(settings: Settings, progress: Progress = silent) -> ServerState:
     """Stops the server that ``start`` recorded; never touches any other process."""
+    stop_supervisor(settings, progress)  # first, or it would bring the server back
     state = read_state(settings)
     if state is None:
         raise ServerError(f"no server started by qmdctl is recorded in {settings.run_dir / STATE_FILE}")
     if not procs.is_running(state.owned):
-        _stop_members(state, timeout=5)  # stubs orphaned by a crashed server: only those provably ours
+        _stop_members(state, timeout=1)  # stubs orphaned by a crashed server: only those provably ours
         _clear_state(settings)
         raise ServerError(f"the recorded server (pid {state.pid}) is not running; removed its stale state")
     progress(f"stopping tritonserver (pid {state.pid})")
@@ -409,9 +595,21 @@ def status(settings: Settings) -> ServerStatus:
         log=state.log if managed and state else None,
     )
     if result.live:
-        result.models = repository_index(base)
+        headers = admin_headers(settings)
+        result.models = repository_index(base, headers=headers)
+        if managed and state is not None and state.backends:
+            try:
+                expected = health.expected_backends(base, headers, health.stub_backends(state.backends))
+                result.problems.update(health.backend_gaps(expected, state.stubs()))
+            except ServerUnavailable:
+                pass  # the index was just read: a server going away is shown by live/ready
+        ready = tuple(m["name"] for m in result.models if m["state"] == "READY" and m["name"] in health.PROBE_MODELS)
+        for model, why in health.probe_all(base, ready).items():
+            result.problems.setdefault(model, why)
         metrics_port = state.metrics_port if managed and state else settings.metrics_port
         result.stages = stage_counts(f"http://{host}:{metrics_port}/metrics")
+    sup = supervisor_state(settings)
+    result.supervisor = sup.pid if sup else None
     return result
 
 

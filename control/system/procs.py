@@ -37,6 +37,11 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None
 
 
+def parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
+
+
 def process_group(pid: int) -> int | None:
     fields = _stat_fields(pid)
     return int(fields[2]) if fields and len(fields) > 2 else None
@@ -47,12 +52,19 @@ def is_zombie(pid: int) -> bool:
     return bool(fields) and fields[0] == "Z"
 
 
+def argv(pid: int) -> list[str]:
+    """A process's command line, or [] when it is gone, a zombie or not readable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
 def executable(pid: int) -> str | None:
     """argv[0] of a process (what it was started as), or None when it is gone or not readable."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return None
+    args = argv(pid)
+    return args[0] if args else None
 
 
 @dataclass(frozen=True)
@@ -127,21 +139,40 @@ def reap(pid: int, wait_s: float = 0.0) -> None:
 
 
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
-    """SIGTERM to ``members()``, SIGKILL to what is left after ``timeout_s``; True when none is left."""
-    signal_pids(members(), signal.SIGTERM)
-    for sig, wait_s in ((None, timeout_s), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            signal_pids(members(), sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if leader is not None:
-                reap(leader)
-            if not [p for p in members() if not is_zombie(p)]:
-                if leader is not None:
-                    reap(leader, wait_s=5.0)
-                return True
+    """Stops ``members()``: SIGTERM to the leader first (a server stops and reaps its own children), then to
+    whatever outlived it, SIGKILL to what is left after ``timeout_s``; True when none is left.
+
+    ``leader`` is signalled first and reaped (when it is our child) only if it is one of the members or
+    already a zombie: a pid that is not provably ours is never waited on either.
+    """
+    first = members()
+    if leader is not None and leader not in first and not is_zombie(leader):
+        leader = None
+
+    def left() -> list[int]:
+        if leader is not None:
+            reap(leader)
+        return [p for p in members() if not is_zombie(p)]
+
+    def wait(until: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not until():
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-    return not members()
+        return True
+
+    deadline = time.monotonic() + timeout_s
+    if leader is not None and leader in first:
+        signal_pids([leader], signal.SIGTERM)
+        wait(lambda: leader not in left(), timeout_s)
+    signal_pids(left(), signal.SIGTERM)
+    if not wait(lambda: not left(), max(1.0, deadline - time.monotonic())):
+        signal_pids(left(), signal.SIGKILL)
+        wait(lambda: not left(), 5.0)
+    if leader is not None:
+        reap(leader, wait_s=5.0)
+    return not left()
 
 
 def group_rss_bytes(pids: Iterable[int]) -> int:

@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,15 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "export.json"
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 PARALLEL_MIN_TEXTS = 16  # below this, tokenize on the calling thread
-# A token covers at most this many characters in practice; longer texts are cut
-# before tokenizing so a 1 MB request costs no more than a long one.
-_CHARS_PER_TOKEN_BOUND = 48
+# Long texts are cut before tokenizing so a 1 MB request costs no more than a long one. The cut is
+# tried at these many characters per token of the maximum length, shortest first: prose needs about 5,
+# a token covers at most 48 in practice, and the last width only bounds pathological text (below).
+_CUT_CHARS_PER_TOKEN = (6, 48, 128)
+_CHARS_PER_TOKEN_BOUND = _CUT_CHARS_PER_TOKEN[1]
+# Characters that BERT-style normalizers and pre-tokenizers keep inside one word and never drop:
+# letters and digits, except CJK ideographs (each its own word).
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_BLANKS = re.compile(r"[ \t\n\r]{2,}")
 
 
 @dataclass(frozen=True)
@@ -88,15 +95,17 @@ def bucket_for(length: int, buckets: tuple[int, ...]) -> int:
     return buckets[i] if i < len(buckets) else length
 
 
-def decode_text(raw: bytes | str, index: int) -> str:
-    """UTF-8 bytes from a BYTES tensor -> str, with a precise error for bad bytes."""
+def decode_text(raw: bytes | str, index: int | None, name: str = "text") -> str:
+    """UTF-8 bytes from a BYTES tensor -> str, with a precise error for bad bytes naming the input
+    (``text[3]``, or ``query`` for a one-value input: ``index=None``)."""
     if isinstance(raw, str):
         return raw
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
+        where = name if index is None else f"{name}[{index}]"
         raise InputError(
-            f"text[{index}] is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+            f"{where} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
         ) from None
 
 
@@ -125,6 +134,7 @@ class TextEncoder:
         self._count = Tokenizer.from_file(str(tokenizer_path))
         self._count.no_padding()
         self._count.no_truncation()
+        self._cut = LongTextCut(self._count, max_length)
         padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
         self.pad_id = int(padding.get("pad_id", 0))
 
@@ -160,19 +170,7 @@ class TextEncoder:
                             prompts=prompts, buckets=buckets)
 
     def _bounded(self, text: str) -> str:
-        """Cuts very long texts before tokenizing, keeping the result exact.
-
-        The cut is used only when its prefix alone already holds comfortably more
-        tokens than the maximum, so the first ``max_length`` tokens are the same
-        as those of the whole text.
-        """
-        limit = self.max_length * _CHARS_PER_TOKEN_BOUND
-        if len(text) <= limit:
-            return text
-        prefix = text[:limit]
-        if len(self._count.encode(prefix, add_special_tokens=False).ids) >= self.max_length + 8:
-            return prefix
-        return text
+        return self._cut.bounded(text)
 
     def encode(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(input_ids, attention_mask)`` as int64 ``[len(texts), bucket]``."""
@@ -218,6 +216,79 @@ class TextEncoder:
         return [len(r.ids) for r in self._count.encode_batch(list(texts), add_special_tokens=False)]
 
 
+class LongTextCut:
+    """Bounds the work of tokenizing one text by characters, keeping its first ``max_length`` tokens exact.
+
+    A prefix is used only when its whole words (all but the one the cut may split) hold ``max_length``
+    tokens, so the first ``max_length`` tokens are those of the whole text. Text with few tokens for its length would
+    defeat that (WordPiece makes any word over ``max_input_chars_per_word`` characters, say 2 MB
+    without a space, one unknown token), so for WordPiece models long runs of letters or digits are
+    shortened to just over that limit and runs of blanks to one space first; neither changes a token.
+    Whatever still holds too few tokens for its length (megabytes of symbols or control characters) is
+    cut at ``128 x max_length`` characters: bounded, and exact whenever that prefix holds
+    ``max_length`` tokens.
+    """
+
+    def __init__(self, counter: Any, max_length: int) -> None:
+        self.counter = counter  # a tokenizer without truncation or special tokens added
+        self.max_length = max_length
+        self.squeeze_word = self._word_limit(counter)
+        k = self.squeeze_word
+        self._long_words = re.compile(f"[^\\W_{_CJK}]{{{k + 1},}}") if k else None
+
+    @staticmethod
+    def _word_limit(tok: Any) -> int | None:
+        """WordPiece's ``max_input_chars_per_word`` + 1 when the pipeline is BERT's, else None."""
+        from tokenizers import models, normalizers, pre_tokenizers
+
+        if not isinstance(tok.model, models.WordPiece) or not isinstance(tok.pre_tokenizer,
+                                                                           pre_tokenizers.BertPreTokenizer):
+            return None
+        if tok.normalizer is not None and not isinstance(tok.normalizer, normalizers.BertNormalizer):
+            return None
+        return int(tok.model.max_input_chars_per_word) + 1
+
+    def _enough(self, prefix: str) -> bool:
+        """True when the prefix's whole words alone give ``max_length`` tokens: the word the cut may have
+        split is the only one whose tokens can differ from the whole text's."""
+        words = self.counter.encode(prefix, add_special_tokens=False).word_ids
+        if not words or words[-1] is None:  # no pre-tokenizer: keep a margin instead
+            return len(words) >= self.max_length + 8
+        return words.index(words[-1]) >= self.max_length
+
+    def squeeze(self, text: str) -> str:
+        """Long words (one unknown token however long) and blank runs shortened; tokens unchanged."""
+        if self._long_words is None:
+            return text
+        k = self.squeeze_word
+        return _BLANKS.sub(" ", self._long_words.sub(lambda m: m.group()[:k], text))
+
+    def _squeezed_prefix(self, text: str, length: int) -> str:
+        """``squeeze(text)`` up to about ``length`` characters, squeezing no more of the text than that needs.
+
+        Squeezing a prefix gives a prefix of the squeezed text, up to the blank or word the cut splits."""
+        window = 4 * length
+        while True:
+            squeezed = self.squeeze(text[:window])
+            if len(squeezed) > length or window >= len(text):
+                return squeezed
+            window *= 2
+
+    def bounded(self, text: str) -> str:
+        """The text, or a prefix of it (of the squeezed text for a pathological one) that tokenizes the same."""
+        widths = [self.max_length * per for per in _CUT_CHARS_PER_TOKEN]
+        for limit in widths[:2]:
+            if len(text) <= limit:
+                return text
+            if self._enough(text[:limit]):
+                return text[:limit]
+        text = self._squeezed_prefix(text, widths[-1])
+        for limit in widths[1:]:
+            if len(text) <= limit or self._enough(text[:limit]):
+                return text[:limit]
+        return text[: widths[-1]]
+
+
 def read_manifest(directory: Path, name: str = MANIFEST_FILE) -> dict:
     """The exporter's ``export.json`` (or another of its JSON records) in a version folder, or ``{}`` if absent."""
     path = directory / name
@@ -253,6 +324,7 @@ class PairEncoder:
         self._single = Tokenizer.from_file(str(tokenizer_path))
         self._single.no_padding()
         self._single.no_truncation()
+        self._cut = LongTextCut(self._single, max_length)
         padding = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("padding") or {}
         self.pad_id = int(padding.get("pad_id", 0))
         self.max_query_tokens = max(8, max_length // 4)
@@ -306,7 +378,7 @@ class PairEncoder:
             passages = [self.window(p, terms, passage_tokens) for p in passages]
         query = self._short_query(query)
         # Cut very long passages first: only max_length tokens of them can count.
-        cut = [p[: self.max_length * _CHARS_PER_TOKEN_BOUND] for p in passages]
+        cut = [self._cut.bounded(p) for p in passages]
         encodings = self._tok.encode_batch([(query, p) for p in cut])
         width = bucket_for(max(len(e.ids) for e in encodings), self.buckets)
         ids = np.full((len(cut), width), self.pad_id, dtype=np.int64)

@@ -112,15 +112,16 @@ def test_monitor_refuses_a_taken_prometheus_port_and_starts_nothing(qmd, started
 
 
 def test_exporter_reads_model_states_from_a_server_that_restricts_its_repository_api(copy_repo, tmp_path: Path):
-    """Production servers restrict the model-repository API: the exporter uses the admin key, or each model's
-    ready endpoint without one, so QmdModelNotReady still sees the models."""
+    """Servers restrict the model-repository API (the local one with its home's key): the exporter uses the admin
+    key, or each model's ready endpoint without one, so QmdModelNotReady still sees the models."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from qmd_triton.ops.prometheus import QmdCollector
 
     repo = copy_repo(("qmd_tokenize", "qmd_embed_model", "qmd_embed"))
     settings = make_settings(tmp_path / "home", repo)
-    server.start(settings, extra_args=("--http-restricted-api=model-repository:admin-key=s3cret",))
+    server.start(settings)
+    key = server.admin_headers(settings)[server.ADMIN_HEADER]
     try:
         url = f"{settings.host}:{settings.http_port}"
 
@@ -136,7 +137,7 @@ def test_exporter_reads_model_states_from_a_server_that_restricts_its_repository
                     out[model] = f"{state}={float(value):g}"
             return out
 
-        with_key = ready("s3cret")
+        with_key = ready(key)
         assert with_key == {"qmd_embed": "READY=1", "qmd_embed_model": "READY=1", "qmd_tokenize": "READY=1"}
         without = ready(None)
         assert without["qmd_embed"] == "READY=1" and without["qmd_tokenize"] == "READY=1"

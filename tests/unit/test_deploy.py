@@ -52,12 +52,16 @@ def compose_binary() -> str:
     return str(binary)
 
 
+def compose_config() -> dict:
+    return yaml.safe_load(compose("config").stdout)
+
+
 def test_compose_file_is_valid():
     r = compose("config", "-q")
     assert r.returncode == 0, r.stderr
     config = yaml.safe_load(compose("config").stdout)
     triton = config["services"]["triton"]
-    assert triton["healthcheck"]["test"][-1] == "http://localhost:8000/v2/health/ready"
+    assert triton["healthcheck"]["test"][1:3] == ["qmdctl", "health"]  # a real query, not /v2/health/ready
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert "--model-config-name=gpu" in triton["command"]
@@ -81,7 +85,32 @@ def test_compose_publishes_only_nginx_beyond_loopback_and_every_door_gets_the_to
 def test_compose_refuses_to_start_without_each_secret(missing: str):
     r = compose("config", "-q", secrets={k: v for k, v in SECRETS.items() if k != missing})
     assert r.returncode != 0
-    assert f"required variable {missing} is missing a value: set {missing}" in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"required variable {missing} is missing a value: set {missing}" in lines[0], r.stderr
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and f"${{{missing}:-" not in text
+
+
+def test_triton_restricts_shared_memory_and_admin_apis_on_both_protocols_everywhere():
+    apis = {"shared-memory", "model-repository", "logging", "trace"}
+    k8s = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+    k8s_triton = next(c for c in k8s["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+    for where, command, key in (("compose", compose_config()["services"]["triton"]["command"], SECRETS["QMD_ADMIN_KEY"]),
+                                ("kubernetes", k8s_triton["args"], "$(QMD_ADMIN_KEY)")):
+        assert command[:3] == ["qmdctl", "supervise", "--"] and command[3] == "tritonserver", where
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            [value] = [a.split("=", 1)[1] for a in command if a.startswith(flag + "=")]
+            groups, header = value.split(":", 1)
+            assert set(groups.split(",")) >= apis and header == f"admin-key={key}", (where, flag, value)
+        assert "--model-control-mode=explicit" in command and "--load-model=*" in command, where
+    env = {e["name"]: e for e in k8s_triton["env"]}
+    assert env["QMD_ADMIN_KEY"]["valueFrom"]["secretKeyRef"].get("optional") is not True  # no pod without it
+    # the local server: qmdctl up restricts the same APIs on both protocols
+    from qmd_triton.serving import server
+
+    assert set(server.RESTRICTED_APIS.split(",")) >= apis
+    assert server.restricted_api_flags("k") == [f"--http-restricted-api={server.RESTRICTED_APIS}:admin-key=k",
+                                                f"--grpc-restricted-protocol={server.RESTRICTED_APIS}:admin-key=k"]
 
 
 def test_compose_file_with_a_typo_is_refused(tmp_path: Path):
@@ -95,7 +124,7 @@ def test_compose_file_with_a_typo_is_refused(tmp_path: Path):
 def test_alert_rules_check_and_pass_their_unit_tests():
     promtool = tool("promtool")
     r = run(promtool, "check", "rules", "deploy/prometheus/rules/qmd-alerts.yml")
-    assert r.returncode == 0 and "SUCCESS: 7 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 8 rules found" in r.stdout, r.stdout + r.stderr
     r = run(promtool, "test", "rules", "deploy/prometheus/tests/qmd-alerts.test.yml")
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
@@ -103,7 +132,7 @@ def test_alert_rules_check_and_pass_their_unit_tests():
 def test_every_alert_waits_before_firing():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "qmd-alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 7
+    assert len(alerts) == 8
     assert all(r.get("for") and r["labels"]["severity"] in ("critical", "warning", "info") for r in alerts)
 
 
@@ -177,7 +206,8 @@ def test_kubernetes_manifests_agree_with_each_other():
     labels = pod["metadata"]["labels"]
     ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    for probe in ("readinessProbe", "livenessProbe"):  # a real query, not /v2/health/ready or /live
+        assert triton[probe]["exec"]["command"][:2] == ["qmdctl", "health"], probe
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
     for service in services.values():

@@ -161,3 +161,42 @@ def test_a_one_line_edit_of_a_450_chunk_file_re_embeds_a_handful(tmp_path: Path,
             del lines[middle]
         (notes / "journal.md").write_text("\n".join(lines))
         assert index(store, notes, embedder) <= 6  # the edited chunk, its overlap neighbour, until both meet
+
+
+def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Path, notes: Path, monkeypatch):
+    """`update` in another process removing documents between embed's steps: embed skips what is gone."""
+    embedder = embedders.load("hash")
+    path = tmp_path / "index.sqlite"
+    (notes / "long.md").write_text(long_note())
+    with IndexStore.open(path, create=True) as store:
+        update(store, [Collection("notes", notes)])
+
+    def remove_some() -> None:
+        for name in ("long.md", "recipes.md"):
+            (notes / name).unlink(missing_ok=True)
+        with IndexStore.open(path) as other:  # another connection, as another process would have
+            update(other, [Collection("notes", notes)])
+
+    real_unchunked = IndexStore.unchunked_hashes
+    real_embed = embedder.embed
+    calls = {"n": 0}
+
+    def unchunked_then_update(self):
+        hashes = real_unchunked(self)
+        remove_some()  # between listing the new content and chunking it
+        return hashes
+
+    def embed_then_update(texts):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            (notes / "guide" / "batching.md").unlink()
+            with IndexStore.open(path) as other:
+                update(other, [Collection("notes", notes)])  # while vectors are in flight
+        return real_embed(texts)
+
+    monkeypatch.setattr(IndexStore, "unchunked_hashes", unchunked_then_update)
+    with IndexStore.open(path) as store:
+        report = embed_pending(store, embedder.setup(), lambda: embed_then_update, batch_size=2, concurrency=2)
+        counts = store.counts()
+    assert report.embedded > 0
+    assert counts["documents"] == 2 and counts["embedded"] == counts["chunks"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -97,22 +98,58 @@ def route_logging() -> None:
         root.setLevel(logging.INFO)
 
 
-def error_response(message: str) -> Any:
+def error_response(message: str, internal: bool = False) -> Any:
+    """An error response for one request: INVALID_ARG (HTTP 400) for what the request got wrong, INTERNAL
+    (HTTP 500) for a fault of ours. Always one line."""
     utils = pb()
-    return utils.InferenceResponse(
-        output_tensors=[], error=utils.TritonError(message, utils.TritonError.INVALID_ARG)
-    )
+    code = utils.TritonError.INTERNAL if internal else utils.TritonError.INVALID_ARG
+    return utils.InferenceResponse(output_tensors=[], error=utils.TritonError(one_line(message), code))
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def respond_each(requests: list, handle: Callable[[Any], Any], expected: tuple[type, ...]) -> list:
-    """Runs ``handle`` per request; an expected error fails only its own request."""
+    """Runs ``handle`` per request; an expected error fails only its own request (HTTP 400, its message).
+
+    Anything else is a bug: it too fails only its own request, with one line naming the exception (HTTP 500);
+    the traceback goes to the server log, never to the client (it holds install paths).
+    """
     responses = []
     for request in requests:
         try:
             responses.append(handle(request))
         except expected as e:
             responses.append(error_response(str(e)))
+        except RecursionError:
+            responses.append(error_response("the request is nested too deeply"))
+        except Exception as e:  # noqa: BLE001 - a bug must not take the traceback to the client
+            logging.getLogger(__name__).exception("request failed")
+            responses.append(error_response(f"internal error ({type(e).__name__}: {one_line(str(e), 200)}); "
+                                            "see the server log", internal=True))
     return responses
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_bytes(value: Any) -> bytes:
+    """Strict JSON (no ``NaN`` or ``Infinity`` literal: a non-finite number becomes null) as UTF-8."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
 
 
 def bytes_column(array: np.ndarray) -> list[bytes]:

@@ -18,7 +18,35 @@ import numpy as np
 from qmd_triton.contracts import CANDIDATES, LOGIT, RESULTS
 from qmd_triton.errors import InputError
 from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, flat, sigmoid
+from qmd_triton.search.options import SearchOptions
 from qmd_triton.serving.triton import common
+
+_SHAPE = 'a JSON object {"plan": {"options": {...}}, "candidates": [{..., "explain": {"rrf_rank": N}}]}'
+
+
+def read_payload(raw: bytes | str) -> dict:
+    """``candidates`` as qmd_retrieve sends it, checked: anything else is one clear request error."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"candidates is not JSON: {e}") from None
+    except RecursionError:
+        raise InputError("candidates is nested too deeply") from None
+    plan = payload.get("plan") if isinstance(payload, dict) else None
+    cands = payload.get("candidates") if isinstance(payload, dict) else None
+    if not isinstance(plan, dict) or not isinstance(plan.get("options", {}), dict) or not isinstance(cands, list):
+        raise InputError(f"candidates must be {_SHAPE}")
+    for c in cands:
+        rank = c.get("explain", {}).get("rrf_rank") if isinstance(c, dict) and isinstance(c.get("explain"), dict) \
+            else None
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise InputError(f"candidates must be {_SHAPE}")
+    reranked = payload.get("reranked")
+    if reranked is not None and (not isinstance(reranked, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(cands) for i in reranked)):
+        raise InputError("candidates' reranked must be a list of candidate indices")
+    plan["options"] = SearchOptions.from_json(json.dumps(plan.get("options", {}))).to_dict()
+    return payload
 
 
 def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
@@ -84,13 +112,12 @@ class TritonPythonModel:
 
         def handle(request):
             raw = common.bytes_column(utils.get_input_tensor_by_name(request, CANDIDATES).as_numpy())[0]
-            try:
-                payload = json.loads(raw)
-            except ValueError as e:
-                raise InputError(f"candidates is not JSON: {e}") from None
+            payload = read_payload(raw)
             logits = utils.get_input_tensor_by_name(request, LOGIT).as_numpy()
+            if not np.isfinite(logits).all():
+                raise InputError("logit holds values that are not finite (NaN or infinity)")
             hits = fuse(payload, logits, self.fusion)
-            body = json.dumps(hits, ensure_ascii=False).encode("utf-8")
+            body = common.json_bytes(hits)
             return utils.InferenceResponse(output_tensors=[utils.Tensor(RESULTS, np.array([body], dtype=np.object_))])
 
-        return common.respond_each(requests, handle, (InputError, KeyError))
+        return common.respond_each(requests, handle, (InputError,))

@@ -25,11 +25,13 @@ def read_request(request) -> tuple[str, SearchOptions]:
     raw_o = utils.get_input_tensor_by_name(request, OPTIONS)
     if raw_q.size != 1:
         raise InputError(f"query must hold exactly one string, got {raw_q.size}")
-    query = check_query(decode_text(raw_q[0], 0))
+    query = check_query(decode_text(raw_q[0], None, QUERY))
     options = ""
     if raw_o is not None:
         values = raw_o.as_numpy().reshape(-1)
-        options = decode_text(values[0], 0) if values.size else ""
+        if values.size > 1:
+            raise InputError(f"options must hold exactly one string, got {values.size}")
+        options = decode_text(values[0], None, OPTIONS) if values.size else ""
     return query, SearchOptions.from_json(options)
 
 

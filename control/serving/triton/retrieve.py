@@ -82,8 +82,7 @@ class TritonPythonModel:
         utils = common.pb()
         ids, mask, types = pairs
         return utils.InferenceResponse(output_tensors=[
-            utils.Tensor(CANDIDATES, np.array([json.dumps(payload, ensure_ascii=False).encode("utf-8")],
-                                              dtype=np.object_)),
+            utils.Tensor(CANDIDATES, np.array([common.json_bytes(payload)], dtype=np.object_)),
             utils.Tensor(PAIR_INPUT_IDS, ids),
             utils.Tensor(PAIR_ATTENTION_MASK, mask),
             utils.Tensor(PAIR_TOKEN_TYPE_IDS, types),
@@ -96,6 +95,10 @@ class TritonPythonModel:
             plan = Plan.from_json(common.bytes_column(
                 utils.get_input_tensor_by_name(request, PLAN_JSON).as_numpy())[0])
             embeddings = utils.get_input_tensor_by_name(request, QUERY_EMBEDDINGS).as_numpy()
+            if embeddings.ndim != 2 or embeddings.shape[0] < 1:
+                raise InputError(f"query_embeddings must hold at least one row, got shape {list(embeddings.shape)}")
+            if not np.isfinite(embeddings).all():
+                raise InputError("query_embeddings holds values that are not finite (NaN or infinity)")
             vectors = self._index()
             if plan.mode == "vsearch":
                 hits = vectors.search(embeddings[0], plan.search_options, self.handle.contexts(),

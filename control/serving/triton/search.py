@@ -7,8 +7,6 @@ model loads before any index exists and picks up every ``qmdctl update``.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from qmd_triton.contracts import RESULTS
@@ -30,7 +28,7 @@ class TritonPythonModel:
         def handle(request):
             query, options = read_request(request)
             hits = search_bm25(self.handle.get(), query, options, self.handle.contexts())
-            payload = json.dumps([h.to_dict() for h in hits], ensure_ascii=False).encode("utf-8")
+            payload = common.json_bytes([h.to_dict() for h in hits])
             return utils.InferenceResponse(
                 output_tensors=[utils.Tensor(RESULTS, np.array([payload], dtype=np.object_))])
 

@@ -56,7 +56,7 @@ class TritonPythonModel:
         kind_tensor = utils.get_input_tensor_by_name(request, KIND)
         if kind_tensor is None:
             return texts, [KIND_DOCUMENT] * len(texts)
-        kinds = [decode_text(v, i) for i, v in enumerate(common.bytes_column(kind_tensor.as_numpy()))]
+        kinds = [decode_text(v, i, KIND) for i, v in enumerate(common.bytes_column(kind_tensor.as_numpy()))]
         if len(kinds) == 1 and len(texts) > 1:
             kinds = kinds * len(texts)
         if len(kinds) != len(texts):
