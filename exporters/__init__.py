@@ -20,11 +20,16 @@ def declaration(model: str, languages: Sequence[str] | None) -> dict:
     return {"model": model, "languages": list(languages) if languages else None}
 
 
-def redeclare(manifests: Sequence[Path], model: str, languages: Sequence[str] | None) -> None:
-    """Brings an up-to-date export's manifests to the current declaration without exporting again
-    (atomically: a manifest may be hard-linked into a copy of the repository)."""
+def redeclare(manifests: Sequence[Path], model: str, languages: Sequence[str] | None) -> dict:
+    """Brings an up-to-date export's manifests to the caller's declaration without exporting again, and returns
+    the declaration in force. A caller that declares nothing (no name, no languages) keeps the one recorded.
+    Written atomically: a manifest may be hard-linked into a copy of the repository."""
+    if not model and not languages:
+        data = json.loads(manifests[0].read_text())
+        return {"model": data.get("model", ""), "languages": data.get("languages")}
     wanted = declaration(model, languages)
     for path in manifests:
         data = json.loads(path.read_text())
         if {k: data.get(k) for k in wanted} != wanted:
             atomic_write_text(path, json.dumps({**data, **wanted}, indent=2) + "\n")
+    return wanted

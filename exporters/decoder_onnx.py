@@ -119,7 +119,6 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
     ``model`` and ``languages`` (what it reads: the expansion prompt and the pipeline use them) go into the
     manifest, an up-to-date export's too."""
     gguf, repo = Path(gguf), Path(repo)
-    model = model or gguf.stem
     langs = list(languages) if languages else None
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -134,11 +133,11 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
     if not force and manifest_path.is_file() and (target / "genai_config.json").is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fingerprint and (target / "model.onnx.data").is_file():
-            redeclare([manifest_path], model, langs)
+            declared = redeclare([manifest_path], model, langs)
             progress(f"expansion decoder up to date ({target})")
             known = set(DecoderExport.__dataclass_fields__) - {"skipped", "model", "languages"}
-            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True, model=model,
-                                 languages=langs)
+            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True, **declared)
+    model = model or gguf.stem
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as e:

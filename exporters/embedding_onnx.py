@@ -176,12 +176,12 @@ def export_embedding(
         raise ArtifactMissing(f"{repo} has no {EMBED_MODEL.name}/ and {TOKENIZE.name}/ model folders")
     fingerprint = source_fingerprint(source)
     previous = _current(model_dir, tok_dir, fingerprint, opset)
-    name = model or source.name
     langs = list(languages) if languages else None
     if previous and not force:
-        redeclare([model_dir / MANIFEST_FILE, tok_dir / MANIFEST_FILE], name, langs)
+        declared = redeclare([model_dir / MANIFEST_FILE, tok_dir / MANIFEST_FILE], model, langs)
         progress(f"embedding model up to date ({model_dir / ARTIFACT})")
-        return EmbeddingExport(**{**previous, "skipped": True, "model": name, "languages": langs})
+        return EmbeddingExport(**{**previous, "skipped": True, **declared})
+    name = model or source.name
 
     started = time.monotonic()
     pooling, normalize = read_pooling(source)

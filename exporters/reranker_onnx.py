@@ -93,7 +93,6 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
     """Exports a prepared ONNX directory or a Hugging Face cross-encoder into ``repo``; ``model`` and
     ``languages`` (what it reads) go into the manifest, an up-to-date export's too."""
     source, repo = Path(source), Path(repo)
-    model = model or source.name
     langs = list(languages) if languages else None
     target_dir = repo / RERANK_MODEL.name / "1"
     if not target_dir.parent.is_dir():
@@ -107,11 +106,11 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
     if not force and manifest_path.is_file() and (target_dir / ARTIFACT).is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fingerprint and (target_dir / ARTIFACT).stat().st_size == old.get("onnx_bytes"):
-            redeclare([manifest_path], model, langs)
+            declared = redeclare([manifest_path], model, langs)
             progress(f"reranker up to date ({target_dir / ARTIFACT})")
             known = set(RerankerExport.__dataclass_fields__) - {"skipped", "model", "languages"}
-            return RerankerExport(**{k: v for k, v in old.items() if k in known}, skipped=True, model=model,
-                                  languages=langs)
+            return RerankerExport(**{k: v for k, v in old.items() if k in known}, skipped=True, **declared)
+    model = model or source.name
     started = time.monotonic()
     target_dir.mkdir(parents=True, exist_ok=True)
     tmp = target_dir / f".{ARTIFACT}.tmp"

@@ -101,6 +101,15 @@ def test_the_exported_repository_records_what_its_models_read(exported_repo: Pat
     assert langs["embedding"].name == "all-MiniLM-L6-v2"
 
 
+def test_an_export_that_declares_nothing_keeps_the_recorded_languages(exported_repo: Path):
+    from qmd_triton.artifacts.registry import default_source
+    from qmd_triton.exporters.embedding_onnx import export_embedding
+
+    again = export_embedding(default_source("embedding"), exported_repo)
+    assert again.skipped and again.languages == ["en"] and again.model == "all-MiniLM-L6-v2"
+    assert repository_languages(exported_repo)["embedding"].languages == ("en",)
+
+
 def test_export_refuses_an_unknown_language_with_one_line(tmp_path: Path):
     result = CliRunner().invoke(cli, ["export", "--only", "embedding", "--embedding-languages", "en,xx"],
                                 env={"QMD_HOME": str(tmp_path)})
