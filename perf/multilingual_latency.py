@@ -9,7 +9,7 @@ on the weights) and exported by the project's own exporters and onnxruntime-gena
     Qwen2.5-0.5B-Instruct   Qwen2, vocab 151936, 24 layers, hidden 896, 14 heads (2 KV), FFN 4864, tied embeddings
 
 The small profile's real exports (the checkout's model_repository) run beside them in the same process,
-alternating, so the ratios hold under whatever else the machine is doing. Measured, median of REPEATS:
+measure by measure, so the ratios hold under whatever else the machine is doing. Measured, median of REPEATS:
 one query embedded (16 tokens), 32 chunks embedded (254 tokens: MiniLM's window; 510: e5's), 40 (query,
 passage) pairs of 256 tokens reranked in one batch, the expansion decoder's time per token after a
 260-token prompt, and the ONNX sizes.
@@ -152,31 +152,30 @@ def size_mb(path: Path) -> float:
 
 def main() -> None:
     work = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/qmd-multilingual-latency")
-    multi = export(work, build_sources(work))
-    small = checkout_path("model_repository")
-    rows = []
-    for label, repo in (("small", small), ("multilingual", multi)):
-        embed = repo / "qmd_embed_model" / "1" / "model.onnx"
-        rerank = repo / "qmd_rerank_model" / "1" / "model.onnx"
-        window = 254 if label == "small" else 510
-        rows.append({
-            "profile": label,
-            "embed 1 query (16 tokens) ms": encoder_ms(embed, 1, 16),
-            "embed 32 chunks (254 tokens) ms": encoder_ms(embed, 32, 254),
-            f"embed 32 chunks ({window} tokens, the window) ms": encoder_ms(embed, 32, window),
-            "rerank 40 pairs (256 tokens) ms": encoder_ms(rerank, 40, 256, pair=True),
-            "expansion ms/token": decoder_ms_per_token(repo / "qmd_expand" / "1" / "genai"),
-            "embedding MB": size_mb(embed), "reranker MB": size_mb(rerank),
-            "expansion MB": size_mb(repo / "qmd_expand" / "1" / "genai"),
-        })
+    repos = {"small": checkout_path("model_repository"), "multilingual": export(work, build_sources(work))}
+
+    def files(repo: Path) -> tuple[Path, Path, Path]:
+        return (repo / "qmd_embed_model" / "1" / "model.onnx", repo / "qmd_rerank_model" / "1" / "model.onnx",
+                repo / "qmd_expand" / "1" / "genai")
+
+    measures = {
+        "embed 1 query (16 tokens), ms": lambda p, r: encoder_ms(files(r)[0], 1, 16),
+        "embed 32 chunks of 254 tokens, ms": lambda p, r: encoder_ms(files(r)[0], 32, 254),
+        "embed 32 chunks of the window (254 / 510 tokens), ms":
+            lambda p, r: encoder_ms(files(r)[0], 32, 254 if p == "small" else 510),
+        "rerank 40 pairs of 256 tokens, ms": lambda p, r: encoder_ms(files(r)[1], 40, 256, pair=True),
+        "expansion decoder, ms per token": lambda p, r: decoder_ms_per_token(files(r)[2]),
+    }
+    rows: dict[str, dict[str, float]] = {}
+    for name, measure in measures.items():  # both profiles side by side, measure by measure
+        rows[name] = {p: measure(p, r) for p, r in repos.items()}
+    for i, name in enumerate(("embedding", "reranker", "expansion")):
+        rows[f"{name} ONNX, MB"] = {p: size_mb(files(r)[i]) for p, r in repos.items()}
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, {os.cpu_count()} cores, {THREADS} threads")
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "profile"))
     print("| measure | small | multilingual | ratio |\n|---|---|---|---|")
-    for k in keys:
-        a, b = rows[0].get(k), rows[1].get(k)
-        ratio = f"{b / a:.1f}x" if a and b else "-"
-        print(f"| {k} | {a:.0f} | {b:.0f} | {ratio} |" if a and b else f"| {k} | {a or '-'} | {b or '-'} | - |")
+    for name, v in rows.items():
+        print(f"| {name} | {v['small']:.0f} | {v['multilingual']:.0f} | {v['multilingual'] / v['small']:.1f}x |")
 
 
 if __name__ == "__main__":
