@@ -231,3 +231,17 @@ def test_status_shows_each_stage_s_model_and_languages(tmp_path: Path, exported_
     assert result.exit_code == 1 and not data["ready"]
     assert {s["stage"]: s["languages"] for s in data["stages"]} == {"expansion": ["en"], "vectors": ["en"],
                                                                    "rerank": ["en"]}
+
+
+def test_the_gpu_engines_transformers_llm_declares_its_languages_beside_it(tmp_path: Path):
+    from qmd_triton.exporters.decoder_onnx import link_transformers_expansion
+    from qmd_triton.text.tokenization import read_manifest
+
+    source = tmp_path / "Qwen2.5-1.5B-Instruct"
+    source.mkdir()
+    (tmp_path / "repo" / "qmd_expand" / "1").mkdir(parents=True)
+    link_transformers_expansion(source, tmp_path / "repo", model="Qwen2.5-1.5B-Instruct", languages=["zh", "en"])
+    declared = ModelLanguages.from_manifest("expansion", read_manifest(tmp_path / "repo" / "qmd_expand" / "1",
+                                                                       "hf.json"))
+    assert declared.languages == ("zh", "en") and declared.reads("怎样配置动态批处理")
+    assert (tmp_path / "repo" / "qmd_expand" / "1" / "hf").resolve() == source.resolve()
