@@ -681,18 +681,30 @@ class IndexStore:
 
     def embedded_chunk_ids(self) -> np.ndarray:
         """Ids of the chunks that have a vector, ascending (int64)."""
+        return self.embedded_chunks()[0]
+
+    def embedded_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (ascending, int64) and text hashes of the chunks that have a vector. SQLite gives a new row the
+        largest id + 1, so an id whose rows were all deleted comes back for another chunk: only the pair names
+        one chunk's vector."""
         import numpy as np
 
         rows = self.conn.execute(
-            "SELECT c.id FROM chunks c WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) "
-            "ORDER BY c.id").fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            "SELECT c.id, c.text_hash FROM chunks c WHERE EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) ORDER BY c.id").fetchall()
+        return (np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                np.array([r[1] for r in rows], dtype=object))
 
     def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""
+        return self.load_vector_rows(ids)[:3]
+
+    def load_vector_rows(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                           np.ndarray]:
+        """``load_vectors`` and, fourth, each row's chunk text hash (what its vector is of)."""
         import numpy as np
 
-        sql = ("SELECT c.id, c.hash, e.vec FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
+        sql = ("SELECT c.id, c.hash, e.vec, c.text_hash FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
         if ids is None:
             rows = self.conn.execute(sql + " ORDER BY c.id").fetchall()
         else:
@@ -702,10 +714,11 @@ class IndexStore:
                 rows += self.conn.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
             rows.sort(key=lambda r: r[0])
         if not rows:
-            return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+            return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object),
+                    np.zeros(0, dtype=object))
         matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
         return (matrix, np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                np.array([r[1] for r in rows], dtype=object))
+                np.array([r[1] for r in rows], dtype=object), np.array([r[3] for r in rows], dtype=object))
 
     def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
         if not ids:

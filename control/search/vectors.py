@@ -37,6 +37,7 @@ class VectorIndex:
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.ids = np.zeros(0, dtype=np.int64)
         self.hashes: np.ndarray = np.zeros(0, dtype=object)
+        self.text_hashes: np.ndarray = np.zeros(0, dtype=object)  # what each row's vector is of
         self.reloads = {"full": 0, "incremental": 0}
 
     def __len__(self) -> int:
@@ -54,26 +55,37 @@ class VectorIndex:
         stamp = self._stamp()
         if stamp == self._version:
             return False
-        current = self.store.embedded_chunk_ids()
+        current, current_text = self.store.embedded_chunks()
         same_file = self._version is not None and stamp[0] == self._version[0]
-        added = np.setdiff1d(current, self.ids, assume_unique=True)
+        # a row stays only while its chunk id still holds the same text (SQLite reuses the ids of deleted rows)
+        position = np.searchsorted(current, self.ids)
+        found = (position < len(current)) & (current[np.minimum(position, max(len(current) - 1, 0))] == self.ids) \
+            if len(current) else np.zeros(len(self.ids), dtype=bool)
+        keep = found.copy()
+        keep[found] = current_text[position[found]] == self.text_hashes[found]
+        added = np.setdiff1d(current, self.ids[keep], assume_unique=True)
         if not same_file or len(self.ids) == 0 or len(added) > self.FULL_RELOAD_SHARE * max(1, len(self.ids)):
-            self.matrix, self.ids, self.hashes = self.store.load_vectors()
+            self.matrix, self.ids, self.hashes, self.text_hashes = self._load()
             self.reloads["full"] += 1
         else:
-            keep = np.isin(self.ids, current, assume_unique=True)
             matrix, ids, hashes = self.matrix[keep], self.ids[keep], self.hashes[keep]
+            text_hashes = self.text_hashes[keep]
             if len(added):
-                new_matrix, new_ids, new_hashes = self.store.load_vectors(added.tolist())
+                new_matrix, new_ids, new_hashes, new_text = self._load(added.tolist())
                 if len(ids) == 0:
                     matrix = new_matrix
                 else:
                     matrix = np.concatenate([matrix, new_matrix])
                 ids, hashes = np.concatenate([ids, new_ids]), np.concatenate([hashes, new_hashes])
-            self.matrix, self.ids, self.hashes = matrix, ids, hashes
+                text_hashes = np.concatenate([text_hashes, new_text])
+            self.matrix, self.ids, self.hashes, self.text_hashes = matrix, ids, hashes, text_hashes
             self.reloads["incremental"] += 1
         self._version = stamp
         return True
+
+    def _load(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors, chunk ids, content hashes and the text hash of each row."""
+        return self.store.load_vector_rows(ids)
 
     def top_chunks(self, query_vec: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Rows of the matrix and cosine scores of the k best chunks."""

@@ -200,3 +200,29 @@ def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Pa
         counts = store.counts()
     assert report.embedded > 0
     assert counts["documents"] == 2 and counts["embedded"] == counts["chunks"] > 0
+
+
+def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_path: Path, notes: Path):
+    """Two collections removed and one of them added again: SQLite hands the freed chunk ids out again, to
+    other chunks; the matrix must not keep the rows of the chunks that had them."""
+    embedder = HashEmbedder()
+    other = tmp_path / "other"
+    shutil.copytree(ASSETS / "zh-notes" / "corpus", other)
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        for cols in ([Collection("other", other)], [Collection("other", other), Collection("notes", notes)]):
+            update(store, cols)  # the other notes' chunks first: they get the lowest ids
+            embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        vectors = VectorIndex(store)
+        query = embedder.embed_query("sourdough starter flour water")
+        assert len(vectors.search(query, SearchOptions(n=1))) == 1  # the matrix is loaded
+        store.delete_collection("other")
+        store.delete_collection("notes")
+        update(store, [])  # no document left: every chunk goes, and the table starts its ids again
+        update(store, [Collection("again", notes)])
+        embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        hits = vectors.search(query, SearchOptions(n=4))
+        assert hits and all(h.file.startswith("again/") for h in hits)
+        assert sorted(vectors.ids.tolist()) == sorted(store.embedded_chunk_ids().tolist())
+        fresh = VectorIndex(store)
+        assert [h.file for h in fresh.search(query, SearchOptions(n=4))] == \
+            [h.file for h in vectors.search(query, SearchOptions(n=4))]
