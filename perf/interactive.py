@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def run(client: QmdClient, model: str, queries: list[str], options: dict, alive=
         client.search(model, q, text)
         out.append((time.perf_counter() - started) * 1000)
     return out
+
+
+def embedded(settings: Settings) -> int:
+    with IndexStore.open(settings.index_path, readonly=True) as store:
+        return int(store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
 
 
 def stats(ms: list[float]) -> dict:
@@ -84,25 +90,40 @@ def main() -> None:
         with QmdClient(settings.url("grpc"), "grpc", 600) as client:
             run(client, "qmd_vsearch", queries[:3], {"n": 10})
             run(client, "qmd_query", queries[:2], {"n": 10, "expand": False})
-            say("idle: vsearch, then query")
-            result["idle"] = {"vsearch": stats(run(client, "qmd_vsearch", queries, {"n": 10})),
-                              "query": stats(run(client, "qmd_query", queries[: args.query_count],
-                                                 {"n": 10, "expand": False}))}
+            say("idle: vsearch and query, alternating")
+            idle_v: list[float] = []
+            idle_q: list[float] = []
+            for i, q in enumerate(queries):
+                idle_v += run(client, "qmd_vsearch", [q], {"n": 10})
+                if i < args.query_count:
+                    idle_q += run(client, "qmd_query", [q], {"n": 10, "expand": False})
+            result["idle"] = {"vsearch": stats(idle_v), "query": stats(idle_q)}
             say("during: starting `qmdctl embed --force`")
-            embed = subprocess.Popen([qmdctl, "embed", "--force"], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-            started = time.monotonic()
-            time.sleep(5)  # past its start-up: chunking done, batches in flight
 
             def alive() -> bool:
                 return embed.poll() is None
 
-            during_v = run(client, "qmd_vsearch", queries, {"n": 10}, alive)
-            during_q = run(client, "qmd_query", queries[: args.query_count], {"n": 10, "expand": False}, alive)
+            log = tempfile.TemporaryFile("w+")  # not a pipe: its progress lines must never block it
+            embed = subprocess.Popen([qmdctl, "embed", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                     text=True)
+            started = time.monotonic()
+            while alive() and embedded(settings) == 0:  # past chunking: vectors are being stored
+                time.sleep(0.5)
+            # vsearch and query alternate, so both meet the embed in the same state
+            during_v: list[float] = []
+            during_q: list[float] = []
+            for i, q in enumerate(queries):
+                if not alive():
+                    break
+                during_v += run(client, "qmd_vsearch", [q], {"n": 10})
+                if i < args.query_count:
+                    during_q += run(client, "qmd_query", [q], {"n": 10, "expand": False})
             still_running = alive()
             if still_running:
                 embed.send_signal(signal.SIGINT)
-            _, err = embed.communicate(timeout=600)
+            embed.wait(timeout=600)
+            log.seek(0)
+            err = log.read()
             result["during"] = {"vsearch": stats(during_v), "query": stats(during_q),
                                 "embed_still_running_at_the_end": still_running,
                                 "embed_seconds": round(time.monotonic() - started, 1),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qmd_triton.contracts import KIND_DOCUMENT
-from qmd_triton.search.options import MAX_RESULTS, MAX_SEARCHES, SearchOptions
+from qmd_triton.search.options import CANDIDATES, MAX_RESULTS, MAX_SEARCHES, SearchOptions
 
 
 class Strict(BaseModel):
@@ -58,7 +58,7 @@ class QueryRequest(SearchRequest):
     intent: str = Field("", description="What the query means, to tell apart words with several senses.")
     expand: bool = Field(True, description="Run LLM query expansion (ignored when `searches` is given).")
     rerank: bool = Field(True, description="Run the cross-encoder.")
-    candidates: int = Field(40, ge=1, le=200, validation_alias=AliasChoices("candidates", "candidate_limit",
+    candidates: int = Field(CANDIDATES, ge=1, le=200, validation_alias=AliasChoices("candidates", "candidate_limit",
                                                                                "candidateLimit"),
                             description="Candidates to rerank.")
     explain: bool = Field(False, description="Add each hit's lists, ranks, RRF and rerank scores.")

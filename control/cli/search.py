@@ -27,7 +27,7 @@ from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.refs import fetch, fetch_many
 from qmd_triton.search.formats import FORMATS, render
 from qmd_triton.search.lexical import search_bm25
-from qmd_triton.search.options import MAX_RESULTS, Hit, SearchOptions, check_query, typed_query
+from qmd_triton.search.options import CANDIDATES, MAX_RESULTS, Hit, SearchOptions, check_query, typed_query
 from qmd_triton.settings import Settings
 
 
@@ -142,7 +142,7 @@ def vsearch(state: State, query: str, out: Output, **kwargs: Any) -> None:
 @result_options
 @click.option("--no-expand", is_flag=True, help="Skip LLM query expansion.")
 @click.option("--no-rerank", is_flag=True, help="Skip cross-encoder reranking (RRF order).")
-@click.option("-C", "--candidate-limit", "candidates", type=int, default=40, show_default=True,
+@click.option("-C", "--candidate-limit", "candidates", type=int, default=CANDIDATES, show_default=True,
               help="Candidates sent to the reranker (clamped to n..200).")
 @click.option("--fusion", type=click.Choice(["rerank", "blend"]), default=None,
               help="How reranker scores meet the retrieval order. [default: the server's qmd_fuse setting]")

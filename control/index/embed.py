@@ -133,5 +133,6 @@ def embed_pending(
     if stop is None or not stop.is_set():
         with store.transaction():
             report.dropped = store.drop_unused_vectors()
+            store.prune_vector_log()
     report.seconds = time.monotonic() - started
     return report

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from qmd_triton.errors import IndexCorrupt
 from qmd_triton.progress import Progress, silent
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _COMMON = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +52,22 @@ CREATE VIRTUAL TABLE fts USING fts5(title, body, tokenize = 'porter unicode61 re
 _EXPANSIONS = """
 CREATE TABLE expansions (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL);
 CREATE INDEX expansions_created ON expansions(created);
+"""
+
+
+# Which chunks' vectors may have changed, for servers that hold the vectors in memory (search/vectors.py):
+# a reader remembers the last seq it applied and reads only what came after, instead of every chunk id.
+# Triggers fill it, so every writer (this version's or a later one's) keeps it true; writers prune it.
+_VECTOR_LOG = """
+CREATE TABLE vector_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id INTEGER NOT NULL);
+CREATE TRIGGER vector_log_chunk_added AFTER INSERT ON chunks
+  BEGIN INSERT INTO vector_log (chunk_id) VALUES (NEW.id); END;
+CREATE TRIGGER vector_log_chunk_removed AFTER DELETE ON chunks
+  BEGIN INSERT INTO vector_log (chunk_id) VALUES (OLD.id); END;
+CREATE TRIGGER vector_log_vector_added AFTER INSERT ON embeddings
+  BEGIN INSERT INTO vector_log (chunk_id) SELECT id FROM chunks WHERE text_hash = NEW.text_hash; END;
+CREATE TRIGGER vector_log_vector_removed AFTER DELETE ON embeddings
+  BEGIN INSERT INTO vector_log (chunk_id) SELECT id FROM chunks WHERE text_hash = OLD.text_hash; END;
 """
 
 
@@ -81,7 +97,7 @@ CREATE TABLE chunks ({_CHUNK_COLUMNS}
 );
 CREATE INDEX chunks_text_hash ON chunks(text_hash);
 CREATE TABLE embeddings (text_hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
-""" + _EXPANSIONS
+""" + _EXPANSIONS + _VECTOR_LOG
 
 
 
@@ -102,15 +118,28 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
 
 
 def _v2_to_v3(conn: sqlite3.Connection) -> None:
-    for statement in _EXPANSIONS.strip().split(";"):
-        if statement.strip():
+    _script(conn, _EXPANSIONS)
+
+
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    _script(conn, _VECTOR_LOG)
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    """Runs the statements of ``sql`` (triggers hold ``;`` inside BEGIN ... END) inside the caller's transaction."""
+    statement = ""
+    for line in sql.strip().splitlines():
+        statement += line + "\n"
+        if sqlite3.complete_statement(statement):
             conn.execute(statement)
+            statement = ""
 
 
 # version reached -> (what it does, the step from the version before)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     2: ("embeddings keyed by chunk text", _v1_to_v2),
     3: ("an expansion cache", _v2_to_v3),
+    4: ("a log of changed vectors (servers follow an update by reading only what changed)", _v3_to_v4),
 }
 
 

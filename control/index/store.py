@@ -671,40 +671,45 @@ class IndexStore:
         """Forgets every chunk (the next embed chunks again); vectors stay, keyed by chunk text."""
         self.conn.execute("DELETE FROM chunks")
         self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM vector_log")  # everything changed: readers read everything again
 
     def clear_embeddings(self) -> None:
         """Forgets every chunk and vector (a new model or chunking needs them all again)."""
         self.conn.execute("DELETE FROM embeddings")
         self.conn.execute("DELETE FROM chunks")
         self.conn.execute("DELETE FROM chunked")
+        self.conn.execute("DELETE FROM vector_log")  # everything changed: readers read everything again
         self.conn.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT_KEY,))
 
-    def embedded_chunk_ids(self) -> np.ndarray:
-        """Ids of the chunks that have a vector, ascending (int64)."""
-        return self.embedded_chunks()[0]
+    VECTOR_LOG_KEEP = 200_000  # changes a lagging reader can catch up on; beyond that it reads everything again
 
-    def embedded_chunks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ids (ascending, int64) and text hashes of the chunks that have a vector. SQLite gives a new row the
-        largest id + 1, so an id whose rows were all deleted comes back for another chunk: only the pair names
-        one chunk's vector."""
-        import numpy as np
+    def vector_log_position(self) -> int:
+        """The last change of any chunk's vector, as a position in the vector log (0: none yet)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'").fetchone()
+        return int(row[0]) if row else 0
 
-        rows = self.conn.execute(
-            "SELECT c.id, c.text_hash FROM chunks c WHERE EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash) ORDER BY c.id").fetchall()
-        return (np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                np.array([r[1] for r in rows], dtype=object))
+    def vector_changes(self, after: int) -> tuple[list[int], int] | None:
+        """Ids of the chunks whose vector may have come, gone or changed since log position ``after``, and
+        the position now; None when the log no longer reaches back that far (read everything again)."""
+        now = self.vector_log_position()
+        if now == after:
+            return [], now
+        oldest = self.conn.execute("SELECT MIN(seq) FROM vector_log").fetchone()[0]
+        if oldest is None or oldest > after + 1:
+            return None
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT chunk_id FROM vector_log WHERE seq > ? AND seq <= ?", (after, now))]
+        return ids, now
+
+    def prune_vector_log(self, keep: int = VECTOR_LOG_KEEP) -> int:
+        return self.conn.execute("DELETE FROM vector_log WHERE seq <= ?",
+                                 (self.vector_log_position() - keep,)).rowcount
 
     def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""
-        return self.load_vector_rows(ids)[:3]
-
-    def load_vector_rows(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                           np.ndarray]:
-        """``load_vectors`` and, fourth, each row's chunk text hash (what its vector is of)."""
         import numpy as np
 
-        sql = ("SELECT c.id, c.hash, e.vec, c.text_hash FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
+        sql = ("SELECT c.id, c.hash, e.vec FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
         if ids is None:
             rows = self.conn.execute(sql + " ORDER BY c.id").fetchall()
         else:
@@ -714,11 +719,10 @@ class IndexStore:
                 rows += self.conn.execute(sql + f" WHERE c.id IN ({','.join('?' * len(part))})", part).fetchall()
             rows.sort(key=lambda r: r[0])
         if not rows:
-            return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object),
-                    np.zeros(0, dtype=object))
+            return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
         matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
         return (matrix, np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                np.array([r[1] for r in rows], dtype=object), np.array([r[3] for r in rows], dtype=object))
+                np.array([r[1] for r in rows], dtype=object))
 
     def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
         if not ids:

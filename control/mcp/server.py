@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 
 from qmd_triton import __version__
 from qmd_triton.errors import QmdError
-from qmd_triton.search.options import MAX_RESULTS, MAX_SEARCHES, Hit, SearchOptions
+from qmd_triton.search.options import CANDIDATES, MAX_RESULTS, MAX_SEARCHES, Hit, SearchOptions
 from qmd_triton.serving import http
 from qmd_triton.serving.http import Guard, GuardMiddleware
 from qmd_triton.serving.service import QmdService, hits_json
@@ -130,7 +130,7 @@ def build_server(service: QmdService) -> MCPServer:
         limit: Limit = 10,
         minScore: MinScore = 0.0,  # noqa: N803 - tobi/qmd's argument names
         candidateLimit: Annotated[int, Field(ge=1, le=200, description=(  # noqa: N803
-            "Candidates the cross-encoder reranks (default 40; fewer is faster)."))] = 40,
+            f"Candidates the cross-encoder reranks (default {CANDIDATES}; fewer is faster)."))] = CANDIDATES,
         collections: Collections = None,
         rerank: Annotated[bool, Field(description="Rerank with the cross-encoder (default true).")] = True,
     ) -> CallToolResult:

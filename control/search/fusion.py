@@ -3,8 +3,8 @@
 The constants start from tobi/qmd's ``hybridQuery`` (see the design map): each list
 keeps its top 20; a document scores ``sum(w / (60 + rank + 1))`` over the lists it is
 in (rank 0-based, w = 2 for the original query's lists, 1 for expansions), plus 0.05
-when it is first in some list or 0.02 when it is second or third; 40 candidates go
-to the reranker. ``blend`` mixes the RRF position with the reranker's probability,
+when it is first in some list or 0.02 when it is second or third; the first candidates
+(``SearchOptions.candidates``) go to the reranker. ``blend`` mixes the RRF position with the reranker's probability,
 trusting retrieval more at the top (w = 0.75 for ranks 1-3, 0.60 for 4-10, 0.40
 after); ``rerank`` orders by the reranker alone. Which one serves is the
 ``fusion`` parameter of ``qmd_fuse``, chosen by ``qmdctl eval`` (docs/search.md).
@@ -27,7 +27,6 @@ ORIGINAL_WEIGHT = 2.0
 EXPANSION_WEIGHT = 1.0
 BONUS_FIRST = 0.05
 BONUS_TOP3 = 0.02
-CANDIDATES = 40
 MAX_CANDIDATES = 200
 STRONG_SCORE = 0.85
 STRONG_GAP = 0.15

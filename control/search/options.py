@@ -24,6 +24,10 @@ MAX_QUERY_BYTES = 16 * 1024
 
 
 MAX_RESULTS = 1000
+# Candidates the cross-encoder reads per query, each cut to its best window of `rerank_passage_tokens`
+# (a qmd_retrieve parameter, 128 on the CPU) tokens: chosen by `perf/rerank_budget.py` on triton-docs, msmarco and
+# dbpedia (perf/RESULTS.md, "Rerank budget"): a quarter to a half of the cost of 40 whole chunks.
+CANDIDATES = 20
 
 
 SNIPPET_LINES = 3
@@ -108,7 +112,7 @@ class SearchOptions:
     # Used by the hybrid pipeline (qmd_query); accepted and ignored elsewhere.
     expand: bool = True
     rerank: bool = True
-    candidates: int = 40
+    candidates: int = CANDIDATES
     explain: bool = False
     fusion: str | None = None  # None: the server's configured fusion
     # Disambiguation context for expansion and reranking ("the Triton inference server", not the god).

@@ -24,24 +24,42 @@ class VectorIndex:
     """Exact cosine search over every stored chunk vector (BLAS matrix product).
 
     The matrix holds one row per embedded chunk, with the chunk's id and its content hash beside it
-    (the chunks' texts stay in SQLite and are read only for the hits). It follows the index: when SQLite's
-    ``data_version`` moves (another connection committed), only the rows of chunks that came or went are
-    read or dropped; when the file is replaced (a new inode) or most of it changed, it is read whole.
+    (the chunks' texts stay in SQLite and are read only for the hits). It follows the index: when
+    SQLite's ``data_version`` moves (a connection committed), the index's vector log names the chunks
+    whose vectors came, went or changed since the last look, and only their rows are read, overwritten
+    or dropped (rows are appended into spare capacity; dropped rows are masked, and compacted away once
+    they are a quarter of the matrix). The matrix is read whole at the start, when the file was replaced
+    (a new inode), when the log no longer reaches back far enough, or when most of it changed.
     """
 
-    FULL_RELOAD_SHARE = 0.5  # more new rows than this share of the matrix: reading it whole is cheaper
+    FULL_RELOAD_SHARE = 0.5  # more changed rows than this share of the matrix: reading it whole is cheaper
+    COMPACT_SHARE = 0.25  # masked rows beyond this share of the matrix are compacted away
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
         self._version: tuple[int, int] | None = None
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.hashes: np.ndarray = np.zeros(0, dtype=object)
-        self.text_hashes: np.ndarray = np.zeros(0, dtype=object)  # what each row's vector is of
+        self._log = 0  # the vector log position the matrix reflects
+        self._buf = np.zeros((0, 0), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)  # -1 for a dropped row
+        self._hashes: np.ndarray = np.zeros(0, dtype=object)
+        self._rows = 0  # rows in use (live and dropped) at the start of the buffers
+        self._row_of: dict[int, int] = {}
         self.reloads = {"full": 0, "incremental": 0}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._row_of)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._buf[: self._rows]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[: self._rows]
+
+    @property
+    def hashes(self) -> np.ndarray:
+        return self._hashes[: self._rows]
 
     def _stamp(self) -> tuple[int, int]:
         try:
@@ -55,48 +73,91 @@ class VectorIndex:
         stamp = self._stamp()
         if stamp == self._version:
             return False
-        current, current_text = self.store.embedded_chunks()
-        same_file = self._version is not None and stamp[0] == self._version[0]
-        # a row stays only while its chunk id still holds the same text (SQLite reuses the ids of deleted rows)
-        position = np.searchsorted(current, self.ids)
-        found = (position < len(current)) & (current[np.minimum(position, max(len(current) - 1, 0))] == self.ids) \
-            if len(current) else np.zeros(len(self.ids), dtype=bool)
-        keep = found.copy()
-        keep[found] = current_text[position[found]] == self.text_hashes[found]
-        added = np.setdiff1d(current, self.ids[keep], assume_unique=True)
-        if not same_file or len(self.ids) == 0 or len(added) > self.FULL_RELOAD_SHARE * max(1, len(self.ids)):
-            self.matrix, self.ids, self.hashes, self.text_hashes = self._load()
-            self.reloads["full"] += 1
-        else:
-            matrix, ids, hashes = self.matrix[keep], self.ids[keep], self.hashes[keep]
-            text_hashes = self.text_hashes[keep]
-            if len(added):
-                new_matrix, new_ids, new_hashes, new_text = self._load(added.tolist())
-                if len(ids) == 0:
-                    matrix = new_matrix
-                else:
-                    matrix = np.concatenate([matrix, new_matrix])
-                ids, hashes = np.concatenate([ids, new_ids]), np.concatenate([hashes, new_hashes])
-                text_hashes = np.concatenate([text_hashes, new_text])
-            self.matrix, self.ids, self.hashes, self.text_hashes = matrix, ids, hashes, text_hashes
-            self.reloads["incremental"] += 1
+        with self.store.snapshot():  # the log position and the rows read agree
+            changes = None
+            if self._version is not None and stamp[0] == self._version[0]:
+                changes = self.store.vector_changes(self._log)
+            if changes is not None and len(changes[0]) <= self.FULL_RELOAD_SHARE * max(1, len(self)):
+                self._apply(*changes)
+                self.reloads["incremental"] += 1
+            else:
+                self._load_all()
+                self.reloads["full"] += 1
         self._version = stamp
         return True
 
-    def _load(self, ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Vectors, chunk ids, content hashes and the text hash of each row."""
-        return self.store.load_vector_rows(ids)
+    def _load_all(self) -> None:
+        self._log = self.store.vector_log_position()
+        matrix, ids, hashes = self.store.load_vectors()
+        n = len(ids)
+        cap = n + max(1024, n // 8)  # room for what the next updates add, so an append never copies the matrix
+        self._buf = np.zeros((cap, matrix.shape[1] if n else 0), dtype=np.float32)
+        self._buf[:n] = matrix
+        self._ids = np.full(cap, -1, dtype=np.int64)
+        self._ids[:n] = ids
+        self._hashes = np.empty(cap, dtype=object)
+        self._hashes[:n] = hashes
+        self._rows = n
+        self._row_of = {int(i): r for r, i in enumerate(ids)}
+
+    def _apply(self, changed: list[int], position: int) -> None:
+        matrix, ids, hashes = self.store.load_vectors(changed) if changed else (None, [], [])
+        present = set()
+        for k, chunk_id in enumerate(int(i) for i in ids):
+            present.add(chunk_id)
+            row = self._row_of.get(chunk_id)
+            if row is None:
+                row = self._append(matrix.shape[1])
+                self._row_of[chunk_id] = row
+                self._ids[row] = chunk_id
+            self._buf[row] = matrix[k]
+            self._hashes[row] = hashes[k]
+        for chunk_id in set(changed) - present:  # no vector any more (chunk or vector removed)
+            row = self._row_of.pop(chunk_id, None)
+            if row is not None:
+                self._ids[row] = -1
+                self._buf[row] = 0.0
+                self._hashes[row] = None
+        self._log = position
+        if self._rows - len(self._row_of) > self.COMPACT_SHARE * max(1, self._rows):
+            self._compact()
+
+    def _append(self, dim: int) -> int:
+        if self._buf.shape[1:] != (dim,) and self._rows == 0:  # the first vectors of an empty index
+            self._buf, self._ids, self._hashes = (np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64),
+                                                  np.zeros(0, dtype=object))
+        if self._rows == len(self._buf):  # grow by half (amortized: an append does not copy the matrix)
+            cap = max(16, int(self._rows * 1.5))
+            buf = np.zeros((cap, dim), dtype=np.float32)
+            buf[: self._rows] = self._buf[: self._rows]
+            ids = np.full(cap, -1, dtype=np.int64)
+            ids[: self._rows] = self._ids[: self._rows]
+            hashes = np.empty(cap, dtype=object)
+            hashes[: self._rows] = self._hashes[: self._rows]
+            self._buf, self._ids, self._hashes = buf, ids, hashes
+        self._rows += 1
+        return self._rows - 1
+
+    def _compact(self) -> None:
+        live = self._ids[: self._rows] >= 0
+        self._buf = self._buf[: self._rows][live]
+        self._ids = self._ids[: self._rows][live]
+        self._hashes = self._hashes[: self._rows][live]
+        self._rows = len(self._ids)
+        self._row_of = {int(i): r for r, i in enumerate(self._ids)}
 
     def top_chunks(self, query_vec: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Rows of the matrix and cosine scores of the k best chunks."""
-        if not len(self.ids):
+        if not self._row_of:
             return []
-        if query_vec.shape[-1] != self.matrix.shape[1]:
+        if query_vec.shape[-1] != self._buf.shape[1]:
             raise InputError(
-                f"query vector has {query_vec.shape[-1]} dims but the index holds {self.matrix.shape[1]}-d vectors"
+                f"query vector has {query_vec.shape[-1]} dims but the index holds {self._buf.shape[1]}-d vectors"
             )
         scores = self.matrix @ query_vec.astype(np.float32)
-        k = min(k, len(scores))
+        if len(self._row_of) < self._rows:
+            scores[self.ids < 0] = -np.inf  # dropped rows
+        k = min(k, len(self._row_of))
         idx = np.argpartition(-scores, k - 1)[:k]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         return [(int(i), float(scores[i])) for i in idx]
@@ -114,7 +175,7 @@ class VectorIndex:
             docs = self.store.documents_by_hash(list(best), collections or None)
             ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
                             key=lambda x: -x[1][1])
-            if len(ranked) >= n or k >= len(self.ids):
+            if len(ranked) >= n or k >= len(self):
                 break
             k *= 4
         ranked = ranked[:n]

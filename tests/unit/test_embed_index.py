@@ -202,6 +202,58 @@ def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Pa
     assert counts["documents"] == 2 and counts["embedded"] == counts["chunks"] > 0
 
 
+def live_rows(vectors: VectorIndex) -> dict[int, tuple[str, bytes]]:
+    keep = vectors.ids >= 0
+    return {int(i): (h, m.tobytes()) for i, h, m in zip(vectors.ids[keep], vectors.hashes[keep], vectors.matrix[keep])}
+
+
+def test_a_followed_index_holds_exactly_what_a_fresh_read_holds_after_many_edits(tmp_path: Path, notes: Path):
+    import random
+
+    rng = random.Random(3)
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        follower = VectorIndex(store)
+        follower.refresh()
+        for step in range(25):
+            kind = rng.choice(["add", "edit", "remove"])
+            existing = sorted(notes.glob("extra*.md"))
+            if kind == "add" or not existing:
+                (notes / f"extra{step}.md").write_text(f"# Extra {step}\n\n" + long_note(rng.randint(1, 4)))
+            elif kind == "edit":
+                path = rng.choice(existing)
+                path.write_text(path.read_text() + f"\nEdited at step {step}.\n")
+            else:
+                rng.choice(existing).unlink()
+            index(store, notes, embedder)
+            follower.refresh()
+            fresh = VectorIndex(store)
+            fresh.refresh()
+            assert live_rows(follower) == live_rows(fresh), step
+            query = embedder.embed_query(f"topic{step % 12} talks")
+            assert [h.file for h in follower.search(query, SearchOptions(n=5))] == \
+                [h.file for h in fresh.search(query, SearchOptions(n=5))]
+        assert follower.reloads["incremental"] >= 15  # a change larger than half the matrix reads it whole
+
+
+def test_a_reader_behind_a_pruned_vector_log_reads_everything_again(tmp_path: Path, notes: Path):
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        follower = VectorIndex(store)
+        follower.refresh()
+        (notes / "zebra.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
+        index(store, notes, embedder)
+        with store.transaction():
+            store.prune_vector_log(keep=0)  # the changes this reader needs are gone from the log
+        follower.refresh()
+        assert follower.reloads == {"full": 2, "incremental": 0}
+        fresh = VectorIndex(store)
+        fresh.refresh()
+        assert live_rows(follower) == live_rows(fresh)
+
+
 def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_path: Path, notes: Path):
     """Two collections removed and one of them added again: SQLite hands the freed chunk ids out again, to
     other chunks; the matrix must not keep the rows of the chunks that had them."""
@@ -222,7 +274,39 @@ def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_pa
         embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
         hits = vectors.search(query, SearchOptions(n=4))
         assert hits and all(h.file.startswith("again/") for h in hits)
-        assert sorted(vectors.ids.tolist()) == sorted(store.embedded_chunk_ids().tolist())
         fresh = VectorIndex(store)
+        fresh.refresh()
+        assert live_rows(vectors) == live_rows(fresh)
         assert [h.file for h in fresh.search(query, SearchOptions(n=4))] == \
             [h.file for h in vectors.search(query, SearchOptions(n=4))]
+
+
+def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_everything(tmp_path: Path,
+                                                                                         notes: Path):
+    """The newest chunk removed and another one added: SQLite gives the new chunk the freed id; the vector log
+    has the removal and the insertion, so an incremental refresh replaces the row instead of keeping the old
+    vector under the id."""
+    (notes / "long.md").write_text(long_note())
+    tail = tmp_path / "tail"
+    tail.mkdir()
+    (tail / "last.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        update(store, [Collection("notes", notes), Collection("tail", tail)])  # the highest ids
+        embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        follower = VectorIndex(store)
+        follower.refresh()
+        old_ids = {int(i) for i in follower.ids}
+        store.delete_collection("tail")
+        update(store, [Collection("notes", notes)])
+        (notes / "glacier.md").write_text("# Glacier survey\n\nMeasure how far the glacier tongue retreats each spring.\n")
+        index(store, notes, embedder)
+        follower.refresh()
+        fresh = VectorIndex(store)
+        fresh.refresh()
+        assert follower.reloads["incremental"] == 1
+        assert {int(i) for i in fresh.ids} - old_ids == set()  # the premise: the new chunk got a freed id
+        assert live_rows(follower) == live_rows(fresh)
+        query = embedder.embed_query("glacier tongue retreats each spring")
+        assert follower.search(query, SearchOptions(n=1))[0].file == "notes/glacier.md"

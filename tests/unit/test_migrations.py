@@ -52,10 +52,15 @@ def test_a_version_1_index_is_migrated_and_keeps_every_vector(tmp_path: Path):
         assert (counts["documents"], counts["chunks"], counts["embedded"]) == (2, 3, 3)
         assert [d.path for d, _ in store.bm25(["gamma"], 5)] == ["b.md"]
     assert messages == [f"migrating {path} from index schema 1 to 2 (embeddings keyed by chunk text)",
-                        f"migrating {path} from index schema 2 to 3 (an expansion cache)"]
-    with IndexStore.open(path, progress=messages.append):
-        pass
-    assert len(messages) == 2  # a migrated index is not migrated again
+                        f"migrating {path} from index schema 2 to 3 (an expansion cache)",
+                        f"migrating {path} from index schema 3 to 4 (a log of changed vectors (servers follow an "
+                        "update by reading only what changed))"]
+    with IndexStore.open(path, progress=messages.append) as store:
+        vectors_before = store.vector_log_position()
+        with store.transaction():
+            store.add_vectors([(migrations.text_hash("gamma"), np.zeros(8, dtype=np.float32))])
+        assert store.vector_changes(vectors_before) == ([3], vectors_before + 1)  # the migrated triggers log it
+    assert len(messages) == 3  # a migrated index is not migrated again
 
 
 def test_a_failing_migration_leaves_the_version_1_index_as_it_was(tmp_path: Path, monkeypatch):
@@ -84,7 +89,7 @@ def test_an_index_from_a_newer_qmdctl_is_refused_with_one_line(tmp_path: Path):
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(IndexCorrupt, match=r"was written by a newer qmdctl \(index schema 99\); this one reads "
-                                           r"schema 3 and older: upgrade qmd-triton"):
+                                           r"schema 4 and older: upgrade qmd-triton"):
         IndexStore.open(path)
 
 
