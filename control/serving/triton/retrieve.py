@@ -106,33 +106,36 @@ class TritonPythonModel:
                 return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
             cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts(),
                                       embedder=self.languages["embedding"])
-            read = self._rerank_stage(plan, [c.passage for c in cands])
+            read, passages = self._rerank_stage(plan, [c.passage for c in cands])
             payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
                        "candidate_limit": clamp_candidates(plan.search_options), "reranked": read}
             for name, record in plan.stages.items():
                 self.stages.increment((name, record["status"]))
             if read:
-                pairs = self.pairs.encode(plan.rerank_query(), [cands[i].passage for i in read], plan.terms(),
-                                          self.passage_tokens)
+                pairs = self.pairs.encode(plan.rerank_query(), [passages[i] for i in read])
             else:
                 pairs = self.pairs.encode("", ["-"])
             return self._response(payload, pairs)
 
         return common.respond_each(requests, handle, (QmdError, InputError))
 
-    def _rerank_stage(self, plan: Plan, passages: list[str]) -> list[int]:
-        """Which candidates go to the reranker (indices), with ``plan.stages["rerank"]`` saying why."""
+    def _rerank_stage(self, plan: Plan, chunks: list[str]) -> tuple[list[int], list[str]]:
+        """Which candidates go to the reranker (indices) and what it reads of each (the best window of the
+        chunk, or the chunk), with ``plan.stages["rerank"]`` saying why. A passage's language is judged on the
+        text the cross-encoder reads, not on the whole chunk."""
         reranker = self.languages["reranker"]
         query = plan.rerank_query()
         if not plan.search_options.rerank:
             plan.stages["rerank"] = stage("off", "rerank: false (--no-rerank)")
-            return []
-        if not passages:
+            return [], []
+        if not chunks:
             plan.stages["rerank"] = stage("off", "no candidates")
-            return []
+            return [], []
         if not reranker.reads(query):
             plan.stages["rerank"] = stage("bypassed", f"{reranker.why_not(query)}; the fused order stands")
-            return []
+            return [], []
+        terms = plan.terms()
+        passages = [self.pairs.window(c, terms, self.passage_tokens) for c in chunks]
         read = [i for i, p in enumerate(passages) if reranker.reads(p)]
         if not read:
             plan.stages["rerank"] = stage("bypassed", f"{reranker.name} reads {reranker.label}, none of the "
@@ -143,7 +146,7 @@ class TritonPythonModel:
                                                      "they keep their fused place")
         else:
             plan.stages["rerank"] = stage("ran")
-        return read
+        return read, passages
 
     def finalize(self) -> None:
         self.stages.close()
