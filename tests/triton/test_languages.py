@@ -113,6 +113,42 @@ def test_status_counts_what_ran_and_what_was_bypassed(english: Settings):
     assert "rerank     ms-marco-MiniLM-L-12-v2 (INT8 ONNX): en;" in text and "bypassed" in text
 
 
+def test_the_gateway_and_the_mcp_query_tool_inherit_the_bypass(english: Settings, tmp_path: Path):
+    """`/query` and the MCP `query` tool run qmd_query: a Chinese query gets the same fused order as qmdctl's."""
+    import asyncio
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    from ..doors import QMDCTL, Door, door_env
+
+    items = known_items()
+    served_first = [served(english, "qmd_query", q, {"n": 3, "collections": [COLLECTION]})[0]["file"]
+                    for q, _ in items]
+    with Door(["api"], door_env(english), tmp_path / "api.log") as door:
+        gateway_first = []
+        for query, _ in items:
+            r = httpx.post(f"{door.url}/query", json={"query": query, "top_k": 3, "collections": [COLLECTION]},
+                           timeout=120)
+            assert r.status_code == 200, r.text
+            gateway_first.append(r.json()["results"][0]["file"])
+    assert gateway_first == served_first
+
+    async def mcp_first() -> list[str]:
+        params = StdioServerParameters(command=QMDCTL, args=["mcp"], env=door_env(english))
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            out = []
+            for query, _ in items:
+                result = await session.call_tool("query", {"query": query, "limit": 3, "collections": [COLLECTION]})
+                assert not result.is_error, result.content
+                out.append(result.structured_content["results"][0]["file"])
+            return out
+
+    assert asyncio.run(mcp_first()) == served_first
+
+
 def test_chinese_embedder_query_ranks_chinese_notes_at_least_as_well_as_its_parts(copy_repo, tmp_path: Path):
     """m3e-small (the offline Chinese fixture) exported by `qmdctl export` with the languages it reads."""
     from qmd_triton.serving import server
