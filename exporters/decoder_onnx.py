@@ -30,12 +30,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qmd_triton.errors import ArtifactMissing, ExportError
+from qmd_triton.exporters import declaration, redeclare
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE
@@ -64,6 +66,8 @@ class DecoderExport:
     agreement: float  # teacher-forced next-token agreement with transformers (fp32)
     seconds: float
     skipped: bool = False
+    model: str = ""
+    languages: list[str] | None = None  # what the model reads (None: undeclared)
 
 
 def _fingerprint(source: Path) -> str:
@@ -109,10 +113,13 @@ def _write_transformers(gguf: Path, out: Path) -> tuple[object, object]:
     return tokenizer, fresh.eval()
 
 
-def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force: bool = False,
-                   progress: Progress = silent) -> DecoderExport:
-    """Exports ``gguf`` into ``repo/qmd_expand/1/genai/`` unless an export of the same file and precision exists."""
+def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force: bool = False, model: str = "",
+                   languages: Sequence[str] | None = None, progress: Progress = silent) -> DecoderExport:
+    """Exports ``gguf`` into ``repo/qmd_expand/1/genai/`` unless an export of the same file and precision exists;
+    ``model`` and ``languages`` (what it reads: the expansion prompt and the pipeline use them) go into the
+    manifest, an up-to-date export's too."""
     gguf, repo = Path(gguf), Path(repo)
+    langs = list(languages) if languages else None
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not gguf.is_file():
@@ -126,9 +133,11 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
     if not force and manifest_path.is_file() and (target / "genai_config.json").is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fingerprint and (target / "model.onnx.data").is_file():
+            declared = redeclare([manifest_path], model, langs)
             progress(f"expansion decoder up to date ({target})")
-            known = set(DecoderExport.__dataclass_fields__) - {"skipped"}
-            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True)
+            known = set(DecoderExport.__dataclass_fields__) - {"skipped", "model", "languages"}
+            return DecoderExport(**{k: v for k, v in old.items() if k in known}, skipped=True, **declared)
+    model = model or gguf.stem
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as e:
@@ -159,6 +168,7 @@ def export_decoder(gguf: Path, repo: Path, *, precision: str = PRECISION, force:
         source=str(gguf), precision=precision, layers=int(hf.config.num_hidden_layers),
         vocab=int(hf.config.vocab_size), eos_token_ids=eos, onnx_sha256=sha256_file(weights),
         onnx_bytes=weights.stat().st_size, agreement=round(agreement, 4), seconds=round(time.monotonic() - started, 2),
+        **declaration(model, langs),
     )
     atomic_write_text(manifest_path, json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.0f} MB, {precision}), parity agreement {agreement:.1%}")
@@ -202,10 +212,22 @@ def _parity(hf, tokenizer, genai_dir: Path) -> float:
     return same / total if total else 0.0
 
 
-def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
-                        progress: Progress = silent) -> Path:
+HF_DECLARATION = "hf.json"  # beside hf/: what the transformers model the GPU engines serve is and reads
+
+
+def declare_transformers(repo: Path, model: str, languages: Sequence[str] | None) -> Path:
+    """Records the name and languages of the transformers LLM in ``qmd_expand/1/hf.json`` (``export.json`` there
+    describes the CPU decoder); ``qmd_expand`` reads it when its engine is vllm or deepspeed."""
+    path = Path(repo) / MODEL_DIR / "1" / HF_DECLARATION
+    atomic_write_text(path, json.dumps(declaration(model, languages), indent=2) + "\n")
+    return path
+
+
+def export_transformers(gguf: Path, repo: Path, *, force: bool = False, model: str = "",
+                        languages: Sequence[str] | None = None, progress: Progress = silent) -> Path:
     """GGUF -> a plain transformers directory (``qmd_expand/1/hf``) for the vllm and deepspeed engines."""
     out = Path(repo) / MODEL_DIR / "1" / "hf"
+    declare_transformers(repo, model or Path(gguf).stem, languages)
     stamp = out / "source.json"
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(gguf):
         progress(f"transformers copy up to date ({out})")
@@ -222,8 +244,10 @@ def export_transformers(gguf: Path, repo: Path, *, force: bool = False,
     return out
 
 
-def link_transformers_expansion(source: Path, repo: Path, progress: Progress = silent) -> Path:
+def link_transformers_expansion(source: Path, repo: Path, progress: Progress = silent, *, model: str = "",
+                                languages: Sequence[str] | None = None) -> Path:
     """Points ``qmd_expand/1/hf`` at a downloaded transformers LLM (served by the vllm/deepspeed engines)."""
+    declare_transformers(repo, model or source.name, languages)
     target = repo / MODEL_DIR / "1" / "hf"
     if target.is_symlink() or target.is_file():
         target.unlink()

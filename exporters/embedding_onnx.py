@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from qmd_triton.contracts import ATTENTION_MASK, EMBED_MODEL, EMBEDDING, INPUT_IDS, TOKENIZE
 from qmd_triton.errors import ArtifactMissing, ExportError
+from qmd_triton.exporters import redeclare
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE, TOKENIZER_FILE, TextEncoder
@@ -57,6 +60,34 @@ class EmbeddingExport:
     parity_texts: int
     seconds: float
     skipped: bool = False
+    model: str = ""
+    languages: list[str] | None = None  # what the model reads (None: undeclared)
+
+
+_PROMPT_LINE = re.compile(r'(parameters\s*\{\s*key:\s*"(query|document)_prompt",\s*value:\s*\{\s*string_value:\s*)'
+                          r'"((?:[^"\\]|\\.)*)"')
+
+
+def write_prompts(repo: Path, prompts: dict[str, str]) -> list[Path]:
+    """Sets ``qmd_tokenize``'s ``query_prompt`` and ``document_prompt`` (``{text}`` where ``prompts`` has none) in
+    its config and its alternative configs; returns the files changed. The formats a model was trained with
+    (multilingual-e5: ``query: {text}`` / ``passage: {text}``) come from its registry entry."""
+    changed = []
+    folder = Path(repo) / TOKENIZE.name
+    for path in [folder / "config.pbtxt", *sorted((folder / "configs").glob("*.pbtxt"))]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+
+        def sub(m: re.Match) -> str:
+            value = prompts.get(m.group(2), "{text}").replace("\\", "\\\\").replace('"', '\\"')
+            return f'{m.group(1)}"{value}"'
+
+        new = _PROMPT_LINE.sub(sub, text)
+        if new != text:
+            atomic_write_text(path, new)  # never through a hard link into another copy
+            changed.append(path)
+    return changed
 
 
 def source_fingerprint(source: Path) -> str:
@@ -128,9 +159,14 @@ def export_embedding(
     *,
     opset: int = 17,
     force: bool = False,
+    model: str = "",
+    languages: Sequence[str] | None = None,
     progress: Progress = silent,
 ) -> EmbeddingExport:
-    """Exports ``source`` into ``repo`` unless an export of the same source exists."""
+    """Exports ``source`` into ``repo`` unless an export of the same source exists.
+
+    ``model`` and ``languages`` (what it reads) go into the manifest; an up-to-date export gets them too.
+    """
     source, repo = Path(source), Path(repo)
     if not (source / "config.json").is_file() or not (source / TOKENIZER_FILE).is_file():
         raise ArtifactMissing(f"{source} is not a transformers model directory (needs config.json and tokenizer.json)")
@@ -140,14 +176,17 @@ def export_embedding(
         raise ArtifactMissing(f"{repo} has no {EMBED_MODEL.name}/ and {TOKENIZE.name}/ model folders")
     fingerprint = source_fingerprint(source)
     previous = _current(model_dir, tok_dir, fingerprint, opset)
+    langs = list(languages) if languages else None
     if previous and not force:
+        declared = redeclare([model_dir / MANIFEST_FILE, tok_dir / MANIFEST_FILE], model, langs)
         progress(f"embedding model up to date ({model_dir / ARTIFACT})")
-        return EmbeddingExport(**{**previous, "skipped": True})
+        return EmbeddingExport(**{**previous, "skipped": True, **declared})
+    name = model or source.name
 
     started = time.monotonic()
     pooling, normalize = read_pooling(source)
     max_length = read_max_length(source)
-    progress(f"loading {source.name} (pooling={pooling}, normalize={normalize}, max_length={max_length})")
+    progress(f"loading {name} (pooling={pooling}, normalize={normalize}, max_length={max_length})")
     try:
         import torch
         from transformers import AutoModel
@@ -214,6 +253,8 @@ def export_embedding(
         max_abs_diff=diff,
         parity_texts=len(PARITY_TEXTS),
         seconds=round(time.monotonic() - started, 2),
+        model=name,
+        languages=langs,
     )
     manifest = json.dumps(asdict(report), indent=2)
     for d in (model_dir, tok_dir):
@@ -238,7 +279,7 @@ def _current(model_dir: Path, tok_dir: Path, fingerprint: str, opset: int) -> di
         or target.stat().st_size != manifest.get("onnx_bytes")
     ):
         return None
-    known = {f for f in EmbeddingExport.__dataclass_fields__ if f != "skipped"}
+    known = {f for f in EmbeddingExport.__dataclass_fields__ if f not in ("skipped", "model", "languages")}
     return {k: v for k, v in manifest.items() if k in known}
 
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from qmd_triton.contracts import ATTENTION_MASK, INPUT_IDS, LOGIT, RERANK_MODEL, TOKEN_TYPE_IDS
 from qmd_triton.errors import ArtifactMissing, ExportError
+from qmd_triton.exporters import declaration, redeclare
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system.files import atomic_write_text, sha256_file, tree_fingerprint
 from qmd_triton.text.tokenization import MANIFEST_FILE, PairEncoder
@@ -51,6 +53,8 @@ class RerankerExport:
     max_abs_diff: float
     seconds: float
     skipped: bool = False
+    model: str = ""
+    languages: list[str] | None = None  # what the model reads (None: undeclared)
 
 
 def _fingerprint(source: Path) -> str:
@@ -84,10 +88,12 @@ def rename_output(src: Path, dst: Path, new_name: str = LOGIT) -> str:
     return old
 
 
-def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool = False,
-                    progress: Progress = silent) -> RerankerExport:
-    """Exports a prepared ONNX directory or a Hugging Face cross-encoder into ``repo``."""
+def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool = False, model: str = "",
+                    languages: Sequence[str] | None = None, progress: Progress = silent) -> RerankerExport:
+    """Exports a prepared ONNX directory or a Hugging Face cross-encoder into ``repo``; ``model`` and
+    ``languages`` (what it reads) go into the manifest, an up-to-date export's too."""
     source, repo = Path(source), Path(repo)
+    langs = list(languages) if languages else None
     target_dir = repo / RERANK_MODEL.name / "1"
     if not target_dir.parent.is_dir():
         raise ArtifactMissing(f"{repo} has no {RERANK_MODEL.name}/ model folder")
@@ -100,9 +106,11 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
     if not force and manifest_path.is_file() and (target_dir / ARTIFACT).is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fingerprint and (target_dir / ARTIFACT).stat().st_size == old.get("onnx_bytes"):
+            declared = redeclare([manifest_path], model, langs)
             progress(f"reranker up to date ({target_dir / ARTIFACT})")
-            known = set(RerankerExport.__dataclass_fields__) - {"skipped"}
-            return RerankerExport(**{k: v for k, v in old.items() if k in known}, skipped=True)
+            known = set(RerankerExport.__dataclass_fields__) - {"skipped", "model", "languages"}
+            return RerankerExport(**{k: v for k, v in old.items() if k in known}, skipped=True, **declared)
+    model = model or source.name
     started = time.monotonic()
     target_dir.mkdir(parents=True, exist_ok=True)
     tmp = target_dir / f".{ARTIFACT}.tmp"
@@ -122,11 +130,13 @@ def export_reranker(source: Path, repo: Path, *, fp16: bool = False, force: bool
         tmp.unlink(missing_ok=True)
         raise ExportError(f"reranker parity failed: max |diff| = {diff:.3g} > {limit}")
     os.replace(tmp, target_dir / ARTIFACT)
-    shutil.copyfile(source / TOKENIZER, target_dir / TOKENIZER)
+    tok_tmp = target_dir / f".{TOKENIZER}.tmp"
+    shutil.copyfile(source / TOKENIZER, tok_tmp)
+    os.replace(tok_tmp, target_dir / TOKENIZER)  # a new file: never written through a hard link of another copy
     target = target_dir / ARTIFACT
     report = RerankerExport(source=str(source), kind=kind, onnx_sha256=sha256_file(target),
                             onnx_bytes=target.stat().st_size, max_abs_diff=diff,
-                            seconds=round(time.monotonic() - started, 2))
+                            seconds=round(time.monotonic() - started, 2), **declaration(model, langs))
     atomic_write_text(manifest_path, json.dumps({**asdict(report), "fingerprint": fingerprint}, indent=2) + "\n")
     progress(f"wrote {target} ({report.onnx_bytes / 1e6:.1f} MB, {kind}), parity max diff {diff:.2e}")
     return report

@@ -47,12 +47,14 @@ def dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def exported_repo() -> Path:
     """The project's model repository with every model exported (each export is idempotent)."""
-    from qmd_triton.artifacts.registry import default_source
+    from qmd_triton.artifacts.registry import DEFAULT_PROFILE, default_source, profile_entries
     from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
 
-    embedding_onnx.export_embedding(default_source("embedding"), REPO)
-    reranker_onnx.export_reranker(default_source("reranker"), REPO)
-    decoder_onnx.export_decoder(default_source("expansion"), REPO)
+    small = profile_entries(DEFAULT_PROFILE)  # as `qmdctl export` declares them: the registry's names and languages
+    declared = {role: {"model": e.name, "languages": e.languages} for role, e in small.items()}
+    embedding_onnx.export_embedding(default_source("embedding"), REPO, **declared["embedding"])
+    reranker_onnx.export_reranker(default_source("reranker"), REPO, **declared["reranker"])
+    decoder_onnx.export_decoder(default_source("expansion"), REPO, **declared["expansion"])
     return REPO
 
 

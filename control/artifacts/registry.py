@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import logging
@@ -35,6 +36,7 @@ from pathlib import Path
 from qmd_triton.errors import ArtifactMissing, ConfigError, QmdError
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system.files import sha256_file
+from qmd_triton.text.scripts import check_languages
 
 REGISTRY = Path(__file__).with_name("models.toml")
 DEFAULT_PROFILE = "small"
@@ -65,8 +67,26 @@ class ModelEntry:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 (empty when unknown)
     path: str = ""  # pypi: the model's folder inside the installed package
     note: str = ""
+    # the languages the model reads (ISO 639-1 codes, or "*" for most of the world's): the pipeline bypasses
+    # a stage whose model does not read the query (qmd_triton.text.scripts)
+    languages: tuple[str, ...] = ()
+    # modelscope: only the hub files matching these globs are fetched (a repository of many quantizations)
+    include: tuple[str, ...] = ()
+    # embedding models: the prompt formats their training used ({"query": "query: {text}", ...})
+    prompts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.languages:
+            raise ConfigError(f"model {self.name}: declare the languages it reads (languages = [\"en\"], "
+                              "or [\"*\"] for most languages)")
+        try:
+            object.__setattr__(self, "languages", check_languages(self.languages))
+        except ValueError as e:
+            raise ConfigError(f"model {self.name}: {e}") from None
+        object.__setattr__(self, "include", tuple(self.include))
+        unknown = sorted(set(self.prompts) - {"query", "document"})
+        if unknown or any("{text}" not in v for v in self.prompts.values()):
+            raise ConfigError(f"model {self.name}: prompts has keys query and document, each holding {{text}}")
         if self.source not in SOURCES:
             raise ConfigError(f"model {self.name}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.role not in ROLES:
@@ -140,7 +160,8 @@ def default_source(role: str, registry: Path | None = None) -> Path:
 
 
 def profile_sources(name: str, models_dir: Path, registry: Path | None = None) -> dict[str, Path]:
-    """Role -> the verified download of each ModelScope model of a profile (PyPI models are the defaults)."""
+    """Role -> the verified download of each ModelScope model of a profile (PyPI models are the defaults):
+    its folder, or its one ``.gguf`` file where the download is a single GGUF (the expansion LLM)."""
     sources: dict[str, Path] = {}
     for entry in profile(name, registry):
         if entry.source == "pypi":
@@ -149,8 +170,17 @@ def profile_sources(name: str, models_dir: Path, registry: Path | None = None) -
         if result.status != "OK":
             raise ArtifactMissing(f"{entry.name} is {result.status} in {models_dir}; "
                                   f"run `qmdctl models download --profile {name}`")
-        sources.setdefault(entry.role, result.path)
+        ggufs = sorted(rel for rel in _expected(entry, result.path) if rel.endswith(".gguf"))
+        sources.setdefault(entry.role, result.path / ggufs[0] if len(ggufs) == 1 else result.path)
     return sources
+
+
+def profile_entries(name: str, registry: Path | None = None) -> dict[str, ModelEntry]:
+    """Role -> the profile's model of that role (the first, where a profile lists several)."""
+    out: dict[str, ModelEntry] = {}
+    for entry in profile(name, registry):
+        out.setdefault(entry.role, entry)
+    return out
 
 
 def _expected(entry: ModelEntry, where: Path) -> dict[str, str]:
@@ -198,7 +228,12 @@ def _hub_files(entry: ModelEntry, endpoint: str, timeout: float) -> list[dict]:
     except ValueError:
         raise DownloadError(f"the hub at {endpoint} sent a file list that is not JSON") from None
     files = (body.get("Data") or {}).get("Files") or []
-    return [f for f in files if f.get("Type", "blob") == "blob"]
+    return [f for f in files if f.get("Type", "blob") == "blob" and included(entry, f.get("Path", ""))]
+
+
+def included(entry: ModelEntry, rel: str) -> bool:
+    """Whether a hub file belongs to the model's download (every file unless ``include`` narrows it)."""
+    return not entry.include or any(fnmatch.fnmatch(rel, pattern) for pattern in entry.include)
 
 
 class _ErrorLog(logging.Handler):
@@ -267,7 +302,7 @@ def download(entry: ModelEntry, models_dir: Path, *, endpoint: str | None = None
         lg.addHandler(errors)
     try:
         where = Path(snapshot_download(entry.id, revision=entry.revision, local_dir=str(target),
-                                       endpoint=endpoint))
+                                       endpoint=endpoint, allow_patterns=list(entry.include) or None))
     except Exception as e:  # modelscope raises many types; name the file that failed and why when we can
         _verify(entry, target, listing, why=errors.about)
         raise DownloadError(f"downloading {entry.id} failed: {str(e).splitlines()[0][:300]}") from None

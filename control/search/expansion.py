@@ -32,13 +32,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
 from qmd_triton.index.store import IndexStore
+from qmd_triton.search.coverage import ModelLanguages
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.text.terms import parse_query, query_terms, without_exclusions
 
@@ -59,6 +60,11 @@ SHOTS = (
      "lex: sourdough starter feed ratio\nvec: how often should I feed a sourdough starter\n"
      "hyde: Feed the starter equal weights of flour and water once a day."),
 )
+# A model that reads Chinese also sees a Chinese example, so it answers a Chinese query in Chinese (the English
+# model's prompt is unchanged: English expansions stay what they were).
+SHOT_ZH = ("向量检索怎么和关键词检索结合",
+           "lex: 向量检索 关键词检索 混合检索\nvec: 怎样把语义向量检索和关键词检索的结果融合在一起\n"
+           "hyde: 分别用 BM25 和向量检索取出候选，再用倒数排名融合合并排序。")
 PREFILL = "lex:"
 _LINE = re.compile(r"^\s*(lex|vec|hyde)\s*:\s*(.+?)\s*$", re.IGNORECASE)
 MAX_QUERY_CHARS = 400  # what the LLM reads of a query (a 16 KiB query would hold the model for seconds)
@@ -78,15 +84,20 @@ class Prompt:
         return self.prefix + self.suffix
 
 
-def _prefix() -> str:
+def shots_for(languages: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    """The examples of the prompt: the English ones, and a Chinese one for a model that reads Chinese."""
+    return SHOTS + (SHOT_ZH,) if languages and ("zh" in languages or "*" in languages) else SHOTS
+
+
+def _prefix(shots: Sequence[tuple[str, str]] = SHOTS) -> str:
     turns = [("system", SYSTEM)]
-    for q, a in SHOTS:
+    for q, a in shots:
         turns += [("user", q), ("assistant", a)]
     return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns) + "<|im_start|>user\n"
 
 
-def prompt(query: str, intent: str = "") -> Prompt:
-    """The few-shot prompt in ChatML (SmolLM2's template), ending inside the answer's first line.
+def prompt(query: str, intent: str = "", shots: Sequence[tuple[str, str]] = SHOTS) -> Prompt:
+    """The few-shot prompt in ChatML (SmolLM2's and Qwen2.5's template), ending inside the answer's first line.
 
     The query is cut to ``MAX_QUERY_CHARS``; an ``intent`` (what the searcher means, e.g. "the Triton
     inference server") follows it in the request's turn.
@@ -95,7 +106,7 @@ def prompt(query: str, intent: str = "") -> Prompt:
     intent = " ".join(intent.split())[:MAX_INTENT_CHARS]
     if intent:
         asked += f"\n(meaning: {intent})"
-    return Prompt(_prefix(), f"{asked}<|im_end|>\n<|im_start|>assistant\n{PREFILL}")
+    return Prompt(_prefix(shots), f"{asked}<|im_end|>\n<|im_start|>assistant\n{PREFILL}")
 
 
 def chatml(query: str, intent: str = "") -> str:
@@ -123,6 +134,7 @@ STATUSES = {
     "cached": "the same query (and intent) was expanded before; those lines were used",
     "caller": "the caller typed its own lex/vec/hyde searches; the LLM did not run",
     "disabled": "expansion was turned off (--no-expand) or the engine is none",
+    "language": "the expansion LLM does not read the query's language (its export.json); the LLM did not run",
     "strong-bm25": "BM25 alone was convincing (top score >= 0.85 and 0.15 ahead of #2); the LLM did not run",
     "empty": "the LLM answered nothing usable; the original query alone was searched",
     "timeout": "the deadline passed before the LLM finished one line; the original query alone was searched",
@@ -140,6 +152,7 @@ class Expansion:
     status: str = "ok"  # one of STATUSES, or "error: <why>"
     ms: float = 0.0
     raw: str = ""
+    why: str = ""  # status "language": which languages the model reads and what the query is in
 
     @property
     def used(self) -> bool:
@@ -184,7 +197,8 @@ class GenaiEngine:
     name = "onnxruntime"
     MAX_PROMPT_TOKENS = 512  # prefix + the request's turn (its query and intent are cut to a few hundred chars)
 
-    def __init__(self, version_dir: Path, threads: int = 0, max_new_tokens: int = 64) -> None:
+    def __init__(self, version_dir: Path, threads: int = 0, max_new_tokens: int = 64,
+                 shots: Sequence[tuple[str, str]] = SHOTS) -> None:
         try:
             import onnxruntime_genai as og
         except ImportError as e:
@@ -206,7 +220,7 @@ class GenaiEngine:
         self.max_length = self.MAX_PROMPT_TOKENS + max_new_tokens
         self._generator = None
         self._prefix: tuple[str, int] | None = None  # the prefix text and its length in tokens, when cached
-        self._start(_prefix())  # read the fixed prefix now, not in the first request
+        self._start(_prefix(shots))  # read the fixed prefix now, not in the first request
 
     def _start(self, prefix: str) -> None:
         params = self._og.GeneratorParams(self.model)
@@ -319,17 +333,20 @@ class DeepSpeedEngine:
 class Expander:
     """Runs an engine within a token and time budget and parses what it says."""
 
-    def __init__(self, engine: Engine | None, max_new_tokens: int = 64, timeout_s: float = 4.0) -> None:
+    def __init__(self, engine: Engine | None, max_new_tokens: int = 64, timeout_s: float = 4.0,
+                 shots: Sequence[tuple[str, str]] = SHOTS) -> None:
         self.engine = engine
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
+        self.shots = tuple(shots)
 
     def expand(self, query: str, intent: str = "") -> Expansion:
         if self.engine is None:
             return Expansion(status="disabled")
         started = time.monotonic()
         try:
-            text, cut = self.engine.generate(prompt(query, intent), self.max_new_tokens, started + self.timeout_s)
+            text, cut = self.engine.generate(prompt(query, intent, self.shots), self.max_new_tokens,
+                                             started + self.timeout_s)
         except Exception as e:  # noqa: BLE001 - any engine failure degrades to the original query
             log.warning("expansion engine %s failed: %s", getattr(self.engine, "name", "?"), e)
             return Expansion(status=f"error: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
@@ -344,14 +361,14 @@ class Expander:
 
 
 def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parallel_size: int = 1,
-                gpu_memory_utilization: float = 0.3) -> Engine | None:
+                gpu_memory_utilization: float = 0.3, shots: Sequence[tuple[str, str]] = SHOTS) -> Engine | None:
     """The engine a config names; an engine that is not installed is a clear ``ConfigError``."""
     if name not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
     if name == "none":
         return None
     if name == "onnxruntime":
-        return GenaiEngine(version_dir, threads=threads)
+        return GenaiEngine(version_dir, threads=threads, shots=shots)
     if name == "vllm":
         return VllmEngine(version_dir / "hf", tensor_parallel_size, gpu_memory_utilization)
     return DeepSpeedEngine(version_dir / "hf", tensor_parallel_size)
@@ -365,10 +382,12 @@ def cache_key(engine: str, query: str, intent: str = "") -> str:
 
 
 def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, engine_id: str = "",
-                   strong: Callable[[], bool] = lambda: False, store: IndexStore | None = None) -> Expansion:
+                   strong: Callable[[], bool] = lambda: False, store: IndexStore | None = None,
+                   languages: ModelLanguages | None = None) -> Expansion:
     """The expansion a ``query`` request uses: the caller's typed searches, none, the cache, or the LLM.
 
-    Excluded terms (``-word``) never reach the LLM, and expansion lines that hold one are dropped.
+    Excluded terms (``-word``) never reach the LLM, and expansion lines that hold one are dropped. An LLM whose
+    ``languages`` do not read the query (with its intent) is bypassed: status ``language``.
     """
     if options.searches:
         out = Expansion(status="caller")
@@ -379,6 +398,9 @@ def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, en
         return out
     if not options.expand or expander.engine is None:
         return Expansion(status="disabled")
+    asked = " ".join([without_exclusions(query), options.intent]).strip()
+    if languages is not None and not languages.reads(asked):
+        return Expansion(status="language", why=languages.why_not(asked))
     if strong():
         return Expansion(status="strong-bm25")
     positive = without_exclusions(query)

@@ -62,7 +62,19 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
         why = f"    ~ {explain_line(h.explain)}\n" if h.explain else ""
         context = f"    » {h.context}\n" if h.context else ""
         out.append(f"{head}{title}\n{context}{why}{body}\n")
+    stages = hits[0].explain.get("stages") if hits[0].explain else None
+    if stages:  # query --explain: what ran and what was bypassed, once, after the hits
+        out.append(stages_text(stages))
     return "\n".join(out)
+
+
+def stages_text(stages: dict) -> str:
+    """Which stages of ``query`` ran and which were bypassed, and why (``query --explain``, once per answer)."""
+    lines = ["stages:"]
+    for name, record in stages.items():
+        why = f" ({record['why']})" if record.get("why") else ""
+        lines.append(f"  {name:<10} {record.get('status', '-')}{why}")
+    return "\n".join(lines) + "\n"
 
 
 def explain_line(e: dict) -> str:
@@ -70,7 +82,8 @@ def explain_line(e: dict) -> str:
     lists = ", ".join(f"{src} #{rank}" for src, rank in sorted(e.get("lists", {}).items(), key=lambda x: x[1]))
     parts = [f"lists: {lists or '-'}", f"rrf {e.get('rrf', 0):.4f} (#{e.get('rrf_rank', '-')})"]
     if "rerank" in e:
-        parts.append(f"rerank {e['rerank']:.3f}")
+        parts.append("rerank - (passage not read: fused place kept)" if e["rerank"] is None
+                     else f"rerank {e['rerank']:.3f}")
         parts.append(f"fusion {e.get('fusion', '-')}")
         parts.append(f"blend weight {e.get('blend_weight', 0.0):.2f}")
     if "candidates" in e:

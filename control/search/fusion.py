@@ -77,9 +77,21 @@ def blend_weight(rrf_rank: int) -> float:
     return 0.40
 
 
-def blend(rrf_rank: int, rerank_prob: float) -> float:
+TIER_ENDS = (3, 10)  # the last rank of each blend-weight tier but the last
+
+
+def _raw_blend(rrf_rank: int, rerank_prob: float) -> float:
     w = blend_weight(rrf_rank)
     return w / rrf_rank + (1.0 - w) * rerank_prob
+
+
+def blend(rrf_rank: int, rerank_prob: float) -> float:
+    """tobi/qmd's ``w / rrf_rank + (1 - w) * p``, never above what a better-ranked candidate gets with the same
+    ``p``: where the weight drops (after ranks 3 and 10) the reranker's share grows, and without this bound a
+    candidate at rank 4 (or 11) would pass rank 3 (or 10) on an equal rerank score. So the blend is monotone in
+    the fused rank for equal rerank scores, and a flat reranker leaves the fused order as it is."""
+    return min([_raw_blend(rrf_rank, rerank_prob)]
+               + [_raw_blend(end, rerank_prob) for end in TIER_ENDS if end < rrf_rank])
 
 
 def sigmoid(x: float) -> float:
@@ -94,17 +106,34 @@ def strong_signal(scores: Sequence[float]) -> bool:
     return scores[0] >= STRONG_SCORE and scores[0] - second >= STRONG_GAP
 
 
-def final_order(rrf_ranks: Sequence[int], probs: Sequence[float] | None, fusion: str) -> list[tuple[int, float]]:
+FLAT_LOGITS = 1e-4  # rerank logits that all lie this close carry no information about the order
+
+
+def flat(logits: Sequence[float]) -> bool:
+    """Scores that cannot order anything: at least two, all (nearly) equal."""
+    return len(logits) >= 2 and max(logits) - min(logits) < FLAT_LOGITS
+
+
+def final_order(rrf_ranks: Sequence[int], probs: Sequence[float | None] | None,
+                fusion: str) -> list[tuple[int, float]]:
     """Indices of candidates (given in RRF order) and their final scores, best first.
 
-    Without reranker scores the RRF order stands, scored 1/rank.
+    Without reranker scores the RRF order stands, scored 1/rank. A candidate whose probability is None (the
+    reranker does not read its passage) keeps its place in the fused order and shows the score of the hit
+    above it; the reranked candidates are ordered among the remaining places. Equal scores keep the fused order.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-    if probs is None:
-        scored = [(i, 1.0 / r) for i, r in enumerate(rrf_ranks)]
-    elif fusion == "rerank":
-        scored = [(i, p) for i, p in enumerate(probs)]
-    else:
-        scored = [(i, blend(r, p)) for i, (r, p) in enumerate(zip(rrf_ranks, probs))]
-    return sorted(scored, key=lambda x: (-x[1], x[0]))
+    if probs is None or all(p is None for p in probs):
+        return [(i, 1.0 / r) for i, r in enumerate(rrf_ranks)]
+    scored = [(i, p if fusion == "rerank" else blend(r, p))
+              for i, (r, p) in enumerate(zip(rrf_ranks, probs)) if p is not None]
+    ranked = iter(sorted(scored, key=lambda x: (-x[1], x[0])))
+    placed = [next(ranked) if p is not None else (i, None) for i, p in enumerate(probs)]
+    out: list[tuple[int, float]] = []
+    above = max(s for _, s in scored)
+    for i, score in placed:
+        score = above if score is None else score
+        out.append((i, score))
+        above = score
+    return out

@@ -22,6 +22,7 @@ import numpy as np
 from qmd_triton.errors import InputError
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import DocRow, IndexStore
+from qmd_triton.search.coverage import ModelLanguages, stage
 from qmd_triton.search.fusion import (
     EXPANSION_WEIGHT,
     MAX_CANDIDATES,
@@ -51,6 +52,8 @@ class Plan:
     hyde: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     expansion: dict[str, Any] = field(default_factory=dict)
+    # what ran and what was bypassed, and why: {"vectors": {"status": "ran"}, "rerank": {...}} (qmd_retrieve)
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,7 +104,7 @@ class Plan:
             value = data.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InputError(f"malformed plan: {key} must be a list of strings")
-        for key in ("options", "expansion"):
+        for key in ("options", "expansion", "stages"):
             if not isinstance(data.get(key, {}), dict):
                 raise InputError(f"malformed plan: {key} must be a JSON object")
         plan = cls(**data)
@@ -147,8 +150,12 @@ def _best_chunk(store: IndexStore, doc: DocRow, terms: Sequence[str]) -> tuple[i
 
 
 def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embeddings: np.ndarray,
-                      contexts: ContextMap | None = None) -> list[Candidate]:
-    """BM25 and vector lists for every query of the plan, fused by RRF, best first."""
+                      contexts: ContextMap | None = None, embedder: ModelLanguages | None = None) -> list[Candidate]:
+    """BM25 and vector lists for every query of the plan, fused by RRF, best first.
+
+    The vector list of a text the ``embedder`` does not read is left out (its vectors would be noise), and
+    ``plan.stages["vectors"]`` says so.
+    """
     options = plan.search_options
     if options.collections:
         options.check_collections(known_collections(store))
@@ -169,7 +176,16 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
         lists.append(RankedList(source, ORIGINAL_WEIGHT if i == 0 else EXPANSION_WEIGHT, [str(d.id) for d, _ in rows]))
     names = ["vec:original"] + [f"vec:vec{i + 1}" for i in range(len(plan.vec))] + [
         f"vec:hyde{i + 1}" for i in range(len(plan.hyde))]
+    unread = [name for name, text in zip(names, texts) if embedder is not None and not embedder.reads(text)]
+    if not unread:
+        plan.stages["vectors"] = stage("ran")
+    else:
+        why = embedder.why_not(texts[names.index(unread[0])]) if embedder else ""
+        plan.stages["vectors"] = stage("bypassed" if len(unread) == len(names) else "partial",
+                                       why if len(unread) == len(names) else f"left out {', '.join(unread)}: {why}")
     for name, emb in zip(names, embeddings):
+        if name in unread:
+            continue
         keys = []
         for doc, _, _ in vectors.ranked_docs(emb, TOP_PER_LIST, options.collections, excluded):
             docs[str(doc.id)] = doc

@@ -118,6 +118,8 @@ class ServerStatus:
     pid: int | None = None
     log: str | None = None
     models: list[dict] = field(default_factory=list)
+    # stage -> outcome -> count since the server started (qmd_stages_total, qmd_expansions_total)
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)
     # models that Triton calls READY but that do not answer (a dead backend process), each with why
     problems: dict[str, str] = field(default_factory=dict)
     supervisor: int | None = None  # pid of the running supervisor
@@ -604,9 +606,32 @@ def status(settings: Settings) -> ServerStatus:
         ready = tuple(m["name"] for m in result.models if m["state"] == "READY" and m["name"] in health.PROBE_MODELS)
         for model, why in health.probe_all(base, ready).items():
             result.problems.setdefault(model, why)
+        metrics_port = state.metrics_port if managed and state else settings.metrics_port
+        result.stages = stage_counts(f"http://{host}:{metrics_port}/metrics")
     sup = supervisor_state(settings)
     result.supervisor = sup.pid if sup else None
     return result
+
+
+_STAGE_LINE = re.compile(r'^qmd_stages_total\{(?=[^}]*stage="([^"]+)")(?=[^}]*outcome="([^"]+)")[^}]*\}\s+([0-9.e+]+)',
+                         re.MULTILINE)
+_EXPANSION_LINE = re.compile(r'^qmd_expansions_total\{[^}]*status="([^"]+)"[^}]*\}\s+([0-9.e+]+)', re.MULTILINE)
+
+
+def stage_counts(metrics_url: str, timeout: float = 5.0) -> dict[str, dict[str, int]]:
+    """How often each stage of ``qmd_query`` ran or was bypassed since the server started, from Triton's /metrics
+    (``qmd_expansions_total{status}``, ``qmd_stages_total{stage,outcome}``); empty when they cannot be read."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for status, value in _EXPANSION_LINE.findall(text):
+        out.setdefault("expansion", {})[status] = int(float(value))
+    for stage, outcome, value in _STAGE_LINE.findall(text):
+        out.setdefault(stage, {})[outcome] = int(float(value))
+    return out
 
 
 def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:

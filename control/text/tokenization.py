@@ -289,9 +289,9 @@ class LongTextCut:
         return text[: widths[-1]]
 
 
-def read_manifest(directory: Path) -> dict:
-    """The exporter's ``export.json`` in a version folder, or ``{}`` if absent."""
-    path = directory / MANIFEST_FILE
+def read_manifest(directory: Path, name: str = MANIFEST_FILE) -> dict:
+    """The exporter's ``export.json`` (or another of its JSON records) in a version folder, or ``{}`` if absent."""
+    path = directory / name
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -39,7 +39,9 @@ def test_query_finds_the_document_and_explains_every_hit(indexed: Settings):
     for h in hits:
         e = h["explain"]
         assert e["lists"] and all(re.fullmatch(r"(bm25|vec):\w+", k) for k in e["lists"])
-        assert e["rrf_rank"] >= 1 and e["rrf"] > 0 and 0 <= e["rerank"] <= 1
+        assert e["rrf_rank"] >= 1 and e["rrf"] > 0
+        # the English reranker reads every English passage; a Chinese note keeps its fused place unscored
+        assert 0 <= e["rerank"] <= 1 if "/zh/" not in h["file"] else e["rerank"] is None
         assert e["fusion"] in ("rerank", "blend")
         assert e["expansion"]["engine"] == "onnxruntime"
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

@@ -274,7 +274,7 @@ def test_the_dashboard_covers_what_operators_watch():
     board = json.loads((DEPLOY / "grafana" / "dashboards" / "qmd-triton.json").read_text())
     exprs = " ".join(e for _, e in dashboard_queries())
     for metric in ("nv_inference_request_success", 'quantile="0.99"', "nv_inference_queue_duration_us",
-                   "nv_inference_compute_infer_duration_us", "qmd_expansions_total",
+                   "nv_inference_compute_infer_duration_us", "qmd_expansions_total", "qmd_stages_total",
                    "nv_inference_request_failure", "nv_cpu_memory_used_bytes", "nv_gpu_memory_used_bytes"):
         assert metric in exprs, metric
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])

@@ -252,3 +252,61 @@ def test_a_reader_behind_a_pruned_vector_log_reads_everything_again(tmp_path: Pa
         fresh = VectorIndex(store)
         fresh.refresh()
         assert live_rows(follower) == live_rows(fresh)
+
+
+def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_path: Path, notes: Path):
+    """Two collections removed and one of them added again: SQLite hands the freed chunk ids out again, to
+    other chunks; the matrix must not keep the rows of the chunks that had them."""
+    embedder = HashEmbedder()
+    other = tmp_path / "other"
+    shutil.copytree(ASSETS / "zh-notes" / "corpus", other)
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        for cols in ([Collection("other", other)], [Collection("other", other), Collection("notes", notes)]):
+            update(store, cols)  # the other notes' chunks first: they get the lowest ids
+            embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        vectors = VectorIndex(store)
+        query = embedder.embed_query("sourdough starter flour water")
+        assert len(vectors.search(query, SearchOptions(n=1))) == 1  # the matrix is loaded
+        store.delete_collection("other")
+        store.delete_collection("notes")
+        update(store, [])  # no document left: every chunk goes, and the table starts its ids again
+        update(store, [Collection("again", notes)])
+        embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        hits = vectors.search(query, SearchOptions(n=4))
+        assert hits and all(h.file.startswith("again/") for h in hits)
+        fresh = VectorIndex(store)
+        fresh.refresh()
+        assert live_rows(vectors) == live_rows(fresh)
+        assert [h.file for h in fresh.search(query, SearchOptions(n=4))] == \
+            [h.file for h in vectors.search(query, SearchOptions(n=4))]
+
+
+def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_everything(tmp_path: Path,
+                                                                                         notes: Path):
+    """The newest chunk removed and another one added: SQLite gives the new chunk the freed id; the vector log
+    has the removal and the insertion, so an incremental refresh replaces the row instead of keeping the old
+    vector under the id."""
+    (notes / "long.md").write_text(long_note())
+    tail = tmp_path / "tail"
+    tail.mkdir()
+    (tail / "last.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
+    embedder = HashEmbedder()
+    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+        index(store, notes, embedder)
+        update(store, [Collection("notes", notes), Collection("tail", tail)])  # the highest ids
+        embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
+        follower = VectorIndex(store)
+        follower.refresh()
+        old_ids = {int(i) for i in follower.ids}
+        store.delete_collection("tail")
+        update(store, [Collection("notes", notes)])
+        (notes / "glacier.md").write_text("# Glacier survey\n\nMeasure how far the glacier tongue retreats each spring.\n")
+        index(store, notes, embedder)
+        follower.refresh()
+        fresh = VectorIndex(store)
+        fresh.refresh()
+        assert follower.reloads["incremental"] == 1
+        assert {int(i) for i in fresh.ids} - old_ids == set()  # the premise: the new chunk got a freed id
+        assert live_rows(follower) == live_rows(fresh)
+        query = embedder.embed_query("glacier tongue retreats each spring")
+        assert follower.search(query, SearchOptions(n=1))[0].file == "notes/glacier.md"

@@ -45,7 +45,10 @@ def test_rrf_keeps_only_the_top_of_each_list():
 def test_blend_trusts_retrieval_more_at_the_top():
     assert [blend_weight(r) for r in (1, 3, 4, 10, 11)] == [0.75, 0.75, 0.60, 0.60, 0.40]
     assert blend(1, 0.0) == pytest.approx(0.75)
-    assert blend(11, 1.0) == pytest.approx(0.4 / 11 + 0.6)
+    assert blend(11, 0.0) == pytest.approx(0.4 / 11)
+    # where the weight drops the raw formula would let rank 11 pass rank 10 on an equal score: bounded by it
+    assert 0.4 / 11 + 0.6 > 0.6 / 10 + 0.4
+    assert blend(11, 1.0) == pytest.approx(blend(10, 1.0)) == pytest.approx(0.6 / 10 + 0.4)
 
 
 def test_final_order_by_reranker_blend_or_rrf():

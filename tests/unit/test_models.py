@@ -21,7 +21,7 @@ WEIGHTS = bytes(range(256)) * 2000  # 512 KB, deterministic
 
 def registry(tmp_path: Path, model_id: str = "acme/tiny-embed", files: dict[str, str] | None = None) -> Path:
     lines = ['[profiles.test]', 'description = "fixture"', '', '[[profiles.test.models]]', 'role = "embedding"',
-             'name = "tiny"', 'source = "modelscope"', f'id = "{model_id}"', 'revision = "v1.0"', f'size = {len(WEIGHTS)}']
+             'name = "tiny"', 'languages = ["en"]', 'source = "modelscope"', f'id = "{model_id}"', 'revision = "v1.0"', f'size = {len(WEIGHTS)}']
     if files:
         lines.append("files = { " + ", ".join(f'"{k}" = "{v}"' for k, v in files.items()) + " }")
     path = tmp_path / "registry.toml"

@@ -158,14 +158,15 @@ def bytes_column(array: np.ndarray) -> list[bytes]:
 
 
 class Counter:
-    """A Prometheus counter on Triton's own /metrics (the python backend's custom metrics), by one label.
+    """A Prometheus counter on Triton's own /metrics (the python backend's custom metrics), by one label (or a
+    tuple of labels, incremented with a tuple of values).
 
     Where the backend has no custom metrics the counter does nothing: a metric must never fail a request.
     """
 
-    def __init__(self, name: str, description: str, label: str) -> None:
-        self.label = label
-        self._metrics: dict[str, Any] = {}
+    def __init__(self, name: str, description: str, label: str | tuple[str, ...]) -> None:
+        self.labels = (label,) if isinstance(label, str) else tuple(label)
+        self._metrics: dict[Any, Any] = {}
         try:
             utils = pb()
             self._family = utils.MetricFamily(name=name, description=description, kind=utils.MetricFamily.COUNTER)
@@ -177,13 +178,14 @@ class Counter:
         self._metrics.clear()
         self._family = None
 
-    def increment(self, value: str, by: float = 1.0) -> None:
+    def increment(self, value: str | tuple[str, ...], by: float = 1.0) -> None:
         if self._family is None:
             return
         try:
             metric = self._metrics.get(value)
             if metric is None:
-                metric = self._metrics[value] = self._family.Metric(labels={self.label: value})
+                values = (value,) if isinstance(value, str) else value
+                metric = self._metrics[value] = self._family.Metric(labels=dict(zip(self.labels, values)))
             metric.increment(by)
         except Exception:  # noqa: BLE001
             pass

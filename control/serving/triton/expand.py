@@ -22,7 +22,8 @@ import time
 
 from qmd_triton.errors import IndexMissing, InputError, QmdError
 from qmd_triton.index.store import IndexHandle
-from qmd_triton.search.expansion import Expander, make_engine, plan_expansion
+from qmd_triton.search.coverage import ModelLanguages
+from qmd_triton.search.expansion import Expander, make_engine, plan_expansion, shots_for
 from qmd_triton.search.fusion import strong_signal
 from qmd_triton.search.hybrid import Plan, bm25_probe
 from qmd_triton.serving.triton import common
@@ -36,13 +37,22 @@ class TritonPythonModel:
         config, version_dir = common.load(args)
         self.engine_name = common.parameter(config, "engine", "onnxruntime")
         # the cache key's engine part: the engine and the exported model it runs
-        self.engine_id = f"{self.engine_name}:{read_manifest(version_dir).get('onnx_sha256', '')[:16]}"
+        manifest = read_manifest(version_dir)
+        self.engine_id = f"{self.engine_name}:{manifest.get('onnx_sha256', '')[:16]}"
+        # what the LLM reads (its export.json; hf.json for the transformers model of the GPU engines): a query in
+        # another language is not expanded
+        declared = manifest
+        if self.engine_name in ("vllm", "deepspeed"):
+            declared = read_manifest(version_dir, "hf.json")
+        self.languages = ModelLanguages.from_manifest("expansion", declared)
+        shots = shots_for(self.languages.languages)
         try:
             engine = make_engine(
                 self.engine_name, version_dir,
                 threads=common.int_parameter(config, "threads", 0),
                 tensor_parallel_size=common.int_parameter(config, "tensor_parallel_size", 1),
                 gpu_memory_utilization=float(common.parameter(config, "gpu_memory_utilization", "0.3")),
+                shots=shots,
             )
         except (QmdError, ValueError, OSError) as e:
             raise utils.TritonModelException(f"qmd_expand engine {self.engine_name!r} failed to load: {e}") from None
@@ -50,6 +60,7 @@ class TritonPythonModel:
             engine,
             max_new_tokens=common.int_parameter(config, "max_new_tokens", 64),
             timeout_s=common.int_parameter(config, "timeout_ms", 4000) / 1000.0,
+            shots=shots,
         )
         self.strong = common.parameter(config, "strong_signal", "true").lower() == "true"
         self.handle = IndexHandle(common.index_path(config))
@@ -76,13 +87,15 @@ class TritonPythonModel:
             query, options = read_request(request)
             started = time.monotonic()
             expansion = plan_expansion(query, options, self.expander, engine_id=self.engine_id,
-                                       strong=lambda: self._probe(query, options), store=self._store())
+                                       strong=lambda: self._probe(query, options), store=self._store(),
+                                       languages=self.languages)
             self.expansions.increment("error" if expansion.status.startswith("error") else expansion.status)
             plan = Plan(
                 query=query, mode="query", lex=expansion.lex, vec=expansion.vec, hyde=expansion.hyde,
                 options=options.to_dict(),
                 expansion={"engine": self.engine_name, "status": expansion.status,
-                           "ms": round((time.monotonic() - started) * 1000, 1)},
+                           "ms": round((time.monotonic() - started) * 1000, 1),
+                           **({"why": expansion.why} if expansion.why else {})},
             )
             return plan_response(plan)
 

@@ -3,7 +3,10 @@
 Parameter ``fusion``: ``rerank`` (order by the cross-encoder's probability) or
 ``blend`` (tobi/qmd's position-aware mix of RRF rank and reranker probability).
 The default is what ``qmdctl eval`` measured best (docs/search.md). With
-``rerank: false`` in the options, or no candidates, the RRF order stands.
+``rerank: false`` in the options, or no candidates, the RRF order stands; so it
+does when the reranker was bypassed (it does not read the query's language) or its
+scores are flat (all equal: they order nothing). Candidates the reranker did not
+read (``payload["reranked"]`` leaves them out) keep their fused place.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from qmd_triton.contracts import CANDIDATES, LOGIT, RESULTS
 from qmd_triton.errors import InputError
-from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, sigmoid
+from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, flat, sigmoid
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.serving.triton import common
 
@@ -38,6 +41,10 @@ def read_payload(raw: bytes | str) -> dict:
             else None
         if isinstance(rank, bool) or not isinstance(rank, int):
             raise InputError(f"candidates must be {_SHAPE}")
+    reranked = payload.get("reranked")
+    if reranked is not None and (not isinstance(reranked, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(cands) for i in reranked)):
+        raise InputError("candidates' reranked must be a list of candidate indices")
     plan["options"] = SearchOptions.from_json(json.dumps(plan.get("options", {}))).to_dict()
     return payload
 
@@ -48,20 +55,36 @@ def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
     options = plan["options"]
     if not cands:
         return []
-    reranked = options.get("rerank", True) and len(logits) == len(cands)
-    probs = [sigmoid(float(x)) for x in logits.reshape(-1)] if reranked else None
+    values = [float(x) for x in logits.reshape(-1)]
+    read = payload.get("reranked")
+    if read is None:  # a payload without the list: every candidate was reranked, or none
+        read = list(range(len(cands))) if options.get("rerank", True) and len(values) == len(cands) else []
+    stages = dict(plan.get("stages") or {})
+    probs: list[float | None] | None = None
+    if read and len(values) == len(read):
+        probs = [None] * len(cands)
+        if flat(values):  # equal scores order nothing: the fused order stands
+            values = [sum(values) / len(values)] * len(values)
+            stages["rerank"] = {"status": "flat", "why": "every reranked candidate got the same score"}
+        for i, x in zip(read, values):
+            probs[i] = sigmoid(x)
     fusion = options.get("fusion") or fusion
     order = final_order([c["explain"]["rrf_rank"] for c in cands], probs, fusion)
+    expansion = plan.get("expansion", {})
     out = []
     for i, score in order:
         hit = dict(cands[i])
         explain = hit.pop("explain")
         if probs is not None:
-            explain["rerank"] = round(probs[i], 5)
+            if probs[i] is None:
+                explain["rerank"] = None  # the reranker does not read this passage: it kept its fused place
+            else:
+                explain["rerank"] = round(probs[i], 5)
             explain["fusion"] = fusion
             # the share of the score that the retrieval position carries (0 when the reranker alone orders)
             explain["blend_weight"] = blend_weight(explain["rrf_rank"]) if fusion == "blend" else 0.0
-        explain["expansion"] = plan.get("expansion", {})
+        explain["expansion"] = expansion
+        explain["stages"] = {"expansion": {k: v for k, v in expansion.items() if k in ("status", "why")}, **stages}
         explain["candidates"] = len(cands)
         if "candidate_limit" in payload:
             explain["candidate_limit"] = payload["candidate_limit"]

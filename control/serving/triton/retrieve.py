@@ -9,6 +9,13 @@ tokenized for ``qmd_rerank_model`` with the reranker's own tokenizer. When the
 plan says ``rerank: false`` a single placeholder pair is sent instead (ensembles
 are static: the reranker step always runs).
 
+Languages (``qmd_triton.search.coverage``): the vector list of a query text the
+embedder does not read is left out; a query the reranker does not read is not
+reranked (the placeholder pair again), and only the candidates whose passages it
+reads are sent to it (``payload["reranked"]`` lists them; the others keep their
+fused place). ``plan.stages`` records what ran and why, for ``--explain``, and
+``qmd_stages_total{stage, outcome}`` counts it on Triton's /metrics.
+
 The index must have been embedded with the model this server serves: its
 fingerprint is compared with this repository's on every request.
 """
@@ -31,6 +38,7 @@ from qmd_triton.contracts import (
 from qmd_triton.errors import ArtifactMissing, InputError, QmdError
 from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id, mismatch
 from qmd_triton.index.store import IndexHandle
+from qmd_triton.search.coverage import repository_languages, stage
 from qmd_triton.search.hybrid import Plan, clamp_candidates, hybrid_candidates
 from qmd_triton.search.vectors import VectorIndex
 from qmd_triton.serving.triton import common
@@ -55,6 +63,9 @@ class TritonPythonModel:
             raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)
         self.vectors: VectorIndex | None = None
+        self.languages = repository_languages(repo)
+        self.stages = common.Counter("qmd_stages_total", "Stages of qmd_query by outcome: ran, partial, bypassed "
+                                     "(the model does not read the language), off", ("stage", "outcome"))
 
     def _index(self) -> VectorIndex:
         store = self.handle.get()
@@ -93,17 +104,50 @@ class TritonPythonModel:
                 hits = vectors.search(embeddings[0], plan.search_options, self.handle.contexts(),
                                       parse_query(plan.query).exclude)
                 return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
-            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts())
+            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts(),
+                                      embedder=self.languages["embedding"])
+            read, passages = self._rerank_stage(plan, [c.passage for c in cands])
             payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
-                       "candidate_limit": clamp_candidates(plan.search_options)}
-            if cands and plan.search_options.rerank:
-                pairs = self.pairs.encode(plan.rerank_query(), [c.passage for c in cands], plan.terms(),
-                                          self.passage_tokens)
+                       "candidate_limit": clamp_candidates(plan.search_options), "reranked": read}
+            for name, record in plan.stages.items():
+                self.stages.increment((name, record["status"]))
+            if read:
+                pairs = self.pairs.encode(plan.rerank_query(), [passages[i] for i in read])
             else:
                 pairs = self.pairs.encode("", ["-"])
             return self._response(payload, pairs)
 
         return common.respond_each(requests, handle, (QmdError, InputError))
 
+    def _rerank_stage(self, plan: Plan, chunks: list[str]) -> tuple[list[int], list[str]]:
+        """Which candidates go to the reranker (indices) and what it reads of each (the best window of the
+        chunk, or the chunk), with ``plan.stages["rerank"]`` saying why. A passage's language is judged on the
+        text the cross-encoder reads, not on the whole chunk."""
+        reranker = self.languages["reranker"]
+        query = plan.rerank_query()
+        if not plan.search_options.rerank:
+            plan.stages["rerank"] = stage("off", "rerank: false (--no-rerank)")
+            return [], []
+        if not chunks:
+            plan.stages["rerank"] = stage("off", "no candidates")
+            return [], []
+        if not reranker.reads(query):
+            plan.stages["rerank"] = stage("bypassed", f"{reranker.why_not(query)}; the fused order stands")
+            return [], []
+        terms = plan.terms()
+        passages = [self.pairs.window(c, terms, self.passage_tokens) for c in chunks]
+        read = [i for i, p in enumerate(passages) if reranker.reads(p)]
+        if not read:
+            plan.stages["rerank"] = stage("bypassed", f"{reranker.name} reads {reranker.label}, none of the "
+                                                      "candidates' passages; the fused order stands")
+        elif len(read) < len(passages):
+            plan.stages["rerank"] = stage("partial", f"{len(passages) - len(read)} of {len(passages)} candidates are "
+                                                     f"in scripts {reranker.name} does not read ({reranker.label}); "
+                                                     "they keep their fused place")
+        else:
+            plan.stages["rerank"] = stage("ran")
+        return read, passages
+
     def finalize(self) -> None:
+        self.stages.close()
         self.handle.close()
