@@ -252,7 +252,18 @@ def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: 
     if not cols:
         raise click.ClickException("no collections; add one with `qmdctl collection add PATH --name NAME`")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        stop.set()
+
+    # Ctrl-C and SIGTERM (systemd) stop the same way: the watcher sees `stop` within its step and an embed
+    # ends after the batches in flight. Both are set here, and unblocked, rather than trusted to what the
+    # process inherited (a parent that ignored or blocked SIGINT left Ctrl-C without effect).
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def refresh(which: list) -> None:
         with open_store(settings, create=True) as store:
@@ -261,7 +272,7 @@ def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: 
                    f"{report.changed} changed, {report.removed} removed", err=True)
         if not no_embed and (report.added or report.changed):
             ensure_running(settings, progress=state.progress, warn=state.warn)
-            done = embed_index(settings)
+            done = embed_index(settings, stop=stop)
             click.echo(f"{time.strftime('%H:%M:%S')} embedded {done.embedded} chunks", err=True)
 
     first = True

@@ -63,11 +63,16 @@ def test_watch_reindexes_and_reembeds_edits_additions_and_removals(triton: Setti
         (notes / "recipes.md").unlink()
         assert eventually(lambda: files("search", "sourdough") == []), "a removal"
     finally:
+        try:  # what the process does with signals, shown if it does not stop
+            masks = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                     if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+        except OSError:
+            masks = []
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-        print(f"qmdctl watch said:\n{err}")  # shown when an assertion above failed
+        print(f"qmdctl watch said:\n{err}\nits signal masks: {masks}")  # shown when an assertion above failed
     assert "stopped watching" in err and "Traceback" not in err
