@@ -14,6 +14,7 @@ from qmd_triton.cli.common import (
     State,
     collections_of,
     emit_json,
+    index_exists,
     open_store,
     pass_state,
     protocol_option,
@@ -76,7 +77,7 @@ def collection_list(state: State, as_json: bool) -> None:
     settings = state.settings()
     cols = collections_of(settings).list()
     counts: dict[str, Any] = {}
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store:
             counts = store.counts()["collections"]
     rows = [{"name": c.name, "path": str(c.path), "masks": list(c.masks), "ignore": list(c.ignore),
@@ -100,7 +101,7 @@ def collection_remove(state: State, name: str) -> None:
     config = collections_of(settings)
     config.get(name)
     removed = 0
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store, store.transaction():
             removed = store.delete_collection(name)
             store.collect_garbage()
@@ -120,7 +121,7 @@ def collection_rename(state: State, old: str, new: str) -> None:
     if new in {c.name for c in config.list()}:
         raise InputError(f"a collection named {new!r} already exists")
     check_name(new)
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store, store.transaction():
             store.rename_collection(old, new)
     config.rename(old, new)
@@ -217,7 +218,7 @@ def cleanup_cmd(state: State, keep_expansions: int, as_json: bool) -> None:
     """
     settings = state.settings()
     with open_store(settings) as store:
-        state.progress(f"cleaning up {settings.index_path}")
+        state.progress(f"cleaning up {store.describe()}")
         report = store.cleanup(keep_expansions=keep_expansions)
     if as_json:
         emit_json(report)

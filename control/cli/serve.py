@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
-from qmd_triton.index.store import index_summary
+from qmd_triton.index.backend import index_config, index_summary
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
 
@@ -83,14 +83,22 @@ def trace_flags(trace_file: Path | None, otel_endpoint: str | None, rate: int) -
 @click.command()
 @pass_state
 def down(state: State) -> None:
-    """Stop the server that `qmdctl up` started (and only that one), and its monitoring."""
+    """Stop the server that `qmdctl up` started (and only that one), its monitoring, and the home's Milvus
+    Lite server (the milvus index backend without a uri)."""
     from qmd_triton.ops.monitor import stop_monitor
 
     settings = state.settings()
     server.stop_supervisor(settings, progress=state.progress)  # first: it would bring the server back
     stop_monitor(settings, progress=state.progress)
-    info = server.stop(settings, progress=state.progress)
-    state.progress(f"stopped tritonserver (pid {info.pid})")
+    from qmd_triton.serving import milvus_lite
+
+    try:
+        info = server.stop(settings, progress=state.progress)
+        state.progress(f"stopped tritonserver (pid {info.pid})")
+    finally:
+        # the home's Milvus Lite (index.backend = "milvus" without a uri), started by `up` or a CLI command
+        if milvus_lite.stop(index_config(settings.home), progress=state.progress):
+            state.progress("stopped Milvus Lite")
 
 
 @click.command("metrics-exporter")
@@ -127,14 +135,19 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
     """
     settings = server_settings(state, kwargs)
     st = server.status(settings)
-    index = index_summary(settings.index_path)
+    config = index_config(settings.home)
+    if config.local:
+        from qmd_triton.serving import milvus_lite
+
+        milvus_lite.ensure_running(config, progress=state.progress)
+    index = index_summary(config)
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "healthy": st.healthy, "managed": st.managed,
                    "pid": st.pid, "log": st.log, "supervisor": st.supervisor, "models": st.models,
                    "problems": st.problems, "index": index})
     else:
         if index is None:
-            click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
+            click.echo(f"index   none yet in {config.describe()} (qmdctl collection add, then qmdctl update)")
         else:
             click.echo(f"index   {index['path']}  {index['documents']} documents, {index['chunks']} chunks, "
                        f"{index['embedded_share']:.0%} embedded")

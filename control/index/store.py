@@ -207,11 +207,28 @@ class _Connection(sqlite3.Connection):
 
 
 class IndexStore:
-    """A connection to one index file."""
+    """A connection to one index file: the ``sqlite`` backend of :class:`qmd_triton.index.backend.Index`."""
+
+    backend = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def collection_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
+
+    def upsert_documents(self, items: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
+        """Many documents at once (``update``); call inside a transaction."""
+        for item in items:
+            self.upsert_document(*item)
+
+    def after_embed(self) -> None:
+        """What an ``embed`` run leaves tidy: the vector log pruned to what a lagging reader may need."""
+        self.prune_vector_log()
 
     # -- opening -------------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 
 from qmd_triton.contracts import MODEL_SPECS
 from qmd_triton.errors import QmdError
+from qmd_triton.index.backend import exists, index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
-from qmd_triton.index.store import IndexStore
 from qmd_triton.serving.health import PROBE_MODELS, probe
 from qmd_triton.serving.server import ADMIN_HEADER
 from qmd_triton.settings import Settings
@@ -63,9 +63,16 @@ class QmdCollector:
             self.errors["index"] += 1
             log.warning("cannot read the collections: %s", e)
         updated: dict[str, float] = {}
-        if self.settings.index_path.exists():
+        config = index_config(self.settings.home)
+        try:
+            present = exists(config)
+        except QmdError as e:
+            present = False
+            self.errors["index"] += 1
+            log.warning("cannot reach the index: %s", e)
+        if present:
             try:
-                with IndexStore.open(self.settings.index_path, readonly=True) as store:
+                with open_index(config, readonly=True) as store:
                     counts = store.counts()
                     updated = store.last_updates()
                 for name, c in sorted(counts["collections"].items()):

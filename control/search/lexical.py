@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.store import IndexStore
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, check_query, clip, hit_of
 from qmd_triton.text.terms import LexicalQuery, has_cjk, parse_query
 
@@ -49,11 +49,11 @@ def snippet_terms(parsed: LexicalQuery) -> list[str]:
     return list(dict.fromkeys(w for t in parsed.terms for w in t.split()))
 
 
-def known_collections(store: IndexStore) -> list[str]:
-    return [r[0] for r in store.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
+def known_collections(store: Index) -> list[str]:
+    return store.collection_names()
 
 
-def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOptions(),
+def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions(),
                 contexts: ContextMap | None = None) -> list[Hit]:
     """Full-text search: documents matching any query term, ranked by BM25."""
     q = check_query(query)
