@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
+from qmd_triton.errors import QmdError
 from qmd_triton.index.backend import index_config, index_summary
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
@@ -95,10 +96,15 @@ def down(state: State) -> None:
     try:
         info = server.stop(settings, progress=state.progress)
         state.progress(f"stopped tritonserver (pid {info.pid})")
-    finally:
-        # the home's Milvus Lite (index.backend = "milvus" without a uri), started by `up` or a CLI command
-        if milvus_lite.stop(index_config(settings.home), progress=state.progress):
-            state.progress("stopped Milvus Lite")
+    except QmdError:
+        # no Triton of this home: the Milvus Lite a CLI command started may still run
+        if not milvus_lite.stop(index_config(settings.home), progress=state.progress):
+            raise
+        state.progress("stopped Milvus Lite")
+        return
+    # the home's Milvus Lite (index.backend = "milvus" without a uri), started by `up` or a CLI command
+    if milvus_lite.stop(index_config(settings.home), progress=state.progress):
+        state.progress("stopped Milvus Lite")
 
 
 @click.command("metrics-exporter")

@@ -60,8 +60,12 @@ CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
 EXPANSION_PREFIX = "expansion:"
 CHUNKED_PREFIX = "chunked:"  # not used for state: chunk rows themselves say a content is chunked
 
-for _name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.client"):
-    logging.getLogger(_name).setLevel(logging.ERROR)  # its warnings would reach stderr on every query
+
+def _quiet() -> None:
+    """pymilvus sets up its own loggers when imported; its warnings (an iterator's timestamp fallback on
+    Milvus Lite) would reach stderr on every listing."""
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _id63(text: str) -> int:
@@ -145,6 +149,7 @@ class MilvusIndex:
         except ImportError:
             raise IndexUnavailable("index.backend = \"milvus\" needs pymilvus: pip install 'qmd-triton[milvus]'") \
                 from None
+        _quiet()
         uri = config.resolved_uri()
         try:
             return MilvusClient(uri=uri, token=config.token or "", timeout=timeout)
@@ -178,6 +183,8 @@ class MilvusIndex:
                     if not client.has_collection(name):
                         raise IndexCorrupt(f"the index in {config.describe()} has no {name} collection; drop the "
                                            f"{config.prefix}_* collections and run `qmdctl update` to rebuild")
+            for name in (index.docs, index.meta_table, index.chunks):
+                index._load(name)
         except QmdError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -248,6 +255,13 @@ class MilvusIndex:
             ip.add_index(field, index_type="INVERTED")
         c.create_collection(self.chunks, schema=s, index_params=ip, consistency_level="Strong")
 
+    def _load(self, name: str) -> None:
+        """Milvus serves a collection once it is loaded (after a restart they come back released)."""
+        from pymilvus.client.types import LoadState
+
+        if self.client.has_collection(name) and self.client.get_load_state(name).get("state") != LoadState.Loaded:
+            self.client.load_collection(name)
+
     def alive(self) -> bool:
         try:
             self.client.has_collection(self.docs)
@@ -299,6 +313,9 @@ class MilvusIndex:
         with self._errors():
             if limit is not None and limit <= QUERY_LIMIT:
                 return list(self.client.query(table, filter=expr, output_fields=list(fields), limit=limit))
+            first = list(self.client.query(table, filter=expr, output_fields=list(fields), limit=QUERY_LIMIT))
+            if len(first) < QUERY_LIMIT:
+                return first
             it = self.client.query_iterator(table, batch_size=4096, filter=expr, output_fields=list(fields),
                                             limit=limit if limit is not None else -1)
             out: list[dict] = []
