@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -138,6 +138,31 @@ def _read_table(path: Path) -> dict[str, Any]:
     return table
 
 
+def write_index_table(home: Path, **values: Any) -> None:
+    """Sets keys of the ``[index]`` table of ``$home/config.toml`` (comments and layout kept); an empty string
+    removes a key."""
+    import tomlkit
+
+    from qmd_triton.system.files import atomic_write_text
+
+    path = Path(home) / "config.toml"
+    _read_table(path)  # a malformed file is one clear error
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        doc = tomlkit.document()
+    table = doc.setdefault("index", tomlkit.table())
+    for key, value in values.items():
+        if key not in _KEYS:
+            raise ConfigError(f"unknown [index] key {key!r}")
+        if value in ("", None):
+            table.pop(key, None)
+        else:
+            table[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, tomlkit.dumps(doc))
+
+
 class Index(Protocol):
     """What every layer above the index uses. :class:`~qmd_triton.index.store.IndexStore` (SQLite) and
     :class:`~qmd_triton.index.milvus.MilvusIndex` implement it.
@@ -198,6 +223,10 @@ class Index(Protocol):
     def add_vectors(self, items: Sequence[tuple[str, np.ndarray]]) -> None: ...
     def drop_unused_vectors(self) -> int: ...
     def after_embed(self) -> None: ...
+    def export_chunks(self) -> Iterator[tuple[ChunkRow, np.ndarray | None]]: ...
+    def export_expansions(self) -> Iterator[tuple[str, dict]]: ...
+    def import_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None: ...
+    def upsert_documents(self, items: Sequence[tuple[str, str, str, str, str, int, int]]) -> None: ...
     def clear_chunks(self) -> None: ...
     def clear_embeddings(self) -> None: ...
     def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]: ...

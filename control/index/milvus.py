@@ -740,6 +740,34 @@ class MilvusIndex:
         with self._errors():
             self.client.upsert(self.chunks, out)
 
+    def import_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None:
+        self.insert_chunks(rows)
+
+    def export_chunks(self) -> Iterator[tuple[ChunkRow, Any]]:
+        import numpy as np
+
+        if not self._has_chunks():
+            return
+        with self._errors():
+            it = self.client.query_iterator(self.chunks, batch_size=2048, filter="",
+                                            output_fields=[*self._CHUNK_FIELDS, "embedded", "embedding"])
+        live = self._doc_hashes()
+        try:
+            while True:
+                with self._errors():
+                    batch = it.next()
+                if not batch:
+                    break
+                for r in batch:
+                    if r["hash"] in live:
+                        yield self._chunk(r), (np.asarray(r["embedding"], dtype=np.float32) if r["embedded"] else None)
+        finally:
+            it.close()
+
+    def export_expansions(self) -> Iterator[tuple[str, dict]]:
+        for r in self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key", "value"]):
+            yield r["key"][len(EXPANSION_PREFIX):], json.loads(r["value"])
+
     def drop_unused_vectors(self) -> int:
         """Chunks belong to content: those of content no document holds go (``collect_garbage``)."""
         return self.collect_garbage()
