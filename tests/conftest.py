@@ -145,9 +145,7 @@ def use_backend(home: Path, backend: str, uri: str = "") -> Path:
     """Points a test home at a backend: milvus on the session's Milvus Lite, in collections of its own."""
     import uuid
 
-    from qmd_triton.index.backend import write_index_table
-
-    from qmd_triton.index.backend import index_config
+    from qmd_triton.index.backend import index_config, write_index_table
 
     if backend == "milvus" and index_config(home).backend != "milvus":
         home.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ SEARCH_EF = 128  # HNSW's candidate list at search time (recall@10 vs exact: per
 ENGLISH_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
 EXPANSION_PREFIX = "expansion:"
-CHUNKED_PREFIX = "chunked:"  # not used for state: chunk rows themselves say a content is chunked
+RETIRED = "retired:"  # chunks of a re-chunked index, kept until the next embed has taken their vectors
 
 
 def _quiet() -> None:
@@ -552,12 +552,25 @@ class MilvusIndex:
         return {r["hash"] for r in self._query(self.chunks, "seq == 0", ["hash"])}
 
     def collect_garbage(self) -> int:
-        """Drops the chunks of content that no document holds any more; returns how many contents."""
-        gone = sorted(self._chunk_hashes() - self._doc_hashes())
+        """Content lives in its documents' rows, so nothing is left to collect after ``update``: the chunks of
+        content no document holds any more stay until ``embed`` has reused their vectors (a chunk whose text
+        did not change keeps its vector) and then go (``drop_unused_vectors``)."""
+        return 0
+
+    def drop_unused_vectors(self) -> int:
+        """Drops the chunks (and vectors) of content that no document holds any more; returns how many
+        contents."""
+        if not self._has_chunks():
+            return 0
+        gone = sorted(h for h in self._chunk_hashes() - self._doc_hashes() if not h.startswith(RETIRED))
         for start in range(0, len(gone), IN_BATCH):
             with self._errors():
                 self.client.delete(self.chunks, filter=_in("hash", gone[start : start + IN_BATCH]))
-        return len(gone)
+        retired = self._count(self.chunks, f'hash like "{RETIRED}%"')
+        if retired:  # kept by clear_chunks for this embed to find by text; every seq, not only seq 0
+            with self._errors():
+                self.client.delete(self.chunks, filter=f'hash like "{RETIRED}%"')
+        return len(gone) + retired
 
     def cleanup(self, keep_expansions: int = 10000) -> dict[str, int]:
         rows = self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key", "created"])
@@ -768,22 +781,36 @@ class MilvusIndex:
         for r in self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key", "value"]):
             yield r["key"][len(EXPANSION_PREFIX):], json.loads(r["value"])
 
-    def drop_unused_vectors(self) -> int:
-        """Chunks belong to content: those of content no document holds go (``collect_garbage``)."""
-        return self.collect_garbage()
-
     def after_embed(self) -> None:
         with self._errors():
             if self._has_chunks():
                 self.client.flush(self.chunks)
 
     def clear_chunks(self) -> None:
+        """Forgets every chunk (the next embed chunks again) but keeps the vectors for their texts: embedded
+        rows move to a retired content key (``retired:HASH``) that no document holds, where the next embed
+        finds them by text and then drops them."""
+        if not self._has_chunks():
+            return
+        rows = self._query(self.chunks, f'embedded == true and not (hash like "{RETIRED}%")',
+                           [*self._CHUNK_FIELDS, "embedded", "embedding"])
+        for start in range(0, len(rows), 512):
+            part = rows[start : start + 512]
+            moved = [{**r, "hash": RETIRED + r["hash"][:55], "id": chunk_id_of(RETIRED + r["hash"], r["seq"])}
+                     for r in part]
+            with self._errors():
+                self.client.upsert(self.chunks, moved)
+                self.client.delete(self.chunks, ids=[int(r["id"]) for r in part])
+        with self._errors():
+            self.client.delete(self.chunks, filter=f'not (hash like "{RETIRED}%")')
+
+    def drop_chunks(self) -> None:
         with self._errors():
             if self._has_chunks():
                 self.client.drop_collection(self.chunks)
 
     def clear_embeddings(self) -> None:
-        self.clear_chunks()
+        self.drop_chunks()
         self._delete_meta([FINGERPRINT_KEY])
 
     def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]:

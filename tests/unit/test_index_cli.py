@@ -150,10 +150,9 @@ def test_a_failing_update_changes_nothing(qmd: Qmd, notes: Path, monkeypatch):
 def test_a_reader_sees_the_index_before_or_after_an_update_never_between(qmd: Qmd, notes: Path, monkeypatch):
     sqlite_only(qmd, "Milvus has no transactions across rows")
     import threading
+    import time
 
     from qmd_triton.index.store import IndexStore
-
-    import time
 
     before = qmd.counts()["documents"]
     for i in range(60):
