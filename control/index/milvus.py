@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from qmd_triton.errors import IndexCorrupt, IndexMissing, IndexUnavailable, InputError, QmdError
+from qmd_triton.errors import ConfigError, IndexCorrupt, IndexMissing, IndexUnavailable, InputError, QmdError
 from qmd_triton.index.migrations import text_hash
 from qmd_triton.index.store import FINGERPRINT_KEY, LAST_UPDATE_KEY, ChunkRow, DocRow
 from qmd_triton.text.terms import cjk_runs, has_cjk
@@ -120,8 +120,11 @@ def cjk_text(text: str) -> str:
 
 
 def _milvus_error(e: Exception, config: IndexConfig) -> QmdError:
-    text = " ".join(str(e).split())
+    message = getattr(e, "message", None)  # pymilvus's exceptions: the server's or client's own words
+    text = " ".join(str(message if isinstance(message, str) and message else e).split())
     where = config.describe()
+    if type(e).__name__ == "ConnectionConfigException":
+        return ConfigError(f"index.uri {config.uri!r} is not a Milvus URI ({text[:200]})")
     if any(s in text for s in ("Fail connecting", "UNAVAILABLE", "failed to connect", "Connection refused",
                                "Deadline Exceeded", "DEADLINE_EXCEEDED")):
         hint = "`qmdctl up` starts the local Milvus Lite server" if config.local else "check that Milvus is up"
