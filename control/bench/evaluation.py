@@ -124,6 +124,25 @@ def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MO
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; modes: {', '.join(MODES)}")
     settings = workspace(base, dataset)
+    try:
+        result = _evaluate(dataset, settings, modes, baseline=baseline, progress=progress)
+    finally:
+        _stop_index(settings)
+    record(base, result)
+    return result
+
+
+def _stop_index(settings: Settings) -> None:
+    """The set's own Milvus Lite (milvus backend without a uri), started for this run, stops with it."""
+    from qmd_triton.serving import milvus_lite
+
+    config = index_config(settings.home)
+    if config.local:
+        milvus_lite.stop(config)
+
+
+def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, baseline: bool,
+              progress: Progress) -> dict[str, Any]:
     mapping = index_set(dataset, settings, progress)
     chosen = [m for m in MODES if m in modes]
     rows: list[dict[str, Any]] = []
@@ -169,7 +188,8 @@ def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MO
     result = {"set": dataset.name, "kind": dataset.kind, "queries": len(dataset.judged_queries()),
               "documents": dataset.documents, "rows": rows, "per_query": per_query,
               "query_text": {q: dataset.queries[q] for q in dataset.judged_queries()}}
-    record(base, result)
+    if index_config(settings.home).backend != "sqlite":
+        result["backend"] = index_config(settings.home).describe()
     return result
 
 
