@@ -418,10 +418,17 @@ class MilvusIndex:
         return self._docs(f'hash like "{prefix}%"')
 
     def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
-        out = {}
-        for h in set(hashes):
-            others = {r["hash"] for r in self._query(self.docs, f'part == 0 and hash like "{h[:minimum]}%"',
-                                                     ["hash"])} - {h}
+        out = {h: h[:minimum] for h in hashes if not re.fullmatch(r"[0-9a-f]{1,64}", h)}
+        wanted = sorted({h for h in hashes if h not in out})
+        if not wanted:
+            return out
+        prefixes = sorted({h[:minimum] for h in wanted})
+        near: set[str] = set()
+        for start in range(0, len(prefixes), 64):  # one query for a page of hits, not one per hit
+            expr = " or ".join(f'hash like "{p}%"' for p in prefixes[start : start + 64])
+            near |= {r["hash"] for r in self._query(self.docs, f"part == 0 and ({expr})", ["hash"])}
+        for h in wanted:
+            others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
             longest = max((len(_common(h, o)) for o in others), default=0)
             out[h] = h[: max(minimum, longest + 1)]
         return out
@@ -456,6 +463,26 @@ class MilvusIndex:
             raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} has {len(mine)} of "
                                f"{mine[0]['parts']} parts; run `qmdctl update --force`")
         return "".join(r["text"] for r in mine)
+
+    def bodies(self, hashes: Sequence[str]) -> dict[str, str]:
+        """The texts of many contents in one query (a page of hits' snippets)."""
+        wanted = list(dict.fromkeys(hashes))
+        rows: list[dict] = []
+        for start in range(0, len(wanted), IN_BATCH):
+            rows += self._query(self.docs, _in("hash", wanted[start : start + IN_BATCH]),
+                                ["doc", "hash", "part", "parts", "text"])
+        by_doc: dict[tuple[str, int], list[dict]] = {}
+        for r in rows:
+            by_doc.setdefault((r["hash"], int(r["doc"])), []).append(r)
+        out: dict[str, str] = {}
+        for (h, _), parts in sorted(by_doc.items()):
+            if h in out or len(parts) != int(parts[0]["parts"]):
+                continue
+            out[h] = "".join(r["text"] for r in sorted(parts, key=lambda r: r["part"]))
+        for h in wanted:
+            if h not in out:
+                out[h] = self.body(h)  # missing or incomplete: body() says which, in one line
+        return out
 
     def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
                         size: int, mtime_ns: int) -> int:
@@ -832,10 +859,24 @@ class MilvusIndex:
         rows = self._query(self.chunks, f"hash == {_quote(content_hash)}", self._CHUNK_FIELDS)
         return sorted((self._chunk(r) for r in rows), key=lambda c: c.seq)
 
-    def nearest_chunks(self, query_vec: Any, k: int) -> list[tuple[ChunkRow, float]]:
-        """The k chunks nearest the query (HNSW, inner product), best first, with their scores."""
+    def chunks_of_many(self, hashes: Sequence[str]) -> dict[str, list[ChunkRow]]:
+        """The chunks of many contents in one query, by content hash (each list by sequence)."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, list[ChunkRow]] = {h: [] for h in wanted}
+        if not wanted or not self._has_chunks():
+            return out
+        for start in range(0, len(wanted), IN_BATCH):
+            for r in self._query(self.chunks, _in("hash", wanted[start : start + IN_BATCH]), self._CHUNK_FIELDS):
+                out[r["hash"]].append(self._chunk(r))
+        for chunks in out.values():
+            chunks.sort(key=lambda c: c.seq)
+        return out
+
+    def nearest_chunks(self, query_vec: Any, k: int, raw: bool = False) -> Any:
+        """The k chunks nearest the query (HNSW, inner product), best first, with their scores; with ``raw``
+        also how many Milvus returned (before chunks still waiting for their vector are dropped)."""
         if not self._has_chunks():
-            return []
+            return ([], 0) if raw else []
         vec = [float(x) for x in query_vec]
         with self._errors():
             hits = self.client.search(self.chunks, data=[vec], anns_field="embedding", limit=min(k, QUERY_LIMIT),
@@ -843,8 +884,9 @@ class MilvusIndex:
                                       search_params={"metric_type": "IP", "params": {"ef": max(SEARCH_EF, k)}})[0]
         # Chunks still waiting for their vector hold a zero vector: dropped here rather than filtered in the
         # search (a filter over every row would cost each query more than the few rows it removes).
-        return [(self._chunk({**h["entity"], "id": h["id"]}), float(h["distance"])) for h in hits
-                if h["entity"].get("embedded")]
+        out = [(self._chunk({**h["entity"], "id": h["id"]}), float(h["distance"])) for h in hits
+               if h["entity"].get("embedded")]
+        return (out, len(hits)) if raw else out
 
     def embedded_count(self) -> int:
         return self._count(self.chunks, "embedded == true") if self._has_chunks() else 0

@@ -131,9 +131,10 @@ def clamp_candidates(options: SearchOptions) -> int:
     return max(min(options.candidates, MAX_CANDIDATES), min(options.n, MAX_CANDIDATES))
 
 
-def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str]) -> tuple[int, str]:
+def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequence[Any] | None = None
+                ) -> tuple[int, str]:
     """The chunk with the most query-term overlap (first on ties), or the body's start."""
-    chunks = store.chunks_of(doc.hash)
+    chunks = store.chunks_of(doc.hash) if chunks is None else chunks
     if not chunks:
         body = store.body(doc.hash)
         return 1, body[:PASSAGE_CHARS]
@@ -180,9 +181,12 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     top = max_rrf(lists)
     terms = plan.terms()
     out = []
+    # milvus: every candidate's chunks in one round trip; sqlite reads them per candidate (no change there)
+    many = getattr(store, "chunks_of_many", None)
+    prefetched = many([docs[f.key].hash for f in fused]) if many else {}
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
-        line, passage = _best_chunk(store, doc, terms)
+        line, passage = _best_chunk(store, doc, terms, prefetched.get(doc.hash))
         # The snippet is the best window of the passage the reranker reads.
         offset, snippet = snippet_for(passage, terms)
         hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,

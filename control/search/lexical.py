@@ -64,11 +64,14 @@ def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions
         raise InputError("the query only excludes (-word); give at least one word to search for")
     terms = snippet_terms(parsed)
     hits = []
-    for doc, raw in store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude):
+    rows = store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)
+    # milvus: the page's texts in one round trip; sqlite reads each body where it needs it (no change there)
+    bodies = store.bodies([d.hash for d, _ in rows]) if getattr(store, "bodies", None) else {}
+    for doc, raw in rows:
         score = normalize_bm25(raw)
         if score < options.min_score:
             continue
-        body = store.body(doc.hash)
+        body = bodies[doc.hash] if doc.hash in bodies else store.body(doc.hash)
         line, snippet = snippet_for(body, terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
     return annotate(hits, store, contexts)

@@ -18,6 +18,7 @@ import numpy as np
 from qmd_triton.errors import InputError
 from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
+from qmd_triton.index.milvus import QUERY_LIMIT
 from qmd_triton.index.store import ChunkRow, DocRow, IndexStore
 from qmd_triton.search.lexical import known_collections
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, clip, hit_of
@@ -39,7 +40,8 @@ class _DocumentRanking:
     def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
         raise NotImplementedError
 
-    def _size(self) -> int:
+    def _exhausted(self, k: int, found: int) -> bool:
+        """Whether asking for more than ``k`` chunks (``found`` came back) could find more."""
         raise NotImplementedError
 
     def ranked_docs(self, query_vec: np.ndarray, n: int, collections: Sequence[str] = (),
@@ -55,7 +57,7 @@ class _DocumentRanking:
             docs = self.store.documents_by_hash(list(best), collections or None)
             ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
                             key=lambda x: -x[1][1])
-            if len(ranked) >= n or k >= self._size():
+            if len(ranked) >= n or self._exhausted(k, len(top)):
                 break
             k *= 4
         ranked = ranked[:n]
@@ -90,23 +92,21 @@ class MilvusVectors(_DocumentRanking):
 
     def __init__(self, store: Index) -> None:
         self.store = store
-        self._rows = (0.0, 0)
+        self._raw = 0
 
-    def _size(self) -> int:
-        import time
-
-        stamp, rows = self._rows
-        if time.monotonic() - stamp > 5.0:  # a bound for the widening loop, not a result: a stale count is fine
-            rows = self.store.embedded_count()  # type: ignore[attr-defined]
-            self._rows = (time.monotonic(), rows)
-        return rows
+    def _exhausted(self, k: int, found: int) -> bool:
+        # Milvus answered fewer than asked (chunks without a vector yet are dropped from what it returns, so
+        # the raw count decides), or k reached its cap for one search. No count(*): that scans every row.
+        return self._raw < k or k >= QUERY_LIMIT
 
     def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
         if not hasattr(self, "_dim"):
             self._dim = int((self.store.fingerprint() or {}).get("dim") or 0)
         if self._dim and query_vec.shape[-1] != self._dim:
             raise InputError(f"query vector has {query_vec.shape[-1]} dims but the index holds {self._dim}-d vectors")
-        return self.store.nearest_chunks(np.asarray(query_vec, dtype=np.float32), k)  # type: ignore[attr-defined]
+        top, self._raw = self.store.nearest_chunks(np.asarray(query_vec, dtype=np.float32), k,  # type: ignore[attr-defined]
+                                                   raw=True)
+        return top
 
 
 class VectorIndex(_DocumentRanking):
@@ -251,8 +251,8 @@ class VectorIndex(_DocumentRanking):
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         return [(int(i), float(scores[i])) for i in idx]
 
-    def _size(self) -> int:
-        return len(self)
+    def _exhausted(self, k: int, found: int) -> bool:
+        return k >= len(self)
 
     def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
         """The matrix's best rows as chunk ids and content hashes only: texts are read for the final hits."""
