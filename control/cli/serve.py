@@ -44,6 +44,9 @@ def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor:
        model_config_name: str | None, supervise: bool, **kwargs: Any) -> None:
     """Start the local Triton server on the model repository and wait until it is ready.
 
+    Where the home's index is on the milvus backend without a uri (`[index] backend = "milvus"` in
+    config.toml), the home's Milvus Lite server is started first, beside it; `qmdctl down` stops both.
+
     The shared-memory, model-repository, logging and trace APIs are restricted (on HTTP and gRPC) to
     requests with the header `admin-key` set to the key in $QMD_HOME/run/admin.key.
     """
