@@ -207,7 +207,7 @@ class MilvusIndex:
             s.add_field("v", DataType.FLOAT_VECTOR, dim=2)
             ip = c.prepare_index_params()
             ip.add_index("v", index_type="FLAT", metric_type="L2")
-            c.create_collection(self.meta_table, schema=s, index_params=ip, consistency_level="Strong")
+            self._create_collection(self.meta_table, s, ip)
         s = c.create_schema(auto_id=False, enable_dynamic_field=False)
         s.add_field("id", DataType.INT64, is_primary=True)
         s.add_field("doc", DataType.INT64)
@@ -235,7 +235,7 @@ class MilvusIndex:
         ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         for field in ("collection", "hash", "doc"):
             ip.add_index(field, index_type="INVERTED")
-        c.create_collection(self.docs, schema=s, index_params=ip, consistency_level="Strong")
+        self._create_collection(self.docs, s, ip)
 
     def _create_chunks(self, dim: int) -> None:
         from pymilvus import DataType
@@ -256,7 +256,21 @@ class MilvusIndex:
         ip.add_index("embedding", index_type="HNSW", metric_type="IP", params=HNSW)
         for field in ("hash", "text_hash"):
             ip.add_index(field, index_type="INVERTED")
-        c.create_collection(self.chunks, schema=s, index_params=ip, consistency_level="Strong")
+        self._create_collection(self.chunks, s, ip)
+
+    def _create_collection(self, name: str, schema: Any, index_params: Any, timeout_s: float = 60.0) -> None:
+        """An empty collection with its indexes, loaded. The indexes are asked for without pymilvus's own wait
+        (it sleeps half a second per index before its first look) and watched here instead."""
+        c = self.client
+        c.create_collection(name, schema=schema, consistency_level="Strong")
+        c.create_index(name, index_params, sync=False)
+        deadline = time.monotonic() + timeout_s
+        for index in c.list_indexes(name):
+            while (state := c.describe_index(name, index).get("state")) not in ("Finished", None):
+                if state == "Failed" or time.monotonic() > deadline:
+                    raise IndexUnavailable(f"{self.describe()}: building index {index} of {name} {state or 'failed'}")
+                time.sleep(0.02)
+        c.load_collection(name)
 
     def _load(self, name: str) -> None:
         """Milvus serves a collection once it is loaded (after a restart they come back released)."""
