@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qmd_triton.bench.datasets import load_set
+from qmd_triton.bench.datasets import load_set, passage_text
 from qmd_triton.bench.reports import machine_line
 from qmd_triton.contracts import KIND_DOCUMENT, KIND_QUERY
 from qmd_triton.index.backend import IndexConfig
@@ -70,29 +70,44 @@ def rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
-def base_data(repo: Path, cache: Path, limit: int = 0) -> tuple[list[tuple[str, str]], np.ndarray, list[str],
-                                                                 np.ndarray]:
-    """The shared passages (title, text) with their vectors, and the judged queries with theirs."""
-    passages, queries = [], []
+def base_data(settings: Settings, cache: Path, limit: int = 0) -> tuple[list[tuple[str, str]], np.ndarray, list[str],
+                                                                      np.ndarray]:
+    """The shared passages (title, text) with their vectors, and the judged queries with theirs. A set's
+    passage vectors come from ``qmdctl eval``'s baseline cache in this home when it holds them (the same
+    model, the same ``title. text``), else they are embedded here."""
+    repo = settings.model_repository
+    setup = embedding_setup(repo)
+    passages: list[tuple[str, str]] = []
+    queries: list[str] = []
+    blocks: list[np.ndarray] = []
+    embedder = None
     for name in ("msmarco", "dbpedia"):
         data = load_set(default_datasets() / name)
-        passages += list(data.texts().values())
+        texts = list(data.texts().values())
         queries += [data.queries[q] for q in data.judged_queries()]
-    passages = passages[:limit] if limit else passages
-    setup = embedding_setup(repo)
-    path = cache / f"base-{setup.id}-{len(passages)}.npz"
-    if path.exists():
-        saved = np.load(path)
-        return passages, saved["docs"], queries, saved["queries"]
-    embedder = InProcessEmbedder.from_repository(repo)
-    say(f"embedding {len(passages)} passages and {len(queries)} queries in-process (cached in {path})")
-    started = time.monotonic()
-    docs = embedder.embed_batched([f"{t}. {x}" if t else x for t, x in passages], KIND_DOCUMENT)
+        if limit:
+            texts = texts[: max(0, limit - len(passages))]
+        passages += texts
+        if not texts:
+            continue
+        cached = settings.home / "eval" / name / f"baseline-{setup.id}.npy"
+        mine = cache / f"base-{setup.id}-{name}-{len(texts)}.npy"
+        for path in (cached, mine):
+            if path.exists() and len(matrix := np.load(path)) >= len(texts):
+                blocks.append(matrix[: len(texts)])
+                say(f"{name}: {len(texts)} passage vectors from {path}")
+                break
+        else:
+            embedder = embedder or InProcessEmbedder.from_repository(repo)
+            say(f"{name}: embedding {len(texts)} passages in-process (cached in {mine})")
+            started = time.monotonic()
+            blocks.append(embedder.embed_batched([passage_text(t, x) for t, x in texts], KIND_DOCUMENT))
+            say(f"embedded in {time.monotonic() - started:.0f}s")
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(mine, blocks[-1])
+    embedder = embedder or InProcessEmbedder.from_repository(repo)
     qs = embedder.embed_batched(queries, KIND_QUERY)
-    say(f"embedded in {time.monotonic() - started:.0f}s")
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, docs=docs, queries=qs)
-    return passages, docs, queries, qs
+    return passages, np.concatenate(blocks), queries, qs
 
 
 def replicate(base: np.ndarray, n: int, noise: float, seed: int = 7) -> np.ndarray:
@@ -220,7 +235,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings.load()
     work = settings.home / "milvus-scale"
-    passages, base, queries, qvecs = base_data(settings.model_repository, work, args.base)
+    passages, base, queries, qvecs = base_data(settings, work, args.base)
     queries, qvecs = queries[: args.queries], qvecs[: args.queries]
     fingerprint = embedding_setup(settings.model_repository).fingerprint
     results = {"machine": machine_line(), "load_before": os.getloadavg(), "noise_sigma": args.noise,

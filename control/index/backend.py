@@ -279,6 +279,7 @@ class ServedIndex:
         self.config = config
         self._sqlite = IndexHandle(config.sqlite_path) if config.backend == "sqlite" else None
         self._milvus: Any = None
+        self._milvus_uri = ""
 
     def contexts(self) -> ContextMap:
         if self._sqlite is not None:
@@ -298,13 +299,18 @@ class ServedIndex:
             return self._sqlite.get()
         from qmd_triton.index.milvus import MilvusIndex
 
-        if self._milvus is None or not self._milvus.alive():
-            if self._milvus is not None:
-                self._milvus.close()
-                self._milvus = None
+        # No ping per request: a Milvus that is down fails the request with one line, and the request after a
+        # failed one connects again, as does one that finds a new address (the home's Milvus Lite restarted
+        # on another port).
+        uri = self.config.resolved_uri()
+        if self._milvus is not None and (self._milvus_uri != uri or self._milvus.broken):
+            self._milvus.close()
+            self._milvus = None
+        if self._milvus is None:
             if not MilvusIndex.exists(self.config):
                 raise IndexMissing(f"no index in {self.config.describe()}; add a collection and run `qmdctl update`")
             self._milvus = MilvusIndex.open(self.config)
+            self._milvus_uri = uri
         return self._milvus
 
     def close(self) -> None:

@@ -142,6 +142,9 @@ class MilvusIndex:
         self.config = config
         p = config.prefix
         self.docs, self.chunks, self.meta_table = f"{p}_docs", f"{p}_chunks", f"{p}_meta"
+        self._chunks_seen = False
+        self.broken = False
+        self._fingerprint: tuple[float, dict | None] | None = None  # (when read, value): see fingerprint()
 
     # -- opening -------------------------------------------------------------------
 
@@ -279,13 +282,6 @@ class MilvusIndex:
         if self.client.has_collection(name) and self.client.get_load_state(name).get("state") != LoadState.Loaded:
             self.client.load_collection(name)
 
-    def alive(self) -> bool:
-        try:
-            self.client.has_collection(self.docs)
-            return True
-        except Exception:  # noqa: BLE001
-            return False
-
     def close(self) -> None:
         try:
             self.client.close()
@@ -320,6 +316,7 @@ class MilvusIndex:
             raise
         except Exception as e:  # noqa: BLE001
             if type(e).__module__.startswith(("pymilvus", "grpc")):
+                self.broken = True  # a long-lived reader connects again for its next request
                 raise _milvus_error(e, self.config) from None
             raise
 
@@ -363,18 +360,29 @@ class MilvusIndex:
         return rows[0]["value"] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
+        self._fingerprint = None
         with self._errors():
             self.client.upsert(self.meta_table, [{"key": key, "value": value, "created": time.time(),
                                                   "v": [0.0, 0.0]}])
 
     def _delete_meta(self, keys: Sequence[str]) -> None:
+        self._fingerprint = None
         if keys:
             with self._errors():
                 self.client.delete(self.meta_table, ids=list(keys))
 
+    FINGERPRINT_TTL_S = 2.0
+
     def fingerprint(self) -> dict | None:
+        """The embedding fingerprint; a search model asks on every request, so a value read in the last
+        ``FINGERPRINT_TTL_S`` seconds is reused (this connection's own writes reset it at once)."""
+        cached = self._fingerprint
+        if cached is not None and time.monotonic() - cached[0] < self.FINGERPRINT_TTL_S:
+            return cached[1]
         raw = self.meta(FINGERPRINT_KEY)
-        return json.loads(raw) if raw else None
+        value = json.loads(raw) if raw else None
+        self._fingerprint = (time.monotonic(), value)
+        return value
 
     def last_updates(self) -> dict[str, float]:
         prefix = LAST_UPDATE_KEY + ":"
@@ -849,6 +857,7 @@ class MilvusIndex:
             self.client.delete(self.chunks, filter=f'not (hash like "{RETIRED}%")')
 
     def drop_chunks(self) -> None:
+        self._chunks_seen = False
         with self._errors():
             if self._has_chunks():
                 self.client.drop_collection(self.chunks)
@@ -889,13 +898,23 @@ class MilvusIndex:
     def nearest_chunks(self, query_vec: Any, k: int, raw: bool = False) -> Any:
         """The k chunks nearest the query (HNSW, inner product), best first, with their scores; with ``raw``
         also how many Milvus returned (before chunks still waiting for their vector are dropped)."""
-        if not self._has_chunks():
+        # A long-lived reader (a search model) asks Milvus whether the chunks exist only until it has seen them;
+        # should another process drop them (`embed --force`), the search says so and the next one asks again.
+        if not self._chunks_seen and not self._has_chunks():
             return ([], 0) if raw else []
+        self._chunks_seen = True
         vec = [float(x) for x in query_vec]
-        with self._errors():
-            hits = self.client.search(self.chunks, data=[vec], anns_field="embedding", limit=min(k, QUERY_LIMIT),
-                                      output_fields=[*self._CHUNK_FIELDS, "embedded"],
-                                      search_params={"metric_type": "IP", "params": {"ef": max(SEARCH_EF, k)}})[0]
+        try:
+            with self._errors():
+                hits = self.client.search(
+                    self.chunks, data=[vec], anns_field="embedding", limit=min(k, QUERY_LIMIT),
+                    output_fields=[*self._CHUNK_FIELDS, "embedded"],
+                    search_params={"metric_type": "IP", "params": {"ef": max(SEARCH_EF, k)}})[0]
+        except QmdError as e:
+            self._chunks_seen = False
+            if "not found" in str(e) and not self._has_chunks():
+                return ([], 0) if raw else []
+            raise
         # Chunks still waiting for their vector hold a zero vector: dropped here rather than filtered in the
         # search (a filter over every row would cost each query more than the few rows it removes).
         out = [(self._chunk({**h["entity"], "id": h["id"]}), float(h["distance"])) for h in hits
