@@ -6,7 +6,8 @@ Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and
 - ``docs``: one row per document *part* (a document's text in pieces of at most 60,000 bytes, cut at line
   ends; most notes are one part), each with the document's metadata, its text under a BM25 function
   (``standard`` tokenizer, lower-cased) and its CJK runs under a second one (``jieba``). A document's BM25
-  score is its best part's. Row id = document id * 4096 + part.
+  score is its best part's. Row id = document id * 4096 + part;
+  ``prefix`` (the hash's first 6 hex) finds a docid's neighbours.
 - ``chunks``: one row per chunk of each distinct content, with its vector (HNSW, inner product over the
   model's normalized vectors: cosine) and ``embedded`` (false until its vector came). Chunks are keyed by
   content hash and sequence, vectors by the chunk text's hash: a chunk whose text is already embedded
@@ -49,6 +50,7 @@ PART_BYTES = 60_000  # a VARCHAR holds 65,535 bytes; parts are cut at line ends 
 MAX_PARTS = 4096
 TEXT_MAX = 65_535
 PATH_MAX = 8192
+DOCID_MIN = 6  # a docid's shortest prefix of the content hash (index.store.docid_of)
 TITLE_MAX = 2048
 CHUNK_TEXT_BYTES = 60_000  # a chunk is ~254 tokens; a giant code fence is kept whole in SQLite, cut here
 QUERY_LIMIT = 16_384  # Milvus's offset + limit cap for one query or search
@@ -112,6 +114,18 @@ def split_parts(body: str, limit: int = PART_BYTES) -> list[str]:
     if len(parts) > MAX_PARTS:
         raise InputError(f"a document of {len(body.encode('utf-8'))} bytes has more than {MAX_PARTS} parts")
     return parts
+
+
+_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "prefix", "size", "mtime_ns", "indexed_at",
+           "text", "text_zh")  # what a docs row holds besides its id (the BM25 sparse fields are made from text)
+
+
+def _doc_row(doc: int, part: int, parts: int, collection: str, path: str, title: str, content_hash: str, size: int,
+             mtime_ns: int, now: float, text: str) -> dict:
+    return {"id": doc * MAX_PARTS + part, "doc": doc, "part": part, "parts": parts, "collection": collection,
+            "path": _clip(path, PATH_MAX), "title": _clip(title, TITLE_MAX), "hash": content_hash,
+            "prefix": content_hash[:DOCID_MIN], "size": int(size), "mtime_ns": int(mtime_ns), "indexed_at": now,
+            "text": text, "text_zh": cjk_text(text)}
 
 
 def cjk_text(text: str) -> str:
@@ -220,6 +234,7 @@ class MilvusIndex:
         s.add_field("path", DataType.VARCHAR, max_length=PATH_MAX)
         s.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
         s.add_field("hash", DataType.VARCHAR, max_length=64)
+        s.add_field("prefix", DataType.VARCHAR, max_length=DOCID_MIN)  # hash[:6]: docid neighbours, one `in`
         s.add_field("size", DataType.INT64)
         s.add_field("mtime_ns", DataType.INT64)
         s.add_field("indexed_at", DataType.DOUBLE)
@@ -236,7 +251,7 @@ class MilvusIndex:
         ip = c.prepare_index_params()
         ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        for field in ("collection", "hash", "doc"):
+        for field in ("collection", "hash", "prefix", "doc"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.docs, s, ip)
 
@@ -444,11 +459,11 @@ class MilvusIndex:
         wanted = sorted({h for h in hashes if h not in out})
         if not wanted:
             return out
-        prefixes = sorted({h[:minimum] for h in wanted})
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
         near: set[str] = set()
-        for start in range(0, len(prefixes), 64):  # one query for a page of hits, not one per hit
-            expr = " or ".join(f'hash like "{p}%"' for p in prefixes[start : start + 64])
-            near |= {r["hash"] for r in self._query(self.docs, f"part == 0 and ({expr})", ["hash"])}
+        for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
+            expr = f"part == 0 and {_in('prefix', prefixes[start : start + IN_BATCH])}"
+            near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
         for h in wanted:
             others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
             longest = max((len(_common(h, o)) for o in others), default=0)
@@ -511,10 +526,8 @@ class MilvusIndex:
         doc = doc_id_of(collection, path)
         parts = split_parts(body)
         now = time.time()
-        rows = [{"id": doc * 4096 + i, "doc": doc, "part": i, "parts": len(parts), "collection": collection,
-                 "path": _clip(path, PATH_MAX), "title": _clip(title, TITLE_MAX), "hash": content_hash,
-                 "size": int(size), "mtime_ns": int(mtime_ns), "indexed_at": now, "text": text,
-                 "text_zh": cjk_text(text)} for i, text in enumerate(parts)]
+        rows = [_doc_row(doc, i, len(parts), collection, path, title, content_hash, size, mtime_ns, now, text)
+                for i, text in enumerate(parts)]
         with self._errors():
             for start in range(0, len(rows), 16):
                 self.client.upsert(self.docs, rows[start : start + 16])
@@ -531,10 +544,8 @@ class MilvusIndex:
             parts = split_parts(body)
             stale.setdefault(len(parts), []).append(doc)
             for i, text in enumerate(parts):
-                batch.append({"id": doc * 4096 + i, "doc": doc, "part": i, "parts": len(parts),
-                              "collection": collection, "path": _clip(path, PATH_MAX),
-                              "title": _clip(title, TITLE_MAX), "hash": content_hash, "size": int(size),
-                              "mtime_ns": int(mtime_ns), "indexed_at": now, "text": text, "text_zh": cjk_text(text)})
+                batch.append(_doc_row(doc, i, len(parts), collection, path, title, content_hash, size, mtime_ns,
+                                      now, text))
             if len(batch) >= 256 or sum(len(r["text"]) for r in batch) > 4 << 20:
                 self._flush_docs(batch, stale)
         self._flush_docs(batch, stale)
@@ -551,9 +562,7 @@ class MilvusIndex:
         stale.clear()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
-        rows = self._query(self.docs, f"doc == {int(doc_id)}",
-                           ["id", "doc", "part", "parts", "collection", "path", "title", "hash", "size", "mtime_ns",
-                            "indexed_at", "text", "text_zh"])
+        rows = self._query(self.docs, f"doc == {int(doc_id)}", ["id", *_STORED])
         for r in rows:
             r["size"], r["mtime_ns"] = int(size), int(mtime_ns)
         if rows:
@@ -579,13 +588,11 @@ class MilvusIndex:
 
     def rename_collection(self, old: str, new: str) -> None:
         """Documents move to the new name (their ids follow the name, so their rows are rewritten)."""
-        rows = self._query(self.docs, f"collection == {_quote(old)}",
-                           ["doc", "part", "parts", "path", "title", "hash", "size", "mtime_ns", "indexed_at",
-                            "text", "text_zh"])
+        rows = self._query(self.docs, f"collection == {_quote(old)}", list(_STORED))
         out = []
         for r in rows:
             doc = doc_id_of(new, r["path"])
-            out.append({**r, "id": doc * 4096 + int(r["part"]), "doc": doc, "collection": new})
+            out.append({**r, "id": doc * MAX_PARTS + int(r["part"]), "doc": doc, "collection": new})
         with self._errors():
             for start in range(0, len(out), 256):
                 self.client.upsert(self.docs, out[start : start + 256])
