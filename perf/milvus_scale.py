@@ -19,6 +19,7 @@ Measured per backend and size (one process, one client, nothing else running):
                candidate): qmd_retrieve's share of qmd_query; expansion and rerank cost the same on both backends
   recall@10    milvus: the ANN's 10 nearest chunks against the exact 10 (numpy over the same matrix), at each
                ``--ef`` (HNSW's search list)
+  status       ``counts()``, what ``qmdctl status`` and every metrics-exporter scrape read
   memory       the searching process's RSS growth after its first vsearch (what a qmd_retrieve instance holds:
                sqlite loads the vector matrix, milvus nothing) and the Milvus Lite server's RSS
 
@@ -196,6 +197,9 @@ def measure(store, vectors_search, queries: list[str], qvecs: np.ndarray) -> dic
             store, vectors_search, Plan(queries[i], options={"n": 10}), qvecs[i : i + 1]), idx)),
         "searcher_rss_growth_mb": round(grown / 2**20, 1),
     }
+    started = time.perf_counter()
+    store.counts()  # what `qmdctl status` and the metrics exporter read
+    out["status_s"] = round(time.perf_counter() - started, 2)
     return out
 
 
