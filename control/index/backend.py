@@ -170,6 +170,10 @@ class Index(Protocol):
     Documents are addressed by an integer id (stable while the document stays at its path), content by its
     SHA-256, chunks by an integer id; a chunk's vector belongs to its text (``text_hash``), so unchanged
     chunks keep their vectors across edits and renames on both backends.
+
+    A backend whose every read is a network round trip adds batch reads that callers use when present:
+    ``bodies(hashes)`` (a page of hits' texts) and ``chunks_of_many(hashes)`` (the candidates' chunks);
+    where they are absent (SQLite, whose reads are local) the callers read one by one as before.
     """
 
     backend: str
