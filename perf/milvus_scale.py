@@ -26,6 +26,7 @@ Measured per backend and size (one process, one client, nothing else running):
 Usage:
     QMD_HOME=/tmp/scale-home .venv/bin/python perf/milvus_scale.py --chunks 100000 [--chunks 1000000]
         [--backends sqlite milvus] [--queries 100] [--ef 32 64 128 256] [--json out.json]
+        [--build-only] [--reuse]    # build now (under other load), measure later alone
 """
 
 from __future__ import annotations
@@ -235,6 +236,9 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--base", type=int, default=0, help="use only the first N passages (a quick trial)")
+    ap.add_argument("--build-only", action="store_true", help="build the indexes and stop (measure later)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure an index an earlier run built completely (its build time is reported)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     settings = Settings.load()
@@ -247,40 +251,67 @@ def main() -> None:
     for n in args.chunks or [100000]:
         say(f"{n} chunks: replicating {len(base)} real vectors with noise sigma={args.noise}")
         matrix = replicate(base, n, args.noise)
-        ids = np.array([document(i, n, passages)[1].id for i in range(n)], dtype=np.int64)
         row: dict = {}
         if "sqlite" in args.backends:
             path = work / f"sqlite-{n}.sqlite"
-            say(f"  sqlite: building {path}")
-            row["sqlite"] = {"build_s": round(build_sqlite(path, n, passages, matrix, fingerprint), 1)}
-            with IndexStore.open(path) as store:
-                row["sqlite"].update(measure(store, VectorIndex(store), queries, qvecs))
-            row["sqlite"]["file_mb"] = round(path.stat().st_size / 2**20, 1)
+            built = _built(work / f"sqlite-{n}.built", args.reuse)
+            if built is None:
+                say(f"  sqlite: building {path}")
+                built = _record(work / f"sqlite-{n}.built", build_sqlite(path, n, passages, matrix, fingerprint))
+            row["sqlite"] = {"build_s": built, "file_mb": round(path.stat().st_size / 2**20, 1)}
+            if not args.build_only:
+                with IndexStore.open(path) as store:
+                    row["sqlite"].update(measure(store, VectorIndex(store), queries, qvecs))
             say(f"  sqlite: {json.dumps(row['sqlite'])}")
         if "milvus" in args.backends:
             home = work / f"milvus-{n}"
             config = IndexConfig(home=home, backend="milvus", prefix="scale")
             milvus_lite.stop(config, timeout_s=30)
-            import shutil
+            built = _built(work / f"milvus-{n}.built", args.reuse)
+            if built is None:
+                import shutil
 
-            shutil.rmtree(home / "milvus", ignore_errors=True)
+                shutil.rmtree(home / "milvus", ignore_errors=True)
             state = milvus_lite.ensure_running(config)
             assert state is not None
             try:
-                say(f"  milvus: building in Milvus Lite (pid {state.pid}, {home / 'milvus'})")
-                row["milvus"] = {"build_s": round(build_milvus(config, n, passages, matrix, fingerprint), 1)}
-                with MilvusIndex.open(config) as index:
-                    row["milvus"].update(measure(index, MilvusVectors(index), queries, qvecs))
-                    row["milvus"]["recall"] = recall(index, matrix, qvecs, ids, args.ef)
+                if built is None:
+                    say(f"  milvus: building in Milvus Lite (pid {state.pid}, {home / 'milvus'})")
+                    built = _record(work / f"milvus-{n}.built",
+                                    build_milvus(config, n, passages, matrix, fingerprint))
+                else:
+                    started = time.monotonic()
+                    with MilvusIndex.open(config) as index:
+                        index.nearest_chunks(matrix[0], 10)
+                    say(f"  milvus: reopened the built index in {time.monotonic() - started:.0f}s")
+                row["milvus"] = {"build_s": built}
+                if not args.build_only:
+                    ids = np.array([document(i, n, passages)[1].id for i in range(n)], dtype=np.int64)
+                    with MilvusIndex.open(config) as index:
+                        row["milvus"].update(measure(index, MilvusVectors(index), queries, qvecs))
+                        row["milvus"]["recall"] = recall(index, matrix, qvecs, ids, args.ef)
                 row["milvus"]["server_rss_mb"] = round(rss_bytes(state.pid) / 2**20, 1)
                 say(f"  milvus: {json.dumps(row['milvus'])}")
             finally:
-                milvus_lite.stop(config, timeout_s=60)
+                milvus_lite.stop(config, timeout_s=120)
         row["load_after"] = os.getloadavg()
         results["sizes"][str(n)] = row
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def _built(marker: Path, reuse: bool) -> float | None:
+    """The build time an earlier complete build recorded, when reusing it."""
+    if reuse and marker.exists():
+        return float(json.loads(marker.read_text())["build_s"])
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def _record(marker: Path, seconds: float) -> float:
+    marker.write_text(json.dumps({"build_s": round(seconds, 1), "at": time.time()}))
+    return round(seconds, 1)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ class MilvusIndex:
         p = config.prefix
         self.docs, self.chunks, self.meta_table = f"{p}_docs", f"{p}_chunks", f"{p}_meta"
         self._chunks_seen = False
+        self._near: tuple[float, dict[str, set[str]]] | None = None  # see documents_by_hash
         self.broken = False
         self._fingerprint: tuple[float, dict | None] | None = None  # (when read, value): see fingerprint()
 
@@ -460,10 +461,12 @@ class MilvusIndex:
         if not wanted:
             return out
         prefixes = sorted({h[:DOCID_MIN] for h in wanted})
-        near: set[str] = set()
-        for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
-            expr = f"part == 0 and {_in('prefix', prefixes[start : start + IN_BATCH])}"
-            near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
+        near = self._recent_near(prefixes)  # the page's documents were just read with their neighbours
+        if near is None:
+            near = set()
+            for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
+                expr = f"part == 0 and {_in('prefix', prefixes[start : start + IN_BATCH])}"
+                near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
         for h in wanted:
             others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
             longest = max((len(_common(h, o)) for o in others), default=0)
@@ -480,15 +483,33 @@ class MilvusIndex:
 
     def documents_by_hash(self, hashes: Sequence[str],
                           collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
+        """The documents holding each content. Read through the hashes' 6-hex prefixes, so the same query also
+        finds every docid neighbour: ``unique_docids`` of these hashes right after needs no query of its own."""
         out: dict[str, list[DocRow]] = {}
-        hashes = list(dict.fromkeys(hashes))
-        for start in range(0, len(hashes), IN_BATCH):
-            expr = _in("hash", hashes[start : start + IN_BATCH])
-            if collections:
-                expr += " and " + _in("collection", collections)
-            for d in self._docs(expr):
-                out.setdefault(d.hash, []).append(d)
+        wanted = set(hashes)
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
+        near: dict[str, set[str]] = {}
+        for start in range(0, len(prefixes), IN_BATCH):
+            for d in self._docs(_in("prefix", prefixes[start : start + IN_BATCH])):
+                near.setdefault(d.hash[:DOCID_MIN], set()).add(d.hash)
+                if d.hash in wanted and (not collections or d.collection in collections):
+                    out.setdefault(d.hash, []).append(d)
+        self._remember_near(prefixes, near)
         return out
+
+    NEAR_TTL_S = 1.0  # how long a page's docid neighbours are reused (docids only print; a hit is never wrong)
+
+    def _remember_near(self, prefixes: Sequence[str], near: dict[str, set[str]]) -> None:
+        if len(prefixes) <= 256:
+            self._near = (time.monotonic(), {p: near.get(p, set()) for p in prefixes})
+
+    def _recent_near(self, prefixes: Sequence[str]) -> set[str] | None:
+        cached = self._near
+        if cached is None or time.monotonic() - cached[0] > self.NEAR_TTL_S:
+            return None
+        if not all(p in cached[1] for p in prefixes):
+            return None
+        return set().union(*(cached[1][p] for p in prefixes))
 
     def body(self, content_hash: str) -> str:
         rows = self._query(self.docs, f"hash == {_quote(content_hash)}", ["doc", "part", "parts", "text"])
@@ -504,13 +525,19 @@ class MilvusIndex:
     def bodies(self, hashes: Sequence[str]) -> dict[str, str]:
         """The texts of many contents in one query (a page of hits' snippets)."""
         wanted = list(dict.fromkeys(hashes))
+        wanted_set = set(wanted)
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
         rows: list[dict] = []
-        for start in range(0, len(wanted), IN_BATCH):
-            rows += self._query(self.docs, _in("hash", wanted[start : start + IN_BATCH]),
+        for start in range(0, len(prefixes), IN_BATCH):  # by prefix: the docid neighbours come along
+            rows += self._query(self.docs, _in("prefix", prefixes[start : start + IN_BATCH]),
                                 ["doc", "hash", "part", "parts", "text"])
+        near: dict[str, set[str]] = {}
         by_doc: dict[tuple[str, int], list[dict]] = {}
         for r in rows:
-            by_doc.setdefault((r["hash"], int(r["doc"])), []).append(r)
+            near.setdefault(r["hash"][:DOCID_MIN], set()).add(r["hash"])
+            if r["hash"] in wanted_set:
+                by_doc.setdefault((r["hash"], int(r["doc"])), []).append(r)
+        self._remember_near(prefixes, near)
         out: dict[str, str] = {}
         for (h, _), parts in sorted(by_doc.items()):
             if h in out or len(parts) != int(parts[0]["parts"]):
@@ -523,6 +550,7 @@ class MilvusIndex:
 
     def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
                         size: int, mtime_ns: int) -> int:
+        self._near = None
         doc = doc_id_of(collection, path)
         parts = split_parts(body)
         now = time.time()
@@ -551,6 +579,7 @@ class MilvusIndex:
         self._flush_docs(batch, stale)
 
     def _flush_docs(self, batch: list[dict], stale: dict[int, list[int]]) -> None:
+        self._near = None
         with self._errors():
             if batch:
                 self.client.upsert(self.docs, batch)
@@ -562,6 +591,7 @@ class MilvusIndex:
         stale.clear()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
+        self._near = None
         rows = self._query(self.docs, f"doc == {int(doc_id)}", ["id", *_STORED])
         for r in rows:
             r["size"], r["mtime_ns"] = int(size), int(mtime_ns)
@@ -570,6 +600,7 @@ class MilvusIndex:
                 self.client.upsert(self.docs, rows)
 
     def delete_documents(self, ids: Iterable[int]) -> int:
+        self._near = None
         ids = [int(i) for i in ids]
         n = 0
         for start in range(0, len(ids), IN_BATCH):
@@ -580,6 +611,7 @@ class MilvusIndex:
         return n
 
     def delete_collection(self, collection: str) -> int:
+        self._near = None
         n = self._count(self.docs, f"part == 0 and collection == {_quote(collection)}")
         with self._errors():
             self.client.delete(self.docs, filter=f"collection == {_quote(collection)}")
@@ -588,6 +620,7 @@ class MilvusIndex:
 
     def rename_collection(self, old: str, new: str) -> None:
         """Documents move to the new name (their ids follow the name, so their rows are rewritten)."""
+        self._near = None
         rows = self._query(self.docs, f"collection == {_quote(old)}", list(_STORED))
         out = []
         for r in rows:
