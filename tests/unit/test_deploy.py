@@ -276,6 +276,8 @@ def test_the_triton_replicas_are_stateless_and_every_qmd_process_reads_the_index
             env = svc["environment"]
             assert (env["QMD_INDEX_BACKEND"], env["QMD_MILVUS_URI"]) == ("milvus", "http://milvus:19530"), name
     assert all(p.get("host_ip") == "127.0.0.1" for p in config["services"]["milvus"]["ports"])
+    # the image those containers run has the Milvus client
+    assert ".[export,hub,milvus]" in (DEPLOY / "docker" / "Dockerfile").read_text()
 
 
 @pytest.fixture(scope="module")
