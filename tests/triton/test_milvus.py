@@ -74,6 +74,8 @@ def test_served_search_vsearch_and_query_answer_from_milvus_as_the_cli_does(on_m
     hits = served(settings, "qmd_query", "how are concurrent inference requests merged into a batch",
                   {"n": 3, "expand": False, "explain": True})
     assert hits[0]["file"] == "notes/guide/batching.md" and "rerank" in hits[0]["explain"]
+    hits = served(settings, "qmd_query", "向量检索", {"n": 2, "expand": False})
+    assert "notes/zh/向量检索.md" in [h["file"] for h in hits]  # jieba words on the BM25 side
     got = json.loads(qmd(settings, "get", "notes/recipes.md", "--json").stdout)
     assert got["text"] == (ASSETS / "notes" / "recipes.md").read_text()
 
