@@ -56,6 +56,9 @@ CHUNK_TEXT_BYTES = 60_000  # a chunk is ~254 tokens; a giant code fence is kept 
 QUERY_LIMIT = 16_384  # Milvus's offset + limit cap for one query or search
 IN_BATCH = 1000  # values per `x in [...]` filter
 HNSW = {"M": 16, "efConstruction": 200}
+# k1 and b said, not left to each engine (Milvus Lite defaults k1 to 1.5, Milvus Standalone to 1.2): SQLite's FTS5
+# uses 1.2 and 0.75 too.
+BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
 SEARCH_EF = 128  # HNSW's candidate list at search time (recall@10 vs exact: perf/milvus_scale.py)
 ENGLISH_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
@@ -250,8 +253,8 @@ class MilvusIndex:
         s.add_function(Function(name="bm25_zh", function_type=FunctionType.BM25, input_field_names=["text_zh"],
                                 output_field_names=["sparse_zh"]))
         ip = c.prepare_index_params()
-        ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
+        ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
         for field in ("collection", "hash", "prefix", "doc"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.docs, s, ip)
@@ -685,8 +688,8 @@ class MilvusIndex:
         as the SQLite backend's).
 
         Milvus scores: Latin words through the ``standard`` analyzer (lower-cased, no stemming), CJK runs
-        through ``jieba`` (the query's CJK bigrams are joined back into runs first), k1 = 1.5 and b = 0.75 in
-        Milvus Lite. A document scores its best part plus, for a query with both scripts, its best part in
+        through ``jieba`` (the query's CJK bigrams are joined back into runs first), k1 = 1.2 and b = 0.75
+        (``BM25_PARAMS``). A document scores its best part plus, for a query with both scripts, its best part in
         the CJK field. A phrase (a term with spaces) is searched as its words and kept only where the words
         stand together; ``exclude`` drops documents holding any excluded word or phrase.
         """
