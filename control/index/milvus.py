@@ -176,7 +176,11 @@ class MilvusIndex:
         _quiet()
         uri = config.resolved_uri()
         try:
-            return MilvusClient(uri=uri, token=config.token or "", timeout=timeout)
+            # dedicated: close() really closes the channel (a shared one outlives its clients in a pool);
+            # no keepalive pings while no call runs: gRPC servers answer pings on an idle channel more often
+            # than every 5 minutes with GOAWAY (too_many_pings), and the next call on it would fail.
+            return MilvusClient(uri=uri, token=config.token or "", timeout=timeout, dedicated=True,
+                                grpc_options={"grpc.keepalive_permit_without_calls": False})
         except Exception as e:  # noqa: BLE001 - pymilvus raises its own and grpc's errors
             raise _milvus_error(e, config) from None
 
