@@ -94,7 +94,7 @@ def base_data(settings: Settings, cache: Path, limit: int = 0) -> tuple[list[tup
             continue
         cached = settings.home / "eval" / name / f"baseline-{setup.id}.npy"
         mine = cache / f"base-{setup.id}-{name}-{len(texts)}.npy"
-        for path in (cached, mine):
+        for path in (mine, cached):  # an earlier run's own vectors first: a reused index holds exactly those
             if path.exists() and len(matrix := np.load(path)) >= len(texts):
                 blocks.append(matrix[: len(texts)])
                 say(f"{name}: {len(texts)} passage vectors from {path}")
