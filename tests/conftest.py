@@ -124,6 +124,52 @@ def started(monkeypatch) -> Started:
     return record
 
 
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Milvus Lite server for the session (started and stopped like `qmdctl up` does); each test
+    index gets collections of its own prefix on it."""
+    from qmd_triton.index.backend import IndexConfig
+    from qmd_triton.serving import milvus_lite
+
+    config = IndexConfig(home=tmp_path_factory.mktemp("milvus_home"), backend="milvus")
+    state = milvus_lite.ensure_running(config)
+    assert state is not None
+    try:
+        yield state.uri
+    finally:
+        milvus_lite.stop(config, timeout_s=10)
+
+
+BACKENDS = ["sqlite", "milvus"]
+
+
+def use_backend(home: Path, backend: str, uri: str = "") -> Path:
+    """Points a test home at a backend: milvus on the session's Milvus Lite, in collections of its own."""
+    import uuid
+
+    from qmd_triton.index.backend import index_config, write_index_table
+
+    if backend == "milvus" and index_config(home).backend != "milvus":
+        home.mkdir(parents=True, exist_ok=True)
+        write_index_table(home, backend="milvus", uri=uri, prefix="t" + uuid.uuid4().hex[:12])
+    return home
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Each index backend in turn: ``(name, Milvus URI or "")``; search and update tests run on both."""
+    uri = request.getfixturevalue("milvus_uri") if request.param == "milvus" else ""
+    return request.param, uri
+
+
+def open_test_index(home: Path, backend: tuple[str, str], create: bool = True):
+    """An index for a test home on the given backend."""
+    from qmd_triton.index.backend import index_config, open_index
+
+    use_backend(home, *backend)
+    return open_index(index_config(home), create=create)
+
+
 def _cuda() -> bool:
     try:
         import torch

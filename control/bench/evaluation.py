@@ -23,8 +23,8 @@ from qmd_triton.bench import baselines
 from qmd_triton.bench.datasets import KNOWN_ITEM, EvalSet, write_collection
 from qmd_triton.bench.scoring import first_relevant_rank, score_run
 from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
+from qmd_triton.index.backend import index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
-from qmd_triton.index.store import IndexStore
 from qmd_triton.index.update import update
 from qmd_triton.progress import Progress, silent
 from qmd_triton.search.lexical import search_bm25
@@ -58,6 +58,16 @@ def workspace(base: Settings, dataset: EvalSet) -> Settings:
                          http_port=http, grpc_port=grpc, metrics_port=metrics)
 
 
+def _index_of(settings: Settings) -> Any:
+    """The set's index on the backend the environment or the set's home names; the home's Milvus Lite is
+    started when that is where it lives."""
+    from qmd_triton.serving import milvus_lite
+
+    config = index_config(settings.home)
+    milvus_lite.ensure_running(config)
+    return config
+
+
 def index_set(dataset: EvalSet, settings: Settings, progress: Progress = silent) -> dict[str, str]:
     """Indexes the set's documents; returns collection path -> the set's document id."""
     if dataset.kind == KNOWN_ITEM:
@@ -74,7 +84,7 @@ def index_set(dataset: EvalSet, settings: Settings, progress: Progress = silent)
         existing.pop(COLLECTION)
     if COLLECTION not in existing:
         config.add(COLLECTION, folder, masks)
-    with IndexStore.open(settings.index_path, create=True) as store:
+    with open_index(_index_of(settings), create=True) as store:
         report = update(store, [config.get(COLLECTION)], progress=progress)
     progress(f"{dataset.name}: {len(mapping)} documents ({report.added} added, {report.changed} changed)")
     return mapping
@@ -82,7 +92,7 @@ def index_set(dataset: EvalSet, settings: Settings, progress: Progress = silent)
 
 def search_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str]) -> dict[str, list[str]]:
     run = {}
-    with IndexStore.open(settings.index_path) as store:
+    with open_index(_index_of(settings)) as store:
         for q in dataset.judged_queries():
             hits = search_bm25(store, dataset.queries[q], SearchOptions(n=DEPTH))
             run[q] = [mapping[h.path] for h in hits]
@@ -114,6 +124,25 @@ def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MO
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; modes: {', '.join(MODES)}")
     settings = workspace(base, dataset)
+    try:
+        result = _evaluate(dataset, settings, modes, baseline=baseline, progress=progress)
+    finally:
+        _stop_index(settings)
+    record(base, result)
+    return result
+
+
+def _stop_index(settings: Settings) -> None:
+    """The set's own Milvus Lite (milvus backend without a uri), started for this run, stops with it."""
+    from qmd_triton.serving import milvus_lite
+
+    config = index_config(settings.home)
+    if config.local:
+        milvus_lite.stop(config)
+
+
+def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, baseline: bool,
+              progress: Progress) -> dict[str, Any]:
     mapping = index_set(dataset, settings, progress)
     chosen = [m for m in MODES if m in modes]
     rows: list[dict[str, Any]] = []
@@ -159,7 +188,8 @@ def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MO
     result = {"set": dataset.name, "kind": dataset.kind, "queries": len(dataset.judged_queries()),
               "documents": dataset.documents, "rows": rows, "per_query": per_query,
               "query_text": {q: dataset.queries[q] for q in dataset.judged_queries()}}
-    record(base, result)
+    if index_config(settings.home).backend != "sqlite":
+        result["backend"] = index_config(settings.home).describe()
     return result
 
 

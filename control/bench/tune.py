@@ -131,9 +131,7 @@ def sweep(settings: Settings, grid: Grid, model: str, input_data: Path, work: Pa
             http, grpc, metrics = free_ports(3)
             s = Settings.load(work / f"home-{i}", model_repository=repo, http_port=http, grpc_port=grpc,
                               metrics_port=metrics, startup_timeout_s=120)
-            if settings.index_path.exists():  # the search pipelines read the same index
-                s.home.mkdir(parents=True, exist_ok=True)
-                (s.home / "index.sqlite").symlink_to(settings.index_path.resolve())
+            _share_index(settings, s.home)  # the search pipelines read the same index
             server.start(s)
             try:
                 row = pa.run_once(perf_analyzer, entry, s.url(protocol), protocol, input_data, concurrency,
@@ -157,3 +155,19 @@ def apply(repo: Path, model: str, point: dict) -> list[Path]:
                                          repo / (ENTRY.get(model) or model) / "config.pbtxt") if p.is_file()}
     configure(repo, model, point)
     return [p for p, text in before.items() if p.read_text() != text]
+
+
+def _share_index(settings: Settings, home: Path) -> None:
+    """Points a trial's home at the user's index: the SQLite file (linked), or the same Milvus (its URI; the
+    home's own Milvus Lite is started when that is where the index lives)."""
+    from qmd_triton.index.backend import index_config, write_index_table
+    from qmd_triton.serving import milvus_lite
+
+    config = index_config(settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    if config.backend == "sqlite":
+        if config.sqlite_path.exists():
+            (home / "index.sqlite").symlink_to(config.sqlite_path.resolve())
+        return
+    milvus_lite.ensure_running(config)
+    write_index_table(home, backend="milvus", uri=config.resolved_uri(), token=config.token, prefix=config.prefix)

@@ -28,6 +28,7 @@ COMMANDS = {
     "export": "export:export",
     "get": "search:get",
     "health": "serve:health",
+    "index": "index:index_group",
     "ls": "search:ls",
     "mcp": "doors:mcp",
     "metrics-exporter": "serve:metrics_exporter",

@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from qmd_triton.errors import QmdError
+from qmd_triton.index.backend import Index, IndexConfig, exists, index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
-from qmd_triton.index.store import IndexStore
 from qmd_triton.settings import Settings
 
 PERIODIC_S = 10.0  # off a terminal, a counted task reports a line this often
@@ -121,8 +121,24 @@ def collections_of(settings: Settings) -> CollectionConfig:
     return CollectionConfig(settings.config_file)
 
 
-def open_store(settings: Settings, create: bool = False) -> IndexStore:
-    return IndexStore.open(settings.index_path, create=create)
+def index_of(settings: Settings, progress: Callable[[str], None] | None = None) -> IndexConfig:
+    """The home's index configuration; for the milvus backend without a uri, its Milvus Lite server is
+    started when it is not running (as `vsearch` starts Triton)."""
+    config = index_config(settings.home)
+    if config.local:
+        from qmd_triton.serving import milvus_lite
+
+        milvus_lite.ensure_running(config, progress or (lambda m: click.echo(m, err=True)))
+    return config
+
+
+def open_store(settings: Settings, create: bool = False) -> Index:
+    """The home's index on its backend (``[index]`` of config.toml)."""
+    return open_index(index_of(settings), create=create)
+
+
+def index_exists(settings: Settings) -> bool:
+    return exists(index_of(settings))
 
 
 def server_options(f: Callable) -> Callable:

@@ -10,10 +10,17 @@ from typing import Any
 import click
 import numpy as np
 
-from qmd_triton.cli.common import State, emit_json, pass_state, protocol_option, server_options, server_settings
+from qmd_triton.cli.common import (
+    State,
+    emit_json,
+    open_store,
+    pass_state,
+    protocol_option,
+    server_options,
+    server_settings,
+)
 from qmd_triton.contracts import KIND_DOCUMENT, PROMPT_KINDS
 from qmd_triton.errors import InputError
-from qmd_triton.index.store import IndexStore
 from qmd_triton.serving.client import QmdClient, TritonEmbedder, embed_index
 from qmd_triton.serving.server import ensure_running
 from qmd_triton.settings import Settings
@@ -81,7 +88,7 @@ def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_si
                          as_json: bool) -> None:
     """Index mode: chunk and embed everything pending; the first Ctrl-C stops cleanly, a second at once."""
     embedder = TritonEmbedder(settings)  # reads the repository first: a missing export fails before the server
-    IndexStore.open(settings.index_path).close()  # and so does a missing index
+    open_store(settings).close()  # and so does a missing index (or a Milvus that is down)
     ensure_running(settings, progress=state.progress, warn=state.warn)
     stop = threading.Event()
 
@@ -100,7 +107,7 @@ def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_si
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    with IndexStore.open(settings.index_path) as store:
+    with open_store(settings) as store:
         counts = store.counts()
     data = {"chunked_documents": report.chunked_documents, "new_chunks": report.chunks,
             "embedded": report.embedded, "seconds": round(report.seconds, 2),

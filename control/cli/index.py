@@ -14,6 +14,7 @@ from qmd_triton.cli.common import (
     State,
     collections_of,
     emit_json,
+    index_exists,
     open_store,
     pass_state,
     protocol_option,
@@ -76,7 +77,7 @@ def collection_list(state: State, as_json: bool) -> None:
     settings = state.settings()
     cols = collections_of(settings).list()
     counts: dict[str, Any] = {}
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store:
             counts = store.counts()["collections"]
     rows = [{"name": c.name, "path": str(c.path), "masks": list(c.masks), "ignore": list(c.ignore),
@@ -100,7 +101,7 @@ def collection_remove(state: State, name: str) -> None:
     config = collections_of(settings)
     config.get(name)
     removed = 0
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store, store.transaction():
             removed = store.delete_collection(name)
             store.collect_garbage()
@@ -120,7 +121,7 @@ def collection_rename(state: State, old: str, new: str) -> None:
     if new in {c.name for c in config.list()}:
         raise InputError(f"a collection named {new!r} already exists")
     check_name(new)
-    if settings.index_path.exists():
+    if index_exists(settings):
         with open_store(settings) as store, store.transaction():
             store.rename_collection(old, new)
     config.rename(old, new)
@@ -217,7 +218,7 @@ def cleanup_cmd(state: State, keep_expansions: int, as_json: bool) -> None:
     """
     settings = state.settings()
     with open_store(settings) as store:
-        state.progress(f"cleaning up {settings.index_path}")
+        state.progress(f"cleaning up {store.describe()}")
         report = store.cleanup(keep_expansions=keep_expansions)
     if as_json:
         emit_json(report)
@@ -292,3 +293,60 @@ def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: 
     except KeyboardInterrupt:
         pass
     state.progress("stopped watching")
+
+
+@click.group("index")
+def index_group() -> None:
+    """The index's backend: sqlite (one file, the default) or milvus (a Milvus server; Milvus Lite locally)."""
+
+
+@index_group.command("migrate")
+@click.option("--to", "to", type=click.Choice(["milvus", "sqlite"]), required=True, help="The backend to move to.")
+@click.option("--uri", default=None, help="milvus: the server's URI (http://HOST:19530). [default: the home's own "
+              "Milvus Lite, which `qmdctl up` starts]")
+@click.option("--token", default=None, help="milvus: user:password or an API key.")
+@click.option("--prefix", default=None, help="milvus: the collections' name prefix. [default: qmd]")
+@click.option("--replace", is_flag=True, help="Overwrite what the target already holds.")
+@click.option("--switch/--no-switch", default=True, show_default=True,
+              help="Point the home at the new index ([index] of config.toml) once the copy is complete.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def index_migrate(state: State, to: str, uri: str | None, token: str | None, prefix: str | None, replace: bool,
+                  switch: bool, as_json: bool) -> None:
+    """Move the index to another backend without embedding anything again.
+
+    Copies documents, chunks with their vectors, the embedding fingerprint, the collections' last updates
+    and the expansion cache; the old index is left as it was. Restart a running server afterwards
+    (`qmdctl down`, `qmdctl up`): its models keep reading the index they opened.
+    """
+    from qmd_triton.index.backend import index_config, open_index, write_index_table
+    from qmd_triton.index.transfer import transfer
+
+    settings = state.settings()
+    source = index_config(settings.home)
+    target = source.with_(backend=to, uri=uri if uri is not None else (source.uri if to == "milvus" else ""),
+                          token=token if token is not None else source.token, prefix=prefix or source.prefix)
+    if source.describe() == target.describe():
+        raise InputError(f"the index is already in {source.describe()}")
+    if not index_exists(settings):
+        raise InputError(f"no index in {source.describe()} to migrate; run `qmdctl update` first")
+    if target.local:
+        from qmd_triton.serving import milvus_lite
+
+        milvus_lite.ensure_running(target, progress=state.progress)
+    state.progress(f"migrating {source.describe()} -> {target.describe()}")
+    with open_store(settings) as src, open_index(target, create=True) as dst, \
+            state.counter("migrating") as counter:
+        report = transfer(src, dst, progress=state.progress, count=counter, replace=replace)
+    if switch:
+        write_index_table(settings.home, backend=to, uri=target.uri if to == "milvus" else "",
+                          token=target.token if to == "milvus" else "",
+                          prefix=target.prefix if target.prefix != "qmd" else "")
+        state.progress(f"{settings.config_file}: index.backend = \"{to}\"; restart a running server to use it")
+    data = {"from": source.describe(), "to": target.describe(), "documents": report.documents,
+            "chunks": report.chunks, "vectors": report.vectors, "expansions": report.expansions, "switched": switch}
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"migrated {report.documents} documents, {report.chunks} chunks ({report.vectors} vectors) and "
+                   f"{report.expansions} cached expansions to {target.describe()}")

@@ -16,6 +16,7 @@ from qmd_triton.cli.common import (
     State,
     collections_of,
     emit_json,
+    index_exists,
     open_store,
     pass_state,
     protocol_option,
@@ -268,7 +269,7 @@ def ls(state: State, where: str | None) -> None:
     """List collections, or the documents of COLLECTION[/PREFIX]."""
     settings = state.settings()
     cols = collections_of(settings).list()
-    if not settings.index_path.exists():
+    if not index_exists(settings):
         docs = []
     else:
         with open_store(settings) as store:

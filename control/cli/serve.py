@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
-from qmd_triton.index.store import index_summary
+from qmd_triton.errors import QmdError
+from qmd_triton.index.backend import index_config, index_summary
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
 
@@ -42,6 +43,9 @@ def up(state: State, startup_timeout_s: float | None, log_verbose: int, monitor:
        exporter_port: int, trace_file: Path | None, otel_endpoint: str | None, trace_rate: int,
        model_config_name: str | None, supervise: bool, **kwargs: Any) -> None:
     """Start the local Triton server on the model repository and wait until it is ready.
+
+    Where the home's index is on the milvus backend without a uri (`[index] backend = "milvus"` in
+    config.toml), the home's Milvus Lite server is started first, beside it; `qmdctl down` stops both.
 
     The shared-memory, model-repository, logging and trace APIs are restricted (on HTTP and gRPC) to
     requests with the header `admin-key` set to the key in $QMD_HOME/run/admin.key.
@@ -83,14 +87,27 @@ def trace_flags(trace_file: Path | None, otel_endpoint: str | None, rate: int) -
 @click.command()
 @pass_state
 def down(state: State) -> None:
-    """Stop the server that `qmdctl up` started (and only that one), and its monitoring."""
+    """Stop the server that `qmdctl up` started (and only that one), its monitoring, and the home's Milvus
+    Lite server (the milvus index backend without a uri)."""
     from qmd_triton.ops.monitor import stop_monitor
 
     settings = state.settings()
     server.stop_supervisor(settings, progress=state.progress)  # first: it would bring the server back
     stop_monitor(settings, progress=state.progress)
-    info = server.stop(settings, progress=state.progress)
-    state.progress(f"stopped tritonserver (pid {info.pid})")
+    from qmd_triton.serving import milvus_lite
+
+    try:
+        info = server.stop(settings, progress=state.progress)
+        state.progress(f"stopped tritonserver (pid {info.pid})")
+    except QmdError:
+        # no Triton of this home: the Milvus Lite a CLI command started may still run
+        if not milvus_lite.stop(index_config(settings.home), progress=state.progress):
+            raise
+        state.progress("stopped Milvus Lite")
+        return
+    # the home's Milvus Lite (index.backend = "milvus" without a uri), started by `up` or a CLI command
+    if milvus_lite.stop(index_config(settings.home), progress=state.progress):
+        state.progress("stopped Milvus Lite")
 
 
 @click.command("metrics-exporter")
@@ -131,7 +148,12 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
 
     settings = server_settings(state, kwargs)
     st = server.status(settings)
-    index = index_summary(settings.index_path)
+    config = index_config(settings.home)
+    if config.local:
+        from qmd_triton.serving import milvus_lite
+
+        milvus_lite.ensure_running(config, progress=state.progress)
+    index = index_summary(config)
     stages = [{**m.to_dict(), "counts": st.stages.get(m.to_dict()["stage"], {})}
               for m in repository_languages(settings.model_repository).values()]
     if as_json:
@@ -140,7 +162,7 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
                    "problems": st.problems, "index": index, "stages": stages})
     else:
         if index is None:
-            click.echo(f"index   none yet at {settings.index_path} (qmdctl collection add, then qmdctl update)")
+            click.echo(f"index   none yet in {config.describe()} (qmdctl collection add, then qmdctl update)")
         else:
             click.echo(f"index   {index['path']}  {index['documents']} documents, {index['chunks']} chunks, "
                        f"{index['embedded_share']:.0%} embedded")

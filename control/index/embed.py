@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.fingerprint import EmbeddingSetup, check_fingerprint, only_chunking_differs
-from qmd_triton.index.store import FINGERPRINT_KEY, IndexStore
+from qmd_triton.index.store import FINGERPRINT_KEY
 from qmd_triton.progress import Count, uncounted
 from qmd_triton.text.chunking import chunk_markdown
 
@@ -42,7 +43,7 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def chunk_pending(store: IndexStore, setup: EmbeddingSetup) -> tuple[int, int]:
+def chunk_pending(store: Index, setup: EmbeddingSetup) -> tuple[int, int]:
     """Chunks every content hash that has no chunks yet; returns (documents, chunks).
 
     An ``update`` may remove documents meanwhile (another process): content that is gone by the time its
@@ -65,7 +66,7 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def embed_pending(
-    store: IndexStore,
+    store: Index,
     setup: EmbeddingSetup,
     make_embedder: Callable[[], EmbedFn],
     *,
@@ -133,6 +134,6 @@ def embed_pending(
     if stop is None or not stop.is_set():
         with store.transaction():
             report.dropped = store.drop_unused_vectors()
-            store.prune_vector_log()
+            store.after_embed()
     report.seconds = time.monotonic() - started
     return report

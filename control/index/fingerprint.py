@@ -17,10 +17,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qmd_triton.contracts import TOKENIZE
 from qmd_triton.errors import ArtifactMissing, FingerprintMismatch
-from qmd_triton.index.store import IndexStore
 from qmd_triton.text.chunking import CHUNK_OVERLAP, CHUNKER_VERSION, chunk_size_for
 from qmd_triton.text.tokenization import TextEncoder, read_manifest
 
@@ -91,7 +91,7 @@ def mismatch(stored: dict, served: dict, what: str) -> FingerprintMismatch:
                                "run `qmdctl embed --force` to embed it again")
 
 
-def check_fingerprint(store: IndexStore, setup: EmbeddingSetup, what: str = "the model repository has") -> None:
+def check_fingerprint(store: Any, setup: EmbeddingSetup, what: str = "the model repository has") -> None:
     """Raises ``FingerprintMismatch`` when the index holds vectors of another setup."""
     stored = store.fingerprint()
     if stored is not None and fingerprint_id(stored) != setup.id:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qmd_triton.errors import InputError, NotFound
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import Collection, glob_match
-from qmd_triton.index.store import DocRow, IndexStore
+from qmd_triton.index.store import DocRow
 
 _RANGE = re.compile(r"^(?P<target>.+?)(?::(?P<start>\d+)(?::(?P<count>\d+))?)?$")
 
@@ -44,7 +45,7 @@ def parse_ref(text: str) -> Ref:
     return Ref(m["target"], start, count)
 
 
-def _suggest(store: IndexStore, target: str) -> str:
+def _suggest(store: Index, target: str) -> str:
     """`` (did you mean a, b?)`` from the indexed paths closest to a reference that missed."""
     paths = [d.display_path for d in store.documents()]
     close = difflib.get_close_matches(target, paths, n=3, cutoff=0.5)
@@ -54,7 +55,7 @@ def _suggest(store: IndexStore, target: str) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def resolve(store: IndexStore, collections: Sequence[Collection], target: str) -> DocRow:
+def resolve(store: Index, collections: Sequence[Collection], target: str) -> DocRow:
     """One document by ``#docid`` (any unique prefix), ``collection/path`` or a path inside a collection's
     directory."""
     if target.startswith("#"):
@@ -124,7 +125,7 @@ class Selected:
     count: int | None = None
 
 
-def select(store: IndexStore, collections: Sequence[Collection], pattern: str) -> list[Selected]:
+def select(store: Index, collections: Sequence[Collection], pattern: str) -> list[Selected]:
     """Documents for ``multi-get``: comma-separated items, each a glob over collection/path or a reference
     (``#docid``, ``collection/path``, a file path) with an optional ``:FROM[:COUNT]``.
 
@@ -152,7 +153,7 @@ def select(store: IndexStore, collections: Sequence[Collection], pattern: str) -
     return out
 
 
-def fetch(store: IndexStore, collections: Sequence[Collection], ref: str, start: int | None = None,
+def fetch(store: Index, collections: Sequence[Collection], ref: str, start: int | None = None,
           count: int | None = None) -> dict:
     """``get``: one document (or the lines a ``:FROM[:COUNT]`` reference or ``start``/``count`` ask for) as
     ``{docid, file, title, from, text}``; ``start``/``count`` win over the reference's own range."""
@@ -164,7 +165,7 @@ def fetch(store: IndexStore, collections: Sequence[Collection], ref: str, start:
     return {"docid": "#" + docid, "file": doc.display_path, "title": doc.title, "from": first, "text": text}
 
 
-def fetch_many(store: IndexStore, collections: Sequence[Collection], pattern: str, max_bytes: int,
+def fetch_many(store: Index, collections: Sequence[Collection], pattern: str, max_bytes: int,
                max_lines: int | None = None) -> list[dict]:
     """``multi-get``: every selected document as :func:`fetch` returns it, plus ``truncated`` (cut at
     ``max_lines``); a whole document larger than ``max_bytes`` is ``{docid, file, title, skipped}`` instead."""

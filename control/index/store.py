@@ -207,11 +207,52 @@ class _Connection(sqlite3.Connection):
 
 
 class IndexStore:
-    """A connection to one index file."""
+    """A connection to one index file: the ``sqlite`` backend of :class:`qmd_triton.index.backend.Index`."""
+
+    backend = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def collection_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
+
+    def upsert_documents(self, items: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
+        """Many documents at once (``update``); call inside a transaction."""
+        for item in items:
+            self.upsert_document(*item)
+
+    def export_chunks(self) -> Iterator[tuple[ChunkRow, np.ndarray | None]]:
+        """Every chunk of an indexed document with its vector (None while it has none), by id."""
+        import numpy as np
+
+        cur = self.conn.execute(
+            "SELECT c.id, c.hash, c.seq, c.start_line, c.end_line, c.tokens, c.text, c.text_hash, e.vec FROM chunks c "
+            "LEFT JOIN embeddings e ON e.text_hash = c.text_hash WHERE c.hash IN (SELECT hash FROM documents) "
+            "ORDER BY c.id")
+        for r in cur:
+            yield ChunkRow(*r[:8]), (np.frombuffer(r[8], dtype=np.float32).copy() if r[8] is not None else None)
+
+    def export_expansions(self) -> Iterator[tuple[str, dict]]:
+        for key, value in self.conn.execute("SELECT key, value FROM expansions ORDER BY created"):
+            yield key, json.loads(value)
+
+    def import_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None:
+        """Chunks with their vectors (``index migrate``); call inside a transaction."""
+        by_hash: dict[str, list[ChunkRow]] = {}
+        for chunk, _ in rows:
+            by_hash.setdefault(chunk.hash, []).append(chunk)
+        for h, chunks in by_hash.items():
+            self.add_chunks(h, chunks)
+        self.add_vectors([(c.text_hash or text_hash(c.text), v) for c, v in rows if v is not None])
+
+    def after_embed(self) -> None:
+        """What an ``embed`` run leaves tidy: the vector log pruned to what a lagging reader may need."""
+        self.prune_vector_log()
 
     # -- opening -------------------------------------------------------------------
 

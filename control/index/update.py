@@ -1,7 +1,8 @@
 """``update``: keep the index in step with the collections' files (scan, hash, FTS).
 
-Every selected file is read first and all changes are applied in one transaction,
-so a reader never sees half an update and a failure changes nothing.
+Every selected file is read first and all changes are applied in one transaction
+(on the sqlite backend: a reader never sees half an update and a failure changes
+nothing; on milvus, which has no transactions, the next update completes a failed one).
 
 Example:
     >>> report = update(store, config.list(), warn=print)
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import Collection
-from qmd_triton.index.store import IndexStore
 from qmd_triton.progress import Progress, Warn, silent
 from qmd_triton.system.files import sha256_text
 from qmd_triton.text.markdown import SkippedFile, read_document, title_of
@@ -73,7 +74,7 @@ def run_update_cmd(collection: Collection, warn: Warn = silent, progress: Progre
     return True
 
 
-def update(store: IndexStore, collections: Sequence[Collection], *, force: bool = False, run_commands: bool = True,
+def update(store: Index, collections: Sequence[Collection], *, force: bool = False, run_commands: bool = True,
            warn: Warn = silent, progress: Progress = silent) -> UpdateReport:
     """Scans collections and records added, changed and removed documents in one transaction.
 
@@ -131,14 +132,16 @@ def update(store: IndexStore, collections: Sequence[Collection], *, force: bool 
             setattr(report, key, getattr(report, key) + stats[key])
     with store.transaction():
         for c, known, seen, removed in plans:
+            writes = []
             for rel, item in seen.items():
                 if item is None:
                     continue
                 if item.kind == "touch":
                     store.touch_document(known[rel].id, item.size, item.mtime_ns)
                 else:
-                    store.upsert_document(c.name, rel, item.title, content_hash(item.text), item.text, item.size,
-                                          item.mtime_ns)
+                    writes.append((c.name, rel, item.title, content_hash(item.text), item.text, item.size,
+                                   item.mtime_ns))
+            store.upsert_documents(writes)
             store.delete_documents(removed)
         store.collect_garbage()
         now = time.time()

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.backend import Index
 from qmd_triton.search.coverage import ModelLanguages
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.text.terms import parse_query, query_terms, without_exclusions
@@ -382,7 +382,7 @@ def cache_key(engine: str, query: str, intent: str = "") -> str:
 
 
 def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, engine_id: str = "",
-                   strong: Callable[[], bool] = lambda: False, store: IndexStore | None = None,
+                   strong: Callable[[], bool] = lambda: False, store: Index | None = None,
                    languages: ModelLanguages | None = None) -> Expansion:
     """The expansion a ``query`` request uses: the caller's typed searches, none, the cache, or the LLM.
 

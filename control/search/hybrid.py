@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.store import DocRow, IndexStore
+from qmd_triton.index.store import DocRow
 from qmd_triton.search.coverage import ModelLanguages, stage
 from qmd_triton.search.fusion import (
     EXPANSION_WEIGHT,
@@ -34,7 +35,7 @@ from qmd_triton.search.fusion import (
 )
 from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for, snippet_terms
 from qmd_triton.search.options import Hit, SearchOptions, annotate
-from qmd_triton.search.vectors import VectorIndex
+from qmd_triton.search.vectors import MilvusVectors, VectorIndex
 from qmd_triton.text.terms import has_cjk, parse_query, query_terms, without_exclusions
 
 MODES = ("vsearch", "query")
@@ -133,9 +134,10 @@ def clamp_candidates(options: SearchOptions) -> int:
     return max(min(options.candidates, MAX_CANDIDATES), min(options.n, MAX_CANDIDATES))
 
 
-def _best_chunk(store: IndexStore, doc: DocRow, terms: Sequence[str]) -> tuple[int, str]:
+def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequence[Any] | None = None
+                ) -> tuple[int, str]:
     """The chunk with the most query-term overlap (first on ties), or the body's start."""
-    chunks = store.chunks_of(doc.hash)
+    chunks = store.chunks_of(doc.hash) if chunks is None else chunks
     if not chunks:
         body = store.body(doc.hash)
         return 1, body[:PASSAGE_CHARS]
@@ -149,7 +151,7 @@ def _best_chunk(store: IndexStore, doc: DocRow, terms: Sequence[str]) -> tuple[i
     return best.start_line, best.text[:PASSAGE_CHARS]
 
 
-def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embeddings: np.ndarray,
+def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: Plan, embeddings: np.ndarray,
                       contexts: ContextMap | None = None, embedder: ModelLanguages | None = None) -> list[Candidate]:
     """BM25 and vector lists for every query of the plan, fused by RRF, best first.
 
@@ -195,9 +197,12 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
     top = max_rrf(lists)
     terms = plan.terms()
     out = []
+    # milvus: every candidate's chunks in one round trip; sqlite reads them per candidate (no change there)
+    many = getattr(store, "chunks_of_many", None)
+    prefetched = many([docs[f.key].hash for f in fused]) if many else {}
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
-        line, passage = _best_chunk(store, doc, terms)
+        line, passage = _best_chunk(store, doc, terms, prefetched.get(doc.hash))
         # The snippet is the best window of the passage the reranker reads.
         offset, snippet = snippet_for(passage, terms)
         hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,
@@ -208,7 +213,7 @@ def hybrid_candidates(store: IndexStore, vectors: VectorIndex, plan: Plan, embed
     return out
 
 
-def bm25_probe(store: IndexStore, query: str, options: SearchOptions) -> list[float]:
+def bm25_probe(store: Index, query: str, options: SearchOptions) -> list[float]:
     """Normalized scores of the top two BM25 hits (for the strong-signal shortcut)."""
     parsed = parse_query(query)
     rows = store.bm25(parsed.terms, 2, options.collections or None, parsed.exclude)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.store import IndexStore
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, check_query, clip, hit_of
 from qmd_triton.text.terms import LexicalQuery, has_cjk, parse_query
 
@@ -49,11 +49,11 @@ def snippet_terms(parsed: LexicalQuery) -> list[str]:
     return list(dict.fromkeys(w for t in parsed.terms for w in t.split()))
 
 
-def known_collections(store: IndexStore) -> list[str]:
-    return [r[0] for r in store.conn.execute("SELECT DISTINCT collection FROM documents ORDER BY 1")]
+def known_collections(store: Index) -> list[str]:
+    return store.collection_names()
 
 
-def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOptions(),
+def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions(),
                 contexts: ContextMap | None = None) -> list[Hit]:
     """Full-text search: documents matching any query term, ranked by BM25."""
     q = check_query(query)
@@ -64,11 +64,14 @@ def search_bm25(store: IndexStore, query: str, options: SearchOptions = SearchOp
         raise InputError("the query only excludes (-word); give at least one word to search for")
     terms = snippet_terms(parsed)
     hits = []
-    for doc, raw in store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude):
+    rows = store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)
+    # milvus: the page's texts in one round trip; sqlite reads each body where it needs it (no change there)
+    bodies = store.bodies([d.hash for d, _ in rows]) if getattr(store, "bodies", None) else {}
+    for doc, raw in rows:
         score = normalize_bm25(raw)
         if score < options.min_score:
             continue
-        body = store.body(doc.hash)
+        body = bodies[doc.hash] if doc.hash in bodies else store.body(doc.hash)
         line, snippet = snippet_for(body, terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
     return annotate(hits, store, contexts)

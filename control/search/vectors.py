@@ -1,4 +1,6 @@
-"""Exact vector search: cosine similarity over every stored chunk vector (one BLAS matrix product).
+"""Vector search: on the sqlite backend exact cosine over every stored chunk vector (one BLAS matrix
+product, :class:`VectorIndex`); on the milvus backend Milvus's HNSW index (:class:`MilvusVectors`). Both rank
+documents by their best chunk, and :func:`vectors_for` picks the one an index needs.
 
 Example:
     >>> vectors = VectorIndex(store)
@@ -14,13 +16,100 @@ from collections.abc import Sequence
 import numpy as np
 
 from qmd_triton.errors import InputError
+from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
+from qmd_triton.index.milvus import QUERY_LIMIT
 from qmd_triton.index.store import ChunkRow, DocRow, IndexStore
 from qmd_triton.search.lexical import known_collections
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, clip, hit_of
 
 
-class VectorIndex:
+def vectors_for(store: Index) -> VectorIndex | MilvusVectors:
+    """The vector search of an index's backend."""
+    return VectorIndex(store) if isinstance(store, IndexStore) else MilvusVectors(store)
+
+
+class _DocumentRanking:
+    """Documents by their best chunk, whatever finds the chunks (``_top``: chunk rows and scores, best first)."""
+
+    store: Index
+
+    def refresh(self) -> bool:
+        return False
+
+    def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
+        raise NotImplementedError
+
+    def _exhausted(self, k: int, found: int) -> bool:
+        """Whether asking for more than ``k`` chunks (``found`` came back) could find more."""
+        raise NotImplementedError
+
+    def ranked_docs(self, query_vec: np.ndarray, n: int, collections: Sequence[str] = (),
+                    exclude_ids: set[int] | frozenset[int] = frozenset()) -> list[tuple[DocRow, ChunkRow, float]]:
+        """Up to n documents by their best chunk's cosine similarity, with that chunk."""
+        self.refresh()
+        k = n * 4
+        while True:
+            top = self._top(query_vec, k)
+            best: dict[str, tuple[ChunkRow, float]] = {}
+            for chunk, score in top:
+                best.setdefault(chunk.hash, (chunk, score))
+            docs = self.store.documents_by_hash(list(best), collections or None)
+            ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
+                            key=lambda x: -x[1][1])
+            if len(ranked) >= n or self._exhausted(k, len(top)):
+                break
+            k *= 4
+        ranked = ranked[:n]
+        chunks = self._complete([chunk for _, (chunk, _) in ranked])
+        return [(doc, chunk, score) for (doc, (_, score)), chunk in zip(ranked, chunks)]
+
+    def _complete(self, chunks: list[ChunkRow]) -> list[ChunkRow]:
+        """The chunks' rows with their texts (those ``_top`` found may carry only id and hash)."""
+        return chunks
+
+    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions(),
+               contexts: ContextMap | None = None, exclude: Sequence[str] = ()) -> list[Hit]:
+        """Documents by their best chunk's cosine similarity to the query, leaving out those that hold an
+        excluded term (``-word``)."""
+        if options.collections:
+            options.check_collections(known_collections(self.store))
+        hits = []
+        excluded = self.store.matching(exclude)
+        for doc, chunk, score in self.ranked_docs(query_vec, options.limit, options.collections, excluded):
+            if score < options.min_score:
+                continue
+            body = self.store.body(doc.hash) if options.full else None
+            lines = chunk.text.strip().split("\n")[:SNIPPET_LINES]
+            hits.append(hit_of(doc, score, chunk.start_line, clip("\n".join(lines)), body))
+        return annotate(hits, self.store, contexts)
+
+
+class MilvusVectors(_DocumentRanking):
+    """Vector search in Milvus: its HNSW index over the chunks' vectors (inner product of normalized
+    vectors: cosine). Nothing is held in this process: a server model's memory does not grow with the corpus.
+    """
+
+    def __init__(self, store: Index) -> None:
+        self.store = store
+        self._raw = 0
+
+    def _exhausted(self, k: int, found: int) -> bool:
+        # Milvus answered fewer than asked (chunks without a vector yet are dropped from what it returns, so
+        # the raw count decides), or k reached its cap for one search. No count(*): that scans every row.
+        return self._raw < k or k >= QUERY_LIMIT
+
+    def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
+        if not hasattr(self, "_dim"):
+            self._dim = int((self.store.fingerprint() or {}).get("dim") or 0)
+        if self._dim and query_vec.shape[-1] != self._dim:
+            raise InputError(f"query vector has {query_vec.shape[-1]} dims but the index holds {self._dim}-d vectors")
+        top, self._raw = self.store.nearest_chunks(np.asarray(query_vec, dtype=np.float32), k,  # type: ignore[attr-defined]
+                                                   raw=True)
+        return top
+
+
+class VectorIndex(_DocumentRanking):
     """Exact cosine search over every stored chunk vector (BLAS matrix product).
 
     The matrix holds one row per embedded chunk, with the chunk's id and its content hash beside it
@@ -162,38 +251,14 @@ class VectorIndex:
         idx = idx[np.argsort(-scores[idx], kind="stable")]
         return [(int(i), float(scores[i])) for i in idx]
 
-    def ranked_docs(self, query_vec: np.ndarray, n: int, collections: Sequence[str] = (),
-                    exclude_ids: set[int] | frozenset[int] = frozenset()) -> list[tuple[DocRow, ChunkRow, float]]:
-        """Up to n documents by their best chunk's cosine similarity, with that chunk."""
-        self.refresh()
-        k = n * 4
-        while True:
-            top = self.top_chunks(query_vec, k)
-            best: dict[str, tuple[int, float]] = {}
-            for i, score in top:
-                best.setdefault(self.hashes[i], (i, score))
-            docs = self.store.documents_by_hash(list(best), collections or None)
-            ranked = sorted(((doc, best[h]) for h, ds in docs.items() for doc in ds if doc.id not in exclude_ids),
-                            key=lambda x: -x[1][1])
-            if len(ranked) >= n or k >= len(self):
-                break
-            k *= 4
-        ranked = ranked[:n]
-        chunks = self.store.chunks_by_id([int(self.ids[i]) for _, (i, _) in ranked])
-        return [(doc, chunks[int(self.ids[i])], score) for doc, (i, score) in ranked]
+    def _exhausted(self, k: int, found: int) -> bool:
+        return k >= len(self)
 
-    def search(self, query_vec: np.ndarray, options: SearchOptions = SearchOptions(),
-               contexts: ContextMap | None = None, exclude: Sequence[str] = ()) -> list[Hit]:
-        """Documents by their best chunk's cosine similarity to the query, leaving out those that hold an
-        excluded term (``-word``)."""
-        if options.collections:
-            options.check_collections(known_collections(self.store))
-        hits = []
-        excluded = self.store.matching(exclude)
-        for doc, chunk, score in self.ranked_docs(query_vec, options.limit, options.collections, excluded):
-            if score < options.min_score:
-                continue
-            body = self.store.body(doc.hash) if options.full else None
-            lines = chunk.text.strip().split("\n")[:SNIPPET_LINES]
-            hits.append(hit_of(doc, score, chunk.start_line, clip("\n".join(lines)), body))
-        return annotate(hits, self.store, contexts)
+    def _top(self, query_vec: np.ndarray, k: int) -> list[tuple[ChunkRow, float]]:
+        """The matrix's best rows as chunk ids and content hashes only: texts are read for the final hits."""
+        return [(ChunkRow(int(self.ids[i]), self.hashes[i], 0, 0, 0, 0, ""), score)
+                for i, score in self.top_chunks(query_vec, k)]
+
+    def _complete(self, chunks: list[ChunkRow]) -> list[ChunkRow]:
+        full = self.store.chunks_by_id([c.id for c in chunks])
+        return [full[c.id] for c in chunks]

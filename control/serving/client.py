@@ -207,10 +207,10 @@ def embed_index(settings: Any, *, embedder: Any = None, force: bool = False, bat
                 concurrency: int = BULK_IN_FLIGHT, progress: Count = uncounted,
                 stop: threading.Event | None = None) -> Any:
     """Chunks and embeds everything pending in the settings' index (through the server by default)."""
+    from qmd_triton.index.backend import index_config, open_index
     from qmd_triton.index.embed import embed_pending
-    from qmd_triton.index.store import IndexStore
 
     embedder = embedder or TritonEmbedder(settings)
-    with IndexStore.open(settings.index_path) as store:
+    with open_index(index_config(settings.home)) as store:
         return embed_pending(store, embedder.setup(), lambda: embedder.embed, force=force, batch_size=batch_size,
                              concurrency=concurrency, progress=progress, stop=stop)

@@ -318,6 +318,7 @@ def start(
     ``supervise`` also starts ``qmdctl supervise`` beside it, which brings back a dead backend or server.
     """
     with start_lock(settings, progress):
+        _start_index(settings, progress)
         state = _start(settings, log_verbose, cache_bytes, extra_args, progress)
         if supervise:
             start_supervisor(settings, progress)
@@ -349,9 +350,19 @@ def ensure_running(settings: Settings, progress: Progress = silent, warn: Progre
                 raise ServerError(f"the local server (pid {state.pid}) is running but not ready: {e}; "
                                   f"see {state.log}") from None
         progress(f"no server answers at {settings.url()}; starting the local one")
+        _start_index(settings, progress)
         _start(settings, 0, DEFAULT_CACHE_BYTES, (), progress)
         start_supervisor(settings, progress)
         return True
+
+
+def _start_index(settings: Settings, progress: Progress) -> None:
+    """The home's Milvus Lite server, where its index lives there (``index.backend = "milvus"``, no uri): the
+    search models reach it through the address it records in ``$QMD_HOME/run/milvus.json``."""
+    from qmd_triton.index.backend import index_config
+    from qmd_triton.serving import milvus_lite
+
+    milvus_lite.ensure_running(index_config(settings.home), progress)
 
 
 def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: tuple[str, ...],

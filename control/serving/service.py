@@ -27,9 +27,9 @@ import numpy as np
 from qmd_triton import __version__, contracts
 from qmd_triton.contracts import KIND_DOCUMENT
 from qmd_triton.errors import InputError, QmdError
+from qmd_triton.index.backend import Index, exists, index_config, index_summary, open_index
 from qmd_triton.index.collections import CollectionConfig, ContextMap
 from qmd_triton.index.refs import fetch, fetch_many
-from qmd_triton.index.store import IndexStore, index_summary
 from qmd_triton.progress import Progress, silent
 from qmd_triton.search.options import Hit, SearchOptions, check_query, typed_query
 from qmd_triton.serving import http
@@ -148,8 +148,8 @@ class QmdService:
     def _contexts(self) -> ContextMap:
         return ContextMap.load(self.settings.config_file)
 
-    def _open(self) -> IndexStore:
-        return IndexStore.open(self.settings.index_path)
+    def _open(self) -> Index:
+        return open_index(index_config(self.settings.home))
 
     def _get(self, ref: str, start: int | None, count: int | None) -> dict:
         with self._open() as store:
@@ -173,7 +173,7 @@ class QmdService:
         return await asyncio.to_thread(self._multi_get, pattern, max_bytes, max_lines)
 
     def _documents(self, limit: int) -> list[dict]:
-        if not self.settings.index_path.exists():
+        if not exists(index_config(self.settings.home)):
             return []
         with self._open() as store:
             docs = store.documents()[:limit]
@@ -215,7 +215,7 @@ class QmdService:
 
     async def status(self) -> dict[str, Any]:
         """The index (documents, chunks, share embedded, per collection) and whether Triton is ready."""
-        index = await asyncio.to_thread(index_summary, self.settings.index_path)
+        index = await asyncio.to_thread(index_summary, index_config(self.settings.home))
         collections = {c.name: str(c.path) for c in await asyncio.to_thread(self._collections)}
         if index is not None:
             index = {k: v for k, v in index.items() if k != "fingerprint"}

@@ -17,6 +17,8 @@ Triton starts new stubs and reloads the ensembles that use the model); that need
 ``--model-control-mode=explicit --load-model=*`` and the admin key. When the reload fails or the stubs do
 not come back, the local supervisor restarts the server the way it was started; a server that died is
 restarted too (three failed restarts in a row and it gives up, leaving the state for ``qmdctl status``).
+The local supervisor also brings back the home's Milvus Lite server (the milvus index backend without a
+uri) when the one recorded died.
 
 Example:
     >>> supervise_local(Settings.load(), threading.Event(), log=print)   # until the server is stopped
@@ -150,6 +152,7 @@ def supervise_local(settings: Settings, stop: threading.Event, log: Progress,
             log("no server is recorded any more (stopped); exiting")
             return 0
         run_settings = server.settings_of(state, settings.home)
+        revive_index(settings, log)
         if not procs.is_running(state.owned):
             log(f"tritonserver (pid {state.pid}) is gone; restarting it")
             if not _restart(run_settings, log):
@@ -172,6 +175,30 @@ def supervise_local(settings: Settings, stop: threading.Event, log: Progress,
         stop.wait(interval_s)
     log("stopped")
     return 0
+
+
+def revive_index(settings: Settings, log: Progress) -> bool:
+    """Restarts the home's Milvus Lite server (index.backend = "milvus" without a uri) when the one recorded
+    died; True when it did. The search models reconnect on their next request; nothing acknowledged is lost
+    (Milvus Lite replays its write-ahead log at start)."""
+    from qmd_triton.index.backend import index_config
+    from qmd_triton.serving import milvus_lite
+
+    try:
+        config = index_config(settings.home)
+    except QmdError:
+        return False
+    recorded = milvus_lite.read_state(config) if config.local else None
+    if recorded is None or procs.is_running(recorded.owned):
+        return False
+    log(f"Milvus Lite (pid {recorded.pid}) is gone; restarting it")
+    try:
+        state = milvus_lite.ensure_running(config, log)
+    except QmdError as e:
+        log(f"restarting Milvus Lite failed: {e}")
+        return False
+    log(f"Milvus Lite restarted (pid {state.pid if state else '?'})")
+    return True
 
 
 def _restart(settings: Settings, log: Progress) -> bool:

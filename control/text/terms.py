@@ -34,6 +34,11 @@ def cjk_bigrams(run: str) -> list[str]:
     return [run[i : i + 2] for i in range(len(run) - 1)]
 
 
+def cjk_runs(text: str) -> list[str]:
+    """The runs of CJK characters of a text, in order."""
+    return _CJK_RUN.findall(text)
+
+
 def for_index(text: str) -> str:
     """Text as stored in the FTS table: CJK runs become space-separated bigrams."""
     return _CJK_RUN.sub(lambda m: " " + " ".join(cjk_bigrams(m.group(0))) + " ", text)

@@ -193,7 +193,7 @@ def test_kubernetes_manifests_pass_schema_validation():
     files = sorted(str(p) for p in (DEPLOY / "kubernetes").glob("*.yaml"))
     r = run(str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", *files)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("passed for resource") == 8
+    assert r.stdout.count("passed for resource") == 13
 
 
 def test_kubernetes_manifests_agree_with_each_other():
@@ -210,9 +210,12 @@ def test_kubernetes_manifests_agree_with_each_other():
         assert triton[probe]["exec"]["command"][:2] == ["qmdctl", "health"], probe
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
+    [milvus] = by_kind["StatefulSet"]
     for service in services.values():
-        assert service["spec"]["selector"].items() <= labels.items()
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+        target = milvus["spec"]["template"] if service["metadata"]["name"] == "qmd-milvus" else pod
+        assert service["spec"]["selector"].items() <= target["metadata"]["labels"].items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for c in target["spec"]["containers"]
+                                                                       for p in c.get("ports", [])}
     public = services["qmd-public"]
     assert public["spec"]["type"] == "LoadBalancer" and [p["targetPort"] for p in public["spec"]["ports"]] == ["https"]
     # every door beyond loopback, and the nginx renderer, take the one token from one Secret
@@ -229,7 +232,52 @@ def test_kubernetes_manifests_agree_with_each_other():
     [adapter] = [d for d in by_kind["ConfigMap"] if "adapter" in d["metadata"]["name"]]
     assert f"as: {metric}" in adapter["data"]["config.yaml"]
     claims = {c["metadata"]["name"] for c in by_kind["PersistentVolumeClaim"]}
+    for job in [*by_kind["Job"], *(c["spec"]["jobTemplate"] for c in by_kind["CronJob"])]:
+        template = job["spec"]["template"]["spec"]
+        assert {v["persistentVolumeClaim"]["claimName"] for v in template["volumes"] if "persistentVolumeClaim" in v} \
+            <= claims
     assert {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v} <= claims
+
+
+def test_the_triton_replicas_are_stateless_and_every_qmd_process_reads_the_index_in_milvus():
+    """No SQLite file on a shared volume: the serving pod mounts only the models (read only) from a claim,
+    every qmd container and the indexer reach the index at the qmd-milvus Service, which only Milvus's own
+    ReadWriteOnce volume backs; compose does the same with its milvus service."""
+    docs = [d for p in sorted((DEPLOY / "kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    by_kind: dict[str, list] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    [deployment] = by_kind["Deployment"]
+    [cron] = by_kind["CronJob"]
+    [milvus] = by_kind["StatefulSet"]
+    pod = deployment["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert set(claims) == {"models"} and all(
+        m.get("readOnly") for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "models")
+    service = next(s for s in by_kind["Service"] if s["metadata"]["name"] == "qmd-milvus")
+    uri = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    qmd = [c for c in pod["containers"] if c["image"].startswith("qmd-triton")]
+    qmd += cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert {c["name"] for c in qmd} == {"triton", "qmd-exporter", "qmd-api", "qmd-mcp", "update"}
+    for c in qmd:
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["QMD_INDEX_BACKEND"], env["QMD_MILVUS_URI"]) == ("milvus", uri), c["name"]
+    [claim] = milvus["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert milvus["spec"]["replicas"] == 1
+    assert all("ReadWriteMany" not in c["spec"]["accessModes"] or c["metadata"]["name"] == "qmd-models"
+               for c in by_kind["PersistentVolumeClaim"])
+
+    config = compose_config()
+    assert config["services"]["milvus"]["healthcheck"]["test"][-1] == "http://localhost:9091/healthz"
+    assert config["services"]["triton"]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    for name, svc in config["services"].items():
+        if svc.get("environment", {}).get("QMD_HOME") and name != "export":
+            env = svc["environment"]
+            assert (env["QMD_INDEX_BACKEND"], env["QMD_MILVUS_URI"]) == ("milvus", "http://milvus:19530"), name
+    assert all(p.get("host_ip") == "127.0.0.1" for p in config["services"]["milvus"]["ports"])
+    # the image those containers run has the Milvus client
+    assert ".[export,hub,milvus]" in (DEPLOY / "docker" / "Dockerfile").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from qmd_triton.index.embed import embed_pending
 from qmd_triton.index.store import IndexStore
 from qmd_triton.index.update import update
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import VectorIndex
+from qmd_triton.search.vectors import VectorIndex, vectors_for
 
-from ..conftest import ASSETS
+from ..conftest import ASSETS, open_test_index
 from ..fakes import HashEmbedder
 
 
@@ -34,7 +34,7 @@ def long_note(sections: int = 12) -> str:
     return "\n".join(parts)
 
 
-def index(store: IndexStore, notes: Path, embedder: HashEmbedder) -> int:
+def index(store, notes: Path, embedder: HashEmbedder) -> int:
     update(store, [Collection("notes", notes)])
     return embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2).embedded
 
@@ -46,20 +46,20 @@ def test_embedders_are_found_by_name_like_plugins():
         embedders.load("nope")
 
 
-def test_every_chunk_gets_a_vector_and_vector_search_ranks_by_meaning(tmp_path: Path, notes: Path):
+def test_every_chunk_gets_a_vector_and_vector_search_ranks_by_meaning(tmp_path: Path, notes: Path, backend):
     embedder = embedders.load("hash")
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with open_test_index(tmp_path / "home", backend) as store:
         embedded = index(store, notes, embedder)
         counts = store.counts()
         assert counts["embedded"] == counts["chunks"] > 0 and embedded == counts["chunks"]
-        hits = VectorIndex(store).search(embedder.embed_query("sourdough starter flour water"), SearchOptions(n=2))
+        hits = vectors_for(store).search(embedder.embed_query("sourdough starter flour water"), SearchOptions(n=2))
     assert hits[0].file == "notes/recipes.md" and hits[0].score > hits[1].score
 
 
-def test_an_edit_re_embeds_only_the_chunks_whose_text_changed(tmp_path: Path, notes: Path):
+def test_an_edit_re_embeds_only_the_chunks_whose_text_changed(tmp_path: Path, notes: Path, backend):
     (notes / "long.md").write_text(long_note())
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with open_test_index(tmp_path / "home", backend) as store:
         index(store, notes, embedder)
         chunks = len(store.chunks_of(store.document("notes", "long.md").hash))
         assert chunks >= 6
@@ -73,20 +73,20 @@ def test_an_edit_re_embeds_only_the_chunks_whose_text_changed(tmp_path: Path, no
         assert counts["embedded"] == counts["chunks"]
 
 
-def test_vectors_of_another_embedder_are_refused_not_mixed(tmp_path: Path, notes: Path):
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+def test_vectors_of_another_embedder_are_refused_not_mixed(tmp_path: Path, notes: Path, backend):
+    with open_test_index(tmp_path / "home", backend) as store:
         index(store, notes, HashEmbedder())
         with pytest.raises(FingerprintMismatch, match="embedded with a different dim than"):
             index(store, notes, HashEmbedder(dim=32))
 
 
-def test_an_index_chunked_by_an_older_chunker_is_chunked_again_keeping_unchanged_vectors(tmp_path: Path, notes: Path):
+def test_an_index_chunked_by_an_older_chunker_is_chunked_again_keeping_unchanged_vectors(tmp_path: Path, notes: Path, backend):
     import json
 
     from qmd_triton.index.store import FINGERPRINT_KEY
 
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with open_test_index(tmp_path / "home", backend) as store:
         total = index(store, notes, embedder)
         old = {k: v for k, v in embedder.setup().fingerprint.items() if k != "chunker"}
         with store.transaction():
@@ -142,11 +142,11 @@ def big_note(paragraphs: int = 2300) -> list[str]:
 
 
 @pytest.mark.parametrize("edit", ["word", "new line", "trailing space", "deleted line"])
-def test_a_one_line_edit_of_a_450_chunk_file_re_embeds_a_handful(tmp_path: Path, notes: Path, edit: str):
+def test_a_one_line_edit_of_a_450_chunk_file_re_embeds_a_handful(tmp_path: Path, notes: Path, edit: str, backend):
     lines = big_note()
     (notes / "journal.md").write_text("\n".join(lines))
     embedder = HashEmbedder(chunk_tokens=60)
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with open_test_index(tmp_path / "home", backend) as store:
         index(store, notes, embedder)
         chunks = len(store.chunks_of(store.document("notes", "journal.md").hash))
         assert chunks >= 450

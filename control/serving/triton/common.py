@@ -52,6 +52,19 @@ def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
         raise ValueError(f"parameter {key} must be an integer, got {raw!r}") from None
 
 
+def served_index(config: dict[str, Any]) -> Any:
+    """The index a search model reads: the ``index_path`` parameter's SQLite file when it names one, else the
+    index of ``$QMD_HOME`` on the backend its ``[index]`` table (or ``QMD_INDEX_BACKEND``, ``QMD_MILVUS_URI``)
+    chooses; a :class:`qmd_triton.index.backend.ServedIndex`."""
+    from qmd_triton.index.backend import IndexConfig, ServedIndex, index_config
+    from qmd_triton.settings import default_home
+
+    if parameter(config, "index_path", ""):
+        path = index_path(config)
+        return ServedIndex(IndexConfig(home=path.parent, backend="sqlite", file=path))
+    return ServedIndex(index_config(default_home()))
+
+
 def index_path(config: dict[str, Any]) -> Path:
     """The ``index_path`` parameter with ``$VARS`` expanded; empty means the user's default index.
 

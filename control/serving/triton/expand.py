@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 
 from qmd_triton.errors import IndexMissing, InputError, QmdError
-from qmd_triton.index.store import IndexHandle
 from qmd_triton.search.coverage import ModelLanguages
 from qmd_triton.search.expansion import Expander, make_engine, plan_expansion, shots_for
 from qmd_triton.search.fusion import strong_signal
@@ -63,7 +62,7 @@ class TritonPythonModel:
             shots=shots,
         )
         self.strong = common.parameter(config, "strong_signal", "true").lower() == "true"
-        self.handle = IndexHandle(common.index_path(config))
+        self.handle = common.served_index(config)
         self.expansions = common.Counter("qmd_expansions_total",
                                          "Query expansions of qmd_expand by how they were made (ok, cached, ...)",
                                          "status")

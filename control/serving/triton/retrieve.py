@@ -37,10 +37,9 @@ from qmd_triton.contracts import (
 )
 from qmd_triton.errors import ArtifactMissing, InputError, QmdError
 from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id, mismatch
-from qmd_triton.index.store import IndexHandle
 from qmd_triton.search.coverage import repository_languages, stage
 from qmd_triton.search.hybrid import Plan, clamp_candidates, hybrid_candidates
-from qmd_triton.search.vectors import VectorIndex
+from qmd_triton.search.vectors import MilvusVectors, VectorIndex, vectors_for
 from qmd_triton.serving.triton import common
 from qmd_triton.text.terms import parse_query
 from qmd_triton.text.tokenization import PairEncoder
@@ -50,7 +49,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
         config, version_dir = common.load(args)
-        self.handle = IndexHandle(common.index_path(config))
+        self.handle = common.served_index(config)
         repo = version_dir.parent.parent
         try:
             self.fingerprint = embedding_setup(repo).fingerprint
@@ -62,15 +61,15 @@ class TritonPythonModel:
         except (QmdError, OSError) as e:
             raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)
-        self.vectors: VectorIndex | None = None
+        self.vectors: VectorIndex | MilvusVectors | None = None
         self.languages = repository_languages(repo)
         self.stages = common.Counter("qmd_stages_total", "Stages of qmd_query by outcome: ran, partial, bypassed "
                                      "(the model does not read the language), off", ("stage", "outcome"))
 
-    def _index(self) -> VectorIndex:
+    def _index(self) -> VectorIndex | MilvusVectors:
         store = self.handle.get()
         if self.vectors is None or self.vectors.store is not store:
-            self.vectors = VectorIndex(store)
+            self.vectors = vectors_for(store)
         stored = store.fingerprint()
         if stored is None:
             raise ArtifactMissing("the index has no vectors yet; run `qmdctl embed`")

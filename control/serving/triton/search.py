@@ -1,6 +1,7 @@
 """``qmd_search``: BM25 full-text search of the index, served.
 
-Parameters: ``index_path`` (empty: ``$QMD_HOME/index.sqlite``, as the CLI uses).
+Parameters: ``index_path`` (empty: the index of ``$QMD_HOME`` on its backend, as the CLI uses; a path: that
+SQLite file).
 The index is opened on the first request and reopened when it is rebuilt, so the
 model loads before any index exists and picks up every ``qmdctl update``.
 """
@@ -11,7 +12,6 @@ import numpy as np
 
 from qmd_triton.contracts import RESULTS
 from qmd_triton.errors import QmdError
-from qmd_triton.index.store import IndexHandle
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.serving.triton import common
 from qmd_triton.serving.triton.plan import read_request
@@ -20,7 +20,7 @@ from qmd_triton.serving.triton.plan import read_request
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config, _ = common.load(args)
-        self.handle = IndexHandle(common.index_path(config))
+        self.handle = common.served_index(config)
 
     def execute(self, requests: list) -> list:
         utils = common.pb()

@@ -1,0 +1,1024 @@
+"""The milvus backend: the index in Milvus (Milvus Lite locally and in tests, Standalone or Distributed in
+production), spoken to through pymilvus.
+
+Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and ``PREFIX_meta``:
+
+- ``docs``: one row per document *part* (a document's text in pieces of at most 60,000 bytes, cut at line
+  ends; most notes are one part), each with the document's metadata, its text under a BM25 function
+  (``standard`` tokenizer, lower-cased) and its CJK runs under a second one (``jieba``). A document's BM25
+  score is its best part's. Row id = document id * 4096 + part;
+  ``prefix`` (the hash's first 6 hex) finds a docid's neighbours.
+- ``chunks``: one row per chunk of each distinct content, with its vector (HNSW, inner product over the
+  model's normalized vectors: cosine) and ``embedded`` (false until its vector came). Chunks are keyed by
+  content hash and sequence, vectors by the chunk text's hash: a chunk whose text is already embedded
+  elsewhere gets that vector without calling the model.
+- ``meta``: key/value rows (the embedding fingerprint, the last update per collection, the expansion
+  cache); Milvus needs a vector field in every collection, so each row carries a 2-d zero vector.
+
+Milvus has no transactions across rows: ``update`` writes each document's rows then deletes what went
+away, so a reader during an update may see some files changed and others not yet; a failed update is
+completed by the next one (it compares the files with what Milvus holds). Writes are acknowledged only
+once Milvus has them in its write-ahead log: a killed Milvus (Lite or Standalone) loses nothing acknowledged.
+
+Example:
+    >>> index = MilvusIndex.open(index_config(home), create=True)
+    >>> index.bm25(["batching"], 5)[0][0].path
+    'guide/batching.md'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from qmd_triton.errors import ConfigError, IndexCorrupt, IndexMissing, IndexUnavailable, InputError, QmdError
+from qmd_triton.index.migrations import text_hash
+from qmd_triton.index.store import FINGERPRINT_KEY, LAST_UPDATE_KEY, ChunkRow, DocRow
+from qmd_triton.text.terms import cjk_runs, has_cjk
+
+if TYPE_CHECKING:
+
+    from qmd_triton.index.backend import IndexConfig
+
+PART_BYTES = 60_000  # a VARCHAR holds 65,535 bytes; parts are cut at line ends below this
+MAX_PARTS = 4096
+TEXT_MAX = 65_535
+PATH_MAX = 8192
+DOCID_MIN = 6  # a docid's shortest prefix of the content hash (index.store.docid_of)
+TITLE_MAX = 2048
+CHUNK_TEXT_BYTES = 60_000  # a chunk is ~254 tokens; a giant code fence is kept whole in SQLite, cut here
+QUERY_LIMIT = 16_384  # Milvus's offset + limit cap for one query or search
+IN_BATCH = 1000  # values per `x in [...]` filter
+HNSW = {"M": 16, "efConstruction": 200}
+# k1 and b said, not left to each engine (Milvus Lite defaults k1 to 1.5, Milvus Standalone to 1.2): SQLite's FTS5
+# uses 1.2 and 0.75 too.
+BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
+SEARCH_EF = 128  # HNSW's candidate list at search time (recall@10 vs exact: perf/milvus_scale.py)
+ENGLISH_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
+CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
+EXPANSION_PREFIX = "expansion:"
+RETIRED = "retired:"  # chunks of a re-chunked index, kept until the next embed has taken their vectors
+
+
+def _quiet() -> None:
+    """pymilvus sets up its own loggers when imported; its warnings (an iterator's timestamp fallback on
+    Milvus Lite) would reach stderr on every listing."""
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _id63(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+def doc_id_of(collection: str, path: str) -> int:
+    """A document's id: 51 bits of a hash of its collection and path (parts add 12 bits below)."""
+    return _id63(f"{collection}\0{path}") >> 12
+
+
+def chunk_id_of(content_hash: str, seq: int) -> int:
+    return _id63(f"{content_hash}:{seq}")
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _in(field: str, values: Iterable[Any]) -> str:
+    return f"{field} in [{', '.join(_quote(v) if isinstance(v, str) else str(int(v)) for v in values)}]"
+
+
+def _clip(text: str, limit: int) -> str:
+    raw = text.encode("utf-8")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
+def split_parts(body: str, limit: int = PART_BYTES) -> list[str]:
+    """The body in pieces of at most ``limit`` UTF-8 bytes, cut after a line end where one is near; joined
+    they are the body again."""
+    if len(body.encode("utf-8")) <= limit:
+        return [body]
+    parts: list[str] = []
+    rest = body
+    while rest:
+        piece = _clip(rest, limit)
+        if len(piece) < len(rest):
+            cut = piece.rfind("\n")
+            if cut > len(piece) // 2:
+                piece = piece[: cut + 1]
+        parts.append(piece)
+        rest = rest[len(piece):]
+    if len(parts) > MAX_PARTS:
+        raise InputError(f"a document of {len(body.encode('utf-8'))} bytes has more than {MAX_PARTS} parts")
+    return parts
+
+
+_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "prefix", "size", "mtime_ns", "indexed_at",
+           "text", "text_zh")  # what a docs row holds besides its id (the BM25 sparse fields are made from text)
+
+
+def _doc_row(doc: int, part: int, parts: int, collection: str, path: str, title: str, content_hash: str, size: int,
+             mtime_ns: int, now: float, text: str) -> dict:
+    return {"id": doc * MAX_PARTS + part, "doc": doc, "part": part, "parts": parts, "collection": collection,
+            "path": _clip(path, PATH_MAX), "title": _clip(title, TITLE_MAX), "hash": content_hash,
+            "prefix": content_hash[:DOCID_MIN], "size": int(size), "mtime_ns": int(mtime_ns), "indexed_at": now,
+            "text": text, "text_zh": cjk_text(text)}
+
+
+def cjk_text(text: str) -> str:
+    """The CJK runs of a text, one per line: what the ``jieba`` field indexes."""
+    return _clip("\n".join(cjk_runs(text)), TEXT_MAX - 16)
+
+
+def _milvus_error(e: Exception, config: IndexConfig) -> QmdError:
+    message = getattr(e, "message", None)  # pymilvus's exceptions: the server's or client's own words
+    text = " ".join(str(message if isinstance(message, str) and message else e).split())
+    where = config.describe()
+    if type(e).__name__ == "ConnectionConfigException":
+        return ConfigError(f"index.uri {config.uri!r} is not a Milvus URI ({text[:200]})")
+    if any(s in text for s in ("Fail connecting", "UNAVAILABLE", "failed to connect", "Connection refused",
+                               "Deadline Exceeded", "DEADLINE_EXCEEDED")):
+        hint = "`qmdctl up` starts the local Milvus Lite server" if config.local else "check that Milvus is up"
+        return IndexUnavailable(f"cannot reach the index in {where} ({text[:200]}); {hint}; nothing was changed")
+    return IndexUnavailable(f"the index in {where} failed: {text[:300]}")
+
+
+class MilvusIndex:
+    """One connection to the index in Milvus; implements :class:`qmd_triton.index.backend.Index`."""
+
+    backend = "milvus"
+
+    def __init__(self, client: Any, config: IndexConfig) -> None:
+        self.client = client
+        self.config = config
+        p = config.prefix
+        self.docs, self.chunks, self.meta_table = f"{p}_docs", f"{p}_chunks", f"{p}_meta"
+        self._chunks_seen = False
+        self._near: tuple[float, dict[str, set[str]]] | None = None  # see documents_by_hash
+        self.broken = False
+        self._fingerprint: tuple[float, dict | None] | None = None  # (when read, value): see fingerprint()
+
+    # -- opening -------------------------------------------------------------------
+
+    @staticmethod
+    def _client(config: IndexConfig, timeout: float = 10.0) -> Any:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError:
+            raise IndexUnavailable("index.backend = \"milvus\" needs pymilvus: pip install 'qmd-triton[milvus]'") \
+                from None
+        _quiet()
+        uri = config.resolved_uri()
+        try:
+            # dedicated: close() really closes the channel (a shared one outlives its clients in a pool);
+            # no keepalive pings while no call runs: gRPC servers answer pings on an idle channel more often
+            # than every 5 minutes with GOAWAY (too_many_pings), and the next call on it would fail.
+            return MilvusClient(uri=uri, token=config.token or "", timeout=timeout, dedicated=True,
+                                grpc_options={"grpc.keepalive_permit_without_calls": False})
+        except Exception as e:  # noqa: BLE001 - pymilvus raises its own and grpc's errors
+            raise _milvus_error(e, config) from None
+
+    @classmethod
+    def exists(cls, config: IndexConfig) -> bool:
+        if config.local and not config.local_state.exists():
+            return False
+        client = cls._client(config)
+        try:
+            return client.has_collection(f"{config.prefix}_docs")
+        except Exception as e:  # noqa: BLE001
+            raise _milvus_error(e, config) from None
+        finally:
+            client.close()
+
+    @classmethod
+    def open(cls, config: IndexConfig, *, create: bool = False) -> MilvusIndex:
+        client = cls._client(config)
+        index = cls(client, config)
+        try:
+            if not client.has_collection(index.docs):
+                if not create:
+                    client.close()
+                    raise IndexMissing(f"no index in {config.describe()}; add a collection and run `qmdctl update`")
+                index._create()
+            else:
+                for name in (index.docs, index.meta_table):
+                    if not client.has_collection(name):
+                        raise IndexCorrupt(f"the index in {config.describe()} has no {name} collection; drop the "
+                                           f"{config.prefix}_* collections and run `qmdctl update` to rebuild")
+            for name in (index.docs, index.meta_table, index.chunks):
+                index._load(name)
+        except QmdError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            client.close()
+            raise _milvus_error(e, config) from None
+        return index
+
+    def _create(self) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        c = self.client
+        if not c.has_collection(self.meta_table):
+            s = c.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("key", DataType.VARCHAR, is_primary=True, max_length=1024)
+            s.add_field("value", DataType.VARCHAR, max_length=TEXT_MAX)
+            s.add_field("created", DataType.DOUBLE)
+            s.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+            ip = c.prepare_index_params()
+            ip.add_index("v", index_type="FLAT", metric_type="L2")
+            self._create_collection(self.meta_table, s, ip)
+        s = c.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("id", DataType.INT64, is_primary=True)
+        s.add_field("doc", DataType.INT64)
+        s.add_field("part", DataType.INT64)
+        s.add_field("parts", DataType.INT64)
+        s.add_field("collection", DataType.VARCHAR, max_length=256)
+        s.add_field("path", DataType.VARCHAR, max_length=PATH_MAX)
+        s.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
+        s.add_field("hash", DataType.VARCHAR, max_length=64)
+        s.add_field("prefix", DataType.VARCHAR, max_length=DOCID_MIN)  # hash[:6]: docid neighbours, one `in`
+        s.add_field("size", DataType.INT64)
+        s.add_field("mtime_ns", DataType.INT64)
+        s.add_field("indexed_at", DataType.DOUBLE)
+        s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True, enable_match=True,
+                    analyzer_params=ENGLISH_ANALYZER)
+        s.add_field("text_zh", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True, enable_match=True,
+                    analyzer_params=CJK_ANALYZER)
+        s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        s.add_field("sparse_zh", DataType.SPARSE_FLOAT_VECTOR)
+        s.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                                output_field_names=["sparse"]))
+        s.add_function(Function(name="bm25_zh", function_type=FunctionType.BM25, input_field_names=["text_zh"],
+                                output_field_names=["sparse_zh"]))
+        ip = c.prepare_index_params()
+        ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
+        ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
+        for field in ("collection", "hash", "prefix", "doc"):
+            ip.add_index(field, index_type="INVERTED")
+        self._create_collection(self.docs, s, ip)
+
+    def _create_chunks(self, dim: int) -> None:
+        from pymilvus import DataType
+
+        c = self.client
+        s = c.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("id", DataType.INT64, is_primary=True)
+        s.add_field("hash", DataType.VARCHAR, max_length=64)
+        s.add_field("seq", DataType.INT64)
+        s.add_field("start_line", DataType.INT64)
+        s.add_field("end_line", DataType.INT64)
+        s.add_field("tokens", DataType.INT64)
+        s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
+        s.add_field("text_hash", DataType.VARCHAR, max_length=64)
+        s.add_field("embedded", DataType.BOOL)
+        s.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+        ip = c.prepare_index_params()
+        ip.add_index("embedding", index_type="HNSW", metric_type="IP", params=HNSW)
+        for field in ("hash", "text_hash"):
+            ip.add_index(field, index_type="INVERTED")
+        self._create_collection(self.chunks, s, ip)
+
+    def _create_collection(self, name: str, schema: Any, index_params: Any, timeout_s: float = 60.0) -> None:
+        """An empty collection with its indexes, loaded. The indexes are asked for without pymilvus's own wait
+        (it sleeps half a second per index before its first look) and watched here instead."""
+        c = self.client
+        c.create_collection(name, schema=schema, consistency_level="Strong")
+        c.create_index(name, index_params, sync=False)
+        deadline = time.monotonic() + timeout_s
+        for index in c.list_indexes(name):
+            while (state := c.describe_index(name, index).get("state")) not in ("Finished", None):
+                if state == "Failed" or time.monotonic() > deadline:
+                    raise IndexUnavailable(f"{self.describe()}: building index {index} of {name} {state or 'failed'}")
+                time.sleep(0.02)
+        c.load_collection(name)
+
+    def _load(self, name: str) -> None:
+        """Milvus serves a collection once it is loaded (after a restart they come back released)."""
+        from pymilvus.client.types import LoadState
+
+        if self.client.has_collection(name) and self.client.get_load_state(name).get("state") != LoadState.Loaded:
+            self.client.load_collection(name)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self) -> MilvusIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+    @contextmanager
+    def transaction(self) -> Iterator[MilvusIndex]:
+        """Milvus has no transactions across rows: the block's writes happen as they are made (see the
+        module's docstring for what a reader can see); errors become one line."""
+        with self._errors():
+            yield self
+
+    @contextmanager
+    def snapshot(self) -> Iterator[MilvusIndex]:
+        yield self
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except QmdError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if type(e).__module__.startswith(("pymilvus", "grpc")):
+                self.broken = True  # a long-lived reader connects again for its next request
+                raise _milvus_error(e, self.config) from None
+            raise
+
+    # -- low level -------------------------------------------------------------------
+
+    def _query(self, table: str, expr: str, fields: Sequence[str], limit: int | None = None) -> list[dict]:
+        """Every row matching ``expr`` (past Milvus's per-query cap through an iterator)."""
+        with self._errors():
+            if limit is not None and limit <= QUERY_LIMIT:
+                return list(self.client.query(table, filter=expr, output_fields=list(fields), limit=limit))
+            first = list(self.client.query(table, filter=expr, output_fields=list(fields), limit=QUERY_LIMIT))
+            if len(first) < QUERY_LIMIT:
+                return first
+            it = self.client.query_iterator(table, batch_size=4096, filter=expr, output_fields=list(fields),
+                                            limit=limit if limit is not None else -1)
+            out: list[dict] = []
+            try:
+                while True:
+                    batch = it.next()
+                    if not batch:
+                        break
+                    out.extend(batch)
+            finally:
+                it.close()
+            return out
+
+    def _count(self, table: str, expr: str = "") -> int:
+        with self._errors():
+            rows = self.client.query(table, filter=expr, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def _has_chunks(self) -> bool:
+        with self._errors():
+            return bool(self.client.has_collection(self.chunks))
+
+    # -- meta ------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        with self._errors():
+            rows = self.client.get(self.meta_table, ids=[key], output_fields=["value"])
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._fingerprint = None
+        with self._errors():
+            self.client.upsert(self.meta_table, [{"key": key, "value": value, "created": time.time(),
+                                                  "v": [0.0, 0.0]}])
+
+    def _delete_meta(self, keys: Sequence[str]) -> None:
+        self._fingerprint = None
+        if keys:
+            with self._errors():
+                self.client.delete(self.meta_table, ids=list(keys))
+
+    FINGERPRINT_TTL_S = 2.0
+
+    def fingerprint(self) -> dict | None:
+        """The embedding fingerprint; a search model asks on every request, so a value read in the last
+        ``FINGERPRINT_TTL_S`` seconds is reused (this connection's own writes reset it at once)."""
+        cached = self._fingerprint
+        if cached is not None and time.monotonic() - cached[0] < self.FINGERPRINT_TTL_S:
+            return cached[1]
+        raw = self.meta(FINGERPRINT_KEY)
+        value = json.loads(raw) if raw else None
+        self._fingerprint = (time.monotonic(), value)
+        return value
+
+    def last_updates(self) -> dict[str, float]:
+        prefix = LAST_UPDATE_KEY + ":"
+        rows = self._query(self.meta_table, f'key like "{prefix}%"', ["key", "value"])
+        return {r["key"][len(prefix):]: float(r["value"]) for r in rows}
+
+    def mark_updated(self, collection: str, when: float | None = None) -> None:
+        when = time.time() if when is None else when
+        self.set_meta(f"{LAST_UPDATE_KEY}:{collection}", str(when))
+
+    def cached_expansion(self, key: str) -> dict | None:
+        raw = self.meta(EXPANSION_PREFIX + key)
+        return json.loads(raw) if raw else None
+
+    def remember_expansion(self, key: str, value: dict) -> bool:
+        try:
+            self.set_meta(EXPANSION_PREFIX + key, _clip(json.dumps(value, ensure_ascii=False), TEXT_MAX))
+            return True
+        except QmdError:
+            return False
+
+    def forget_expansions(self) -> int:
+        keys = [r["key"] for r in self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key"])]
+        self._delete_meta(keys)
+        return len(keys)
+
+    # -- documents -------------------------------------------------------------------
+
+    _DOC_FIELDS = ("doc", "collection", "path", "title", "hash", "size", "mtime_ns")
+
+    @staticmethod
+    def _row(r: dict) -> DocRow:
+        return DocRow(int(r["doc"]), r["collection"], r["path"], r["title"], r["hash"], int(r["size"]),
+                      int(r["mtime_ns"]))
+
+    def _docs(self, expr: str) -> list[DocRow]:
+        where = f"part == 0 and ({expr})" if expr else "part == 0"
+        rows = [self._row(r) for r in self._query(self.docs, where, self._DOC_FIELDS)]
+        return sorted(rows, key=lambda d: (d.collection, d.path))
+
+    def collection_names(self) -> list[str]:
+        return sorted(self.last_updates())
+
+    def documents(self, collection: str | None = None) -> list[DocRow]:
+        return self._docs(f"collection == {_quote(collection)}" if collection is not None else "")
+
+    def document(self, collection: str, path: str) -> DocRow | None:
+        rows = self._docs(f"collection == {_quote(collection)} and path == {_quote(path)}")
+        return rows[0] if rows else None
+
+    def documents_by_docid(self, docid: str) -> list[DocRow]:
+        prefix = docid.lower().lstrip("#")
+        if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+            return []
+        return self._docs(f'hash like "{prefix}%"')
+
+    def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
+        out = {h: h[:minimum] for h in hashes if not re.fullmatch(r"[0-9a-f]{1,64}", h)}
+        wanted = sorted({h for h in hashes if h not in out})
+        if not wanted:
+            return out
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
+        near = self._recent_near(prefixes)  # the page's documents were just read with their neighbours
+        if near is None:
+            near = set()
+            for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
+                expr = f"part == 0 and {_in('prefix', prefixes[start : start + IN_BATCH])}"
+                near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
+        for h in wanted:
+            others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
+            longest = max((len(_common(h, o)) for o in others), default=0)
+            out[h] = h[: max(minimum, longest + 1)]
+        return out
+
+    def documents_by_id(self, ids: Sequence[int]) -> dict[int, DocRow]:
+        out: dict[int, DocRow] = {}
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        for start in range(0, len(ids), IN_BATCH):
+            for d in self._docs(_in("doc", ids[start : start + IN_BATCH])):
+                out[d.id] = d
+        return out
+
+    def documents_by_hash(self, hashes: Sequence[str],
+                          collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
+        """The documents holding each content. Read through the hashes' 6-hex prefixes, so the same query also
+        finds every docid neighbour: ``unique_docids`` of these hashes right after needs no query of its own."""
+        out: dict[str, list[DocRow]] = {}
+        wanted = set(hashes)
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
+        near: dict[str, set[str]] = {}
+        for start in range(0, len(prefixes), IN_BATCH):
+            for d in self._docs(_in("prefix", prefixes[start : start + IN_BATCH])):
+                near.setdefault(d.hash[:DOCID_MIN], set()).add(d.hash)
+                if d.hash in wanted and (not collections or d.collection in collections):
+                    out.setdefault(d.hash, []).append(d)
+        self._remember_near(prefixes, near)
+        return out
+
+    NEAR_TTL_S = 1.0  # how long a page's docid neighbours are reused (docids only print; a hit is never wrong)
+
+    def _remember_near(self, prefixes: Sequence[str], near: dict[str, set[str]]) -> None:
+        if len(prefixes) <= 256:
+            self._near = (time.monotonic(), {p: near.get(p, set()) for p in prefixes})
+
+    def _recent_near(self, prefixes: Sequence[str]) -> set[str] | None:
+        cached = self._near
+        if cached is None or time.monotonic() - cached[0] > self.NEAR_TTL_S:
+            return None
+        if not all(p in cached[1] for p in prefixes):
+            return None
+        return set().union(*(cached[1][p] for p in prefixes))
+
+    def body(self, content_hash: str) -> str:
+        rows = self._query(self.docs, f"hash == {_quote(content_hash)}", ["doc", "part", "parts", "text"])
+        if not rows:
+            raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} is missing")
+        doc = rows[0]["doc"]
+        mine = sorted((r for r in rows if r["doc"] == doc), key=lambda r: r["part"])
+        if len(mine) != int(mine[0]["parts"]):
+            raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} has {len(mine)} of "
+                               f"{mine[0]['parts']} parts; run `qmdctl update --force`")
+        return "".join(r["text"] for r in mine)
+
+    def bodies(self, hashes: Sequence[str]) -> dict[str, str]:
+        """The texts of many contents in one query (a page of hits' snippets)."""
+        wanted = list(dict.fromkeys(hashes))
+        wanted_set = set(wanted)
+        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
+        rows: list[dict] = []
+        for start in range(0, len(prefixes), IN_BATCH):  # by prefix: the docid neighbours come along
+            rows += self._query(self.docs, _in("prefix", prefixes[start : start + IN_BATCH]),
+                                ["doc", "hash", "part", "parts", "text"])
+        near: dict[str, set[str]] = {}
+        by_doc: dict[tuple[str, int], list[dict]] = {}
+        for r in rows:
+            near.setdefault(r["hash"][:DOCID_MIN], set()).add(r["hash"])
+            if r["hash"] in wanted_set:
+                by_doc.setdefault((r["hash"], int(r["doc"])), []).append(r)
+        self._remember_near(prefixes, near)
+        out: dict[str, str] = {}
+        for (h, _), parts in sorted(by_doc.items()):
+            if h in out or len(parts) != int(parts[0]["parts"]):
+                continue
+            out[h] = "".join(r["text"] for r in sorted(parts, key=lambda r: r["part"]))
+        for h in wanted:
+            if h not in out:
+                out[h] = self.body(h)  # missing or incomplete: body() says which, in one line
+        return out
+
+    def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
+                        size: int, mtime_ns: int) -> int:
+        self._near = None
+        doc = doc_id_of(collection, path)
+        parts = split_parts(body)
+        now = time.time()
+        rows = [_doc_row(doc, i, len(parts), collection, path, title, content_hash, size, mtime_ns, now, text)
+                for i, text in enumerate(parts)]
+        with self._errors():
+            for start in range(0, len(rows), 16):
+                self.client.upsert(self.docs, rows[start : start + 16])
+            self.client.delete(self.docs, filter=f"doc == {doc} and part >= {len(parts)}")
+        return doc
+
+    def upsert_documents(self, items: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
+        """Many documents at once (``update``, ``migrate``): rows sent in batches, stale parts dropped."""
+        batch: list[dict] = []
+        stale: dict[int, list[int]] = {}  # part count -> documents whose parts beyond it go
+        now = time.time()
+        for collection, path, title, content_hash, body, size, mtime_ns in items:
+            doc = doc_id_of(collection, path)
+            parts = split_parts(body)
+            stale.setdefault(len(parts), []).append(doc)
+            for i, text in enumerate(parts):
+                batch.append(_doc_row(doc, i, len(parts), collection, path, title, content_hash, size, mtime_ns,
+                                      now, text))
+            if len(batch) >= 256 or sum(len(r["text"]) for r in batch) > 4 << 20:
+                self._flush_docs(batch, stale)
+        self._flush_docs(batch, stale)
+
+    def _flush_docs(self, batch: list[dict], stale: dict[int, list[int]]) -> None:
+        self._near = None
+        with self._errors():
+            if batch:
+                self.client.upsert(self.docs, batch)
+            for n, docs in stale.items():
+                for start in range(0, len(docs), IN_BATCH):
+                    ids = _in("doc", docs[start : start + IN_BATCH])
+                    self.client.delete(self.docs, filter=f"{ids} and part >= {n}")
+        batch.clear()
+        stale.clear()
+
+    def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
+        self._near = None
+        rows = self._query(self.docs, f"doc == {int(doc_id)}", ["id", *_STORED])
+        for r in rows:
+            r["size"], r["mtime_ns"] = int(size), int(mtime_ns)
+        if rows:
+            with self._errors():
+                self.client.upsert(self.docs, rows)
+
+    def delete_documents(self, ids: Iterable[int]) -> int:
+        self._near = None
+        ids = [int(i) for i in ids]
+        n = 0
+        for start in range(0, len(ids), IN_BATCH):
+            part = ids[start : start + IN_BATCH]
+            n += self._count(self.docs, f"part == 0 and {_in('doc', part)}")
+            with self._errors():
+                self.client.delete(self.docs, filter=_in("doc", part))
+        return n
+
+    def delete_collection(self, collection: str) -> int:
+        self._near = None
+        n = self._count(self.docs, f"part == 0 and collection == {_quote(collection)}")
+        with self._errors():
+            self.client.delete(self.docs, filter=f"collection == {_quote(collection)}")
+        self._delete_meta([f"{LAST_UPDATE_KEY}:{collection}"])
+        return n
+
+    def rename_collection(self, old: str, new: str) -> None:
+        """Documents move to the new name (their ids follow the name, so their rows are rewritten)."""
+        self._near = None
+        rows = self._query(self.docs, f"collection == {_quote(old)}", list(_STORED))
+        out = []
+        for r in rows:
+            doc = doc_id_of(new, r["path"])
+            out.append({**r, "id": doc * MAX_PARTS + int(r["part"]), "doc": doc, "collection": new})
+        with self._errors():
+            for start in range(0, len(out), 256):
+                self.client.upsert(self.docs, out[start : start + 256])
+            self.client.delete(self.docs, filter=f"collection == {_quote(old)}")
+        when = self.meta(f"{LAST_UPDATE_KEY}:{old}")
+        if when is not None:
+            self.set_meta(f"{LAST_UPDATE_KEY}:{new}", when)
+        self._delete_meta([f"{LAST_UPDATE_KEY}:{old}"])
+
+    def _doc_hashes(self) -> set[str]:
+        return {r["hash"] for r in self._query(self.docs, "part == 0", ["hash"])}
+
+    def _chunk_hashes(self) -> set[str]:
+        if not self._has_chunks():
+            return set()
+        return {r["hash"] for r in self._query(self.chunks, "seq == 0", ["hash"])}
+
+    def collect_garbage(self) -> int:
+        """Content lives in its documents' rows, so nothing is left to collect after ``update``: the chunks of
+        content no document holds any more stay until ``embed`` has reused their vectors (a chunk whose text
+        did not change keeps its vector) and then go (``drop_unused_vectors``)."""
+        return 0
+
+    def drop_unused_vectors(self) -> int:
+        """Drops the chunks (and vectors) of content that no document holds any more; returns how many
+        contents."""
+        if not self._has_chunks():
+            return 0
+        gone = sorted(h for h in self._chunk_hashes() - self._doc_hashes() if not h.startswith(RETIRED))
+        for start in range(0, len(gone), IN_BATCH):
+            with self._errors():
+                self.client.delete(self.chunks, filter=_in("hash", gone[start : start + IN_BATCH]))
+        retired = self._count(self.chunks, f'hash like "{RETIRED}%"')
+        if retired:  # kept by clear_chunks for this embed to find by text; every seq, not only seq 0
+            with self._errors():
+                self.client.delete(self.chunks, filter=f'hash like "{RETIRED}%"')
+        return len(gone) + retired
+
+    def cleanup(self, keep_expansions: int = 10000) -> dict[str, int]:
+        rows = self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key", "created"])
+        rows.sort(key=lambda r: -float(r["created"]))
+        old = [r["key"] for r in rows[keep_expansions:]]
+        self._delete_meta(old)
+        report = {"contents": self.collect_garbage(), "vectors": self.drop_unused_vectors(), "expansions": len(old)}
+        with self._errors():
+            for name in (self.docs, self.chunks, self.meta_table):
+                if self.client.has_collection(name):
+                    self.client.compact(name)
+        report.update(bytes_before=0, bytes_after=0, bytes_reclaimed=0)
+        return report
+
+    # -- BM25 ------------------------------------------------------------------------
+
+    def bm25(self, terms: Sequence[str], limit: int, collections: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> list[tuple[DocRow, float]]:
+        """The ``limit`` best documents matching any term, with their BM25 score (negative, lower is better,
+        as the SQLite backend's).
+
+        Milvus scores: Latin words through the ``standard`` analyzer (lower-cased, no stemming), CJK runs
+        through ``jieba`` (the query's CJK bigrams are joined back into runs first), k1 = 1.2 and b = 0.75
+        (``BM25_PARAMS``). A document scores its best part plus, for a query with both scripts, its best part in
+        the CJK field. A phrase (a term with spaces) is searched as its words and kept only where the words
+        stand together; ``exclude`` drops documents holding any excluded word or phrase.
+        """
+        terms = list(dict.fromkeys(t for t in terms if t.strip()))
+        if not terms:
+            return []
+        latin = " ".join(t for t in terms if not has_cjk(t))
+        cjk = " ".join(_join_bigrams([t for t in terms if has_cjk(t)]))
+        phrases = [t.lower() for t in terms if " " in t.strip()]
+        only_phrases = phrases and all(" " in t.strip() for t in terms)
+        expr = self._filter(collections, exclude)
+        want = limit
+        while True:
+            k = min(QUERY_LIMIT, max(want * 2, 20))
+            scores: dict[int, float] = {}
+            rows: dict[int, dict] = {}
+            full = True
+            for field, text in (("sparse", latin), ("sparse_zh", cjk)):
+                if not text:
+                    continue
+                fields = list(self._DOC_FIELDS) + (["text"] if phrases else [])
+                with self._errors():
+                    hits = self.client.search(self.docs, data=[text], anns_field=field, limit=k, filter=expr,
+                                              output_fields=fields, search_params={"metric_type": "BM25"})[0]
+                full = full and len(hits) < k
+                best: dict[int, float] = {}
+                for h in hits:
+                    e = h["entity"]
+                    if only_phrases and not any(_has_phrase(e.get("text", ""), p) for p in phrases):
+                        continue
+                    doc = int(e["doc"])
+                    score = abs(float(h["distance"]))
+                    if score > best.get(doc, 0.0):
+                        best[doc] = score
+                        rows[doc] = e
+                for doc, s in best.items():
+                    scores[doc] = scores.get(doc, 0.0) + s
+            ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))
+            if len(ranked) >= limit or full or k >= QUERY_LIMIT:
+                return [(self._row(rows[d]), -s) for d, s in ranked[:limit]]
+            want *= 4
+
+    def _filter(self, collections: Sequence[str] | None, exclude: Sequence[str] = ()) -> str:
+        parts = []
+        if collections:
+            parts.append(_in("collection", collections))
+        for term in (e for e in exclude if e.strip()):
+            field = "text_zh" if has_cjk(term) else "text"
+            words = " ".join(_join_bigrams(term.split())) if has_cjk(term) else term
+            if " " in term.strip() and not has_cjk(term):
+                continue  # phrases are checked on the text (see matching)
+            parts.append(f"not text_match({field}, {_quote(words)})")
+        return " and ".join(parts)
+
+    def matching(self, terms: Sequence[str]) -> set[int]:
+        """Ids of the documents that hold any of the terms or phrases."""
+        out: set[int] = set()
+        for term in (t for t in terms if t.strip()):
+            cjk = has_cjk(term)
+            field = "text_zh" if cjk else "text"
+            words = " ".join(_join_bigrams(term.split())) if cjk else term
+            fields = ["doc", "text"] if " " in term.strip() and not cjk else ["doc"]
+            for r in self._query(self.docs, f"text_match({field}, {_quote(words)})", fields):
+                if len(fields) == 1 or _has_phrase(r["text"], term.lower()):
+                    out.add(int(r["doc"]))
+        return out
+
+    # -- chunks and vectors ----------------------------------------------------------
+
+    def unchunked_hashes(self) -> list[str]:
+        return sorted(self._doc_hashes() - self._chunk_hashes())
+
+    def still_indexed(self, hashes: Sequence[str]) -> list[str]:
+        keep = set(self.documents_by_hash(hashes))
+        return [h for h in hashes if h in keep]
+
+    def add_chunks(self, content_hash: str, chunks: Sequence[Any]) -> None:
+        """Stores a content's chunks without vectors (``embedded`` false, a zero vector)."""
+        if not self._has_chunks():
+            fp = self.fingerprint()
+            if not fp or not int(fp.get("dim") or 0):
+                raise IndexCorrupt(f"{self.describe()}: chunks need the embedding fingerprint first")
+            self._create_chunks(int(fp["dim"]))
+        dim = int((self.fingerprint() or {}).get("dim") or 0)
+        rows = [{"id": chunk_id_of(content_hash, c.seq), "hash": content_hash, "seq": int(c.seq),
+                 "start_line": int(c.start_line), "end_line": int(c.end_line), "tokens": int(c.tokens),
+                 "text": _clip(c.text, CHUNK_TEXT_BYTES), "text_hash": text_hash(c.text), "embedded": False,
+                 "embedding": [0.0] * dim} for c in chunks]
+        with self._errors():
+            for start in range(0, len(rows), 512):
+                self.client.upsert(self.chunks, rows[start : start + 512])
+
+    _CHUNK_FIELDS = ("id", "hash", "seq", "start_line", "end_line", "tokens", "text", "text_hash")
+
+    @staticmethod
+    def _chunk(r: dict) -> ChunkRow:
+        return ChunkRow(int(r["id"]), r["hash"], int(r["seq"]), int(r["start_line"]), int(r["end_line"]),
+                        int(r["tokens"]), r["text"], r["text_hash"])
+
+    def pending_chunks(self) -> list[ChunkRow]:
+        """One chunk per distinct text that has no vector yet. Texts already embedded in another chunk (an
+        edit elsewhere in a document, a renamed or copied file) get that vector here, without the model."""
+        if not self._has_chunks():
+            return []
+        pending = self._query(self.chunks, "embedded == false", self._CHUNK_FIELDS)
+        by_text: dict[str, dict] = {}
+        for r in pending:
+            by_text.setdefault(r["text_hash"], r)
+        texts = list(by_text)
+        for start in range(0, len(texts), IN_BATCH):
+            part = texts[start : start + IN_BATCH]
+            found = self._query(self.chunks, f"embedded == true and {_in('text_hash', part)}",
+                                ["text_hash", "embedding"])
+            known = {r["text_hash"]: r["embedding"] for r in found}
+            if known:
+                self.add_vectors(list(known.items()))
+                for h in known:
+                    by_text.pop(h, None)
+        return [self._chunk(r) for r in by_text.values()]
+
+    def add_vectors(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Gives every chunk with one of these texts (by hash) its vector."""
+        import numpy as np
+
+        vectors = {h: np.asarray(v, dtype=np.float32).tolist() for h, v in items}
+        hashes = list(vectors)
+        for start in range(0, len(hashes), IN_BATCH):
+            part = hashes[start : start + IN_BATCH]
+            rows = self._query(self.chunks, _in("text_hash", part), self._CHUNK_FIELDS)
+            for r in rows:
+                r["embedded"] = True
+                r["embedding"] = vectors[r["text_hash"]]
+            with self._errors():
+                for s in range(0, len(rows), 512):
+                    self.client.upsert(self.chunks, rows[s : s + 512])
+
+    def insert_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None:
+        """Chunks with their vectors at once (``index migrate``, ``perf/``)."""
+        import numpy as np
+
+        out = [{"id": chunk_id_of(c.hash, c.seq), "hash": c.hash, "seq": int(c.seq), "start_line": int(c.start_line),
+                "end_line": int(c.end_line), "tokens": int(c.tokens), "text": _clip(c.text, CHUNK_TEXT_BYTES),
+                "text_hash": c.text_hash or text_hash(c.text), "embedded": v is not None,
+                "embedding": (np.asarray(v, dtype=np.float32).tolist() if v is not None else None)} for c, v in rows]
+        if not out:
+            return
+        if not self._has_chunks():
+            dim = next((len(r["embedding"]) for r in out if r["embedding"] is not None), 0) or \
+                int((self.fingerprint() or {}).get("dim") or 0)
+            self._create_chunks(dim)
+        dim = next((len(r["embedding"]) for r in out if r["embedding"] is not None), 0) or \
+            int((self.fingerprint() or {}).get("dim") or 0)
+        for r in out:
+            if r["embedding"] is None:
+                r["embedding"] = [0.0] * dim
+        with self._errors():
+            self.client.upsert(self.chunks, out)
+
+    def import_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None:
+        self.insert_chunks(rows)
+
+    def export_chunks(self) -> Iterator[tuple[ChunkRow, Any]]:
+        import numpy as np
+
+        if not self._has_chunks():
+            return
+        with self._errors():
+            it = self.client.query_iterator(self.chunks, batch_size=2048, filter="",
+                                            output_fields=[*self._CHUNK_FIELDS, "embedded", "embedding"])
+        live = self._doc_hashes()
+        try:
+            while True:
+                with self._errors():
+                    batch = it.next()
+                if not batch:
+                    break
+                for r in batch:
+                    if r["hash"] in live:
+                        yield self._chunk(r), (np.asarray(r["embedding"], dtype=np.float32) if r["embedded"] else None)
+        finally:
+            it.close()
+
+    def export_expansions(self) -> Iterator[tuple[str, dict]]:
+        for r in self._query(self.meta_table, f'key like "{EXPANSION_PREFIX}%"', ["key", "value"]):
+            yield r["key"][len(EXPANSION_PREFIX):], json.loads(r["value"])
+
+    def after_embed(self) -> None:
+        with self._errors():
+            if self._has_chunks():
+                self.client.flush(self.chunks)
+
+    def clear_chunks(self) -> None:
+        """Forgets every chunk (the next embed chunks again) but keeps the vectors for their texts: embedded
+        rows move to a retired content key (``retired:HASH``) that no document holds, where the next embed
+        finds them by text and then drops them."""
+        if not self._has_chunks():
+            return
+        rows = self._query(self.chunks, f'embedded == true and not (hash like "{RETIRED}%")',
+                           [*self._CHUNK_FIELDS, "embedded", "embedding"])
+        for start in range(0, len(rows), 512):
+            part = rows[start : start + 512]
+            moved = [{**r, "hash": RETIRED + r["hash"][:55], "id": chunk_id_of(RETIRED + r["hash"], r["seq"])}
+                     for r in part]
+            with self._errors():
+                self.client.upsert(self.chunks, moved)
+                self.client.delete(self.chunks, ids=[int(r["id"]) for r in part])
+        with self._errors():
+            self.client.delete(self.chunks, filter=f'not (hash like "{RETIRED}%")')
+
+    def drop_chunks(self) -> None:
+        self._chunks_seen = False
+        with self._errors():
+            if self._has_chunks():
+                self.client.drop_collection(self.chunks)
+
+    def clear_embeddings(self) -> None:
+        self.drop_chunks()
+        self._delete_meta([FINGERPRINT_KEY])
+
+    def chunks_by_id(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
+        ids = [int(i) for i in ids]
+        if not ids or not self._has_chunks():
+            return {}
+        out = {}
+        for start in range(0, len(ids), IN_BATCH):
+            for r in self._query(self.chunks, _in("id", ids[start : start + IN_BATCH]), self._CHUNK_FIELDS):
+                out[int(r["id"])] = self._chunk(r)
+        return out
+
+    def chunks_of(self, content_hash: str) -> list[ChunkRow]:
+        if not self._has_chunks():
+            return []
+        rows = self._query(self.chunks, f"hash == {_quote(content_hash)}", self._CHUNK_FIELDS)
+        return sorted((self._chunk(r) for r in rows), key=lambda c: c.seq)
+
+    def chunks_of_many(self, hashes: Sequence[str]) -> dict[str, list[ChunkRow]]:
+        """The chunks of many contents in one query, by content hash (each list by sequence)."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, list[ChunkRow]] = {h: [] for h in wanted}
+        if not wanted or not self._has_chunks():
+            return out
+        for start in range(0, len(wanted), IN_BATCH):
+            for r in self._query(self.chunks, _in("hash", wanted[start : start + IN_BATCH]), self._CHUNK_FIELDS):
+                out[r["hash"]].append(self._chunk(r))
+        for chunks in out.values():
+            chunks.sort(key=lambda c: c.seq)
+        return out
+
+    def nearest_chunks(self, query_vec: Any, k: int, raw: bool = False) -> Any:
+        """The k chunks nearest the query (HNSW, inner product), best first, with their scores; with ``raw``
+        also how many Milvus returned (before chunks still waiting for their vector are dropped)."""
+        # A long-lived reader (a search model) asks Milvus whether the chunks exist only until it has seen them;
+        # should another process drop them (`embed --force`), the search says so and the next one asks again.
+        if not self._chunks_seen and not self._has_chunks():
+            return ([], 0) if raw else []
+        self._chunks_seen = True
+        vec = [float(x) for x in query_vec]
+        try:
+            with self._errors():
+                hits = self.client.search(
+                    self.chunks, data=[vec], anns_field="embedding", limit=min(k, QUERY_LIMIT),
+                    output_fields=[*self._CHUNK_FIELDS, "embedded"],
+                    search_params={"metric_type": "IP", "params": {"ef": max(SEARCH_EF, k)}})[0]
+        except QmdError as e:
+            self._chunks_seen = False
+            if "not found" in str(e) and not self._has_chunks():
+                return ([], 0) if raw else []
+            raise
+        # Chunks still waiting for their vector hold a zero vector: dropped here rather than filtered in the
+        # search (a filter over every row would cost each query more than the few rows it removes).
+        out = [(self._chunk({**h["entity"], "id": h["id"]}), float(h["distance"])) for h in hits
+               if h["entity"].get("embedded")]
+        return (out, len(hits)) if raw else out
+
+    def embedded_count(self) -> int:
+        return self._count(self.chunks, "embedded == true") if self._has_chunks() else 0
+
+    # -- status ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        docs = self._query(self.docs, "part == 0", ["collection", "hash", "indexed_at"])
+        chunked: dict[str, tuple[int, int]] = {}
+        if self._has_chunks():
+            for r in self._query(self.chunks, "", ["hash", "embedded"]) if docs else []:
+                n, e = chunked.get(r["hash"], (0, 0))
+                chunked[r["hash"]] = (n + 1, e + int(bool(r["embedded"])))
+        per: dict[str, dict[str, int]] = {}
+        for r in docs:
+            c = per.setdefault(r["collection"], {"documents": 0, "chunks": 0, "embedded": 0})
+            n, e = chunked.get(r["hash"], (0, 0))
+            c["documents"] += 1
+            c["chunks"] += n
+            c["embedded"] += e
+        live = {r["hash"] for r in docs}
+        return {
+            "documents": len(docs),
+            "chunks": sum(chunked[h][0] for h in live if h in chunked),
+            "embedded": sum(chunked[h][1] for h in live if h in chunked),
+            "unchunked_documents": len(live - set(chunked)),
+            "collections": per,
+            "last_update": max((float(r["indexed_at"]) for r in docs), default=None),
+            "fingerprint": self.fingerprint(),
+            "bytes": 0,
+        }
+
+
+def _common(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _has_phrase(text: str, phrase: str) -> bool:
+    words = re.findall(r"\w+", phrase.lower())
+    return bool(words) and re.search(r"\W+".join(map(re.escape, words)), text.lower()) is not None
+
+
+def _join_bigrams(terms: Sequence[str]) -> list[str]:
+    """CJK bigrams (``向量 量检 检索``) joined back into the runs they came from (``向量检索``), for jieba."""
+    runs: list[str] = []
+    for t in terms:
+        t = t.replace(" ", "")
+        if runs and len(t) == 2 and runs[-1][-1] == t[0] and len(runs[-1]) >= 2:
+            runs[-1] += t[1]
+        else:
+            runs.append(t)
+    return runs

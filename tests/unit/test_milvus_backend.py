@@ -1,0 +1,204 @@
+"""What only the milvus backend has: its own Milvus Lite process, no transactions, jieba, URIs that can be wrong.
+
+The tests that every backend must pass (update, search, get, embed) are parametrized over both backends in
+test_index_cli.py and test_embed_index.py; these are about Milvus itself. Every Milvus Lite here is a real one:
+the session's (conftest ``milvus_uri``) or one a test starts in its own home and stops again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qmd_triton.cli import cli
+from qmd_triton.index.backend import IndexConfig, index_config, open_index, write_index_table
+from qmd_triton.index.collections import Collection
+from qmd_triton.index.embed import embed_pending
+from qmd_triton.index.update import update
+from qmd_triton.search.lexical import search_bm25
+from qmd_triton.search.options import SearchOptions
+from qmd_triton.search.vectors import vectors_for
+from qmd_triton.serving import milvus_lite
+from qmd_triton.system import procs
+from qmd_triton.system.net import free_ports
+
+from ..conftest import ASSETS, open_test_index
+from ..fakes import HashEmbedder
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    target = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", target)
+    return target
+
+
+def qmdctl(home: Path, *args: str):
+    return CliRunner().invoke(cli, list(args), env={"QMD_HOME": str(home)}, catch_exceptions=False)
+
+
+def snapshot(index, embedder: HashEmbedder) -> dict:
+    """What a user would miss if it were lost: documents, chunks and vectors, BM25 and vector answers, the
+    fingerprint and the expansion cache."""
+    counts = index.counts()
+    return {
+        "documents": [(d.collection, d.path, d.hash) for d in index.documents()],
+        "counts": {k: counts[k] for k in ("documents", "chunks", "embedded")},
+        "bm25": [h.file for h in search_bm25(index, "sourdough batching 向量检索", SearchOptions(n=10))],
+        "vsearch": [h.file for h in vectors_for(index).search(embedder.embed_query("bread flour starter"),
+                                                               SearchOptions(n=4))],
+        "fingerprint": index.fingerprint(),
+        "expansion": index.cached_expansion("k1"),
+    }
+
+
+def test_killing_milvus_lite_loses_no_indexed_data(tmp_path: Path, notes: Path):
+    """SIGKILL (no shutdown, no flush) right after the last acknowledged write; the restarted server has it all."""
+    home = tmp_path / "home"
+    home.mkdir()
+    write_index_table(home, backend="milvus")
+    config = index_config(home)
+    state = milvus_lite.ensure_running(config)  # this test's own Milvus Lite
+    assert state is not None and procs.is_running(state.owned)
+    embedder = HashEmbedder()
+    try:
+        with open_index(config, create=True) as index:
+            update(index, [Collection("notes", notes)])
+            embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=4, concurrency=1)
+            # writes after embed's flush: only the write-ahead log holds these when the process dies
+            (notes / "late.md").write_text("# Late note\n\nwritten just before the kill: sourdough again\n")
+            update(index, [Collection("notes", notes)])
+            embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=4, concurrency=1)
+            index.remember_expansion("k1", {"lex": ["a"], "vec": ["b"]})
+            before = snapshot(index, embedder)
+        assert ("notes", "late.md") in {(c, p) for c, p, _ in before["documents"]}
+        assert before["counts"]["embedded"] == before["counts"]["chunks"] > 0
+
+        assert procs.is_running(state.owned)  # ours: pid, start time and executable as recorded
+        os.kill(state.pid, signal.SIGKILL)
+        procs.reap(state.pid, wait_s=10)
+        assert not procs.is_running(state.owned)
+
+        restarted = milvus_lite.ensure_running(config)
+        assert restarted is not None and restarted.pid != state.pid
+        with open_index(config) as index:
+            assert snapshot(index, embedder) == before
+    finally:
+        milvus_lite.stop(config, timeout_s=10)
+    assert not procs.is_running(state.owned)
+
+
+def test_a_failed_update_is_completed_by_the_next(tmp_path: Path, notes: Path, milvus_uri: str, monkeypatch):
+    """Milvus has no transactions across rows: an update that fails half-way leaves some files written; the next
+    update compares the files with what the index holds and completes it (on sqlite a failed update changes
+    nothing: test_index_cli.py)."""
+    from qmd_triton.index.milvus import MilvusIndex
+
+    for i in range(6):
+        (notes / f"extra{i}.md").write_text(f"# Extra {i}\n\nzyxquark{i}\n")
+    real = MilvusIndex.upsert_documents
+
+    def in_threes_failing_at_the_second(self, items):
+        for n, start in enumerate(range(0, len(items), 3)):
+            if n == 1:
+                raise RuntimeError("network went away")
+            real(self, items[start : start + 3])
+
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        monkeypatch.setattr(MilvusIndex, "upsert_documents", in_threes_failing_at_the_second)
+        with pytest.raises(RuntimeError, match="network went away"):
+            update(index, [Collection("notes", notes)])
+        monkeypatch.undo()
+        assert index.counts()["documents"] == 3
+        report = update(index, [Collection("notes", notes)])
+        assert (report.added, report.changed, report.removed) == (7, 0, 0)
+        assert index.counts()["documents"] == 10
+        assert [h.file for h in search_bm25(index, "zyxquark5", SearchOptions())] == ["notes/extra5.md"]
+
+
+def test_chinese_goes_through_jieba_words_not_bigrams(tmp_path: Path, milvus_uri: str):
+    """On milvus the CJK text is segmented by jieba: a query word finds the document that holds it, and a
+    bigram that straddles two words (``量检`` in ``向量检索``) is not a word."""
+    notes = tmp_path / "zh"
+    notes.mkdir()
+    (notes / "a.md").write_text("# 向量检索入门\n\n向量检索把文本变成向量，再用近邻搜索找到相似的段落。\n")
+    (notes / "b.md").write_text("# 重排\n\n交叉编码器对候选文档重新打分，排序更准确。\n")
+    (notes / "c.md").write_text("# Mixed\n\nBM25 与 embedding 结合：混合检索。\n")
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        update(index, [Collection("zh", notes)])
+        assert [h.file for h in search_bm25(index, "向量", SearchOptions())] == ["zh/a.md"]
+        assert [h.file for h in search_bm25(index, "交叉编码器", SearchOptions())][0] == "zh/b.md"
+        assert {h.file for h in search_bm25(index, "检索", SearchOptions())} == {"zh/a.md", "zh/c.md"}
+        assert search_bm25(index, "embedding 混合检索", SearchOptions())[0].file == "zh/c.md"
+
+
+def test_a_milvus_that_is_down_or_a_bad_uri_is_one_clear_line(tmp_path: Path):
+    home = tmp_path / "home"
+    (port,) = free_ports(1)
+    cases = {
+        f"http://127.0.0.1:{port}": f"Error: cannot reach the index in milvus http://127.0.0.1:{port}",
+        "bogus://nowhere": "Error: index.uri 'bogus://nowhere' is not a Milvus URI",
+    }
+    for uri, start in cases.items():
+        write_index_table(home, backend="milvus", uri=uri)
+        for args in (("search", "anything"), ("ls", "notes"), ("get", "#abcdef")):
+            result = qmdctl(home, *args)
+            lines = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+            assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(start), (args, result.output)
+            assert "Traceback" not in result.output
+
+
+def test_migrate_moves_the_index_both_ways_without_embedding_again(tmp_path: Path, notes: Path, milvus_uri: str):
+    home = tmp_path / "home"
+    embedder = HashEmbedder()
+    with open_index(index_config(home), create=True) as index:  # sqlite, the default
+        update(index, [Collection("notes", notes)])
+        embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
+        before = snapshot(index, embedder)
+    out = qmdctl(home, "index", "migrate", "--to", "milvus", "--uri", milvus_uri, "--prefix", "mig1", "--json")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["documents"] == len(before["documents"]) and report["vectors"] == before["counts"]["embedded"]
+    config = index_config(home)
+    assert (config.backend, config.uri, config.prefix) == ("milvus", milvus_uri, "mig1")
+    with open_index(config) as index:
+        after = snapshot(index, embedder)
+        assert index.pending_chunks() == []  # nothing left to embed
+    assert after == before
+    (home / "index.sqlite").unlink()
+    out = qmdctl(home, "index", "migrate", "--to", "sqlite")
+    assert out.exit_code == 0, out.output
+    assert index_config(home).backend == "sqlite"
+    with open_index(index_config(home)) as index:
+        back = snapshot(index, embedder)
+    assert back == before
+
+
+def test_the_local_server_is_started_by_a_command_and_stopped_by_down(tmp_path: Path, notes: Path):
+    """index.backend = "milvus" with no uri: the first index command starts the home's Milvus Lite, `down`
+    stops it (and only it: nothing else is signalled)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    write_index_table(home, backend="milvus")
+    assert qmdctl(home, "collection", "add", str(notes), "--name", "notes").exit_code == 0
+    result = qmdctl(home, "update")
+    assert result.exit_code == 0, result.output
+    assert "starting Milvus Lite" in result.stderr
+    state = milvus_lite.running(IndexConfig(home=home, backend="milvus"))
+    try:
+        assert state is not None and Path(state.data_dir) == home / "milvus"
+        hits = json.loads(qmdctl(home, "search", "sourdough", "--json").stdout)
+        assert hits[0]["file"] == "notes/recipes.md"
+        result = qmdctl(home, "down")
+        assert result.exit_code == 0, result.output
+        assert "stopped Milvus Lite" in result.stderr
+        assert not procs.is_running(state.owned)
+        assert milvus_lite.running(IndexConfig(home=home, backend="milvus")) is None
+    finally:
+        milvus_lite.stop(IndexConfig(home=home, backend="milvus"), timeout_s=10)
