@@ -69,3 +69,16 @@ class IndexUnavailable(QmdError):
 
 class FingerprintMismatch(QmdError):
     """The index was embedded with another model, prompt format or chunking."""
+
+
+def parse_json_input(raw: str | bytes, subject: str) -> object:
+    """``raw`` parsed as JSON; text that is not JSON, or is nested past Python's recursion limit, is one
+    ``InputError`` naming the ``subject`` (the caller checks the shape it needs)."""
+    import json
+
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{subject} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InputError(f"{subject} is nested too deeply") from None

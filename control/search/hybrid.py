@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from qmd_triton.errors import InputError
+from qmd_triton.errors import InputError, parse_json_input
 from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import DocRow
@@ -86,12 +86,7 @@ class Plan:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Plan:
         """A plan as ``to_json`` wrote it; anything else is one ``InputError`` saying what is wrong."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"malformed plan: not JSON ({e})") from None
-        except RecursionError:
-            raise InputError("malformed plan: nested too deeply") from None
+        data = parse_json_input(raw, "plan")
         if not isinstance(data, dict):
             raise InputError("malformed plan: must be a JSON object")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})

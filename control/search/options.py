@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qmd_triton.errors import InputError
+from qmd_triton.errors import InputError, parse_json_input
 from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import DocRow
@@ -152,12 +152,7 @@ class SearchOptions:
         if raw in (None, b"", ""):
             data: dict = {}
         else:
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise InputError(f"options is not valid JSON: {e}") from None
-            except RecursionError:
-                raise InputError("options is nested too deeply to be a JSON object of options") from None
+            data = parse_json_input(raw, "options")
             if not isinstance(data, dict):
                 raise InputError("options must be a JSON object")
         known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion",

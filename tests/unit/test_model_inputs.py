@@ -16,7 +16,7 @@ from qmd_triton.text.tokenization import decode_text
 
 
 @pytest.mark.parametrize("raw, message", [
-    ("nope", "malformed plan: not JSON"),
+    ("nope", "plan is not valid JSON"),
     ("[1, 2]", "malformed plan: must be a JSON object"),
     ("{}", "malformed plan: query must be a string"),
     ('{"query": 5}', "malformed plan: query must be a string"),
@@ -25,7 +25,7 @@ from qmd_triton.text.tokenization import decode_text
     ('{"query": "q", "options": {"n": "a"}}', "n must be a positive integer, got 'a'"),
     ('{"query": "q", "what": 1}', "malformed plan: unknown key(s) what"),
     ('{"query": "q", "mode": "nope"}', "plan mode must be one of"),
-    ("[" * 5000 + "]" * 5000, "malformed plan: nested too deeply"),
+    ("[" * 5000 + "]" * 5000, "plan is nested too deeply"),
 ])
 def test_a_malformed_plan_is_one_input_error(raw: str, message: str):
     with pytest.raises(InputError) as e:

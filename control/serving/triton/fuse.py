@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from qmd_triton.contracts import CANDIDATES, LOGIT, RESULTS
-from qmd_triton.errors import InputError
+from qmd_triton.errors import InputError, parse_json_input
 from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, flat, sigmoid
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.serving.triton import common
@@ -26,12 +26,7 @@ _SHAPE = 'a JSON object {"plan": {"options": {...}}, "candidates": [{..., "expla
 
 def read_payload(raw: bytes | str) -> dict:
     """``candidates`` as qmd_retrieve sends it, checked: anything else is one clear request error."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"candidates is not JSON: {e}") from None
-    except RecursionError:
-        raise InputError("candidates is nested too deeply") from None
+    payload = parse_json_input(raw, "candidates")
     plan = payload.get("plan") if isinstance(payload, dict) else None
     cands = payload.get("candidates") if isinstance(payload, dict) else None
     if not isinstance(plan, dict) or not isinstance(plan.get("options", {}), dict) or not isinstance(cands, list):
