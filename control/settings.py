@@ -189,8 +189,12 @@ def _environment() -> dict[str, Any]:
     return out
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """The ``[server]`` table of the config file; a missing file is empty."""
+def config_table(path: Path, name: str, keys: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The ``[name]`` table of a TOML config file, its keys checked against ``keys``; a missing file is empty.
+
+    A file that cannot be read or parsed, a ``name`` that is not a table or an unknown key is one ``ConfigError``
+    naming the file.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -201,10 +205,15 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    server = data.get("server", {})
-    if not isinstance(server, dict):
-        raise ConfigError(f"{path}: [server] must be a table")
-    unknown = sorted(set(server) - _SERVER_KEYS)
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    unknown = sorted(set(table) - set(keys))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in [server]: {', '.join(unknown)}")
-    return server
+        raise ConfigError(f"{path}: unknown key(s) in [{name}]: {', '.join(unknown)}")
+    return table
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``[server]`` table of the config file; a missing file is empty."""
+    return config_table(path, "server", _SERVER_KEYS)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from qmd_triton.errors import ConfigError, IndexMissing, IndexUnavailable
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.store import INDEX_FILE, ChunkRow, DocRow, IndexHandle, IndexStore
 from qmd_triton.progress import Progress, silent
+from qmd_triton.settings import config_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,18 +120,7 @@ def index_config(home: Path, **overrides: Any) -> IndexConfig:
 
 
 def _read_table(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the [index] table: {e}") from None
-    table = data.get("index", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [index] must be a table")
-    unknown = sorted(set(table) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in [index]: {', '.join(unknown)}")
+    table = config_table(path, "index", _KEYS)
     for key in ("backend", "uri", "token", "prefix"):
         if key in table and not isinstance(table[key], str):
             raise ConfigError(f"{path}: index.{key} must be a string")
@@ -284,19 +273,12 @@ class ServedIndex:
         self._sqlite = IndexHandle(config.sqlite_path) if config.backend == "sqlite" else None
         self._milvus: Any = None
         self._milvus_uri = ""
+        self._contexts = ContextMap.watch(config.home / "config.toml")
 
     def contexts(self) -> ContextMap:
         if self._sqlite is not None:
             return self._sqlite.contexts()
-        config = self.config.home / "config.toml"
-        try:
-            stamp = config.stat().st_mtime_ns
-        except OSError:
-            stamp = None
-        if getattr(self, "_contexts_stamp", object()) != stamp:
-            self._contexts = ContextMap.load(config)
-            self._contexts_stamp = stamp
-        return self._contexts
+        return self._contexts()
 
     def get(self) -> Any:
         if self._sqlite is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -415,6 +415,24 @@ class ContextMap:
             return cls(config.global_context(), {c.name: c for c in config.list()})
         except (ConfigError, InputError, OSError):
             return cls()
+
+    @classmethod
+    def watch(cls, config_file: Path) -> Callable[[], ContextMap]:
+        """A function returning the contexts of ``config_file``, reread only when the file changes (its time, size or inode; a search model
+        calls it per request)."""
+        last: list[Any] = [object(), cls()]
+
+        def current() -> ContextMap:
+            try:
+                st = config_file.stat()
+                stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                stamp = None
+            if stamp != last[0]:
+                last[:] = [stamp, cls.load(config_file)]
+            return last[1]
+
+        return current
 
     def __bool__(self) -> bool:
         return bool(self.global_text) or any(c.context for c in self.collections.values())

@@ -858,18 +858,11 @@ class IndexHandle:
         self.path = path
         self._store: IndexStore | None = None
         self._inode: int | None = None
+        self._contexts = ContextMap.watch(Path(path).parent / "config.toml")
 
     def contexts(self) -> ContextMap:
         """The contexts of the config file beside the index (``$QMD_HOME/config.toml``), reread when it changes."""
-        config = Path(self.path).parent / "config.toml"
-        try:
-            stamp = config.stat().st_mtime_ns
-        except OSError:
-            stamp = None
-        if getattr(self, "_contexts_stamp", object()) != stamp:
-            self._contexts = ContextMap.load(config)
-            self._contexts_stamp = stamp
-        return self._contexts
+        return self._contexts()
 
     def get(self) -> IndexStore:
         try:

@@ -462,6 +462,17 @@ def test_contexts_come_back_with_every_hit_below_them(qmd: Qmd):
     assert qmd.error("context", "rm", "notes/guide").startswith("Error: no context on 'notes/guide'")
 
 
+def test_a_running_server_labels_hits_with_contexts_added_after_it_started(qmd: Qmd):
+    from qmd_triton.index.backend import ServedIndex
+
+    served = ServedIndex(index_config(qmd.home))  # what qmd_search and qmd_retrieve hold for their lifetime
+    assert served.contexts().for_path("notes", "guide/batching.md") == ""
+    qmd("context", "add", "notes/guide", "Operating guides")
+    assert served.contexts().for_path("notes", "guide/batching.md") == "Operating guides"
+    (qmd.home / "config.toml").write_text("[[collection\n", encoding="utf-8")  # a half-written edit
+    assert served.contexts().for_path("notes", "guide/batching.md") == ""  # unlabelled, never a failed search
+
+
 def test_all_full_path_and_no_color(qmd: Qmd, notes: Path):
     every = json.loads(qmd("search", "the", "--all", "-n", "1", "--json").stdout)
     assert len(every) == 3  # every English note: --all outranks -n
