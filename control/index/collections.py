@@ -418,8 +418,8 @@ class ContextMap:
 
     @classmethod
     def watch(cls, config_file: Path) -> Callable[[], ContextMap]:
-        """A function returning the contexts of ``config_file``, reread only when the file changes (its time, size or inode; a search model
-        calls it per request)."""
+        """A function returning the contexts of ``config_file``, reread only when the file changes (its time,
+        size or inode); a search model calls it per request."""
         last: list[Any] = [object(), cls()]
 
         def current() -> ContextMap:
