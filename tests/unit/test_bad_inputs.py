@@ -94,13 +94,19 @@ def test_a_damaged_index_is_one_line_naming_the_file_and_what_to_do(damaged: Qmd
     assert path.read_bytes() == before  # left alone for whoever wants to look at it
 
 
+def indexed_home(home: Path, notes: Path, count: int, seed: int) -> Qmd:
+    """A home with one collection ``n`` of ``count`` generated notes, updated."""
+    write_notes(notes, count, seed=seed)
+    q = Qmd(home)
+    q("collection", "add", str(notes), "--name", "n")
+    q("update")
+    return q
+
+
 def test_a_full_disk_says_so_and_changes_nothing(tmp_path: Path):
     with tmpfs(tmp_path / "small", "1m") as small:
         notes = tmp_path / "notes"
-        write_notes(notes, 20, seed=2)
-        q = Qmd(small / "home")
-        q("collection", "add", str(notes), "--name", "n")
-        q("update")
+        q = indexed_home(small / "home", notes, 20, seed=2)
         before = q.counts()["documents"]
         write_notes(notes, 400, seed=3, numbered=True)  # far more than the 1 MB left
         path = small / "home" / "index.sqlite"
@@ -113,10 +119,7 @@ def test_a_full_disk_says_so_and_changes_nothing(tmp_path: Path):
 
 def test_a_file_size_limit_says_so_and_changes_nothing(tmp_path: Path):
     notes = tmp_path / "notes"
-    write_notes(notes, 20, seed=2)
-    q = Qmd(tmp_path / "home")
-    q("collection", "add", str(notes), "--name", "n")
-    q("update")
+    q = indexed_home(tmp_path / "home", notes, 20, seed=2)
     before = q.counts()["documents"]
     write_notes(notes, 300, seed=3, numbered=True)
     path = q.home / "index.sqlite"
@@ -136,10 +139,7 @@ def test_a_file_size_limit_says_so_and_changes_nothing(tmp_path: Path):
 
 def test_a_read_only_home_searches_and_says_read_only_when_asked_to_change(tmp_path: Path):
     notes = tmp_path / "notes"
-    write_notes(notes, 5, seed=4)
-    q = Qmd(tmp_path / "home")
-    q("collection", "add", str(notes), "--name", "n")
-    q("update")
+    q = indexed_home(tmp_path / "home", notes, 5, seed=4)
     with tmpfs(tmp_path / "ro", "4m") as ro:
         shutil.copytree(q.home, ro / "home")
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
