@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from qmd_triton.settings import Settings
@@ -63,3 +65,22 @@ class Door:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def sample_notes_indexed(settings: Settings, folder: Path, collection: str) -> Iterator[Settings]:
+    """The sample notes copied to ``folder``, indexed and embedded as ``collection`` in the test server's home
+    for the block; the collection is removed after it."""
+    import shutil
+
+    from .conftest import ASSETS
+    from .triton.test_search import qmd
+
+    shutil.copytree(ASSETS / "notes", folder)
+    qmd(settings, "collection", "add", str(folder), "--name", collection)
+    qmd(settings, "update")
+    qmd(settings, "embed")
+    try:
+        yield settings
+    finally:
+        qmd(settings, "collection", "remove", collection)

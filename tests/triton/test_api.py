@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,7 @@ from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
 from ..conftest import ASSETS
-from ..doors import TOKEN, Door, door_env
-from .test_search import qmd
+from ..doors import TOKEN, Door, door_env, sample_notes_indexed
 
 DIM = 384  # all-MiniLM-L6-v2, the exported embedding model
 COLLECTION = "gwnotes"
@@ -27,13 +25,8 @@ COLLECTION = "gwnotes"
 
 @pytest.fixture(scope="module")
 def indexed(triton: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    notes = tmp_path_factory.mktemp("gateway") / "notes"
-    shutil.copytree(ASSETS / "notes", notes)
-    qmd(triton, "collection", "add", str(notes), "--name", COLLECTION)
-    qmd(triton, "update")
-    qmd(triton, "embed")
-    yield triton
-    qmd(triton, "collection", "remove", COLLECTION)
+    with sample_notes_indexed(triton, tmp_path_factory.mktemp("gateway") / "notes", COLLECTION) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from qmd_triton.settings import Settings
 
 from ..conftest import ASSETS
-from ..doors import QMDCTL, TOKEN, Door, door_env
+from ..doors import QMDCTL, TOKEN, Door, door_env, sample_notes_indexed
 from .test_search import qmd
 
 COLLECTION = "mcpnotes"
@@ -26,13 +26,8 @@ TOOLS = {"query", "search", "vsearch", "get", "multi_get", "status"}
 
 @pytest.fixture(scope="module")
 def indexed(triton: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    notes = tmp_path_factory.mktemp("mcp") / "notes"
-    shutil.copytree(ASSETS / "notes", notes)
-    qmd(triton, "collection", "add", str(notes), "--name", COLLECTION)
-    qmd(triton, "update")
-    qmd(triton, "embed")
-    yield triton
-    qmd(triton, "collection", "remove", COLLECTION)
+    with sample_notes_indexed(triton, tmp_path_factory.mktemp("mcp") / "notes", COLLECTION) as settings:
+        yield settings
 
 
 async def exercise(session: ClientSession) -> dict:
