@@ -36,15 +36,16 @@ EXIT_INTERRUPTED = 130
 @click.option("-f", "--force", is_flag=True, help="Index mode: drop every vector and embed all chunks again.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=32, show_default=True,
               help="Index mode: chunks per request.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Index mode: requests in flight (2 leaves one of the CPU embedder's 3 instances free for "
-                   "searches; raise it when nobody searches).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None,
+              help="Index mode: requests in flight. Default: one less than the running embedder's CPU instances "
+                   "(2 of the shipped 3, leaving one free for searches; at least 1), 2 on a GPU. Raise it when "
+                   "nobody searches.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @server_options
 @protocol_option
 @pass_state
 def embed(state: State, texts: tuple[str, ...], kind: str, from_stdin: bool, force: bool, batch_size: int,
-          concurrency: int, as_json: bool, **kwargs: Any) -> None:
+          concurrency: int | None, as_json: bool, **kwargs: Any) -> None:
     """Embed the index's new chunks through Triton, or print the vectors of TEXTS.
 
     Without TEXTS: chunks every new or changed document and embeds the chunks that
@@ -84,12 +85,13 @@ def stdin_lines() -> list[str]:
     return out
 
 
-def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_size: int, concurrency: int,
+def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_size: int, concurrency: int | None,
                          as_json: bool) -> None:
     """Index mode: chunk and embed everything pending; the first Ctrl-C stops cleanly, a second at once."""
     embedder = TritonEmbedder(settings)  # reads the repository first: a missing export fails before the server
     open_store(settings).close()  # and so does a missing index (or a Milvus that is down)
     ensure_running(settings, progress=state.progress, warn=state.warn)
+    concurrency = concurrency or embedder.in_flight()
     stop = threading.Event()
 
     def interrupted(_signum: int, _frame: Any) -> None:
@@ -113,7 +115,7 @@ def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_si
             "embedded": report.embedded, "seconds": round(report.seconds, 2),
             "chunks_per_second": round(report.per_second, 1), "total_chunks": counts["chunks"],
             "total_embedded": counts["embedded"], "fingerprint": embedder.setup().id,
-            "interrupted": stop.is_set()}
+            "in_flight": concurrency, "interrupted": stop.is_set()}
     if as_json:
         emit_json(data)
     else:

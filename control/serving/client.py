@@ -146,6 +146,17 @@ class QmdClient:
         raw = out[RESULTS].reshape(-1)[0]
         return json.loads(raw)
 
+    def model_config(self, model: str) -> dict:
+        """The configuration the server runs ``model`` with (after ``qmdctl tune`` or a user's edits)."""
+        try:
+            if self.protocol == "grpc":
+                return self._client.get_model_config(model, as_json=True).get("config", {})
+            return self._client.get_model_config(model)
+        except self._utils.InferenceServerException as e:
+            raise InferenceError(_short(e)) from None
+        except (ConnectionError, OSError) as e:
+            raise self._unavailable(e) from None
+
     def statistics(self, model: str = "") -> dict:
         """Triton's per-model inference statistics as a dict."""
         try:
@@ -168,10 +179,21 @@ def _short(e: Exception) -> str:
 # requests, in the models that declare two levels (qmd_tokenize, qmd_embed_model).
 BULK_PRIORITY = 2
 # Bulk requests in flight. A priority only orders the queue: a search that finds every qmd_embed_model
-# instance running a bulk batch waits for one to finish (hundreds of ms). The CPU config has three
-# single-thread instances, so two bulk requests keep both cores busy and leave one instance free for
-# searches (perf/RESULTS.md, "Interactive first").
+# instance running a bulk batch waits for one to finish (hundreds of ms). So on the CPU bulk embedding keeps
+# one instance free for searches: with the shipped three single-thread instances, two bulk requests keep
+# both cores busy (perf/RESULTS.md, "Interactive first"). A GPU instance batches, and runs a bulk batch in
+# milliseconds: two in flight keep it fed.
 BULK_IN_FLIGHT = 2
+
+
+def bulk_in_flight(config: dict) -> int:
+    """How many bulk requests to keep in flight against the served ``qmd_embed_model`` ``config``: one less
+    than its CPU instances (at least one), or ``BULK_IN_FLIGHT`` on a GPU."""
+    groups = config.get("instance_group") or [{}]
+    if any(str(g.get("kind", "")).endswith("GPU") for g in groups):
+        return BULK_IN_FLIGHT
+    instances = sum(int(g.get("count", 1) or 1) for g in groups)
+    return max(1, instances - 1)
 
 
 class TritonEmbedder:
@@ -202,15 +224,22 @@ class TritonEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._client().embed([text], kind=contracts.KIND_QUERY)[0]
 
+    def in_flight(self) -> int:
+        """Bulk requests to keep in flight, from the server's running ``qmd_embed_model`` (``bulk_in_flight``)."""
+        return bulk_in_flight(self._client().model_config(contracts.EMBED_MODEL.name))
+
 
 def embed_index(settings: Any, *, embedder: Any = None, force: bool = False, batch_size: int = 32,
-                concurrency: int = BULK_IN_FLIGHT, progress: Count = uncounted,
+                concurrency: int | None = None, progress: Count = uncounted,
                 stop: threading.Event | None = None) -> Any:
-    """Chunks and embeds everything pending in the settings' index (through the server by default)."""
+    """Chunks and embeds everything pending in the settings' index (through the server by default), with
+    ``concurrency`` requests in flight (None: as many as leave the server's embedder room for searches)."""
     from qmd_triton.index.backend import index_config, open_index
     from qmd_triton.index.embed import embed_pending
 
     embedder = embedder or TritonEmbedder(settings)
+    if concurrency is None:
+        concurrency = embedder.in_flight() if hasattr(embedder, "in_flight") else BULK_IN_FLIGHT
     with open_index(index_config(settings.home)) as store:
         return embed_pending(store, embedder.setup(), lambda: embedder.embed, force=force, batch_size=batch_size,
                              concurrency=concurrency, progress=progress, stop=stop)

@@ -249,4 +249,17 @@ def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["embedded"] == counts["chunks"] - counts["embedded"]  # only the rest
+    assert report["in_flight"] == 2  # the shipped three CPU instances: one stays free for searches
     assert report["total_embedded"] == report["total_chunks"] == 240
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bulk_embedding_leaves_one_of_the_served_cpu_instances_free(triton: Settings, protocol: str):
+    from qmd_triton.serving.client import TritonEmbedder, bulk_in_flight
+
+    with QmdClient(triton.url(protocol), protocol) as client:
+        served = client.model_config("qmd_embed_model")
+    groups = [(g["kind"], int(g["count"])) for g in served["instance_group"]]
+    assert groups == [("KIND_CPU", 3)]
+    assert bulk_in_flight(served) == 2
+    assert TritonEmbedder(triton).in_flight() == 2

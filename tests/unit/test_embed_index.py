@@ -310,3 +310,18 @@ def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_eve
         assert live_rows(follower) == live_rows(fresh)
         query = embedder.embed_query("glacier tongue retreats each spring")
         assert follower.search(query, SearchOptions(n=1))[0].file == "notes/glacier.md"
+
+
+@pytest.mark.parametrize("groups, in_flight", [
+    ([{"kind": "KIND_CPU", "count": 3}], 2),  # shipped: one instance stays free for searches
+    ([{"kind": "KIND_CPU", "count": 2}], 1),
+    ([{"kind": "KIND_CPU", "count": 1}], 1),  # nothing to keep free: still embeds
+    ([{"kind": "KIND_CPU", "count": 8}], 7),  # `qmdctl tune` on a bigger box
+    ([{"kind": "KIND_CPU", "count": 2}, {"kind": "KIND_CPU", "count": 2}], 3),
+    ([{"kind": "KIND_GPU", "count": 1, "gpus": [0]}], 2),  # a GPU batches; two keep it fed
+    ([], 1),
+])
+def test_bulk_requests_in_flight_follow_the_served_embedder(groups: list, in_flight: int):
+    from qmd_triton.serving.client import bulk_in_flight
+
+    assert bulk_in_flight({"name": "qmd_embed_model", "instance_group": groups}) == in_flight
