@@ -152,15 +152,16 @@ def build_sqlite(path: Path, n: int, passages, vectors: np.ndarray, fingerprint:
     return time.monotonic() - started
 
 
-def build_milvus(config: IndexConfig, n: int, passages, vectors: np.ndarray, fingerprint: dict) -> float:
+def build_milvus(config: IndexConfig, n: int, passages, vectors: np.ndarray, fingerprint: dict,
+                 batch: int = BATCH) -> float:
     started = time.monotonic()
     with MilvusIndex.open(config, create=True) as index:
         index.set_meta(FINGERPRINT_KEY, json.dumps(fingerprint, sort_keys=True))
-        for start in range(0, n, BATCH):
-            rows = [document(i, n, passages) for i in range(start, min(n, start + BATCH))]
+        for start in range(0, n, batch):
+            rows = [document(i, n, passages) for i in range(start, min(n, start + batch))]
             index.upsert_documents([item for item, _ in rows])
             index.insert_chunks([(c, vectors[start + j]) for j, (_, c) in enumerate(rows)])
-            if start and start % (BATCH * 25) == 0:
+            if start and start % (batch * 25) == 0:
                 say(f"  milvus: {start}/{n} in {time.monotonic() - started:.0f}s")
         index.mark_updated(COLLECTION)
         index.client.flush(index.docs)
@@ -243,6 +244,11 @@ def main() -> None:
                     help="measure an index an earlier run built completely (its build time is reported)")
     ap.add_argument("--no-status", action="store_true", help="skip timing counts() (minutes on Milvus Lite at 100k)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--uri", default="", help="measure on this Milvus (e.g. perf/milvus_lite_cpp.py's) instead of "
+                    "a Milvus Lite started here; its collections scale_* are replaced unless --reuse")
+    ap.add_argument("--server-pid", type=int, default=0, help="with --uri: the Milvus process, for its RSS")
+    ap.add_argument("--vector-index", default="HNSW", help="the chunks' ANN index ([index] vector_index)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="rows per insert call")
     args = ap.parse_args()
     settings = Settings.load()
     work = settings.home / "milvus-scale"
@@ -267,41 +273,57 @@ def main() -> None:
                     row["sqlite"].update(measure(store, VectorIndex(store), queries, qvecs, not args.no_status))
             say(f"  sqlite: {json.dumps(row['sqlite'])}")
         if "milvus" in args.backends:
-            home = work / f"milvus-{n}"
-            config = IndexConfig(home=home, backend="milvus", prefix="scale")
-            milvus_lite.stop(config, timeout_s=30)
-            built = _built(work / f"milvus-{n}.built", args.reuse)
-            if built is None:
-                import shutil
-
-                shutil.rmtree(home / "milvus", ignore_errors=True)
-            state = milvus_lite.ensure_running(config)
-            assert state is not None
-            try:
-                if built is None:
-                    say(f"  milvus: building in Milvus Lite (pid {state.pid}, {home / 'milvus'})")
-                    built = _record(work / f"milvus-{n}.built",
-                                    build_milvus(config, n, passages, matrix, fingerprint))
-                else:
-                    started = time.monotonic()
-                    with MilvusIndex.open(config) as index:
-                        index.nearest_chunks(matrix[0], 10)
-                    say(f"  milvus: reopened the built index in {time.monotonic() - started:.0f}s")
-                row["milvus"] = {"build_s": built}
-                if not args.build_only:
-                    ids = np.array([document(i, n, passages)[1].id for i in range(n)], dtype=np.int64)
-                    with MilvusIndex.open(config) as index:
-                        row["milvus"].update(measure(index, MilvusVectors(index), queries, qvecs, not args.no_status))
-                        row["milvus"]["recall"] = recall(index, matrix, qvecs, ids, args.ef)
-                row["milvus"]["server_rss_mb"] = round(rss_bytes(state.pid) / 2**20, 1)
-                say(f"  milvus: {json.dumps(row['milvus'])}")
-            finally:
-                milvus_lite.stop(config, timeout_s=120)
+            row["milvus"] = measure_milvus(args, work, n, passages, matrix, fingerprint, queries, qvecs)
         row["load_after"] = os.getloadavg()
         results["sizes"][str(n)] = row
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def measure_milvus(args, work: Path, n: int, passages, matrix: np.ndarray, fingerprint: dict, queries, qvecs) -> dict:
+    """Builds (or reuses) the scale index on Milvus Lite started here, or on the Milvus at ``--uri``, and
+    measures it."""
+    home = work / f"milvus-{n}" if not args.uri else work / f"milvus-uri-{n}"
+    config = IndexConfig(home=home, backend="milvus", prefix="scale", uri=args.uri, vector_index=args.vector_index)
+    marker = home.with_suffix(".built")
+    built = _built(marker, args.reuse)
+    pid = args.server_pid
+    if not args.uri:
+        milvus_lite.stop(config, timeout_s=30)
+        if built is None:
+            import shutil
+
+            shutil.rmtree(home / "milvus", ignore_errors=True)
+        state = milvus_lite.ensure_running(config)
+        assert state is not None
+        pid = state.pid
+    elif built is None:
+        with MilvusIndex.open(config, create=True) as index:
+            for name in (index.docs, index.chunks, index.meta_table):
+                index.client.drop_collection(name)
+    try:
+        if built is None:
+            say(f"  milvus: building in {config.describe()} (server pid {pid or '?'})")
+            built = _record(marker, build_milvus(config, n, passages, matrix, fingerprint, args.batch))
+        else:
+            started = time.monotonic()
+            with MilvusIndex.open(config) as index:
+                index.nearest_chunks(matrix[0], 10)
+            say(f"  milvus: reopened the built index in {time.monotonic() - started:.0f}s")
+        out: dict = {"build_s": built, "where": config.describe(), "vector_index": args.vector_index}
+        if not args.build_only:
+            ids = np.array([document(i, n, passages)[1].id for i in range(n)], dtype=np.int64)
+            with MilvusIndex.open(config) as index:
+                out.update(measure(index, MilvusVectors(index), queries, qvecs, not args.no_status))
+                out["recall"] = recall(index, matrix, qvecs, ids, args.ef)
+        if pid:
+            out["server_rss_mb"] = round(rss_bytes(pid) / 2**20, 1)
+        say(f"  milvus: {json.dumps(out)}")
+        return out
+    finally:
+        if not args.uri:
+            milvus_lite.stop(config, timeout_s=120)
 
 
 def _built(marker: Path, reuse: bool) -> float | None:

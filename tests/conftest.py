@@ -127,10 +127,15 @@ def started(monkeypatch) -> Started:
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Milvus Lite server for the session (started and stopped like `qmdctl up` does); each test
-    index gets collections of its own prefix on it."""
+    index gets collections of its own prefix on it. ``QMD_TEST_MILVUS_URI`` names a Milvus to use instead (a
+    Milvus Standalone, or the C++ Milvus Lite server of perf/milvus_cpp_lite.py): the tests then create and
+    drop only their own collections there."""
     from qmd_triton.index.backend import IndexConfig
     from qmd_triton.serving import milvus_lite
 
+    if os.environ.get("QMD_TEST_MILVUS_URI"):
+        yield os.environ["QMD_TEST_MILVUS_URI"]
+        return
     config = IndexConfig(home=tmp_path_factory.mktemp("milvus_home"), backend="milvus")
     state = milvus_lite.ensure_running(config)
     assert state is not None

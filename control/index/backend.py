@@ -43,9 +43,11 @@ BACKENDS = ("sqlite", "milvus")
 DEFAULT_PREFIX = "qmd"
 LOCAL_STATE = "milvus.json"  # $QMD_HOME/run/milvus.json: the local Milvus Lite server (serving.milvus_lite)
 LOCAL_DATA = "milvus"  # $QMD_HOME/milvus: its data directory
-_KEYS = {"backend", "uri", "token", "prefix", "port"}
+_KEYS = {"backend", "uri", "token", "prefix", "port", "vector_index", "analyzer"}
 _ENV = {"QMD_INDEX_BACKEND": "backend", "QMD_MILVUS_URI": "uri", "QMD_MILVUS_TOKEN": "token",
-        "QMD_MILVUS_PREFIX": "prefix"}
+        "QMD_MILVUS_PREFIX": "prefix", "QMD_MILVUS_VECTOR_INDEX": "vector_index", "QMD_MILVUS_ANALYZER": "analyzer"}
+VECTOR_INDEXES = ("HNSW", "AUTOINDEX", "IVF_FLAT", "FLAT")  # index.milvus.VECTOR_INDEXES: how each is built
+ANALYZERS = ("standard", "english")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class IndexConfig:
     token: str = ""
     prefix: str = DEFAULT_PREFIX
     port: int = 0
+    vector_index: str = "HNSW"  # milvus: the chunk vectors' ANN index, fixed when the collections are created
+    analyzer: str = "standard"  # milvus: the BM25 analyzer of English text, fixed when the collections are created
     file: Path | None = None  # sqlite: a file other than $home/index.sqlite (a model's index_path parameter)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,11 @@ class IndexConfig:
                               f"got {self.prefix!r}")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"index.port must be a port number (0: any free port), got {self.port!r}")
+        if self.vector_index not in VECTOR_INDEXES:
+            raise ConfigError(f"index.vector_index must be one of {', '.join(VECTOR_INDEXES)}, got "
+                              f"{self.vector_index!r}")
+        if self.analyzer not in ANALYZERS:
+            raise ConfigError(f"index.analyzer must be one of {', '.join(ANALYZERS)}, got {self.analyzer!r}")
 
     @property
     def sqlite_path(self) -> Path:
@@ -121,7 +130,7 @@ def index_config(home: Path, **overrides: Any) -> IndexConfig:
 
 def _read_table(path: Path) -> dict[str, Any]:
     table = config_table(path, "index", _KEYS)
-    for key in ("backend", "uri", "token", "prefix"):
+    for key in ("backend", "uri", "token", "prefix", "vector_index", "analyzer"):
         if key in table and not isinstance(table[key], str):
             raise ConfigError(f"{path}: index.{key} must be a string")
     return table

@@ -5,11 +5,12 @@ Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and
 
 - ``docs``: one row per document *part* (a document's text in pieces of at most 60,000 bytes, cut at line
   ends; most notes are one part), each with the document's metadata, its text under a BM25 function
-  (``standard`` tokenizer, lower-cased) and its CJK runs under a second one (``jieba``). A document's BM25
-  score is its best part's. Row id = document id * 4096 + part;
-  ``prefix`` (the hash's first 6 hex) finds a docid's neighbours.
-- ``chunks``: one row per chunk of each distinct content, with its vector (HNSW, inner product over the
-  model's normalized vectors: cosine) and ``embedded`` (false until its vector came). Chunks are keyed by
+  (``[index] analyzer``: ``standard`` tokenizer lower-cased, or ``english`` with stemming) and its CJK runs
+  under a second one (``jieba``). A document's BM25 score is its best part's. Row id = document id * 4096 +
+  part; ``prefix`` (the hash's first 6 hex) finds a docid's neighbours.
+- ``chunks``: one row per chunk of each distinct content, with its vector (``[index] vector_index``, HNSW by
+  default; inner product over the model's normalized vectors: cosine) and ``embedded`` (false until its
+  vector came). Chunks are keyed by
   content hash and sequence, vectors by the chunk text's hash: a chunk whose text is already embedded
   elsewhere gets that vector without calling the model.
 - ``meta``: key/value rows (the embedding fingerprint, the last update per collection, the expansion
@@ -56,11 +57,22 @@ CHUNK_TEXT_BYTES = 60_000  # a chunk is ~254 tokens; a giant code fence is kept 
 QUERY_LIMIT = 16_384  # Milvus's offset + limit cap for one query or search
 IN_BATCH = 1000  # values per `x in [...]` filter
 HNSW = {"M": 16, "efConstruction": 200}
+# The chunk vectors' ANN index (``[index] vector_index``): what it is built with, and its search parameters for
+# k hits. HNSW on Milvus Standalone/Distributed and Milvus Lite 3; the C++ Milvus Lite 2.5 server takes only
+# FLAT, IVF_FLAT and AUTOINDEX (perf/RESULTS.md, "The index on Milvus").
+VECTOR_INDEXES: dict[str, tuple[dict, Any]] = {
+    "HNSW": (HNSW, lambda k: {"ef": max(SEARCH_EF, k)}),
+    "AUTOINDEX": ({}, lambda k: {}),
+    "IVF_FLAT": ({"nlist": 1024}, lambda k: {"nprobe": 32}),
+    "FLAT": ({}, lambda k: {}),
+}
 # k1 and b said, not left to each engine (Milvus Lite defaults k1 to 1.5, Milvus Standalone to 1.2): SQLite's FTS5
 # uses 1.2 and 0.75 too.
 BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
 SEARCH_EF = 128  # HNSW's candidate list at search time (recall@10 vs exact: perf/milvus_scale.py)
-ENGLISH_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
+# ``[index] analyzer``: "standard" (every Milvus; no stemming) or "english" (Porter-like stemming and stop words,
+# as SQLite's FTS5 here; Milvus Standalone and the C++ Milvus Lite 2.5, not Milvus Lite 3).
+ANALYZERS = {"standard": {"tokenizer": "standard", "filter": ["lowercase"]}, "english": {"type": "english"}}
 CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
 EXPANSION_PREFIX = "expansion:"
 RETIRED = "retired:"  # chunks of a re-chunked index, kept until the next embed has taken their vectors
@@ -68,9 +80,10 @@ RETIRED = "retired:"  # chunks of a re-chunked index, kept until the next embed 
 
 def _quiet() -> None:
     """pymilvus sets up its own loggers when imported; its warnings (an iterator's timestamp fallback on
-    Milvus Lite) would reach stderr on every listing."""
+    Milvus Lite) would reach stderr on every listing, and every failed call logs a traceback: a failure is
+    this module's one-line error instead (``_milvus_error``)."""
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _id63(text: str) -> int:
@@ -146,6 +159,12 @@ def _milvus_error(e: Exception, config: IndexConfig) -> QmdError:
                                "Deadline Exceeded", "DEADLINE_EXCEEDED")):
         hint = "`qmdctl up` starts the local Milvus Lite server" if config.local else "check that Milvus is up"
         return IndexUnavailable(f"cannot reach the index in {where} ({text[:200]}); {hint}; nothing was changed")
+    if "tokenizer" in text and config.analyzer != "standard":
+        return ConfigError(f"this Milvus has no {config.analyzer!r} analyzer ({text[:200]}): set index.analyzer = "
+                           "\"standard\" in config.toml (Milvus Lite 3 has standard and jieba only)")
+    if "index type" in text and config.vector_index in text:
+        return ConfigError(f"this Milvus does not build {config.vector_index} indexes ({text[:200]}): set "
+                           "index.vector_index in config.toml to one it names")
     return IndexUnavailable(f"the index in {where} failed: {text[:300]}")
 
 
@@ -247,7 +266,7 @@ class MilvusIndex:
         s.add_field("mtime_ns", DataType.INT64)
         s.add_field("indexed_at", DataType.DOUBLE)
         s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True, enable_match=True,
-                    analyzer_params=ENGLISH_ANALYZER)
+                    analyzer_params=ANALYZERS[self.config.analyzer])
         s.add_field("text_zh", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True, enable_match=True,
                     analyzer_params=CJK_ANALYZER)
         s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
@@ -279,7 +298,8 @@ class MilvusIndex:
         s.add_field("embedded", DataType.BOOL)
         s.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
         ip = c.prepare_index_params()
-        ip.add_index("embedding", index_type="HNSW", metric_type="IP", params=HNSW)
+        build, _ = VECTOR_INDEXES[self.config.vector_index]
+        ip.add_index("embedding", index_type=self.config.vector_index, metric_type="IP", params=build)
         for field in ("hash", "text_hash"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.chunks, s, ip)
@@ -943,7 +963,7 @@ class MilvusIndex:
         return out
 
     def nearest_chunks(self, query_vec: Any, k: int, raw: bool = False) -> Any:
-        """The k chunks nearest the query (HNSW, inner product), best first, with their scores; with ``raw``
+        """The k chunks nearest the query (the ANN index, inner product), best first, with their scores; with ``raw``
         also how many Milvus returned (before chunks still waiting for their vector are dropped)."""
         # A long-lived reader (a search model) asks Milvus whether the chunks exist only until it has seen them;
         # should another process drop them (`embed --force`), the search says so and the next one asks again.
@@ -956,7 +976,8 @@ class MilvusIndex:
                 hits = self.client.search(
                     self.chunks, data=[vec], anns_field="embedding", limit=min(k, QUERY_LIMIT),
                     output_fields=[*self._CHUNK_FIELDS, "embedded"],
-                    search_params={"metric_type": "IP", "params": {"ef": max(SEARCH_EF, k)}})[0]
+                    search_params={"metric_type": "IP",
+                                   "params": VECTOR_INDEXES[self.config.vector_index][1](k)})[0]
         except QmdError as e:
             self._chunks_seen = False
             if "not found" in str(e) and not self._has_chunks():

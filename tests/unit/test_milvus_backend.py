@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
+from qmd_triton.errors import ConfigError
 from qmd_triton.index.backend import IndexConfig, index_config, open_index, write_index_table
 from qmd_triton.index.collections import Collection
 from qmd_triton.index.embed import embed_pending
@@ -161,12 +163,13 @@ def test_migrate_moves_the_index_both_ways_without_embedding_again(tmp_path: Pat
         update(index, [Collection("notes", notes)])
         embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
         before = snapshot(index, embedder)
-    out = qmdctl(home, "index", "migrate", "--to", "milvus", "--uri", milvus_uri, "--prefix", "mig1", "--json")
+    prefix = "mig" + uuid.uuid4().hex[:8]  # collections of its own on a Milvus that outlives the session
+    out = qmdctl(home, "index", "migrate", "--to", "milvus", "--uri", milvus_uri, "--prefix", prefix, "--json")
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
     assert report["documents"] == len(before["documents"]) and report["vectors"] == before["counts"]["embedded"]
     config = index_config(home)
-    assert (config.backend, config.uri, config.prefix) == ("milvus", milvus_uri, "mig1")
+    assert (config.backend, config.uri, config.prefix) == ("milvus", milvus_uri, prefix)
     with open_index(config) as index:
         after = snapshot(index, embedder)
         assert index.pending_chunks() == []  # nothing left to embed
@@ -202,3 +205,58 @@ def test_the_local_server_is_started_by_a_command_and_stopped_by_down(tmp_path: 
         assert milvus_lite.running(IndexConfig(home=home, backend="milvus")) is None
     finally:
         milvus_lite.stop(IndexConfig(home=home, backend="milvus"), timeout_s=10)
+
+
+@pytest.mark.parametrize("vector_index", ["HNSW", "AUTOINDEX", "IVF_FLAT", "FLAT"])
+def test_each_vector_index_finds_what_the_exact_sqlite_scan_finds(tmp_path: Path, notes: Path, milvus_uri: str,
+                                                                   vector_index: str):
+    embedder = HashEmbedder()
+    answers = {}
+    for backend in ("sqlite", "milvus"):
+        home = tmp_path / backend
+        home.mkdir()
+        if backend == "milvus":
+            write_index_table(home, backend="milvus", uri=milvus_uri, prefix="v" + uuid.uuid4().hex[:10],
+                              vector_index=vector_index)
+        try:
+            with open_index(index_config(home), create=True) as index:
+                update(index, [Collection("notes", notes)])
+                embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
+                answers[backend] = [(h.file, round(h.score, 4)) for h in vectors_for(index).search(
+                    embedder.embed_query("the bread and the batching of the server"), SearchOptions(n=4, min_score=0.0))]
+        except ConfigError as e:  # a Milvus that does not build this index (the C++ Milvus Lite: no HNSW)
+            assert f"does not build {vector_index} indexes" in str(e) and "index.vector_index" in str(e)
+            pytest.skip(f"this Milvus has no {vector_index}: {e}")
+    assert answers["milvus"] == answers["sqlite"] and len(answers["sqlite"]) >= 3
+
+
+def test_the_english_analyzer_stems_where_milvus_has_it_else_one_line_naming_the_setting(
+        tmp_path: Path, notes: Path, milvus_uri: str):
+    home = tmp_path / "home"
+    write_index_table(home, backend="milvus", uri=milvus_uri, prefix="e" + uuid.uuid4().hex[:10], analyzer="english")
+    assert qmdctl(home, "collection", "add", str(notes), "--name", "notes").exit_code == 0
+    result = qmdctl(home, "update")
+    if result.exit_code == 0:  # Milvus Standalone, the C++ Milvus Lite: "baked" and "baking" are one word
+        hits = json.loads(qmdctl(home, "search", "baked", "--json").stdout)
+        assert [h["file"] for h in hits] == ["notes/recipes.md"]
+        return
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "has no 'english' analyzer" in lines[0] and 'index.analyzer = "standard"' in lines[0]
+    write_index_table(home, analyzer="standard")  # the remedy the line names
+    assert qmdctl(home, "update").exit_code == 0
+    assert json.loads(qmdctl(home, "search", "baked", "--json").stdout) == []  # no stemming: no match
+    assert [h["file"] for h in json.loads(qmdctl(home, "search", "baking", "--json").stdout)] == ["notes/recipes.md"]
+
+
+def test_an_unknown_vector_index_or_analyzer_is_one_line(tmp_path: Path, monkeypatch):
+    for var in ("QMD_MILVUS_VECTOR_INDEX", "QMD_MILVUS_ANALYZER"):  # they would win over the file
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[index]\nbackend = "milvus"\nvector_index = "DISKANN"\n')
+    result = qmdctl(home, "status", "--http-port", "1")
+    assert "Error: index.vector_index must be one of HNSW, AUTOINDEX, IVF_FLAT, FLAT, got 'DISKANN'" in result.output
+    (home / "config.toml").write_text('[index]\nbackend = "milvus"\nanalyzer = "porter"\n')
+    result = qmdctl(home, "search", "x")
+    assert "Error: index.analyzer must be one of standard, english, got 'porter'" in result.output
