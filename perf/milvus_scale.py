@@ -155,7 +155,7 @@ def build_sqlite(path: Path, n: int, passages, vectors: np.ndarray, fingerprint:
 def build_milvus(config: IndexConfig, n: int, passages, vectors: np.ndarray, fingerprint: dict,
                  batch: int = BATCH) -> float:
     started = time.monotonic()
-    with MilvusIndex.open(config, create=True) as index:
+    with MilvusIndex.open(config, create=True) as index, index.bulk_load():  # as `index migrate` writes
         index.set_meta(FINGERPRINT_KEY, json.dumps(fingerprint, sort_keys=True))
         for start in range(0, n, batch):
             rows = [document(i, n, passages) for i in range(start, min(n, start + batch))]

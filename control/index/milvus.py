@@ -176,6 +176,7 @@ class MilvusIndex:
     def __init__(self, client: Any, config: IndexConfig) -> None:
         self.client = client
         self.config = config
+        self._bulk = False
         p = config.prefix
         self.docs, self.chunks, self.meta_table = f"{p}_docs", f"{p}_chunks", f"{p}_meta"
         self._chunks_seen = False
@@ -605,11 +606,28 @@ class MilvusIndex:
                 self._flush_docs(batch, stale)
         self._flush_docs(batch, stale)
 
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Writes into an index that holds none of the rows written (``index migrate`` into a new or emptied
+        target, ``perf/`` builds) as plain inserts, with no stale document parts to look for. Milvus's upsert
+        looks up every row's key, and the stale-part delete queries the collection: both cost more the more the
+        collection holds (perf/RESULTS.md, "The index on Milvus")."""
+        self._bulk = True
+        try:
+            yield
+        finally:
+            self._bulk = False
+
+    def _write(self, table: str, rows: list[dict]) -> None:
+        (self.client.insert if self._bulk else self.client.upsert)(table, rows)
+
     def _flush_docs(self, batch: list[dict], stale: dict[int, list[int]]) -> None:
         self._near = None
+        if self._bulk:
+            stale.clear()
         with self._errors():
             if batch:
-                self.client.upsert(self.docs, batch)
+                self._write(self.docs, batch)
             for n, docs in stale.items():
                 for start in range(0, len(docs), IN_BATCH):
                     ids = _in("doc", docs[start : start + IN_BATCH])
@@ -870,7 +888,7 @@ class MilvusIndex:
             if r["embedding"] is None:
                 r["embedding"] = [0.0] * dim
         with self._errors():
-            self.client.upsert(self.chunks, out)
+            self._write(self.chunks, out)
 
     def import_chunks(self, rows: Sequence[tuple[ChunkRow, Any]]) -> None:
         self.insert_chunks(rows)

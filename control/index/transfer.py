@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 
@@ -43,9 +44,21 @@ def transfer(source: Index, target: Index, *, progress: Progress = silent, count
     with target.transaction():
         if replace:
             target.delete_documents([d.id for d in target.documents()])
-            target.clear_embeddings()
+        target.clear_embeddings()  # with no documents left, any chunks there belong to none
         if fp is not None:
             target.set_meta(FINGERPRINT_KEY, json.dumps(fp, sort_keys=True))
+    # The target holds nothing now (checked above, or emptied): Milvus can take plain inserts.
+    bulk = getattr(target, "bulk_load", None)
+    with bulk() if bulk else contextlib.nullcontext():
+        _copy(source, target, report, progress, count)
+    for key, value in source.export_expansions():
+        target.remember_expansion(key, value)
+        report.expansions += 1
+    target.after_embed()
+    return report
+
+
+def _copy(source: Index, target: Index, report: TransferReport, progress: Progress, count: Count) -> None:
     docs = source.documents()
     progress(f"copying {len(docs)} documents")
     count(0, len(docs))
@@ -73,11 +86,6 @@ def transfer(source: Index, target: Index, *, progress: Progress = silent, count
             count(report.chunks, total)
     _flush(target, batch, report)
     count(report.chunks, total)
-    for key, value in source.export_expansions():
-        target.remember_expansion(key, value)
-        report.expansions += 1
-    target.after_embed()
-    return report
 
 
 def _flush(target: Index, batch: list[tuple[ChunkRow, object]], report: TransferReport) -> None:

@@ -260,3 +260,23 @@ def test_an_unknown_vector_index_or_analyzer_is_one_line(tmp_path: Path, monkeyp
     (home / "config.toml").write_text('[index]\nbackend = "milvus"\nanalyzer = "porter"\n')
     result = qmdctl(home, "search", "x")
     assert "Error: index.analyzer must be one of standard, english, got 'porter'" in result.output
+
+
+def test_migrate_again_is_refused_then_replace_leaves_one_copy_of_everything(tmp_path: Path, notes: Path,
+                                                                             milvus_uri: str):
+    home = tmp_path / "home"
+    embedder = HashEmbedder()
+    with open_index(index_config(home), create=True) as index:
+        update(index, [Collection("notes", notes)])
+        embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
+        before = snapshot(index, embedder)
+    prefix = "rep" + uuid.uuid4().hex[:8]
+    args = ("index", "migrate", "--to", "milvus", "--uri", milvus_uri, "--prefix", prefix, "--no-switch")
+    assert qmdctl(home, *args).exit_code == 0
+    again = qmdctl(home, *args)
+    assert again.exit_code == 1 and "already holds documents" in again.output and "--replace" in again.output
+    out = qmdctl(home, *args, "--replace")
+    assert out.exit_code == 0, out.output
+    target = index_config(home, backend="milvus", uri=milvus_uri, prefix=prefix)
+    with open_index(target) as index:
+        assert snapshot(index, embedder) == before  # counts and hits: no row twice (the copy is plain inserts)
