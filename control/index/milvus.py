@@ -7,7 +7,9 @@ Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and
   ends; most notes are one part), each with the document's metadata, its text under a BM25 function
   (``[index] analyzer``: ``standard`` tokenizer lower-cased, or ``english`` with stemming) and its CJK runs
   under a second one (``jieba``). A document's BM25 score is its best part's. Row id = document id * 4096 +
-  part; ``prefix`` (the hash's first 6 hex) finds a docid's neighbours.
+  part; ``prefix`` (the hash's first 6 hex as an integer) finds a docid's neighbours, ``hkey`` (a 63-bit key
+  of the hash) a content's documents: Milvus finds integers in a list through an index where strings cost a
+  scan.
 - ``chunks``: one row per chunk of each distinct content, with its vector (``[index] vector_index``, HNSW by
   default; inner product over the model's normalized vectors: cosine) and ``embedded`` (false until its
   vector came). Chunks are keyed by
@@ -107,6 +109,23 @@ def _in(field: str, values: Iterable[Any]) -> str:
     return f"{field} in [{', '.join(_quote(v) if isinstance(v, str) else str(int(v)) for v in values)}]"
 
 
+def _key(text: str) -> int:
+    """A 63-bit key of a hash string. Milvus finds an INT64 in a list through its inverted index in
+    milliseconds where a VARCHAR list costs ~60-300 ms over 1M rows (perf/RESULTS.md, "The index on Milvus"),
+    so every lookup by hash narrows by its key first, then checks the hash itself."""
+    return _id63(text)
+
+
+def _by(field: str, key_field: str, values: Sequence[str]) -> str:
+    """``field in values``, narrowed by the values' INT64 keys in ``key_field``."""
+    return f"{_in(key_field, [_key(v) for v in values])} and {_in(field, values)}"
+
+
+def _by_prefix(prefixes: Sequence[str]) -> str:
+    """Documents whose content hash starts with one of these 6-hex prefixes (an INT64 field)."""
+    return _in("prefix", [int(p, 16) for p in prefixes])
+
+
 def _clip(text: str, limit: int) -> str:
     raw = text.encode("utf-8")
     return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
@@ -132,7 +151,8 @@ def split_parts(body: str, limit: int = PART_BYTES) -> list[str]:
     return parts
 
 
-_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "prefix", "size", "mtime_ns", "indexed_at",
+_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "hkey", "prefix", "size", "mtime_ns",
+           "indexed_at",
            "text", "text_zh")  # what a docs row holds besides its id (the BM25 sparse fields are made from text)
 
 
@@ -140,8 +160,8 @@ def _doc_row(doc: int, part: int, parts: int, collection: str, path: str, title:
              mtime_ns: int, now: float, text: str) -> dict:
     return {"id": doc * MAX_PARTS + part, "doc": doc, "part": part, "parts": parts, "collection": collection,
             "path": _clip(path, PATH_MAX), "title": _clip(title, TITLE_MAX), "hash": content_hash,
-            "prefix": content_hash[:DOCID_MIN], "size": int(size), "mtime_ns": int(mtime_ns), "indexed_at": now,
-            "text": text, "text_zh": cjk_text(text)}
+            "hkey": _key(content_hash), "prefix": int(content_hash[:DOCID_MIN], 16), "size": int(size),
+            "mtime_ns": int(mtime_ns), "indexed_at": now, "text": text, "text_zh": cjk_text(text)}
 
 
 def cjk_text(text: str) -> str:
@@ -231,6 +251,11 @@ class MilvusIndex:
                     if not client.has_collection(name):
                         raise IndexCorrupt(f"the index in {config.describe()} has no {name} collection; drop the "
                                            f"{config.prefix}_* collections and run `qmdctl update` to rebuild")
+                fields = {f["name"] for f in client.describe_collection(index.docs).get("fields", [])}
+                if "hkey" not in fields:
+                    raise IndexCorrupt(f"the index in {config.describe()} has the layout of an earlier qmd-triton "
+                                       f"(no integer hash keys); drop the {config.prefix}_* collections and run "
+                                       "`qmdctl update` and `qmdctl embed` to rebuild it")
             for name in (index.docs, index.meta_table, index.chunks):
                 index._load(name)
         except QmdError:
@@ -262,7 +287,8 @@ class MilvusIndex:
         s.add_field("path", DataType.VARCHAR, max_length=PATH_MAX)
         s.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
         s.add_field("hash", DataType.VARCHAR, max_length=64)
-        s.add_field("prefix", DataType.VARCHAR, max_length=DOCID_MIN)  # hash[:6]: docid neighbours, one `in`
+        s.add_field("hkey", DataType.INT64)  # _key(hash): lookups by hash
+        s.add_field("prefix", DataType.INT64)  # int(hash[:6], 16): docid neighbours, one `in`
         s.add_field("size", DataType.INT64)
         s.add_field("mtime_ns", DataType.INT64)
         s.add_field("indexed_at", DataType.DOUBLE)
@@ -279,7 +305,7 @@ class MilvusIndex:
         ip = c.prepare_index_params()
         ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
         ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
-        for field in ("collection", "hash", "prefix", "doc"):
+        for field in ("collection", "hash", "hkey", "prefix", "doc"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.docs, s, ip)
 
@@ -296,12 +322,14 @@ class MilvusIndex:
         s.add_field("tokens", DataType.INT64)
         s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
         s.add_field("text_hash", DataType.VARCHAR, max_length=64)
+        s.add_field("hkey", DataType.INT64)  # _key(hash)
+        s.add_field("tkey", DataType.INT64)  # _key(text_hash)
         s.add_field("embedded", DataType.BOOL)
         s.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
         ip = c.prepare_index_params()
         build, _ = VECTOR_INDEXES[self.config.vector_index]
         ip.add_index("embedding", index_type=self.config.vector_index, metric_type="IP", params=build)
-        for field in ("hash", "text_hash"):
+        for field in ("hash", "text_hash", "hkey", "tkey"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.chunks, s, ip)
 
@@ -481,6 +509,8 @@ class MilvusIndex:
         prefix = docid.lower().lstrip("#")
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
             return []
+        if len(prefix) >= DOCID_MIN:  # narrowed by the integer prefix first: a `like` alone reads every row
+            return self._docs(f'{_by_prefix([prefix[:DOCID_MIN]])} and hash like "{prefix}%"')
         return self._docs(f'hash like "{prefix}%"')
 
     def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
@@ -493,7 +523,7 @@ class MilvusIndex:
         if near is None:
             near = set()
             for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
-                expr = f"part == 0 and {_in('prefix', prefixes[start : start + IN_BATCH])}"
+                expr = f"part == 0 and {_by_prefix(prefixes[start : start + IN_BATCH])}"
                 near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
         for h in wanted:
             others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
@@ -518,7 +548,7 @@ class MilvusIndex:
         prefixes = sorted({h[:DOCID_MIN] for h in wanted})
         near: dict[str, set[str]] = {}
         for start in range(0, len(prefixes), IN_BATCH):
-            for d in self._docs(_in("prefix", prefixes[start : start + IN_BATCH])):
+            for d in self._docs(_by_prefix(prefixes[start : start + IN_BATCH])):
                 near.setdefault(d.hash[:DOCID_MIN], set()).add(d.hash)
                 if d.hash in wanted and (not collections or d.collection in collections):
                     out.setdefault(d.hash, []).append(d)
@@ -540,7 +570,7 @@ class MilvusIndex:
         return set().union(*(cached[1][p] for p in prefixes))
 
     def body(self, content_hash: str) -> str:
-        rows = self._query(self.docs, f"hash == {_quote(content_hash)}", ["doc", "part", "parts", "text"])
+        rows = self._query(self.docs, _by("hash", "hkey", [content_hash]), ["doc", "part", "parts", "text"])
         if not rows:
             raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} is missing")
         doc = rows[0]["doc"]
@@ -557,7 +587,7 @@ class MilvusIndex:
         prefixes = sorted({h[:DOCID_MIN] for h in wanted})
         rows: list[dict] = []
         for start in range(0, len(prefixes), IN_BATCH):  # by prefix: the docid neighbours come along
-            rows += self._query(self.docs, _in("prefix", prefixes[start : start + IN_BATCH]),
+            rows += self._query(self.docs, _by_prefix(prefixes[start : start + IN_BATCH]),
                                 ["doc", "hash", "part", "parts", "text"])
         near: dict[str, set[str]] = {}
         by_doc: dict[tuple[str, int], list[dict]] = {}
@@ -702,7 +732,7 @@ class MilvusIndex:
         gone = sorted(h for h in self._chunk_hashes() - self._doc_hashes() if not h.startswith(RETIRED))
         for start in range(0, len(gone), IN_BATCH):
             with self._errors():
-                self.client.delete(self.chunks, filter=_in("hash", gone[start : start + IN_BATCH]))
+                self.client.delete(self.chunks, filter=_by("hash", "hkey", gone[start : start + IN_BATCH]))
         retired = self._count(self.chunks, f'hash like "{RETIRED}%"')
         if retired:  # kept by clear_chunks for this embed to find by text; every seq, not only seq 0
             with self._errors():
@@ -819,12 +849,13 @@ class MilvusIndex:
         rows = [{"id": chunk_id_of(content_hash, c.seq), "hash": content_hash, "seq": int(c.seq),
                  "start_line": int(c.start_line), "end_line": int(c.end_line), "tokens": int(c.tokens),
                  "text": _clip(c.text, CHUNK_TEXT_BYTES), "text_hash": text_hash(c.text), "embedded": False,
-                 "embedding": [0.0] * dim} for c in chunks]
+                 "hkey": _key(content_hash), "tkey": _key(text_hash(c.text)), "embedding": [0.0] * dim}
+                for c in chunks]
         with self._errors():
             for start in range(0, len(rows), 512):
                 self.client.upsert(self.chunks, rows[start : start + 512])
 
-    _CHUNK_FIELDS = ("id", "hash", "seq", "start_line", "end_line", "tokens", "text", "text_hash")
+    _CHUNK_FIELDS = ("id", "hash", "seq", "start_line", "end_line", "tokens", "text", "text_hash", "hkey", "tkey")
 
     @staticmethod
     def _chunk(r: dict) -> ChunkRow:
@@ -843,7 +874,7 @@ class MilvusIndex:
         texts = list(by_text)
         for start in range(0, len(texts), IN_BATCH):
             part = texts[start : start + IN_BATCH]
-            found = self._query(self.chunks, f"embedded == true and {_in('text_hash', part)}",
+            found = self._query(self.chunks, f"embedded == true and {_by('text_hash', 'tkey', part)}",
                                 ["text_hash", "embedding"])
             known = {r["text_hash"]: r["embedding"] for r in found}
             if known:
@@ -860,7 +891,7 @@ class MilvusIndex:
         hashes = list(vectors)
         for start in range(0, len(hashes), IN_BATCH):
             part = hashes[start : start + IN_BATCH]
-            rows = self._query(self.chunks, _in("text_hash", part), self._CHUNK_FIELDS)
+            rows = self._query(self.chunks, _by("text_hash", "tkey", part), self._CHUNK_FIELDS)
             for r in rows:
                 r["embedded"] = True
                 r["embedding"] = vectors[r["text_hash"]]
@@ -874,7 +905,8 @@ class MilvusIndex:
 
         out = [{"id": chunk_id_of(c.hash, c.seq), "hash": c.hash, "seq": int(c.seq), "start_line": int(c.start_line),
                 "end_line": int(c.end_line), "tokens": int(c.tokens), "text": _clip(c.text, CHUNK_TEXT_BYTES),
-                "text_hash": c.text_hash or text_hash(c.text), "embedded": v is not None,
+                "text_hash": c.text_hash or text_hash(c.text), "embedded": v is not None, "hkey": _key(c.hash),
+                "tkey": _key(c.text_hash or text_hash(c.text)),
                 "embedding": (np.asarray(v, dtype=np.float32).tolist() if v is not None else None)} for c, v in rows]
         if not out:
             return
@@ -933,7 +965,8 @@ class MilvusIndex:
                            [*self._CHUNK_FIELDS, "embedded", "embedding"])
         for start in range(0, len(rows), 512):
             part = rows[start : start + 512]
-            moved = [{**r, "hash": RETIRED + r["hash"][:55], "id": chunk_id_of(RETIRED + r["hash"], r["seq"])}
+            moved = [{**r, "hash": RETIRED + r["hash"][:55], "hkey": _key(RETIRED + r["hash"][:55]),
+                      "id": chunk_id_of(RETIRED + r["hash"], r["seq"])}
                      for r in part]
             with self._errors():
                 self.client.upsert(self.chunks, moved)
@@ -964,7 +997,7 @@ class MilvusIndex:
     def chunks_of(self, content_hash: str) -> list[ChunkRow]:
         if not self._has_chunks():
             return []
-        rows = self._query(self.chunks, f"hash == {_quote(content_hash)}", self._CHUNK_FIELDS)
+        rows = self._query(self.chunks, _by("hash", "hkey", [content_hash]), self._CHUNK_FIELDS)
         return sorted((self._chunk(r) for r in rows), key=lambda c: c.seq)
 
     def chunks_of_many(self, hashes: Sequence[str]) -> dict[str, list[ChunkRow]]:
@@ -974,7 +1007,8 @@ class MilvusIndex:
         if not wanted or not self._has_chunks():
             return out
         for start in range(0, len(wanted), IN_BATCH):
-            for r in self._query(self.chunks, _in("hash", wanted[start : start + IN_BATCH]), self._CHUNK_FIELDS):
+            for r in self._query(self.chunks, _by("hash", "hkey", wanted[start : start + IN_BATCH]),
+                                 self._CHUNK_FIELDS):
                 out[r["hash"]].append(self._chunk(r))
         for chunks in out.values():
             chunks.sort(key=lambda c: c.seq)
