@@ -299,9 +299,12 @@ def measure_milvus(args, work: Path, n: int, passages, matrix: np.ndarray, finge
         assert state is not None
         pid = state.pid
     elif built is None:
-        with MilvusIndex.open(config, create=True) as index:
-            for name in (index.docs, index.chunks, index.meta_table):
-                index.client.drop_collection(name)
+        client = MilvusIndex._client(config)
+        try:
+            for name in ("docs", "chunks", "meta"):
+                client.drop_collection(f"{config.prefix}_{name}")
+        finally:
+            client.close()
     try:
         if built is None:
             say(f"  milvus: building in {config.describe()} (server pid {pid or '?'})")
