@@ -23,7 +23,7 @@ from qmd_triton.serving.supervisor import revive_index
 from qmd_triton.system import procs
 
 from ..conftest import ASSETS, make_settings
-from .test_search import qmd, served
+from .test_search import an_edit_reaches_the_served_models, qmd, served
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +82,7 @@ def test_served_search_vsearch_and_query_answer_from_milvus_as_the_cli_does(on_m
 
 
 def test_an_edit_reaches_the_served_models_without_a_restart(on_milvus):
-    settings, notes = on_milvus
-    target = notes / "recipes.md"
-    original = target.read_text()
-    query = "grafana observability dashboards"
-    assert served(settings, "qmd_search", query) == []
-    try:
-        target.write_text("# Observability\n\nGrafana dashboards show latency, throughput and observability panels.\n")
-        qmd(settings, "update")
-        qmd(settings, "embed")
-        assert served(settings, "qmd_search", query)[0]["file"] == "notes/recipes.md"
-        assert served(settings, "qmd_vsearch", query)[0]["file"] == "notes/recipes.md"
-    finally:
-        target.write_text(original)
-        qmd(settings, "update")
-        qmd(settings, "embed")
-    assert served(settings, "qmd_search", query) == []
+    an_edit_reaches_the_served_models(*on_milvus)
 
 
 def test_a_killed_milvus_lite_fails_requests_with_one_line_and_comes_back_with_everything(on_milvus):
