@@ -116,9 +116,16 @@ def _key(text: str) -> int:
     return _id63(text)
 
 
-def _by(field: str, key_field: str, values: Sequence[str]) -> str:
-    """``field in values``, narrowed by the values' INT64 keys in ``key_field``."""
-    return f"{_in(key_field, [_key(v) for v in values])} and {_in(field, values)}"
+def _keys_in(key_field: str, values: Sequence[str]) -> str:
+    """The rows whose INT64 ``key_field`` holds the key of one of ``values``. The string itself is checked on
+    the rows that come back (``_matching``), not in the filter: a VARCHAR ``in`` beside the keys makes Milvus's
+    C++ engine compare strings over every row again."""
+    return _in(key_field, [_key(v) for v in values])
+
+
+def _matching(rows: Iterable[dict], field: str, values: Iterable[str]) -> list[dict]:
+    wanted = set(values)
+    return [r for r in rows if r.get(field) in wanted]
 
 
 def _by_prefix(prefixes: Sequence[str]) -> str:
@@ -509,8 +516,8 @@ class MilvusIndex:
         prefix = docid.lower().lstrip("#")
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
             return []
-        if len(prefix) >= DOCID_MIN:  # narrowed by the integer prefix first: a `like` alone reads every row
-            return self._docs(f'{_by_prefix([prefix[:DOCID_MIN]])} and hash like "{prefix}%"')
+        if len(prefix) >= DOCID_MIN:  # by the integer prefix; the rest of the docid checked here
+            return [d for d in self._docs(_by_prefix([prefix[:DOCID_MIN]])) if d.hash.startswith(prefix)]
         return self._docs(f'hash like "{prefix}%"')
 
     def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
@@ -548,8 +555,9 @@ class MilvusIndex:
         out: dict[str, list[DocRow]] = {}
         wanted = sorted(set(hashes))
         for start in range(0, len(wanted), IN_BATCH):
-            for d in self._docs(_by("hash", "hkey", wanted[start : start + IN_BATCH])):
-                if not collections or d.collection in collections:
+            part = set(wanted[start : start + IN_BATCH])
+            for d in self._docs(_keys_in("hkey", sorted(part))):
+                if d.hash in part and (not collections or d.collection in collections):
                     out.setdefault(d.hash, []).append(d)
         return out
 
@@ -568,7 +576,8 @@ class MilvusIndex:
         return set().union(*(cached[1][p] for p in prefixes))
 
     def body(self, content_hash: str) -> str:
-        rows = self._query(self.docs, _by("hash", "hkey", [content_hash]), ["doc", "part", "parts", "text"])
+        rows = _matching(self._query(self.docs, _keys_in("hkey", [content_hash]), ["doc", "hash", "part", "parts",
+                                                                                  "text"]), "hash", [content_hash])
         if not rows:
             raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} is missing")
         doc = rows[0]["doc"]
@@ -730,7 +739,10 @@ class MilvusIndex:
         gone = sorted(h for h in self._chunk_hashes() - self._doc_hashes() if not h.startswith(RETIRED))
         for start in range(0, len(gone), IN_BATCH):
             with self._errors():
-                self.client.delete(self.chunks, filter=_by("hash", "hkey", gone[start : start + IN_BATCH]))
+                batch = gone[start : start + IN_BATCH]
+                rows = _matching(self._query(self.chunks, _keys_in("hkey", batch), ["id", "hash"]), "hash", batch)
+                if rows:
+                    self.client.delete(self.chunks, ids=[int(r["id"]) for r in rows])
         retired = self._count(self.chunks, f'hash like "{RETIRED}%"')
         if retired:  # kept by clear_chunks for this embed to find by text; every seq, not only seq 0
             with self._errors():
@@ -872,8 +884,8 @@ class MilvusIndex:
         texts = list(by_text)
         for start in range(0, len(texts), IN_BATCH):
             part = texts[start : start + IN_BATCH]
-            found = self._query(self.chunks, f"embedded == true and {_by('text_hash', 'tkey', part)}",
-                                ["text_hash", "embedding"])
+            found = _matching(self._query(self.chunks, f"embedded == true and {_keys_in('tkey', part)}",
+                                          ["text_hash", "embedding"]), "text_hash", part)
             known = {r["text_hash"]: r["embedding"] for r in found}
             if known:
                 self.add_vectors(list(known.items()))
@@ -889,7 +901,7 @@ class MilvusIndex:
         hashes = list(vectors)
         for start in range(0, len(hashes), IN_BATCH):
             part = hashes[start : start + IN_BATCH]
-            rows = self._query(self.chunks, _by("text_hash", "tkey", part), self._CHUNK_FIELDS)
+            rows = _matching(self._query(self.chunks, _keys_in("tkey", part), self._CHUNK_FIELDS), "text_hash", part)
             for r in rows:
                 r["embedded"] = True
                 r["embedding"] = vectors[r["text_hash"]]
@@ -995,7 +1007,8 @@ class MilvusIndex:
     def chunks_of(self, content_hash: str) -> list[ChunkRow]:
         if not self._has_chunks():
             return []
-        rows = self._query(self.chunks, _by("hash", "hkey", [content_hash]), self._CHUNK_FIELDS)
+        rows = _matching(self._query(self.chunks, _keys_in("hkey", [content_hash]), self._CHUNK_FIELDS), "hash",
+                         [content_hash])
         return sorted((self._chunk(r) for r in rows), key=lambda c: c.seq)
 
     def chunks_of_many(self, hashes: Sequence[str]) -> dict[str, list[ChunkRow]]:
@@ -1005,8 +1018,8 @@ class MilvusIndex:
         if not wanted or not self._has_chunks():
             return out
         for start in range(0, len(wanted), IN_BATCH):
-            for r in self._query(self.chunks, _by("hash", "hkey", wanted[start : start + IN_BATCH]),
-                                 self._CHUNK_FIELDS):
+            batch = wanted[start : start + IN_BATCH]
+            for r in _matching(self._query(self.chunks, _keys_in("hkey", batch), self._CHUNK_FIELDS), "hash", batch):
                 out[r["hash"]].append(self._chunk(r))
         for chunks in out.values():
             chunks.sort(key=lambda c: c.seq)
