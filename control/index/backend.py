@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qmd_triton.errors import ConfigError, IndexMissing, IndexUnavailable
 from qmd_triton.index.collections import ContextMap
+from qmd_triton.index.milvus import ANALYZERS, VECTOR_INDEXES
 from qmd_triton.index.store import INDEX_FILE, ChunkRow, DocRow, IndexHandle, IndexStore
 from qmd_triton.progress import Progress, silent
 from qmd_triton.settings import config_table
@@ -46,8 +47,6 @@ LOCAL_DATA = "milvus"  # $QMD_HOME/milvus: its data directory
 _KEYS = {"backend", "uri", "token", "prefix", "port", "vector_index", "analyzer"}
 _ENV = {"QMD_INDEX_BACKEND": "backend", "QMD_MILVUS_URI": "uri", "QMD_MILVUS_TOKEN": "token",
         "QMD_MILVUS_PREFIX": "prefix", "QMD_MILVUS_VECTOR_INDEX": "vector_index", "QMD_MILVUS_ANALYZER": "analyzer"}
-VECTOR_INDEXES = ("HNSW", "AUTOINDEX", "IVF_FLAT", "FLAT")  # index.milvus.VECTOR_INDEXES: how each is built
-ANALYZERS = ("standard", "english")
 
 
 @dataclass(frozen=True)
@@ -282,11 +281,10 @@ class ServedIndex:
         self._sqlite = IndexHandle(config.sqlite_path) if config.backend == "sqlite" else None
         self._milvus: Any = None
         self._milvus_uri = ""
-        self._contexts = ContextMap.watch(config.home / "config.toml")
+        self._contexts = self._sqlite.contexts if self._sqlite is not None else \
+            ContextMap.watch(config.home / "config.toml")
 
     def contexts(self) -> ContextMap:
-        if self._sqlite is not None:
-            return self._sqlite.contexts()
         return self._contexts()
 
     def get(self) -> Any:
