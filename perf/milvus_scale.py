@@ -301,7 +301,7 @@ def measure_milvus(args, work: Path, n: int, passages, matrix: np.ndarray, finge
     elif built is None:
         client = MilvusIndex._client(config)
         try:
-            for name in ("docs", "chunks", "meta"):
+            for name in MilvusIndex.TABLES:
                 client.drop_collection(f"{config.prefix}_{name}")
         finally:
             client.close()

@@ -1,15 +1,15 @@
 """The milvus backend: the index in Milvus (Milvus Lite locally and in tests, Standalone or Distributed in
 production), spoken to through pymilvus.
 
-Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and ``PREFIX_meta``:
+Four Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks``, ``PREFIX_meta`` and
+``PREFIX_keys``:
 
 - ``docs``: one row per document *part* (a document's text in pieces of at most 60,000 bytes, cut at line
   ends; most notes are one part), each with the document's metadata, its text under a BM25 function
   (``[index] analyzer``: ``standard`` tokenizer lower-cased, or ``english`` with stemming) and its CJK runs
   under a second one (``jieba``). A document's BM25 score is its best part's. Row id = document id * 4096 +
-  part; ``prefix`` (the hash's first 6 hex as an integer) finds a docid's neighbours, ``hkey`` (a 63-bit key
-  of the hash) a content's documents: Milvus finds integers in a list through an index where strings cost a
-  scan.
+  part; ``hkey`` (a 63-bit key of the hash) finds a content's documents where the keys map (below) cannot:
+  Milvus finds integers in a list through an index where strings cost a scan.
 - ``chunks``: one row per chunk of each distinct content, with its vector (``[index] vector_index``, HNSW by
   default; inner product over the model's normalized vectors: cosine) and ``embedded`` (false until its
   vector came). Chunks are keyed by
@@ -17,6 +17,14 @@ Three Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks`` and
   elsewhere gets that vector without calling the model.
 - ``meta``: key/value rows (the embedding fingerprint, the last update per collection, the expansion
   cache); Milvus needs a vector field in every collection, so each row carries a 2-d zero vector.
+- ``keys``: one row per 6-hex hash prefix in use, keyed by that prefix as an integer, naming each content
+  hash under it with the ids of the documents that hold it. A search's hits are chunks (content hashes): their
+  documents and docid neighbours come from two primary-key lookups (this map, then the documents' rows), where
+  a filter on any other field costs Milvus a look into every segment (at 1M documents on Milvus's C++ engine,
+  ``prefix in [40 values]`` took 230-300 ms, a primary-key ``in`` 1-2 ms; perf/RESULTS.md). Writers add a
+  document to the map before its rows are written and take it out after they are deleted, and readers check
+  every document row against the hash they asked for, so a crash between the two leaves at worst a stale
+  entry, never a document the map hides. ``qmdctl cleanup`` rebuilds the map from the documents.
 
 Milvus has no transactions across rows: ``update`` writes each document's rows then deletes what went
 away, so a reader during an update may see some files changed and others not yet; a failed update is
@@ -77,6 +85,8 @@ SEARCH_EF = 128  # HNSW's candidate list at search time (recall@10 vs exact: per
 ANALYZERS = {"standard": {"tokenizer": "standard", "filter": ["lowercase"]}, "english": {"type": "english"}}
 CJK_ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
 EXPANSION_PREFIX = "expansion:"
+KEYS_BUILT = "layout:keys"  # meta key: the keys map is complete (a map half built by a killed process is not)
+ENTRIES_MAX = TEXT_MAX - 1024  # a keys row's text; a content held by more documents is marked "read by hkey"
 RETIRED = "retired:"  # chunks of a re-chunked index, kept until the next embed has taken their vectors
 
 
@@ -128,9 +138,21 @@ def _matching(rows: Iterable[dict], field: str, values: Iterable[str]) -> list[d
     return [r for r in rows if r.get(field) in wanted]
 
 
-def _by_prefix(prefixes: Sequence[str]) -> str:
-    """Documents whose content hash starts with one of these 6-hex prefixes (an INT64 field)."""
-    return _in("prefix", [int(p, 16) for p in prefixes])
+def _prefix_of(content_hash: str) -> int:
+    """A hash's first 6 hex as an integer: its row in the keys map."""
+    return int(content_hash[:DOCID_MIN], 16)
+
+
+def _entries_text(entry: dict[str, list[int] | None]) -> str:
+    """A keys row's text; contents held by so many documents that the row would not fit are marked ``null``
+    (their documents are then read by ``hkey``), the most widely held first."""
+    entry = {h: (sorted(docs) if docs is not None else None) for h, docs in sorted(entry.items())}
+    text = json.dumps(entry, separators=(",", ":"))
+    while len(text) > ENTRIES_MAX:
+        widest = max((h for h, docs in entry.items() if docs is not None), key=lambda h: len(entry[h] or ()))
+        entry[widest] = None
+        text = json.dumps(entry, separators=(",", ":"))
+    return text
 
 
 def _clip(text: str, limit: int) -> str:
@@ -158,7 +180,7 @@ def split_parts(body: str, limit: int = PART_BYTES) -> list[str]:
     return parts
 
 
-_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "hkey", "prefix", "size", "mtime_ns",
+_STORED = ("doc", "part", "parts", "collection", "path", "title", "hash", "hkey", "size", "mtime_ns",
            "indexed_at",
            "text", "text_zh")  # what a docs row holds besides its id (the BM25 sparse fields are made from text)
 
@@ -167,7 +189,7 @@ def _doc_row(doc: int, part: int, parts: int, collection: str, path: str, title:
              mtime_ns: int, now: float, text: str) -> dict:
     return {"id": doc * MAX_PARTS + part, "doc": doc, "part": part, "parts": parts, "collection": collection,
             "path": _clip(path, PATH_MAX), "title": _clip(title, TITLE_MAX), "hash": content_hash,
-            "hkey": _key(content_hash), "prefix": int(content_hash[:DOCID_MIN], 16), "size": int(size),
+            "hkey": _key(content_hash), "size": int(size),
             "mtime_ns": int(mtime_ns), "indexed_at": now, "text": text, "text_zh": cjk_text(text)}
 
 
@@ -199,15 +221,16 @@ class MilvusIndex:
     """One connection to the index in Milvus; implements :class:`qmd_triton.index.backend.Index`."""
 
     backend = "milvus"
+    TABLES = ("docs", "chunks", "meta", "keys")  # the collections' name suffixes (PREFIX_docs, ...)
 
     def __init__(self, client: Any, config: IndexConfig) -> None:
         self.client = client
         self.config = config
         self._bulk = False
         p = config.prefix
-        self.docs, self.chunks, self.meta_table = f"{p}_docs", f"{p}_chunks", f"{p}_meta"
+        self.docs, self.chunks, self.meta_table, self.keys = f"{p}_docs", f"{p}_chunks", f"{p}_meta", f"{p}_keys"
         self._chunks_seen = False
-        self._near: tuple[float, dict[str, set[str]]] | None = None  # see documents_by_hash
+        self._stored = _STORED  # what a docs row holds besides its id, in this index's layout
         self.broken = False
         self._fingerprint: tuple[float, dict | None] | None = None  # (when read, value): see fingerprint()
 
@@ -263,8 +286,12 @@ class MilvusIndex:
                     raise IndexCorrupt(f"the index in {config.describe()} has the layout of an earlier qmd-triton "
                                        f"(no integer hash keys); drop the {config.prefix}_* collections and run "
                                        "`qmdctl update` and `qmdctl embed` to rebuild it")
-            for name in (index.docs, index.meta_table, index.chunks):
+                if "prefix" in fields:  # written before the keys map: its rows carry the hash prefix too
+                    index._stored = (*_STORED, "prefix")
+            for name in (index.docs, index.meta_table, index.chunks, index.keys):
                 index._load(name)
+            if index.meta(KEYS_BUILT) is None:  # an index from before the map, or a build that was killed
+                index._rebuild_keys()
         except QmdError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -295,7 +322,6 @@ class MilvusIndex:
         s.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
         s.add_field("hash", DataType.VARCHAR, max_length=64)
         s.add_field("hkey", DataType.INT64)  # _key(hash): lookups by hash
-        s.add_field("prefix", DataType.INT64)  # int(hash[:6], 16): docid neighbours, one `in`
         s.add_field("size", DataType.INT64)
         s.add_field("mtime_ns", DataType.INT64)
         s.add_field("indexed_at", DataType.DOUBLE)
@@ -312,9 +338,25 @@ class MilvusIndex:
         ip = c.prepare_index_params()
         ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
         ip.add_index("sparse_zh", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
-        for field in ("collection", "hash", "hkey", "prefix", "doc"):
+        for field in ("collection", "hash", "hkey", "doc"):
             ip.add_index(field, index_type="INVERTED")
         self._create_collection(self.docs, s, ip)
+        self._create_keys()
+        self.set_meta(KEYS_BUILT, "1")
+
+    def _create_keys(self) -> None:
+        from pymilvus import DataType
+
+        c = self.client
+        if c.has_collection(self.keys):
+            return
+        s = c.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("id", DataType.INT64, is_primary=True)  # int(hash[:6], 16)
+        s.add_field("entries", DataType.VARCHAR, max_length=TEXT_MAX)  # JSON {hash: [document id, ...] or null}
+        s.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+        ip = c.prepare_index_params()
+        ip.add_index("v", index_type="FLAT", metric_type="L2")
+        self._create_collection(self.keys, s, ip)
 
     def _create_chunks(self, dim: int) -> None:
         from pymilvus import DataType
@@ -516,24 +558,20 @@ class MilvusIndex:
         prefix = docid.lower().lstrip("#")
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
             return []
-        if len(prefix) >= DOCID_MIN:  # by the integer prefix; the rest of the docid checked here
-            return [d for d in self._docs(_by_prefix([prefix[:DOCID_MIN]])) if d.hash.startswith(prefix)]
+        if len(prefix) >= DOCID_MIN:  # the keys map names the hashes under its first 6 hex
+            entries = self._keys_of([prefix]).get(_prefix_of(prefix), {})
+            found = self._holders({h: docs for h, docs in entries.items() if h.startswith(prefix)})
+            return sorted((d for ds in found.values() for d in ds), key=lambda d: (d.collection, d.path))
         return self._docs(f'hash like "{prefix}%"')
 
     def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
-        out = {h: h[:minimum] for h in hashes if not re.fullmatch(r"[0-9a-f]{1,64}", h)}
+        out = {h: h[:minimum] for h in hashes if not re.fullmatch(r"[0-9a-f]{6,64}", h)}
         wanted = sorted({h for h in hashes if h not in out})
         if not wanted:
             return out
-        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
-        near = self._recent_near(prefixes)  # the page's documents were just read with their neighbours
-        if near is None:
-            near = set()
-            for start in range(0, len(prefixes), IN_BATCH):  # one query for a page of hits, not one per hit
-                expr = f"part == 0 and {_by_prefix(prefixes[start : start + IN_BATCH])}"
-                near |= {r["hash"] for r in self._query(self.docs, expr, ["hash"])}
+        keys = self._keys_of(wanted)
         for h in wanted:
-            others = {o for o in near if o != h and o[:minimum] == h[:minimum]}
+            others = {o for o in keys.get(_prefix_of(h), {}) if o != h and o[:minimum] == h[:minimum]}
             longest = max((len(_common(h, o)) for o in others), default=0)
             out[h] = h[: max(minimum, longest + 1)]
         return out
@@ -541,94 +579,150 @@ class MilvusIndex:
     def documents_by_id(self, ids: Sequence[int]) -> dict[int, DocRow]:
         out: dict[int, DocRow] = {}
         ids = list(dict.fromkeys(int(i) for i in ids))
-        for start in range(0, len(ids), IN_BATCH):
-            for d in self._docs(_in("doc", ids[start : start + IN_BATCH])):
-                out[d.id] = d
+        for start in range(0, len(ids), IN_BATCH):  # by each document's first row's primary key
+            for r in self._query(self.docs, _in("id", [i * MAX_PARTS for i in ids[start : start + IN_BATCH]]),
+                                 self._DOC_FIELDS):
+                out[int(r["doc"])] = self._row(r)
         return out
 
     def documents_by_hash(self, hashes: Sequence[str],
                           collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
-        """The documents holding each content. Read through the hashes' 6-hex prefixes, so the same query also
-        finds every docid neighbour: ``unique_docids`` of these hashes right after needs no query of its own.
-        (Measured at 1M documents on Milvus's C++ engine: this one query, 230-300 ms, costs less than the
-        documents by ``hkey`` plus a second query for the hits' neighbours; perf/RESULTS.md.)"""
-        out: dict[str, list[DocRow]] = {}
-        wanted = set(hashes)
-        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
-        near: dict[str, set[str]] = {}
-        for start in range(0, len(prefixes), IN_BATCH):
-            for d in self._docs(_by_prefix(prefixes[start : start + IN_BATCH])):
-                near.setdefault(d.hash[:DOCID_MIN], set()).add(d.hash)
-                if d.hash in wanted and (not collections or d.collection in collections):
-                    out.setdefault(d.hash, []).append(d)
-        self._remember_near(prefixes, near)
+        """The documents holding each content: the keys map names them, their first rows are read by primary
+        key (a page of vector hits costs two key lookups, however large the index)."""
+        wanted = [h for h in dict.fromkeys(hashes) if re.fullmatch(r"[0-9a-f]{6,64}", h)]
+        keys = self._keys_of(wanted)
+        found = self._holders({h: keys.get(_prefix_of(h), {}).get(h, []) for h in wanted})
+        out = {}
+        for h, docs in found.items():
+            docs = [d for d in docs if not collections or d.collection in collections]
+            if docs:
+                out[h] = sorted(docs, key=lambda d: (d.collection, d.path))
         return out
 
-    NEAR_TTL_S = 1.0  # how long a page's docid neighbours are reused (docids only print; a hit is never wrong)
+    def _holders(self, entries: dict[str, list[int] | None], fields: Sequence[str] = ()) -> dict[str, list[Any]]:
+        """The first rows of the documents the keys map names for each hash, each checked to hold that hash (an
+        entry can be stale: see the module's docstring); a hash marked as held by too many documents for its
+        row (``None``) is read by ``hkey``. As DocRows, or with ``fields`` as those fields of the rows."""
+        ids = sorted({d * MAX_PARTS for docs in entries.values() for d in docs or ()})
+        by_key = [h for h, docs in entries.items() if docs is None]
+        wanted = set(entries)
+        read = [*self._DOC_FIELDS, *fields]
+        rows = []
+        for start in range(0, len(ids), IN_BATCH):
+            rows += self._query(self.docs, _in("id", ids[start : start + IN_BATCH]), read)
+        for start in range(0, len(by_key), IN_BATCH):
+            batch = by_key[start : start + IN_BATCH]
+            rows += _matching(self._query(self.docs, f"part == 0 and {_keys_in('hkey', batch)}", read), "hash",
+                              batch)
+        out: dict[str, list[Any]] = {}
+        for r in rows:
+            if r["hash"] in wanted:
+                out.setdefault(r["hash"], []).append(r if fields else self._row(r))
+        return out
 
-    def _remember_near(self, prefixes: Sequence[str], near: dict[str, set[str]]) -> None:
-        if len(prefixes) <= 256:
-            self._near = (time.monotonic(), {p: near.get(p, set()) for p in prefixes})
+    # -- the keys map ----------------------------------------------------------------
 
-    def _recent_near(self, prefixes: Sequence[str]) -> set[str] | None:
-        cached = self._near
-        if cached is None or time.monotonic() - cached[0] > self.NEAR_TTL_S:
-            return None
-        if not all(p in cached[1] for p in prefixes):
-            return None
-        return set().union(*(cached[1][p] for p in prefixes))
+    def _keys_of(self, hashes: Iterable[str]) -> dict[int, dict[str, list[int] | None]]:
+        """The keys map's rows for these hashes' prefixes: prefix -> {hash: document ids, or None}."""
+        prefixes = sorted({_prefix_of(h) for h in hashes})
+        out: dict[int, dict[str, list[int] | None]] = {}
+        for start in range(0, len(prefixes), IN_BATCH):
+            for r in self._query(self.keys, _in("id", prefixes[start : start + IN_BATCH]), ["id", "entries"]):
+                out[int(r["id"])] = json.loads(r["entries"])
+        return out
+
+    def _edit_keys(self, add: Sequence[tuple[str, int]] = (), drop: Sequence[tuple[str, int]] = ()) -> None:
+        """Adds (hash, document id) pairs to the keys map and takes others out, a read and a write per batch."""
+        pairs = [*add, *drop]
+        if not pairs:
+            return
+        current = self._keys_of(h for h, _ in pairs)
+        for h, doc in drop:
+            entry = current.get(_prefix_of(h), {})
+            docs = entry.get(h, [])
+            if docs is not None and doc in docs:
+                docs.remove(doc)
+                if not docs:
+                    del entry[h]
+        for h, doc in add:
+            docs = current.setdefault(_prefix_of(h), {}).setdefault(h, [])
+            if docs is not None and doc not in docs:
+                docs.append(doc)
+        self._write_keys({_prefix_of(h): current.get(_prefix_of(h), {}) for h, _ in pairs})
+
+    def _write_keys(self, rows: dict[int, dict[str, list[int] | None]]) -> None:
+        keep = [{"id": p, "entries": _entries_text(entry), "v": [0.0, 0.0]} for p, entry in sorted(rows.items())
+                if entry]
+        gone = [p for p, entry in sorted(rows.items()) if not entry]
+        with self._errors():
+            for start in range(0, len(keep), 1000):
+                self.client.upsert(self.keys, keep[start : start + 1000])
+            for start in range(0, len(gone), IN_BATCH):
+                self.client.delete(self.keys, ids=gone[start : start + IN_BATCH])
+
+    def _rebuild_keys(self) -> int:
+        """Makes the keys map again from the documents (an index from before it, a build that was killed,
+        ``cleanup``); returns how many of its rows changed or went."""
+        self._create_keys()
+        self._delete_meta([KEYS_BUILT])
+        want: dict[int, dict[str, list[int] | None]] = {}
+        for r in self._query(self.docs, "part == 0", ["doc", "hash"]):
+            docs = want.setdefault(_prefix_of(r["hash"]), {}).setdefault(r["hash"], [])
+            if docs is not None:
+                docs.append(int(r["doc"]))
+        have = {int(r["id"]): r["entries"] for r in self._query(self.keys, "id >= 0", ["id", "entries"])}
+        for entry in want.values():
+            for docs in entry.values():
+                if docs is not None:
+                    docs.sort()
+        changed = {p: e for p, e in want.items() if have.get(p) != _entries_text(e)}
+        changed.update({p: {} for p in have if p not in want})
+        self._write_keys(changed)
+        self.set_meta(KEYS_BUILT, "1")
+        return len(changed)
+
+    def _stored_hashes(self, docs: Sequence[int]) -> dict[int, str]:
+        """The content hash each of these documents holds now (by their first rows' primary keys)."""
+        out: dict[int, str] = {}
+        for start in range(0, len(docs), IN_BATCH):
+            ids = [int(d) * MAX_PARTS for d in docs[start : start + IN_BATCH]]
+            out.update({int(r["doc"]): r["hash"] for r in self._query(self.docs, _in("id", ids), ["doc", "hash"])})
+        return out
+
+    # -- contents --------------------------------------------------------------------
 
     def body(self, content_hash: str) -> str:
-        rows = _matching(self._query(self.docs, _keys_in("hkey", [content_hash]), ["doc", "hash", "part", "parts",
-                                                                                  "text"]), "hash", [content_hash])
-        if not rows:
-            raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} is missing")
-        doc = rows[0]["doc"]
-        mine = sorted((r for r in rows if r["doc"] == doc), key=lambda r: r["part"])
-        if len(mine) != int(mine[0]["parts"]):
-            raise IndexCorrupt(f"{self.describe()}: content {content_hash[:12]} has {len(mine)} of "
-                               f"{mine[0]['parts']} parts; run `qmdctl update --force`")
-        return "".join(r["text"] for r in mine)
+        return self.bodies([content_hash])[content_hash]
 
     def bodies(self, hashes: Sequence[str]) -> dict[str, str]:
-        """The texts of many contents in one query (a page of hits' snippets)."""
-        wanted = list(dict.fromkeys(hashes))
-        wanted_set = set(wanted)
-        prefixes = sorted({h[:DOCID_MIN] for h in wanted})
-        rows: list[dict] = []
-        for start in range(0, len(prefixes), IN_BATCH):  # by prefix: the docid neighbours come along
-            rows += self._query(self.docs, _by_prefix(prefixes[start : start + IN_BATCH]),
-                                ["doc", "hash", "part", "parts", "text"])
-        near: dict[str, set[str]] = {}
-        by_doc: dict[tuple[str, int], list[dict]] = {}
-        for r in rows:
-            near.setdefault(r["hash"][:DOCID_MIN], set()).add(r["hash"])
-            if r["hash"] in wanted_set:
-                by_doc.setdefault((r["hash"], int(r["doc"])), []).append(r)
-        self._remember_near(prefixes, near)
+        """The texts of many contents (a page of hits' snippets): the keys map names a document holding each,
+        whose rows are read by primary key."""
+        wanted = [h for h in dict.fromkeys(hashes)]
+        keys = self._keys_of(h for h in wanted if re.fullmatch(r"[0-9a-f]{6,64}", h))
+        firsts = self._holders({h: keys.get(_prefix_of(h), {}).get(h, []) for h in wanted
+                                if re.fullmatch(r"[0-9a-f]{6,64}", h)}, ["id", "part", "parts", "text"])
+        rest = [int(r["id"]) + i for rows in firsts.values() for r in rows[:1] for i in range(1, int(r["parts"]))]
+        more: dict[int, dict] = {}
+        for start in range(0, len(rest), IN_BATCH):
+            more.update({int(r["id"]): r for r in self._query(self.docs, _in("id", rest[start : start + IN_BATCH]),
+                                                               ["id", "hash", "text"])})
         out: dict[str, str] = {}
-        for (h, _), parts in sorted(by_doc.items()):
-            if h in out or len(parts) != int(parts[0]["parts"]):
-                continue
-            out[h] = "".join(r["text"] for r in sorted(parts, key=lambda r: r["part"]))
         for h in wanted:
-            if h not in out:
-                out[h] = self.body(h)  # missing or incomplete: body() says which, in one line
+            rows = firsts.get(h)
+            if not rows:
+                raise IndexCorrupt(f"{self.describe()}: content {h[:12]} is missing")
+            first = rows[0]
+            parts = [first] + [more.get(int(first["id"]) + i) for i in range(1, int(first["parts"]))]
+            if any(p is None or p["hash"] != h for p in parts):
+                raise IndexCorrupt(f"{self.describe()}: content {h[:12]} has {sum(p is not None for p in parts)} "
+                                   f"of {first['parts']} parts; run `qmdctl update --force`")
+            out[h] = "".join(p["text"] for p in parts)
         return out
 
     def upsert_document(self, collection: str, path: str, title: str, content_hash: str, body: str,
                         size: int, mtime_ns: int) -> int:
-        self._near = None
-        doc = doc_id_of(collection, path)
-        parts = split_parts(body)
-        now = time.time()
-        rows = [_doc_row(doc, i, len(parts), collection, path, title, content_hash, size, mtime_ns, now, text)
-                for i, text in enumerate(parts)]
-        with self._errors():
-            for start in range(0, len(rows), 16):
-                self.client.upsert(self.docs, rows[start : start + 16])
-            self.client.delete(self.docs, filter=f"doc == {doc} and part >= {len(parts)}")
-        return doc
+        self.upsert_documents([(collection, path, title, content_hash, body, size, mtime_ns)])
+        return doc_id_of(collection, path)
 
     def upsert_documents(self, items: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
         """Many documents at once (``update``, ``migrate``): rows sent in batches, stale parts dropped."""
@@ -662,22 +756,28 @@ class MilvusIndex:
         (self.client.insert if self._bulk else self.client.upsert)(table, rows)
 
     def _flush_docs(self, batch: list[dict], stale: dict[int, list[int]]) -> None:
-        self._near = None
         if self._bulk:
             stale.clear()
+        if "prefix" in self._stored:
+            for r in batch:
+                r["prefix"] = _prefix_of(r["hash"])
+        new = {int(r["doc"]): r["hash"] for r in batch if r["part"] == 0}
+        old = {} if self._bulk else self._stored_hashes(list(new))
         with self._errors():
+            # the map first, then the rows; what left a document goes from the map after (module docstring)
+            self._edit_keys(add=[(h, d) for d, h in new.items() if old.get(d) != h])
             if batch:
                 self._write(self.docs, batch)
             for n, docs in stale.items():
                 for start in range(0, len(docs), IN_BATCH):
                     ids = _in("doc", docs[start : start + IN_BATCH])
                     self.client.delete(self.docs, filter=f"{ids} and part >= {n}")
+            self._edit_keys(drop=[(h, d) for d, h in old.items() if new.get(d) != h])
         batch.clear()
         stale.clear()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
-        self._near = None
-        rows = self._query(self.docs, f"doc == {int(doc_id)}", ["id", *_STORED])
+        rows = self._query(self.docs, f"doc == {int(doc_id)}", ["id", *self._stored])
         for r in rows:
             r["size"], r["mtime_ns"] = int(size), int(mtime_ns)
         if rows:
@@ -685,36 +785,42 @@ class MilvusIndex:
                 self.client.upsert(self.docs, rows)
 
     def delete_documents(self, ids: Iterable[int]) -> int:
-        self._near = None
         ids = [int(i) for i in ids]
         n = 0
         for start in range(0, len(ids), IN_BATCH):
             part = ids[start : start + IN_BATCH]
-            n += self._count(self.docs, f"part == 0 and {_in('doc', part)}")
+            held = self._stored_hashes(part)
+            n += len(held)
             with self._errors():
                 self.client.delete(self.docs, filter=_in("doc", part))
+                self._edit_keys(drop=[(h, d) for d, h in held.items()])
         return n
 
     def delete_collection(self, collection: str) -> int:
-        self._near = None
-        n = self._count(self.docs, f"part == 0 and collection == {_quote(collection)}")
+        held = self._query(self.docs, f"part == 0 and collection == {_quote(collection)}", ["doc", "hash"])
         with self._errors():
             self.client.delete(self.docs, filter=f"collection == {_quote(collection)}")
+            for start in range(0, len(held), IN_BATCH):
+                self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r in held[start : start + IN_BATCH]])
         self._delete_meta([f"{LAST_UPDATE_KEY}:{collection}"])
-        return n
+        return len(held)
 
     def rename_collection(self, old: str, new: str) -> None:
         """Documents move to the new name (their ids follow the name, so their rows are rewritten)."""
-        self._near = None
-        rows = self._query(self.docs, f"collection == {_quote(old)}", list(_STORED))
+        rows = self._query(self.docs, f"collection == {_quote(old)}", list(self._stored))
         out = []
         for r in rows:
             doc = doc_id_of(new, r["path"])
             out.append({**r, "id": doc * MAX_PARTS + int(r["part"]), "doc": doc, "collection": new})
+        firsts = [(r, o) for r, o in zip(rows, out) if int(r["part"]) == 0]
         with self._errors():
+            for start in range(0, len(firsts), IN_BATCH):
+                self._edit_keys(add=[(o["hash"], o["doc"]) for _, o in firsts[start : start + IN_BATCH]])
             for start in range(0, len(out), 256):
                 self.client.upsert(self.docs, out[start : start + 256])
             self.client.delete(self.docs, filter=f"collection == {_quote(old)}")
+            for start in range(0, len(firsts), IN_BATCH):
+                self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r, _ in firsts[start : start + IN_BATCH]])
         when = self.meta(f"{LAST_UPDATE_KEY}:{old}")
         if when is not None:
             self.set_meta(f"{LAST_UPDATE_KEY}:{new}", when)
@@ -758,8 +864,9 @@ class MilvusIndex:
         old = [r["key"] for r in rows[keep_expansions:]]
         self._delete_meta(old)
         report = {"contents": self.collect_garbage(), "vectors": self.drop_unused_vectors(), "expansions": len(old)}
+        self._rebuild_keys()  # entries a killed writer or two writers at once left stale
         with self._errors():
-            for name in (self.docs, self.chunks, self.meta_table):
+            for name in (self.docs, self.chunks, self.meta_table, self.keys):
                 if self.client.has_collection(name):
                     self.client.compact(name)
         report.update(bytes_before=0, bytes_after=0, bytes_reclaimed=0)

@@ -280,3 +280,107 @@ def test_migrate_again_is_refused_then_replace_leaves_one_copy_of_everything(tmp
     target = index_config(home, backend="milvus", uri=milvus_uri, prefix=prefix)
     with open_index(target) as index:
         assert snapshot(index, embedder) == before  # counts and hits: no row twice (the copy is plain inserts)
+
+
+def _holders(index, content_hash: str) -> list[tuple[str, str]]:
+    return [(d.collection, d.path) for d in index.documents_by_hash([content_hash]).get(content_hash, [])]
+
+
+def test_a_hits_documents_follow_edits_copies_deletes_and_renames(tmp_path: Path, notes: Path, milvus_uri: str):
+    """A vector hit is a chunk of some content; the documents shown for it come through the keys map (by
+    primary key). After every kind of change the map must name exactly the documents that hold the content."""
+    embedder = HashEmbedder()
+    recipes = notes / "recipes.md"
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        update(index, [Collection("notes", notes)])
+        embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
+        old = index.document("notes", "recipes.md").hash
+        assert _holders(index, old) == [("notes", "recipes.md")]
+
+        shutil.copy(recipes, notes / "copy.md")  # the same content at a second path
+        update(index, [Collection("notes", notes)])
+        assert _holders(index, old) == [("notes", "copy.md"), ("notes", "recipes.md")]
+        hits = vectors_for(index).search(embedder.embed_query(recipes.read_text()), SearchOptions(n=2))
+        assert {h.file for h in hits} == {"notes/copy.md", "notes/recipes.md"} and hits[0].score > 0.99
+
+        recipes.write_text(recipes.read_text() + "\nA new line about rye.\n")  # edited: a new content
+        (notes / "copy.md").unlink()
+        update(index, [Collection("notes", notes)])
+        new = index.document("notes", "recipes.md").hash
+        assert new != old and _holders(index, old) == [] and _holders(index, new) == [("notes", "recipes.md")]
+        assert index.unique_docids([new])[new] == new[:6]
+        assert [d.path for d in index.documents_by_docid(new[:8])] == ["recipes.md"]
+
+        index.rename_collection("notes", "kitchen")
+        assert _holders(index, new) == [("kitchen", "recipes.md")]
+        assert index.body(new) == recipes.read_text()
+        index.delete_collection("kitchen")
+        assert _holders(index, new) == [] and index.documents_by_docid(new[:8]) == []
+
+
+def test_an_update_killed_between_the_keys_map_and_the_rows_hides_no_document(tmp_path: Path, notes: Path,
+                                                                              milvus_uri: str, monkeypatch):
+    """The map is written before a document's rows and cleaned after them: an update that dies in between
+    leaves the old content findable, the next update completes it, and `cleanup` drops what was left stale."""
+    from qmd_triton.index.milvus import MilvusIndex
+
+    recipes = notes / "recipes.md"
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        update(index, [Collection("notes", notes)])
+        old = index.document("notes", "recipes.md").hash
+        recipes.write_text("# Recipes\n\nnothing but zyxquark now\n")
+        real = MilvusIndex._write
+
+        def dies_writing_documents(self, table, rows):
+            if table == self.docs:
+                raise RuntimeError("killed")
+            real(self, table, rows)
+
+        monkeypatch.setattr(MilvusIndex, "_write", dies_writing_documents)
+        with pytest.raises(RuntimeError, match="killed"):
+            update(index, [Collection("notes", notes)])
+        monkeypatch.undo()
+        assert _holders(index, old) == [("notes", "recipes.md")]  # the rows still hold the old content
+        assert [h.file for h in search_bm25(index, "sourdough", SearchOptions())][0] == "notes/recipes.md"
+
+        update(index, [Collection("notes", notes)])
+        new = index.document("notes", "recipes.md").hash
+        assert _holders(index, new) == [("notes", "recipes.md")] and _holders(index, old) == []
+
+        doc = index.document("notes", "guide/batching.md")
+        index._edit_keys(add=[(doc.hash, index.document("notes", "recipes.md").id)])  # a writer died: stale
+        assert _holders(index, doc.hash) == [("notes", "guide/batching.md")]
+        index.cleanup()
+        assert index._keys_of([doc.hash])[int(doc.hash[:6], 16)] == {doc.hash: [doc.id]}
+
+
+def test_a_content_held_by_more_documents_than_a_keys_row_names_is_read_by_its_key(tmp_path: Path, notes: Path,
+                                                                                   milvus_uri: str, monkeypatch):
+    from qmd_triton.index import milvus
+
+    monkeypatch.setattr(milvus, "ENTRIES_MAX", 200)  # ~6 document ids per row instead of ~3,000
+    for i in range(8):
+        shutil.copy(notes / "recipes.md", notes / f"copy{i}.md")
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        update(index, [Collection("notes", notes)])
+        h = index.document("notes", "recipes.md").hash
+        assert index._keys_of([h])[int(h[:6], 16)][h] is None  # too many for the row: marked
+        assert len(_holders(index, h)) == 9
+        assert index.body(h) == (notes / "recipes.md").read_text()
+        assert len(index.documents_by_docid(h[:6])) == 9
+
+
+def test_an_index_from_before_the_keys_map_gets_it_when_opened(tmp_path: Path, notes: Path, milvus_uri: str):
+    from qmd_triton.index.milvus import KEYS_BUILT
+
+    embedder = HashEmbedder()
+    home = tmp_path / "home"
+    with open_test_index(home, ("milvus", milvus_uri)) as index:
+        update(index, [Collection("notes", notes)])
+        embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
+        before = snapshot(index, embedder)
+        index.client.drop_collection(index.keys)  # as an index written before the map
+        index._delete_meta([KEYS_BUILT])
+    with open_index(index_config(home)) as index:
+        assert snapshot(index, embedder) == before
+        assert index.meta(KEYS_BUILT) == "1"
