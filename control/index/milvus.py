@@ -9,7 +9,8 @@ Four Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks``, ``P
   (``[index] analyzer``: ``standard`` tokenizer lower-cased, or ``english`` with stemming) and its CJK runs
   under a second one (``jieba``). A document's BM25 score is its best part's. Row id = document id * 4096 +
   part; ``hkey`` (a 63-bit key of the hash) finds a content's documents where the keys map (below) cannot:
-  Milvus finds integers in a list through an index where strings cost a scan.
+  Milvus finds integers in a list through an index where strings cost a scan; ``v`` is a 2-d zero vector
+  through which rows are read by id (``_by_ids``).
 - ``chunks``: one row per chunk of each distinct content, with its vector (``[index] vector_index``, HNSW by
   default; inner product over the model's normalized vectors: cosine) and ``embedded`` (false until its
   vector came). Chunks are keyed by
@@ -19,9 +20,10 @@ Four Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks``, ``P
   cache); Milvus needs a vector field in every collection, so each row carries a 2-d zero vector.
 - ``keys``: one row per 6-hex hash prefix in use, keyed by that prefix as an integer, naming each content
   hash under it with the ids of the documents that hold it. A search's hits are chunks (content hashes): their
-  documents and docid neighbours come from two primary-key lookups (this map, then the documents' rows), where
-  a filter on any other field costs Milvus a look into every segment (at 1M documents on Milvus's C++ engine,
-  ``prefix in [40 values]`` took 230-300 ms, a primary-key ``in`` 1-2 ms; perf/RESULTS.md). Writers add a
+  documents and docid neighbours come from two lookups by primary key (this map, then the documents' first
+  rows), each a search filtered to those keys (``_by_ids``): at 1M documents on Milvus's C++ engine a query
+  paid ~5 ms for every row it returned (the hits' documents by ``prefix in [40 values]`` 230-300 ms), a
+  filtered search returns them in 2-5 ms (perf/RESULTS.md). Writers add a
   document to the map before its rows are written and take it out after they are deleted, and readers check
   every document row against the hash they asked for, so a crash between the two leaves at worst a stale
   entry, never a document the map hides. ``qmdctl cleanup`` rebuilds the map from the documents.
@@ -656,6 +658,7 @@ class MilvusIndex:
         if not pairs:
             return
         current = self._keys_of(h for h, _ in pairs)
+        before = {p: _entries_text(entry) for p, entry in current.items()}
         for h, doc in drop:
             entry = current.get(_prefix_of(h), {})
             docs = entry.get(h, [])
@@ -667,15 +670,25 @@ class MilvusIndex:
             docs = current.setdefault(_prefix_of(h), {}).setdefault(h, [])
             if docs is not None and doc not in docs:
                 docs.append(doc)
-        self._write_keys({_prefix_of(h): current.get(_prefix_of(h), {}) for h, _ in pairs})
+        touched = {_prefix_of(h) for h, _ in pairs}
+        self._write_keys({p: current.get(p, {}) for p in touched}, before)
 
-    def _write_keys(self, rows: dict[int, dict[str, list[int] | None]]) -> None:
-        keep = [{"id": p, "entries": _entries_text(entry), "v": ZERO2} for p, entry in sorted(rows.items())
-                if entry]
-        gone = [p for p, entry in sorted(rows.items()) if not entry]
+    def _write_keys(self, rows: dict[int, dict[str, list[int] | None]], before: dict[int, str]) -> None:
+        """Writes keys rows (``before``: the text of those that exist): a row that did not exist is inserted,
+        one that changed upserted (Milvus looks up every upserted key: the cost grows with the collection),
+        one left empty deleted, one unchanged left alone."""
+        new, changed, gone = [], [], []
+        for p, entry in sorted(rows.items()):
+            text = _entries_text(entry) if entry else None
+            if text is None:
+                gone += [p] if p in before else []
+            elif text != before.get(p):
+                (changed if p in before else new).append({"id": p, "entries": text, "v": ZERO2})
         with self._errors():
-            for start in range(0, len(keep), 1000):
-                self.client.upsert(self.keys, keep[start : start + 1000])
+            for start in range(0, len(new), 1000):
+                self.client.insert(self.keys, new[start : start + 1000])
+            for start in range(0, len(changed), 1000):
+                self.client.upsert(self.keys, changed[start : start + 1000])
             for start in range(0, len(gone), IN_BATCH):
                 self.client.delete(self.keys, ids=gone[start : start + IN_BATCH])
 
@@ -690,15 +703,10 @@ class MilvusIndex:
             if docs is not None:
                 docs.append(int(r["doc"]))
         have = {int(r["id"]): r["entries"] for r in self._query(self.keys, "id >= 0", ["id", "entries"])}
-        for entry in want.values():
-            for docs in entry.values():
-                if docs is not None:
-                    docs.sort()
-        changed = {p: e for p, e in want.items() if have.get(p) != _entries_text(e)}
-        changed.update({p: {} for p in have if p not in want})
-        self._write_keys(changed)
+        rows = {**{p: {} for p in have}, **want}
+        self._write_keys(rows, have)
         self.set_meta(KEYS_BUILT, "1")
-        return len(changed)
+        return sum(_entries_text(e) != have.get(p) for p, e in rows.items())
 
     def _stored_hashes(self, docs: Sequence[int]) -> dict[int, str]:
         """The content hash each of these documents holds now (by their first rows' primary keys)."""
