@@ -7,6 +7,7 @@ the session's (conftest ``milvus_uri``) or one a test starts in its own home and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -384,3 +385,20 @@ def test_an_index_from_before_the_keys_map_gets_it_when_opened(tmp_path: Path, n
     with open_index(index_config(home)) as index:
         assert snapshot(index, embedder) == before
         assert index.meta(KEYS_BUILT) == "1"
+
+
+def test_a_bulk_load_keeps_every_document_of_a_content_written_in_separate_batches(tmp_path: Path, milvus_uri: str):
+    """`index migrate` writes as a bulk load, batch by batch: a content whose documents arrive in different
+    batches (a copied file) must keep all of them, as must documents whose hashes share the first 6 hex."""
+    body = "# Same\n\nthe very same text\n"
+    h = hashlib.sha256(body.encode()).hexdigest()
+    twin = h[:6] + "f" * 58  # another content under the same prefix
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index, index.bulk_load():
+        index.upsert_documents([("a", "one.md", "Same", h, body, len(body), 0)])
+        index.upsert_documents([("b", "two.md", "Same", h, body, len(body), 0)])
+        index.upsert_documents([("b", "twin.md", "Twin", twin, "# Twin\n", 7, 0)])
+    with open_test_index(tmp_path / "home", ("milvus", milvus_uri), create=False) as index:
+        assert _holders(index, h) == [("a", "one.md"), ("b", "two.md")]
+        assert _holders(index, twin) == [("b", "twin.md")]
+        n = len(os.path.commonprefix([h, twin])) + 1
+        assert index.unique_docids([h, twin]) == {h: h[:n], twin: twin[:n]}
