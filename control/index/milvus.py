@@ -146,6 +146,16 @@ def _prefix_of(content_hash: str) -> int:
     return int(content_hash[:DOCID_MIN], 16)
 
 
+def _python_engine(client: Any) -> bool:
+    """Whether the server is Milvus Lite 3, the Python engine (it names itself ``milvus_lite-3...``; Milvus
+    2.x servers answer ``v2...``, the C++ Milvus Lite does not implement the call)."""
+    try:
+        version = re.match(r"milvus_lite-(\d+)", str(client.get_server_version()))
+    except Exception:  # noqa: BLE001
+        return False
+    return version is not None and int(version.group(1)) >= 3
+
+
 def _entries_text(entry: dict[str, list[int] | None]) -> str:
     """A keys row's text; contents held by so many documents that the row would not fit are marked ``null``
     (their documents are then read by ``hkey``), the most widely held first."""
@@ -235,6 +245,7 @@ class MilvusIndex:
         self.docs, self.chunks, self.meta_table, self.keys = f"{p}_docs", f"{p}_chunks", f"{p}_meta", f"{p}_keys"
         self._chunks_seen = False
         self._stored = _STORED  # what a docs row holds besides its id, in this index's layout
+        self._search_by_id = True  # see _by_ids; decided by the server's engine when opened
         self.broken = False
         self._fingerprint: tuple[float, dict | None] | None = None  # (when read, value): see fingerprint()
 
@@ -294,6 +305,7 @@ class MilvusIndex:
                     index._stored = (*(f for f in _STORED if f != "v"), "prefix")
             for name in (index.docs, index.meta_table, index.chunks, index.keys):
                 index._load(name)
+            index._search_by_id = not _python_engine(client)
             if index.meta(KEYS_BUILT) is None:  # an index from before the map, or a build that was killed
                 index._rebuild_keys()
         except QmdError:
@@ -471,15 +483,17 @@ class MilvusIndex:
             return out
 
     def _by_ids(self, table: str, ids: Sequence[int], fields: Sequence[str]) -> list[dict]:
-        """The rows with these primary keys (at most IN_BATCH), read through a search over the collection's
-        vector field filtered to them, not a query: on Milvus's C++ engine a query pays ~5 ms per row it returns
-        (40 documents by id 190-230 ms at 1M rows), a filtered search returns the same rows in 2-5 ms
-        (perf/RESULTS.md, "The index on Milvus"). Every filtered row is returned: the filter leaves exactly
-        these rows, and the limit is their number."""
+        """The rows with these primary keys (at most IN_BATCH). On Milvus's C++ engine (Standalone,
+        Distributed, the C++ Milvus Lite) through a search over the collection's 2-d vector filtered to them:
+        there a query pays ~5 ms for every row it returns (40 documents by id 190-275 ms at 1M rows), the
+        filtered search 5 ms (perf/RESULTS.md, "The index on Milvus"). Every filtered row comes back: the
+        filter leaves exactly these rows, the index is FLAT (exact) and the limit is their number. On Milvus
+        Lite 3 the other way round: its Python engine answers a query by key at once and a search by looking
+        at every row (40 rows at 5k documents: 3.8 ms as a query, 25.7 ms as a search)."""
         ids = list(dict.fromkeys(int(i) for i in ids))
         if not ids:
             return []
-        if table == self.docs and "v" not in self._stored:  # a docs collection from before the keys map
+        if not self._search_by_id or (table == self.docs and "v" not in self._stored):
             return self._query(table, _in("id", ids), ["id", *fields], limit=len(ids))
         with self._errors():  # the keys' and docs' 2-d zero vectors, in a FLAT index: an exact scan of the filter
             hits = self.client.search(table, data=[ZERO2], anns_field="v", filter=_in("id", ids), limit=len(ids),

@@ -287,12 +287,24 @@ def _holders(index, content_hash: str) -> list[tuple[str, str]]:
     return [(d.collection, d.path) for d in index.documents_by_hash([content_hash]).get(content_hash, [])]
 
 
-def test_a_hits_documents_follow_edits_copies_deletes_and_renames(tmp_path: Path, notes: Path, milvus_uri: str):
+@pytest.fixture(params=["query", "search"])
+def reads_by_id(request: pytest.FixtureRequest, monkeypatch) -> str:
+    """Rows by primary key are read by a query on Milvus Lite 3 and by a filtered search on Milvus's C++ engine
+    (index.milvus._by_ids): both ways run here, on the session's Milvus."""
+    from qmd_triton.index import milvus
+
+    monkeypatch.setattr(milvus, "_python_engine", lambda client: request.param == "query")
+    return request.param
+
+
+def test_a_hits_documents_follow_edits_copies_deletes_and_renames(tmp_path: Path, notes: Path, milvus_uri: str,
+                                                                  reads_by_id: str):
     """A vector hit is a chunk of some content; the documents shown for it come through the keys map (by
     primary key). After every kind of change the map must name exactly the documents that hold the content."""
     embedder = HashEmbedder()
     recipes = notes / "recipes.md"
     with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
+        assert index._search_by_id == (reads_by_id == "search")
         update(index, [Collection("notes", notes)])
         embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
         old = index.document("notes", "recipes.md").hash
@@ -356,7 +368,8 @@ def test_an_update_killed_between_the_keys_map_and_the_rows_hides_no_document(tm
 
 
 def test_a_content_held_by_more_documents_than_a_keys_row_names_is_read_by_its_key(tmp_path: Path, notes: Path,
-                                                                                   milvus_uri: str, monkeypatch):
+                                                                                   milvus_uri: str, monkeypatch,
+                                                                                   reads_by_id: str):
     from qmd_triton.index import milvus
 
     monkeypatch.setattr(milvus, "ENTRIES_MAX", 200)  # ~6 document ids per row instead of ~3,000
@@ -387,7 +400,8 @@ def test_an_index_from_before_the_keys_map_gets_it_when_opened(tmp_path: Path, n
         assert index.meta(KEYS_BUILT) == "1"
 
 
-def test_a_bulk_load_keeps_every_document_of_a_content_written_in_separate_batches(tmp_path: Path, milvus_uri: str):
+def test_a_bulk_load_keeps_every_document_of_a_content_written_in_separate_batches(tmp_path: Path, milvus_uri: str,
+                                                                                   reads_by_id: str):
     """`index migrate` writes as a bulk load, batch by batch: a content whose documents arrive in different
     batches (a copied file) must keep all of them, as must documents whose hashes share the first 6 hex."""
     body = "# Same\n\nthe very same text\n"
