@@ -21,9 +21,9 @@ Four Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks``, ``P
 - ``keys``: one row per 6-hex hash prefix in use, keyed by that prefix as an integer, naming each content
   hash under it with the ids of the documents that hold it. A search's hits are chunks (content hashes): their
   documents and docid neighbours come from two lookups by primary key (this map, then the documents' first
-  rows), each a search filtered to those keys (``_by_ids``): at 1M documents on Milvus's C++ engine a query
-  paid ~5 ms for every row it returned (the hits' documents by ``prefix in [40 values]`` 230-300 ms), a
-  filtered search returns them in 2-5 ms (perf/RESULTS.md). Writers add a
+  rows; ``_by_ids``: on Milvus's C++ engine a search filtered to those keys, since there a query paid ~5 ms
+  for every row it returned, the hits' documents by ``prefix in [40 values]`` 230-300 ms at 1M documents
+  against 5 ms; on Milvus Lite 3 a query; perf/RESULTS.md). Writers add a
   document to the map before its rows are written and take it out after they are deleted, and readers check
   every document row against the hash they asked for, so a crash between the two leaves at worst a stale
   entry, never a document the map hides. ``qmdctl cleanup`` rebuilds the map from the documents.
