@@ -26,7 +26,9 @@ Four Milvus collections per index, named ``PREFIX_docs``, ``PREFIX_chunks``, ``P
   against 5 ms; on Milvus Lite 3 a query; perf/RESULTS.md). Writers add a
   document to the map before its rows are written and take it out after they are deleted, and readers check
   every document row against the hash they asked for, so a crash between the two leaves at worst a stale
-  entry, never a document the map hides. ``qmdctl cleanup`` rebuilds the map from the documents.
+  entry, never a document the map hides. Two writers at once (two ``update`` runs against one Milvus) can
+  each read a row and write it back without the other's change: ``qmdctl cleanup`` rebuilds the map from the
+  documents (the Kubernetes update CronJob forbids overlapping runs).
 
 Milvus has no transactions across rows: ``update`` writes each document's rows then deletes what went
 away, so a reader during an update may see some files changed and others not yet; a failed update is
@@ -691,16 +693,18 @@ class MilvusIndex:
         self._write_keys({p: current.get(p, {}) for p in touched}, before)
 
     def _write_keys(self, rows: dict[int, dict[str, list[int] | None]], before: dict[int, str]) -> None:
-        """Writes keys rows (``before``: the text of those that exist): a row that did not exist is inserted,
-        one that changed upserted (Milvus looks up every upserted key: the cost grows with the collection),
-        one left empty deleted, one unchanged left alone."""
+        """Writes keys rows (``before``: the text of those that exist): a changed row is upserted, one left
+        empty deleted, one unchanged left alone. In a bulk load into an empty map a row it has not written
+        is inserted instead (Milvus looks up every upserted key, a cost that grows with the collection; an
+        insert of a key that exists would store it twice, so only where this process knows it cannot)."""
         new, changed, gone = [], [], []
         for p, entry in sorted(rows.items()):
             text = _entries_text(entry) if entry else None
             if text is None:
                 gone += [p] if p in before else []
             elif text != before.get(p):
-                (changed if p in before else new).append({"id": p, "entries": text, "v": ZERO2})
+                fresh = self._bulk_prefixes is not None and p not in before
+                (new if fresh else changed).append({"id": p, "entries": text, "v": ZERO2})
         if self._bulk_prefixes is not None:
             self._bulk_prefixes.update(r["id"] for r in new)
         with self._errors():
