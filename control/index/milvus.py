@@ -148,6 +148,14 @@ def _prefix_of(content_hash: str) -> int:
     return int(content_hash[:DOCID_MIN], 16)
 
 
+_HASH = re.compile(r"[0-9a-f]{6,64}")
+
+
+def _is_hash(text: str) -> bool:
+    """A content hash (hex, at least a docid's 6 digits): what the keys map can be asked about."""
+    return _HASH.fullmatch(text) is not None
+
+
 def _python_engine(client: Any) -> bool:
     """Whether the server is Milvus Lite 3, the Python engine (it names itself ``milvus_lite-3...``; Milvus
     2.x servers answer ``v2...``, the C++ Milvus Lite does not implement the call)."""
@@ -243,6 +251,7 @@ class MilvusIndex:
         self.config = config
         self._bulk = False
         self._bulk_prefixes: set[int] | None = None  # see bulk_load
+        self._last_keys: tuple[float, set[int], dict] | None = None  # see _keys_of
         p = config.prefix
         self.docs, self.chunks, self.meta_table, self.keys = f"{p}_docs", f"{p}_chunks", f"{p}_meta", f"{p}_keys"
         self._chunks_seen = False
@@ -603,11 +612,11 @@ class MilvusIndex:
         return self._docs(f'hash like "{prefix}%"')
 
     def unique_docids(self, hashes: Sequence[str], minimum: int = 6) -> dict[str, str]:
-        out = {h: h[:minimum] for h in hashes if not re.fullmatch(r"[0-9a-f]{6,64}", h)}
+        out = {h: h[:minimum] for h in hashes if not _is_hash(h)}
         wanted = sorted({h for h in hashes if h not in out})
         if not wanted:
             return out
-        keys = self._keys_of(wanted)
+        keys = self._keys_of(wanted, recent=True)  # a page of hits annotated right after its documents were read
         for h in wanted:
             others = {o for o in keys.get(_prefix_of(h), {}) if o != h and o[:minimum] == h[:minimum]}
             longest = max((len(_common(h, o)) for o in others), default=0)
@@ -627,9 +636,7 @@ class MilvusIndex:
                           collections: Sequence[str] | None = None) -> dict[str, list[DocRow]]:
         """The documents holding each content: the keys map names them, their first rows are read by primary
         key (a page of vector hits costs two key lookups, however large the index)."""
-        wanted = [h for h in dict.fromkeys(hashes) if re.fullmatch(r"[0-9a-f]{6,64}", h)]
-        keys = self._keys_of(wanted)
-        found = self._holders({h: keys.get(_prefix_of(h), {}).get(h, []) for h in wanted})
+        found = self._holders(self._named([h for h in dict.fromkeys(hashes) if _is_hash(h)]))
         out = {}
         for h, docs in found.items():
             docs = [d for d in docs if not collections or d.collection in collections]
@@ -660,23 +667,37 @@ class MilvusIndex:
 
     # -- the keys map ----------------------------------------------------------------
 
-    def _keys_of(self, hashes: Iterable[str]) -> dict[int, dict[str, list[int] | None]]:
-        """The keys map's rows for these hashes' prefixes: prefix -> {hash: document ids, or None}."""
+    RECENT_KEYS_S = 1.0  # how long unique_docids reuses the keys rows just read (docids only print)
+
+    def _keys_of(self, hashes: Iterable[str], recent: bool = False) -> dict[int, dict[str, list[int] | None]]:
+        """The keys map's rows for these hashes' prefixes: prefix -> {hash: document ids, or None}. With
+        ``recent``, the rows of the last read serve if it covered these prefixes within ``RECENT_KEYS_S`` and
+        this connection wrote none since (a search's hits are annotated with their docids right after their
+        documents were read: one read of the map, not two)."""
         prefixes = sorted({_prefix_of(h) for h in hashes})
+        last = self._last_keys
+        if recent and last and time.monotonic() - last[0] < self.RECENT_KEYS_S and last[1].issuperset(prefixes):
+            return last[2]
         if self._bulk_prefixes is not None:  # a bulk load into an empty map: only what it wrote can exist
             prefixes = [p for p in prefixes if p in self._bulk_prefixes]
         out: dict[int, dict[str, list[int] | None]] = {}
         for start in range(0, len(prefixes), IN_BATCH):
             for r in self._by_ids(self.keys, prefixes[start : start + IN_BATCH], ["entries"]):
                 out[int(r["id"])] = json.loads(r["entries"])
+        self._last_keys = (time.monotonic(), set(prefixes), out)
         return out
+
+    def _named(self, hashes: Sequence[str]) -> dict[str, list[int] | None]:
+        """What the keys map says of each hash: the ids of the documents holding it ([] for none), or None."""
+        keys = self._keys_of(hashes)
+        return {h: keys.get(_prefix_of(h), {}).get(h, []) for h in hashes}
 
     def _edit_keys(self, add: Sequence[tuple[str, int]] = (), drop: Sequence[tuple[str, int]] = ()) -> None:
         """Adds (hash, document id) pairs to the keys map and takes others out, a read and a write per batch."""
         pairs = [*add, *drop]
         if not pairs:
             return
-        current = self._keys_of(h for h, _ in pairs)
+        current = self._keys_of(h for h, _ in pairs)  # edited in place: _write_keys drops the memo of it
         before = {p: _entries_text(entry) for p, entry in current.items()}
         for h, doc in drop:
             entry = current.get(_prefix_of(h), {})
@@ -697,6 +718,7 @@ class MilvusIndex:
         empty deleted, one unchanged left alone. In a bulk load into an empty map a row it has not written
         is inserted instead (Milvus looks up every upserted key, a cost that grows with the collection; an
         insert of a key that exists would store it twice, so only where this process knows it cannot)."""
+        self._last_keys = None
         new, changed, gone = [], [], []
         for p, entry in sorted(rows.items()):
             text = _entries_text(entry) if entry else None
@@ -715,9 +737,9 @@ class MilvusIndex:
             for start in range(0, len(gone), IN_BATCH):
                 self.client.delete(self.keys, ids=gone[start : start + IN_BATCH])
 
-    def _rebuild_keys(self) -> int:
+    def _rebuild_keys(self) -> None:
         """Makes the keys map again from the documents (an index from before it, a build that was killed,
-        ``cleanup``); returns how many of its rows changed or went."""
+        ``cleanup``)."""
         self._create_keys()
         self._delete_meta([KEYS_BUILT])
         want: dict[int, dict[str, list[int] | None]] = {}
@@ -729,15 +751,10 @@ class MilvusIndex:
         rows = {**{p: {} for p in have}, **want}
         self._write_keys(rows, have)
         self.set_meta(KEYS_BUILT, "1")
-        return sum(_entries_text(e) != have.get(p) for p, e in rows.items())
 
     def _stored_hashes(self, docs: Sequence[int]) -> dict[int, str]:
-        """The content hash each of these documents holds now (by their first rows' primary keys)."""
-        out: dict[int, str] = {}
-        for start in range(0, len(docs), IN_BATCH):
-            ids = [int(d) * MAX_PARTS for d in docs[start : start + IN_BATCH]]
-            out.update({int(r["doc"]): r["hash"] for r in self._by_ids(self.docs, ids, ["doc", "hash"])})
-        return out
+        """The content hash each of these documents holds now."""
+        return {i: d.hash for i, d in self.documents_by_id(docs).items()}
 
     # -- contents --------------------------------------------------------------------
 
@@ -747,10 +764,8 @@ class MilvusIndex:
     def bodies(self, hashes: Sequence[str]) -> dict[str, str]:
         """The texts of many contents (a page of hits' snippets): the keys map names a document holding each,
         whose rows are read by primary key."""
-        wanted = [h for h in dict.fromkeys(hashes)]
-        keys = self._keys_of(h for h in wanted if re.fullmatch(r"[0-9a-f]{6,64}", h))
-        firsts = self._holders({h: keys.get(_prefix_of(h), {}).get(h, []) for h in wanted
-                                if re.fullmatch(r"[0-9a-f]{6,64}", h)}, ["id", "part", "parts", "text"])
+        wanted = list(dict.fromkeys(hashes))
+        firsts = self._holders(self._named([h for h in wanted if _is_hash(h)]), ["id", "part", "parts", "text"])
         rest = [int(r["id"]) + i for rows in firsts.values() for r in rows[:1] for i in range(1, int(r["parts"]))]
         more: dict[int, dict] = {}
         for start in range(0, len(rest), IN_BATCH):
@@ -856,8 +871,7 @@ class MilvusIndex:
         held = self._query(self.docs, f"part == 0 and collection == {_quote(collection)}", ["doc", "hash"])
         with self._errors():
             self.client.delete(self.docs, filter=f"collection == {_quote(collection)}")
-            for start in range(0, len(held), IN_BATCH):
-                self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r in held[start : start + IN_BATCH]])
+            self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r in held])
         self._delete_meta([f"{LAST_UPDATE_KEY}:{collection}"])
         return len(held)
 
@@ -870,13 +884,11 @@ class MilvusIndex:
             out.append({**r, "id": doc * MAX_PARTS + int(r["part"]), "doc": doc, "collection": new})
         firsts = [(r, o) for r, o in zip(rows, out) if int(r["part"]) == 0]
         with self._errors():
-            for start in range(0, len(firsts), IN_BATCH):
-                self._edit_keys(add=[(o["hash"], o["doc"]) for _, o in firsts[start : start + IN_BATCH]])
+            self._edit_keys(add=[(o["hash"], o["doc"]) for _, o in firsts])
             for start in range(0, len(out), 256):
                 self.client.upsert(self.docs, out[start : start + 256])
             self.client.delete(self.docs, filter=f"collection == {_quote(old)}")
-            for start in range(0, len(firsts), IN_BATCH):
-                self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r, _ in firsts[start : start + IN_BATCH]])
+            self._edit_keys(drop=[(r["hash"], int(r["doc"])) for r, _ in firsts])
         when = self.meta(f"{LAST_UPDATE_KEY}:{old}")
         if when is not None:
             self.set_meta(f"{LAST_UPDATE_KEY}:{new}", when)
