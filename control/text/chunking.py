@@ -32,14 +32,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from qmd_triton.text.markdown import Block, blocks
+from qmd_triton.text.markdown import Block, blocks, reader_view
 
 CHUNK_TOKENS = 900
 CHUNK_OVERLAP = 0.15
 # Part of the embedding fingerprint: an index chunked by another version is chunked again by `embed`.
 # 2: chunks are exact slices of the document (1 re-joined split paragraphs with spaces).
 # 3: content-defined chunk ends (an edit re-chunks its neighbourhood, not the rest of the document).
-CHUNKER_VERSION = 3
+# 4: chunks of the reader's view (front matter and HTML comments blanked); no block larger than a chunk (long code
+#    split at line ends).
+CHUNKER_VERSION = 4
 CDC_SPAN = 1.0  # one content-defined end per chunk-size of tokens, on average (+9% chunks on triton-docs)
 CDC_MIN = 1 / 3  # ... honoured once the chunk is at least this full
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s+|(?<=[。！？])")
@@ -67,6 +69,9 @@ def chunk_size_for(max_length: int, prompt_tokens: int = 0) -> int:
 
 def chunk_markdown(text: str, count: Counter, max_tokens: int = CHUNK_TOKENS,
                    overlap: float = CHUNK_OVERLAP) -> list[Chunk]:
+    """Chunks of what a reader sees (:func:`reader_view`: front matter and HTML comments blanked, lines kept),
+    none longer than ``max_tokens``."""
+    text = reader_view(text)
     units = _units(blocks(text), count, max_tokens)
     if not units:
         return []
@@ -113,14 +118,18 @@ def _content_end(text: str, tokens: int, max_tokens: int) -> bool:
 
 
 def _units(bl: list[Block], count: Counter, max_tokens: int) -> list[tuple[Block, int]]:
+    """Blocks with their token counts; a block larger than a chunk is split into pieces that fit (a paragraph at
+    sentence ends, fenced code and anything else at line ends), so no chunk outgrows the embedder's window."""
     if not bl:
         return []
     out: list[tuple[Block, int]] = []
     for block, n in zip(bl, count([b.text for b in bl])):
-        if n > max_tokens and block.kind == "paragraph":
+        if n <= max_tokens:
+            out.append((block, n))
+        elif block.kind == "paragraph":
             out.extend(_split_paragraph(block, count, max_tokens))
         else:
-            out.append((block, n))
+            out.extend(_split_lines(block, count, max_tokens))
     return out
 
 
@@ -131,6 +140,20 @@ def _spans(text: str, start: int, end: int) -> tuple[int, int] | None:
     while end > start and text[end - 1].isspace():
         end -= 1
     return (start, end) if start < end else None
+
+
+def _split_lines(block: Block, count: Counter, max_tokens: int) -> list[tuple[Block, int]]:
+    """Packs a long block's lines (a code fence larger than a chunk, an unclosed fence running to the end) into
+    pieces of at most ``max_tokens``, each an exact slice; a line longer than that is cut by length."""
+    text = block.text
+    lines: list[tuple[int, int]] = []
+    start = 0
+    for line in text.split("\n"):
+        span = _spans(text, start, start + len(line))
+        if span:
+            lines.append(span)
+        start += len(line) + 1
+    return _pack(block, lines, count, max_tokens, block.kind)
 
 
 def _split_paragraph(block: Block, count: Counter, max_tokens: int) -> list[tuple[Block, int]]:
@@ -146,16 +169,28 @@ def _split_paragraph(block: Block, count: Counter, max_tokens: int) -> list[tupl
     span = _spans(text, last, len(text))
     if span:
         sentences.append(span)
-    sizes = count([text[a:b] for a, b in sentences])
+    return _pack(block, sentences, count, max_tokens, "paragraph")
+
+
+def _fit(text: str, a: int, b: int, n: int, count: Counter, max_tokens: int) -> list[tuple[int, int, int]]:
+    """``text[a:b]`` (``n`` tokens) as pieces of at most ``max_tokens``, cut by length where it has no break."""
+    if n <= max_tokens or b - a <= 1:
+        return [(a, b, n)]
+    step = max(1, int((b - a) * max_tokens / n * 0.9))
+    cuts = [s for s in (_spans(text, x, min(x + step, b)) for x in range(a, b, step)) if s]
+    out: list[tuple[int, int, int]] = []
+    for (x, y), k in zip(cuts, count([text[x:y] for x, y in cuts])):
+        out.extend(_fit(text, x, y, k, count, max_tokens) if k > max_tokens and (x, y) != (a, b) else [(x, y, k)])
+    return out
+
+
+def _pack(block: Block, spans: list[tuple[int, int]], count: Counter, max_tokens: int,
+          kind: str) -> list[tuple[Block, int]]:
+    """Groups consecutive spans of a block (sentences, lines) into pieces of at most ``max_tokens``."""
+    text = block.text
     pieces: list[tuple[int, int, int]] = []
-    for (a, b), n in zip(sentences, sizes):
-        if n <= max_tokens:
-            pieces.append((a, b, n))
-            continue
-        step = max(1, int((b - a) * max_tokens / n * 0.9))
-        cuts = [(x, min(x + step, b)) for x in range(a, b, step)]
-        cuts = [s for s in (_spans(text, x, y) for x, y in cuts) if s]
-        pieces.extend((x, y, k) for (x, y), k in zip(cuts, count([text[x:y] for x, y in cuts])))
+    for (a, b), n in zip(spans, count([text[a:b] for a, b in spans])):
+        pieces.extend(_fit(text, a, b, n, count, max_tokens))
     out: list[tuple[Block, int]] = []
     group: list[tuple[int, int, int]] = []
 
@@ -163,7 +198,7 @@ def _split_paragraph(block: Block, count: Counter, max_tokens: int) -> list[tupl
         a, b = group[0][0], group[-1][1]
         first = block.start_line + text.count("\n", 0, a)
         last_line = block.start_line + text.count("\n", 0, b)
-        out.append((Block(first, last_line, text[a:b], "paragraph", block.start + a, block.start + b),
+        out.append((Block(first, last_line, text[a:b], kind, block.start + a, block.start + b),
                     sum(n for _, _, n in group)))
 
     for piece in pieces:

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from qmd_triton.errors import InputError
 _SNIFF_BYTES = 8192
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
-_FRONT_TITLE = re.compile(r"^title:\s*['\"]?(.+?)['\"]?\s*$", re.MULTILINE)
+_FRONT_TITLE = re.compile(r"^title\s*[:=]\s*['\"]?(.+?)['\"]?\s*$", re.MULTILINE)
 
 
 class SkippedFile(InputError):
@@ -44,15 +45,117 @@ def read_document(path: Path, max_bytes: int = 16 * 1024 * 1024) -> str:
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
+_FRONT_OPEN = {"---": ("---", "..."), "+++": ("+++",)}  # YAML (Jekyll, Hugo, Obsidian) and TOML (Hugo)
+
+
+def frontmatter_end(text: str) -> int:
+    """Where a leading front matter block (``---`` YAML or ``+++`` TOML, closed by its fence line) ends: the
+    offset just after its closing line, or 0 when the text has none."""
+    first = text.split("\n", 1)[0].rstrip()
+    closers = _FRONT_OPEN.get(first)
+    if closers is None or "\n" not in text:
+        return 0
+    pos = len(text.split("\n", 1)[0]) + 1
+    while pos < len(text):
+        end = text.find("\n", pos)
+        line = text[pos:] if end == -1 else text[pos:end]
+        if line.rstrip() in closers:
+            return len(text) if end == -1 else end + 1
+        if end == -1:
+            break
+        pos = end + 1
+    return 0  # never closed: a thematic break, not front matter
+
+
 def strip_frontmatter(text: str) -> tuple[str, str]:
-    """``(frontmatter, rest)`` for a leading ``---`` YAML block, else ``("", text)``."""
-    if text.startswith("---\n"):
-        end = text.find("\n---", 4)
-        if end != -1:
-            close = text.find("\n", end + 4)
-            close = len(text) if close == -1 else close + 1
-            return text[:close], text[close:]
-    return "", text
+    """``(frontmatter, rest)`` for a leading front matter block, else ``("", text)``."""
+    end = frontmatter_end(text)
+    return text[:end], text[end:]
+
+
+_COMMENT_OPEN = "<!--"
+_COMMENT_CLOSE = "-->"
+_CODE_SPAN = re.compile(r"(`+)(?:.*?[^`])?\1(?!`)")
+
+
+def hidden_spans(text: str) -> list[tuple[int, int]]:
+    """Character ranges a reader of the rendered page never sees: the front matter and HTML comments.
+
+    A comment that opens its line (an HTML block) runs to its ``-->`` or, unclosed, to the end of the document,
+    as CommonMark renders it; one that starts inside a line counts only when it closes before the paragraph
+    ends (else it is literal text). Comments inside fenced code or code spans are code, and stay.
+    """
+    spans: list[tuple[int, int]] = []
+    front = frontmatter_end(text)
+    if front:
+        spans.append((0, front))
+    n = len(text)
+    fence: str | None = None
+    line_start = front
+    while line_start < n:
+        line_end = _line_end(text, line_start)
+        line = text[line_start:line_end]
+        if fence is not None:
+            if re.match(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$", line):
+                fence = None
+            line_start = line_end + 1
+            continue
+        opened = _FENCE.match(line)
+        if opened:
+            fence = opened.group(1)
+            line_start = line_end + 1
+            continue
+        cursor = line_start
+        while (start := _comment_start(text[cursor:line_end])) is not None:
+            begin = cursor + start
+            close = text.find(_COMMENT_CLOSE, begin + len(_COMMENT_OPEN))
+            opens_line = not text[text.rfind("\n", 0, begin) + 1 : begin].strip()
+            if close == -1:
+                if opens_line:
+                    spans.append((begin, n))
+                    return spans
+                break
+            stop = close + len(_COMMENT_CLOSE)
+            if not opens_line and _PARAGRAPH_END.search(text, begin, stop):
+                break  # an inline opener whose close lies past the paragraph: literal text
+            spans.append((begin, stop))
+            cursor = stop
+            line_end = _line_end(text, stop)  # the comment may close on a later line
+        line_start = line_end + 1
+    return spans
+
+
+_PARAGRAPH_END = re.compile(r"\n[ \t]*\n")
+
+
+def _line_end(text: str, pos: int) -> int:
+    end = text.find("\n", pos)
+    return len(text) if end == -1 else end
+
+
+def _comment_start(line: str) -> int | None:
+    """The offset of the first ``<!--`` of a line that is not inside a code span."""
+    if _COMMENT_OPEN not in line:
+        return None
+    i = _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line).find(_COMMENT_OPEN)
+    return None if i == -1 else i
+
+
+def reader_view(text: str) -> str:
+    """The text as a reader of the rendered page sees it, at the same offsets: every hidden character (front
+    matter, HTML comments) becomes a space and every line break stays, so line numbers and slices of the view
+    are the document's. Titles, chunks, the passages the reranker reads and snippets come from it."""
+    spans = hidden_spans(text)
+    if not spans:
+        return text
+    parts: list[str] = []
+    last = 0
+    for a, b in spans:
+        parts.append(text[last:a])
+        parts.append(re.sub(r"[^\n]", " ", text[a:b]))
+        last = b
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 TITLE_CHARS = 200
@@ -74,16 +177,18 @@ def plain_title(text: str) -> str:
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def title_of(text: str, fallback: str) -> str:
-    """Frontmatter ``title:``, else the first level-1 heading (``#`` or ``===`` underlined), else the
-    highest heading of any level, else ``fallback``; heading markup (badges, links) reduced to text."""
-    front, body = strip_frontmatter(text)
-    m = _FRONT_TITLE.search(front)
-    if m:
-        return plain_title(m.group(1)) or fallback
-    best: tuple[int, str] | None = None
+@dataclass(frozen=True)
+class Heading:
+    line: int  # 1-based
+    level: int  # 1-6 (setext: 1 for ===, 2 for ---)
+    text: str  # as a title: markup reduced to text
+
+
+def headings(text: str) -> list[Heading]:
+    """The headings a reader sees (ATX and setext, outside front matter, HTML comments and code), in order."""
+    lines = reader_view(text).split("\n")
+    out: list[Heading] = []
     in_fence = None
-    lines = body.split("\n")
     for i, line in enumerate(lines):
         fence = _FENCE.match(line)
         if fence:
@@ -103,13 +208,36 @@ def title_of(text: str, fallback: str) -> str:
         if found is None:
             continue
         title = plain_title(found[1])
-        if not title:
-            continue
-        if found[0] == 1:
-            return title
-        if best is None or found[0] < best[0]:
-            best = (found[0], title)
-    return best[1] if best else fallback
+        if title:
+            out.append(Heading(i + 1, found[0], title))
+    return out
+
+
+def title_of(text: str, fallback: str) -> str:
+    """What a reader takes for the page's title: front matter ``title:``, else the first level-1 heading (``#`` or
+    ``===`` underlined) outside HTML comments, front matter and code, else the first heading of any level (a page that
+    opens with ``### Name`` and has ``## Known issues`` further down is "Name"), else ``fallback`` (the file name);
+    heading markup (badges, links) reduced to text."""
+    front, _ = strip_frontmatter(text)
+    m = _FRONT_TITLE.search(front)
+    if m:
+        return plain_title(m.group(1)) or fallback
+    found = headings(text)
+    first = next((h for h in found if h.level == 1), found[0] if found else None)
+    return first.text if first else fallback
+
+
+def section_path(found: Sequence[Heading], line: int) -> list[str]:
+    """The headings in force at a 1-based line, outermost first (``["Batcher", "Delayed batching"]``): each
+    heading closes the deeper ones before it."""
+    stack: list[Heading] = []
+    for h in found:
+        if h.line > line:
+            break
+        while stack and stack[-1].level >= h.level:
+            stack.pop()
+        stack.append(h)
+    return [h.text for h in stack]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 
 from qmd_triton.index.fingerprint import embedding_setup
 from qmd_triton.text.chunking import chunk_markdown, chunk_size_for
-from qmd_triton.text.markdown import SkippedFile, blocks, read_document, title_of
+from qmd_triton.text.markdown import SkippedFile, blocks, read_document, reader_view, title_of
 
 from ..conftest import ASSETS
 
@@ -31,7 +31,7 @@ def long_markdown() -> str:
                 "",
             ]
         if s == 3:
-            parts += ["```python"] + [f"value_{i} = compute({i}, retries=3)  # step {i}" for i in range(60)] + ["```", ""]
+            parts += ["```python"] + [f"value_{i} = compute({i}, retries=3)  # step {i}" for i in range(20)] + ["```", ""]
         if s == 5:
             parts += ["混合检索把关键词检索与向量检索的结果合并，再由交叉编码器重排，得到最终的排序结果。" * 6, ""]
     return "\n".join(parts)
@@ -68,17 +68,32 @@ def test_chunk_size_is_capped_by_the_model_window():
 
 def test_chunks_respect_size_keep_code_whole_and_track_lines(count):
     text = long_markdown()
-    chunks = chunk_markdown(text, count, max_tokens=200)
+    chunks = chunk_markdown(text, count, max_tokens=400)
     assert len(chunks) > 5
     code = next(b.text for b in blocks(text) if b.kind == "code")
+    assert count([code])[0] <= 400
     holders = [c for c in chunks if "value_0 = compute" in c.text]
-    assert len(holders) == 1 and code in holders[0].text  # the fence is never split
+    assert len(holders) == 1 and code in holders[0].text  # a fence that fits a chunk is never split
     lines = text.split("\n")
     for c in chunks:
-        if code not in c.text:
-            assert count([c.text])[0] <= 200 + 4
+        assert count([c.text])[0] <= 400 + 4
         assert lines[c.start_line - 1].strip() and c.text.startswith(lines[c.start_line - 1].strip()[:20])
     assert any("混合检索" in c.text for c in chunks)
+
+
+@pytest.mark.parametrize("fence_end", ["```\n\nAfter the code.\n", ""])  # closed, or unclosed to the end
+def test_no_chunk_outgrows_the_window_when_a_code_block_is_larger_than_a_chunk(count, fence_end: str):
+    code_lines = [f"value_{i} = compute({i}, retries=3)  # step {i} of the long listing" for i in range(120)]
+    one_long_line = "x = [" + ", ".join(str(i) for i in range(600)) + "]"
+    text = "# Listing\n\nIntro.\n\n```python\n" + "\n".join(code_lines + [one_long_line]) + "\n" + fence_end
+    lines = text.split("\n")
+    chunks = chunk_markdown(text, count, max_tokens=120)
+    assert all(count([c.text])[0] <= 120 + 4 for c in chunks)
+    joined = "\n".join(c.text for c in chunks)
+    assert all(f"value_{i} = compute" in joined for i in range(120))  # nothing is lost, the tail included
+    assert "599]" in joined
+    for c in chunks:  # exact slices: line numbers stay right
+        assert c.text in "\n".join(lines[c.start_line - 1 : c.end_line])
 
 
 def test_consecutive_chunks_overlap_within_a_section(count):
@@ -135,3 +150,54 @@ def test_setext_headings_are_titles_and_badges_are_dropped_from_them():
               "(https://pypi.org/x) qmd-triton <img src='logo.png'> **search**")
     assert title_of(badges + "\n", "x") == "qmd-triton search"
     assert len(title_of("# " + "word " * 300, "x")) <= 200
+
+
+LICENCE_PAGE = """<!--
+# Copyright 2018-2026, NVIDIA CORPORATION & AFFILIATES. All rights reserved.
+#
+# Redistribution and use in source and binary forms, with or without
+# modification, are permitted provided that the following conditions are met.
+-->
+
+# Dynamic Batcher
+
+The dynamic batcher holds requests for `max_queue_delay_microseconds`.
+"""
+
+
+def test_title_skips_a_licence_comment_before_the_first_heading():
+    assert title_of(LICENCE_PAGE, "batcher") == "Dynamic Batcher"
+
+
+def test_title_comes_from_front_matter_then_headings_outside_comments_and_code_then_the_file_name():
+    front = "---\nauthors:\n  - Ann <ann@example.com>\ntitle: 'Release plan'\n---\n\n# Heading\n"
+    assert title_of(front, "x") == "Release plan"
+    assert title_of("---\nauthors: [ann]\n---\n# The heading\n", "x") == "The heading"  # front matter, no title
+    assert title_of("+++\ntitle = \"Hugo page\"\n+++\nText.\n", "x") == "Hugo page"  # TOML front matter
+    assert title_of("<!-- # Not this -->\nSetext title\n============\n\nBody.\n", "x") == "Setext title"
+    assert title_of("```md\n# inside code\n```\n\n<!--\n# hidden\n-->\nJust prose, no heading.\n", "notes") == "notes"
+    assert title_of("Some text <!-- # inline --> more\n\n## Second level\n", "x") == "Second level"
+
+
+def test_reader_view_blanks_front_matter_and_comments_at_the_same_offsets():
+    text = "---\nauthor: a@b.c\n---\nBefore <!-- hidden --> after.\n\n```html\n<!-- code keeps it -->\n```\n" \
+           "Use `<!--` to open one.\n<!-- unclosed block\nto the end"
+    view = reader_view(text)
+    assert len(view) == len(text) and view.count("\n") == text.count("\n")
+    assert "a@b.c" not in view and "hidden" not in view and "unclosed" not in view and "to the end" not in view
+    assert "Before" in view and "after." in view
+    assert "<!-- code keeps it -->" in view and "Use `<!--` to open one." in view
+    # an inline opener that never closes in its paragraph is literal text
+    assert reader_view("a <!-- b\n\nc --> d") == "a <!-- b\n\nc --> d"
+
+
+def test_chunks_and_their_passages_never_hold_front_matter_or_comments(count):
+    text = "---\nauthors:\n  - Ann Example <ann@example.com>\n---\n" + LICENCE_PAGE + "\n" + \
+        "\n\n".join(f"Paragraph {i} on queue delays and preferred batch sizes." for i in range(30))
+    chunks = chunk_markdown(text, count, max_tokens=100)
+    lines = text.split("\n")
+    assert chunks[0].start_line == lines.index("# Dynamic Batcher") + 1
+    for c in chunks:
+        assert "Copyright" not in c.text and "ann@example.com" not in c.text
+        assert c.text.strip() == "\n".join(lines[c.start_line - 1 : c.end_line]).strip()
+    assert chunk_markdown("<!-- only a comment -->\n", count) == []

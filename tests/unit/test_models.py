@@ -139,7 +139,9 @@ def test_the_small_profile_is_installed_and_verifies(tmp_path: Path):
     result = run(tmp_path, "check", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["role"] for r in rows] == ["embedding", "reranker", "expansion"]
+    assert [(r["role"], r["name"]) for r in rows][:2] == [("embedding", "all-MiniLM-L6-v2"),
+                                                          ("embedding", "bge-small-en-v1.5")]
+    assert [r["role"] for r in rows[2:]] == ["reranker", "expansion"]
     assert all(r["status"] == "OK" and r["size"] > 1_000_000 for r in rows)
 
 
