@@ -298,8 +298,19 @@ class Windows:
             path = [title, *path]
         return path
 
-    def select(self, q: Query, cands: list[Cand], how: str, path: bool) -> list[str]:
+    def doc_tokens(self, c: Cand) -> int:
+        from qmd_triton.text.markdown import reader_view
+
+        key = ("tokens", c.path)
+        if key not in self._heads:
+            texts = [ch[2] for ch in c.chunks] or [reader_view(c.body)]
+            self._heads[key] = sum(len(e.ids) for e in self.pairs._single.encode_batch(texts, add_special_tokens=False))
+        return self._heads[key]
+
+    def select(self, q: Query, cands: list[Cand], how: str, path: bool | str) -> list[str]:
         weights = self._weights(q, cands)
+        if how == "wide":  # every term counts one: the window with the most distinct terms, then occurrences
+            weights = dict.fromkeys(weights, 1.0)
         out = []
         for c in cands:
             if how == "today":
@@ -314,7 +325,7 @@ class Windows:
                 if not scored:
                     out.append(c.title)
                     continue
-                if how == "idf":
+                if how in ("idf", "wide"):
                     pick = max(scored, key=lambda x: (x[0], -x[2]))
                 elif how == "vec":
                     pick = max(scored, key=lambda x: (x[1], -x[2]))
@@ -327,9 +338,18 @@ class Windows:
             text = " ".join(text.split())
             if path:
                 trail = self._path(c, line)
+                if path == "title":
+                    trail = trail[:1] if trail and trail[0] == c.title else []
                 text = (" > ".join(trail) + "\n" + text) if trail else text
             out.append(text)
         return out
+
+
+def _disagree(q: Query) -> bool:
+    """BM25 and the vectors put different documents first (the original query's lists)."""
+    first = {src: next((c.key for c in q.cands if c.ranks.get(src) == 1), None)
+             for src in ("bm25:original", "vec:original")}
+    return first["bm25:original"] != first["vec:original"]
 
 
 def fuse_rrf(q: Query, cands: list[Cand], logits: list[float] | None) -> list[int]:
@@ -374,28 +394,76 @@ def fuse_logit_blend(alpha: float) -> Fusion:
     return fuse
 
 
+def fuse_adaptive(alpha: float, windows: Windows) -> Fusion:
+    """Reranker logit plus ``alpha`` x the RRF score scaled to the first's, weighted by how much of the document
+    the reranker did not read: a passage read whole is judged by the reranker alone."""
+    def fuse(q: Query, cands: list[Cand], logits: list[float] | None) -> list[int]:
+        if logits is None:
+            return fuse_rrf(q, cands, logits)
+        top = cands[0].rrf or 1.0
+        unread = [max(0.0, 1.0 - windows.budget / max(1, windows.doc_tokens(c))) for c in cands]
+        score = {i: logits[i] + alpha * unread[i] * cands[i].rrf / top for i in range(len(cands))}
+        return sorted(score, key=lambda i: (-score[i], i))
+    return fuse
+
+
+def fuse_cosine(beta: float, alpha: float, windows: Windows) -> Fusion:
+    """Reranker logit plus ``beta`` x the document's best-chunk cosine to the query (relative to the best
+    candidate's), plus the adaptive RRF prior with ``alpha``."""
+    def fuse(q: Query, cands: list[Cand], logits: list[float] | None) -> list[int]:
+        if logits is None:
+            return fuse_rrf(q, cands, logits)
+        top = cands[0].rrf or 1.0
+        cos = [max((ch[3] for ch in c.chunks), default=0.0) for c in cands]
+        best = max(cos)
+        unread = [max(0.0, 1.0 - windows.budget / max(1, windows.doc_tokens(c))) for c in cands]
+        score = {i: logits[i] + beta * (cos[i] - best) + alpha * unread[i] * cands[i].rrf / top
+                 for i in range(len(cands))}
+        return sorted(score, key=lambda i: (-score[i], i))
+    return fuse
+
+
+def fuse_prior_guard(alpha: float, windows: Windows, floor: float = 0.0, spread: float = 0.0) -> Fusion:
+    """The adaptive prior, except that the fused order stands outright when no candidate's probability reaches
+    ``floor`` or the logits of the candidates lie within ``spread`` of each other."""
+    adaptive = fuse_adaptive(alpha, windows)
+
+    def fuse(q: Query, cands: list[Cand], logits: list[float] | None) -> list[int]:
+        if logits is None:
+            return fuse_rrf(q, cands, logits)
+        if floor and max(logits) < np.log(floor / (1 - floor)):
+            return fuse_rrf(q, cands, logits)
+        if spread and max(logits) - min(logits) < spread:
+            return fuse_rrf(q, cands, logits)
+        return adaptive(q, cands, logits)
+    return fuse
+
+
 def run_rules(sets: list[str], base: Settings, repo: Path, variant: str, expand_modes: Sequence[bool]) -> None:
-    reranker = Reranker(repo, base.home / "lab" / "rerank-cache.json")
+    reranker = Reranker(repo, base.home / "lab" / f"rerank-cache-{variant}.json")
     windows = Windows(repo)
     passages = {
         "today": lambda q, c: windows.select(q, c, "today", False),
-        "today+path": lambda q, c: windows.select(q, c, "today", True),
-        "idf": lambda q, c: windows.select(q, c, "idf", False),
-        "idf+path": lambda q, c: windows.select(q, c, "idf", True),
-        "vec+path": lambda q, c: windows.select(q, c, "vec", True),
-        "mix+path": lambda q, c: windows.select(q, c, "mix", True),
     }
     fusions: dict[str, Fusion] = {"rerank": fuse_rerank}
-    for tau in (0.001, 0.01, 0.05, 0.1):
-        fusions[f"floor{tau}"] = fuse_floor(tau)
-    for w in (1.0, 2.0, 4.0):
-        fusions[f"rankrrf{w}"] = fuse_rank_rrf(w)
-    for a in (1.0, 2.0, 4.0):
-        fusions[f"logit+{a}rrf"] = fuse_logit_blend(a)
+    for a in (3.0, 4.0):
+        fusions[f"adaptive{a}"] = fuse_adaptive(a, windows)
+    for f in (0.001, 0.01, 0.1):
+        fusions[f"adaptive4+floor{f}"] = fuse_prior_guard(4.0, windows, floor=f)
+    for d in (0.5, 1.0, 2.0):
+        fusions[f"adaptive4+spread{d}"] = fuse_prior_guard(4.0, windows, spread=d)
     rows: dict[tuple, dict[str, float]] = {}
-    for expand in expand_modes:
+    modes: list[Any] = list(expand_modes)
+    if len(expand_modes) == 2:
+        modes.append("disagree")
+    for expand in modes:
         for name in sets:
-            qs = stage1(name, base, repo, variant, expand)
+            if expand == "disagree":
+                plain = stage1(name, base, repo, variant, False)
+                full = {q.qid: q for q in stage1(name, base, repo, variant, True)}
+                qs = [full[q.qid] if _disagree(q) else q for q in plain]
+            else:
+                qs = stage1(name, base, repo, variant, expand)
             metric = "hit@1" if name == "triton-docs" else "ndcg@10"
             rrf_scores, _ = evaluate(name, qs, None, fuse_rrf, reranker)
             rows[(expand, "no rerank", "rrf")] = rows.get((expand, "no rerank", "rrf"), {})
@@ -424,17 +492,18 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=None)
     parser.add_argument("--variant", default="minilm")
     parser.add_argument("--stage1-only", action="store_true")
+    parser.add_argument("--no-expansion", action="store_true", help="Stage 2 without the expanded plans.")
     args = parser.parse_args()
     base = Settings.load()
     repo = (args.repo or base.model_repository).resolve()
     for name in args.sets:
-        for expand in (False, True):
+        for expand in (False,) if args.no_expansion else (False, True):
             started = time.monotonic()
             qs = stage1(name, base, repo, args.variant, expand)
             say(f"{name}/{args.variant} expand={expand}: {len(qs)} queries ({time.monotonic() - started:.0f} s)")
     if args.stage1_only:
         return
-    run_rules(args.sets, base, repo, args.variant, (False, True))
+    run_rules(args.sets, base, repo, args.variant, (False,) if args.no_expansion else (False, True))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ class QueryRequest(SearchRequest):
     searches: list[SubSearch] = Field(default_factory=list, max_length=MAX_SEARCHES,
                                       description="Typed sub-queries; they replace the LLM's expansion.")
     intent: str = Field("", description="What the query means, to tell apart words with several senses.")
-    expand: bool = Field(True, description="Run LLM query expansion (ignored when `searches` is given).")
+    expand: bool | None = Field(None, description="Run LLM query expansion (ignored when `searches` is given). "
+                                                   "[default: the server's; off on the CPU]")
     rerank: bool = Field(True, description="Run the cross-encoder.")
     candidates: int = Field(CANDIDATES, ge=1, le=200, validation_alias=AliasChoices("candidates", "candidate_limit",
                                                                                "candidateLimit"),

@@ -11,9 +11,11 @@ Throughput (``qmdctl bench qmd_embed``):
 Quality (``qmdctl eval``):
 
 * ``bm25_run``: rank_bm25's BM25Okapi over title + text with plain tokens.
-* ``VectorBaseline``: the embedding model in-process, one vector per whole document.
+* ``VectorBaseline``: the embedding model in-process over plainly split chunks (200-word windows),
+  a document ranked by its best chunk.
 * ``notebook_hybrid_candidates`` / ``hybrid_run``: both of the above fused by plain RRF, the
-  top 40 reranked by the same cross-encoder in-process: what one would build in a notebook.
+  top 20 reranked on their best chunks by the same cross-encoder in-process: what one would build
+  in a notebook.
 
 Example:
     >>> onnxruntime_best(Path("model_repository"), texts, threads=2)["per_s"]
@@ -32,7 +34,6 @@ import numpy as np
 
 from qmd_triton.bench import perf_analyzer as pa
 from qmd_triton.bench.datasets import EvalSet, passage_text
-from qmd_triton.bench.scoring import top_ids
 from qmd_triton.contracts import EMBED, EMBED_MODEL, KIND_DOCUMENT, KIND_QUERY, TOKENIZE
 from qmd_triton.index.fingerprint import embedding_setup
 from qmd_triton.model_config import parse_config, write_config
@@ -44,7 +45,7 @@ from qmd_triton.settings import Settings
 from qmd_triton.system.files import copy_tree_linked
 from qmd_triton.system.net import free_ports
 
-HYBRID_CANDIDATES = 40
+HYBRID_CANDIDATES = 20  # what a CLI query reranks (search/options.py CANDIDATES)
 LIST_DEPTH = 20
 
 
@@ -149,10 +150,26 @@ def bm25_run(dataset: EvalSet, k: int = 100) -> dict[str, list[str]]:
     return run
 
 
-class VectorBaseline:
-    """The embedding model in-process: one vector per whole document (``title. text``), cosine ranking.
+SPLIT_WORDS = 200  # the plain splitter's window (a common notebook default of ~1,000 characters) ...
+SPLIT_OVERLAP = 40  # ... and its overlap
+SPLITTER = f"words-{SPLIT_WORDS}-{SPLIT_OVERLAP}"
 
-    Document vectors are cached per model fingerprint under ``cache_dir``.
+
+def split_words(text: str, size: int = SPLIT_WORDS, overlap: int = SPLIT_OVERLAP) -> list[str]:
+    """What a notebook splitter does: windows of ``size`` whitespace words, ``overlap`` words shared, markdown
+    ignored (the baseline sees the file as written)."""
+    words = text.split()
+    if len(words) <= size:
+        return [" ".join(words)]
+    step = size - overlap
+    return [" ".join(words[i : i + size]) for i in range(0, len(words) - overlap, step)]
+
+
+class VectorBaseline:
+    """The embedding model in-process over plainly split chunks (``title. text`` for a BEIR passage, the file as
+    written for a markdown page), a document ranked by its best chunk's cosine.
+
+    Chunk vectors are cached per model fingerprint and splitter under ``cache_dir``.
     """
 
     def __init__(self, dataset: EvalSet, repo: Path, cache_dir: Path, progress: Progress = silent) -> None:
@@ -161,47 +178,79 @@ class VectorBaseline:
         self.embedder = InProcessEmbedder.from_repository(repo)
         corpus = dataset.texts()
         self.ids = list(corpus)
-        cache = cache_dir / f"baseline-{setup.id}.npy"
-        if cache.exists():
+        self.chunks: list[str] = []
+        owner: list[int] = []
+        for i, (title, text) in enumerate(corpus.values()):
+            for chunk in split_words(passage_text(title, text)):
+                self.chunks.append(chunk)
+                owner.append(i)
+        self.owner = np.array(owner)
+        cache = cache_dir / f"baseline-{setup.id}-{SPLITTER}.npy"
+        if cache.exists() and len(np.load(cache, mmap_mode="r")) == len(self.chunks):
             self.matrix = np.load(cache)
         else:
-            progress(f"baseline: embedding {len(self.ids)} documents in-process")
+            progress(f"baseline: embedding {len(self.chunks)} chunks of {len(self.ids)} documents in-process")
             started = time.monotonic()
-            self.matrix = self.embedder.embed_batched([passage_text(t, x) for t, x in corpus.values()],
-                                                      KIND_DOCUMENT)
-            progress(f"baseline: embedded {len(self.ids)} documents at "
-                     f"{len(self.ids) / (time.monotonic() - started):.1f}/s (length-sorted batches of 16)")
+            self.matrix = self._embed_all(progress)
+            progress(f"baseline: embedded {len(self.chunks)} chunks at "
+                     f"{len(self.chunks) / (time.monotonic() - started):.1f}/s (length-sorted batches of 16)")
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, self.matrix)
 
+    def _embed_all(self, progress: Progress) -> np.ndarray:
+        step = 1024
+        parts = []
+        for start in range(0, len(self.chunks), step):
+            parts.append(self.embedder.embed_batched(self.chunks[start : start + step], KIND_DOCUMENT))
+            if start + step < len(self.chunks):
+                progress(f"baseline: embedded {start + step}/{len(self.chunks)} chunks")
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def ranked(self, query: str, depth: int) -> list[tuple[str, int]]:
+        """The ``depth`` best documents for a query, each with the index of its best chunk."""
+        scores = self.matrix @ self.embedder.embed([query], KIND_QUERY)[0]
+        best: dict[int, int] = {}
+        for row in np.argsort(-scores, kind="stable"):
+            doc = int(self.owner[row])
+            if doc not in best:
+                best[doc] = int(row)
+                if len(best) >= depth:
+                    break
+        return [(self.ids[d], r) for d, r in best.items()]
+
     def run(self, depth: int) -> dict[str, list[str]]:
-        q = self.dataset.judged_queries()
-        return {qid: top_ids(self.matrix @ self.embedder.embed([self.dataset.queries[qid]], KIND_QUERY)[0],
-                             self.ids, depth) for qid in q}
+        return {qid: [k for k, _ in self.ranked(self.dataset.queries[qid], depth)]
+                for qid in self.dataset.judged_queries()}
 
 
 def notebook_hybrid_candidates(dataset: EvalSet, vectors: VectorBaseline,
                                depth: int = HYBRID_CANDIDATES) -> dict[str, tuple[list[str], list[str]]]:
     """Per judged query, the plain hybrid's top ``depth`` (rank_bm25 top 20 + in-process vectors top 20, RRF):
-    their ids and texts (``title. text``), ready for a cross-encoder."""
+    their ids and the passage a notebook would rerank, the document's best chunk by vector (its first chunk
+    when only BM25 found it)."""
     bm25 = bm25_run(dataset, LIST_DEPTH)
-    vec = vectors.run(LIST_DEPTH)
-    corpus = dataset.texts()
+    first = {vectors.ids[int(d)]: i for i, d in reversed(list(enumerate(vectors.owner)))}
     out = {}
     for q in dataset.judged_queries():
-        keys = [f.key for f in rrf([RankedList("bm25", 1.0, bm25[q]), RankedList("vec", 1.0, vec[q])])[:depth]]
-        out[q] = (keys, [passage_text(*corpus[k]) for k in keys])
+        ranked = vectors.ranked(dataset.queries[q], LIST_DEPTH)
+        best_chunk = dict(ranked)
+        keys = [f.key for f in rrf([RankedList("bm25", 1.0, bm25[q]),
+                                    RankedList("vec", 1.0, [k for k, _ in ranked])])[:depth]]
+        out[q] = (keys, [vectors.chunks[best_chunk.get(k, first[k])] for k in keys])
     return out
 
 
 def hybrid_run(dataset: EvalSet, vectors: VectorBaseline, repo: Path, progress: Progress = silent,
                rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, list[str]]:
-    """The notebook hybrid's candidates ordered by the same cross-encoder, in-process."""
+    """The notebook hybrid's candidates ordered by the same cross-encoder, in-process; progress every 10 queries."""
     candidates = notebook_hybrid_candidates(dataset, vectors)
-    scores = rerank or InProcessReranker.from_repository(repo).scores
-    progress(f"baseline: reranking {HYBRID_CANDIDATES} candidates for {len(candidates)} queries in-process")
+    scores = rerank or InProcessReranker.from_repository(repo, threads=2).scores
+    progress(f"baseline: reranking {HYBRID_CANDIDATES} candidates (each its best chunk) for {len(candidates)} "
+             "queries in-process")
     run = {}
-    for q, (keys, texts) in candidates.items():
+    for n, (q, (keys, texts)) in enumerate(candidates.items(), 1):
         logits = scores(dataset.queries[q], texts)
         run[q] = [keys[i] for i in sorted(range(len(keys)), key=lambda i: -logits[i])]
+        if n % 10 == 0 and n < len(candidates):
+            progress(f"baseline: reranked {n}/{len(candidates)} queries")
     return run

@@ -35,20 +35,27 @@ from qmd_triton.settings import Settings
 from qmd_triton.system.files import atomic_write_text
 from qmd_triton.system.net import free_ports
 
-MODES = ("search", "vsearch", "query", "query-no-expand", "query-no-rerank", "query-blend")
-DEFAULT_MODES = ("search", "vsearch")
+# A query mode is the served defaults with one setting changed: each ablation removes (or adds) one stage.
 QUERY_OPTIONS: dict[str, dict[str, Any]] = {
     "query": {},
     "query-no-expand": {"expand": False},
+    "query-expand": {"expand": True},
     "query-no-rerank": {"rerank": False},
+    "query-no-vectors": {"vectors": False},
     "query-blend": {"fusion": "blend"},
 }
+MODES = ("search", "vsearch", *QUERY_OPTIONS)
+DEFAULT_MODES = ("search", "vsearch")
+ABLATIONS = ("query-no-expand", "query-expand", "query-no-rerank", "query-no-vectors", "query-blend")
+# search and vsearch are asked for 100 hits (Recall@100); their first 10 are what `-n 10` returns. The query modes
+# run as a CLI query does: n = 10 of the served candidate count (their Recall@100 is not measured).
 DEPTH = 100
+QUERY_N = 10
 CONCURRENCY = 4
 COLLECTION = "corpus"
 BM25_BASELINE = "baseline: rank_bm25 (BM25Okapi, plain tokens)"
-VECTOR_BASELINE = "baseline: in-process embedding (same ONNX, whole document)"
-HYBRID_BASELINE = "baseline: in-process BM25 + embedding, RRF, same cross-encoder"
+VECTOR_BASELINE = "baseline: in-process embedding (same ONNX, 200-word chunks)"
+HYBRID_BASELINE = "baseline: in-process BM25 + embedding, RRF, top 20 reranked by the same cross-encoder"
 
 
 def workspace(base: Settings, dataset: EvalSet) -> Settings:
@@ -100,17 +107,34 @@ def search_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str]) ->
 
 
 def served_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str], model: str,
-               extra: dict[str, Any]) -> dict[str, list[str]]:
-    """Every judged query through a served model, a few in flight (as several users would)."""
-    options = json.dumps({**SearchOptions(n=DEPTH).to_dict(), **extra})
+               extra: dict[str, Any], n: int = DEPTH, progress: Progress = silent
+               ) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
+    """Every judged query through a served model, a few in flight (as several users would); returns the run and,
+    for the query pipeline, how often each stage did what (``{"expansion": {"ok": 31, ...}, "rerank": {...}}``,
+    from each query's ``explain``)."""
+    options = json.dumps({**SearchOptions(n=n).to_dict(), **extra,
+                          **({"explain": True} if model == QUERY_PIPELINE.name else {})})
     queries = dataset.judged_queries()
+    outcomes: dict[str, dict[str, int]] = {}
+    done = [0]
 
     def one(q: str) -> list[str]:
         with QmdClient(settings.url("grpc"), "grpc", 300.0) as client:
-            return [mapping[h["path"]] for h in client.search(model, dataset.queries[q], options)]
+            hits = client.search(model, dataset.queries[q], options)
+        if hits and "explain" in hits[0]:
+            for stage, record in (hits[0]["explain"].get("stages") or {}).items():
+                status = str(record.get("status") or "?")
+                status = "error" if status.startswith("error") else status
+                counts = outcomes.setdefault(stage, {})
+                counts[status] = counts.get(status, 0) + 1
+        done[0] += 1
+        if done[0] % 10 == 0 and done[0] < len(queries):
+            progress(f"{dataset.name}: {done[0]}/{len(queries)} queries")
+        return [mapping[h["path"]] for h in hits]
 
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        return dict(zip(queries, pool.map(one, queries)))
+        run = dict(zip(queries, pool.map(one, queries)))
+    return run, outcomes
 
 
 def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MODES, *, baseline: bool = True,
@@ -148,8 +172,15 @@ def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, bas
     rows: list[dict[str, Any]] = []
     per_query: dict[str, dict[str, int | None]] = {}
 
-    def add(mode: str, run: dict[str, list[str]], started: float) -> None:
-        rows.append({"mode": mode, **score_run(dataset, run), "seconds": round(time.monotonic() - started, 1)})
+    def add(mode: str, run: dict[str, list[str]], started: float, outcomes: dict | None = None,
+            depth: int = DEPTH) -> None:
+        scores = score_run(dataset, run)
+        if depth < 100 and "recall@100" in scores:
+            scores["recall@100"] = None  # a mode that returns 10 hits cannot be scored at 100
+        row = {"mode": mode, **scores, "seconds": round(time.monotonic() - started, 1)}
+        if outcomes:
+            row["stages"] = outcomes
+        rows.append(row)
         per_query[mode] = {q: first_relevant_rank(run.get(q, []), dataset.qrels[q]) for q in dataset.judged_queries()}
 
     if "search" in chosen:
@@ -167,10 +198,12 @@ def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, bas
                 progress(f"{dataset.name}: {mode} for {len(dataset.judged_queries())} queries")
                 started = time.monotonic()
                 if mode == "vsearch":
-                    add(mode, served_run(dataset, settings, mapping, VSEARCH.name, {}), started)
+                    run, _ = served_run(dataset, settings, mapping, VSEARCH.name, {}, progress=progress)
+                    add(mode, run, started)
                 else:
-                    add(mode, served_run(dataset, settings, mapping, QUERY_PIPELINE.name, QUERY_OPTIONS[mode]),
-                        started)
+                    run, outcomes = served_run(dataset, settings, mapping, QUERY_PIPELINE.name, QUERY_OPTIONS[mode],
+                                               n=QUERY_N, progress=progress)
+                    add(mode, run, started, outcomes, depth=QUERY_N)
         finally:
             server.stop(settings)
         if baseline:

@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from qmd_triton.bench.datasets import KNOWN_ITEM, EvalSet
 
@@ -67,8 +67,3 @@ def first_relevant_rank(ranked: Sequence[str], grades: Mapping[str, int]) -> int
         if grades.get(d, 0) > 0:
             return i + 1
     return None
-
-
-def top_ids(scores: Iterable[float], ids: Sequence[str], k: int) -> list[str]:
-    ranked = sorted(zip(scores, range(len(ids))), key=lambda x: -x[0])[:k]
-    return [ids[i] for _, i in ranked]

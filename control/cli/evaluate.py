@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from qmd_triton.bench.datasets import load_set
-from qmd_triton.bench.evaluation import DEFAULT_MODES, MODES, evaluate
+from qmd_triton.bench.evaluation import ABLATIONS, DEFAULT_MODES, MODES, evaluate
 from qmd_triton.bench.scoring import metrics_for
 from qmd_triton.cli.common import State, emit_json, pass_state
 
@@ -56,11 +56,39 @@ def evaluate_cmd(state: State, dataset: Path, modes: tuple[str, ...], no_expand:
     if as_json:
         emit_json(result)
         return
+    click.echo(report_text(result), nl=False)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def report_text(result: dict) -> str:
+    """The scores as markdown: a row per mode, what each query stage did (how many queries expanded, timed out,
+    were reranked or bypassed), and with the full query and an ablation beside it, each ablation's difference."""
     metrics = metrics_for(result["kind"])
-    click.echo(f"{result['set']}: {result['documents']} documents, {result['queries']} judged queries")
-    click.echo(f"| mode | {' | '.join(metrics)} |\n|---|{'---|' * len(metrics)}")
+    lines = [f"{result['set']}: {result['documents']} documents, {result['queries']} judged queries",
+             f"| mode | {' | '.join(metrics)} |", f"|---|{'---|' * len(metrics)}"]
+    rows = {r["mode"]: r for r in result["rows"]}
     for r in result["rows"]:
-        click.echo(f"| {r['mode']} | " + " | ".join(f"{r[m]:.4f}" for m in metrics) + " |")
+        lines.append(f"| {r['mode']} | " + " | ".join(_cell(r.get(m)) for m in metrics) + " |")
+    staged = [r for r in result["rows"] if r.get("stages")]
+    if staged:
+        lines += ["", "| mode | what each stage did (queries) |", "|---|---|"]
+        for r in staged:
+            said = "; ".join(f"{stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                             for stage, counts in sorted(r["stages"].items()))
+            lines.append(f"| {r['mode']} | {said} |")
+    full = rows.get("query")
+    ablations = [rows[m] for m in ABLATIONS if m in rows]
+    if full and ablations:
+        main, second = metrics[0], "mrr@10"
+        lines += ["", f"| ablation (one setting changed from the served defaults) | {main} | Δ vs query | "
+                      f"{second} | Δ |", "|---|---|---|---|---|"]
+        for r in ablations:
+            lines.append(f"| {r['mode']} | {r[main]:.4f} | {r[main] - full[main]:+.4f} | {r[second]:.4f} | "
+                         f"{r[second] - full[second]:+.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def per_query_table(result: dict) -> str:

@@ -141,11 +141,14 @@ def vsearch(state: State, query: str, out: Output, **kwargs: Any) -> None:
 @click.command()
 @click.argument("query")
 @result_options
-@click.option("--no-expand", is_flag=True, help="Skip LLM query expansion.")
+@click.option("--expand/--no-expand", "expand", default=None,
+              help="Run (or skip) LLM query expansion. [default: the server's: off on the CPU, where the 135M "
+                   "model made results worse on every eval set]")
 @click.option("--no-rerank", is_flag=True, help="Skip cross-encoder reranking (RRF order).")
+@click.option("--no-vectors", is_flag=True, help="Leave out the vector lists (BM25 lists only; an ablation).")
 @click.option("-C", "--candidate-limit", "candidates", type=int, default=CANDIDATES, show_default=True,
               help="Candidates sent to the reranker (clamped to n..200).")
-@click.option("--fusion", type=click.Choice(["rerank", "blend"]), default=None,
+@click.option("--fusion", type=click.Choice(["prior", "rerank", "blend"]), default=None,
               help="How reranker scores meet the retrieval order. [default: the server's qmd_fuse setting]")
 @click.option("--intent", default="", help="What you mean, to tell apart words with several senses "
                                            "(e.g. 'the Triton inference server'); used by expansion and reranking.")
@@ -156,7 +159,8 @@ def vsearch(state: State, query: str, out: Output, **kwargs: Any) -> None:
 @server_options
 @protocol_option
 @pass_state
-def query(state: State, query: str, out: Output, no_expand: bool, no_rerank: bool, candidates: int,
+def query(state: State, query: str, out: Output, expand: bool | None, no_rerank: bool, no_vectors: bool,
+          candidates: int,
           fusion: str | None, intent: str, lex: tuple[str, ...], vec: tuple[str, ...], hyde: tuple[str, ...],
           explain: bool, **kwargs: Any) -> None:
     """Hybrid search through Triton's qmd_query: expansion, BM25 + vectors, RRF, reranking.
@@ -168,7 +172,8 @@ def query(state: State, query: str, out: Output, no_expand: bool, no_rerank: boo
     settings = server_settings(state, kwargs)
     flags = tuple(("lex", t) for t in lex) + tuple(("vec", t) for t in vec) + tuple(("hyde", t) for t in hyde)
     text, typed = typed_query(query, flags)
-    opts = out.options(expand=not no_expand, rerank=not no_rerank, candidates=candidates, explain=explain,
+    opts = out.options(expand=expand, rerank=not no_rerank, vectors=not no_vectors, candidates=candidates,
+                       explain=explain,
                        fusion=fusion, intent=intent, searches=typed)
     out.emit(_served(state, settings, QUERY_PIPELINE.name, text, opts), settings)
 

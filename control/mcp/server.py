@@ -122,7 +122,8 @@ def build_server(service: QmdService) -> MCPServer:
         searches: Annotated[list[SubQuery] | None, Field(max_length=MAX_SEARCHES, description=(
             "Typed sub-queries (lex/vec/hyde), best signal first; they replace the LLM's expansion."))] = None,
         query: Annotated[str, Field(description=(
-            "A plain query, expanded by the server's LLM when no searches are given; may also hold lines "
+            "A plain query, expanded by the server's LLM when no searches are given and the server expands by default "
+            "(its GPU configs; not on the CPU); may also hold lines "
             "starting with lex:, vec: or hyde:."))] = "",
         intent: Annotated[str, Field(description=(
             "What the query means, to tell apart words with several senses (e.g. 'the Triton inference "

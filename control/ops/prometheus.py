@@ -123,8 +123,8 @@ class QmdCollector:
             return family
         for set_name, run in sorted(data.items()):
             for row in run.get("rows", []):
-                for metric in ("ndcg@10", "recall@10", "recall@100", "mrr@10"):
-                    if metric in row:
+                for metric in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "hit@1", "hit@3"):
+                    if row.get(metric) is not None:  # None: not measured by that mode (a query's Recall@100)
                         family.add_metric([set_name, row["mode"], metric], float(row[metric]))
         return family
 

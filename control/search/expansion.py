@@ -133,7 +133,8 @@ STATUSES = {
     "partial": "the deadline cut the LLM short; the lines it had finished were used",
     "cached": "the same query (and intent) was expanded before; those lines were used",
     "caller": "the caller typed its own lex/vec/hyde searches; the LLM did not run",
-    "disabled": "expansion was turned off (--no-expand) or the engine is none",
+    "disabled": "expansion was turned off: by the request (--no-expand), by the server's default (qmd_expand's "
+                "expand_by_default, off on the CPU), or the engine is none",
     "language": "the expansion LLM does not read the query's language (its export.json); the LLM did not run",
     "strong-bm25": "BM25 alone was convincing (top score >= 0.85 and 0.15 ahead of #2); the LLM did not run",
     "empty": "the LLM answered nothing usable; the original query alone was searched",
@@ -383,11 +384,12 @@ def cache_key(engine: str, query: str, intent: str = "") -> str:
 
 def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, engine_id: str = "",
                    strong: Callable[[], bool] = lambda: False, store: Index | None = None,
-                   languages: ModelLanguages | None = None) -> Expansion:
+                   languages: ModelLanguages | None = None, by_default: bool = True) -> Expansion:
     """The expansion a ``query`` request uses: the caller's typed searches, none, the cache, or the LLM.
 
-    Excluded terms (``-word``) never reach the LLM, and expansion lines that hold one are dropped. An LLM whose
-    ``languages`` do not read the query (with its intent) is bypassed: status ``language``.
+    A request that does not say (``expand`` null) gets the server's default, ``by_default``. Excluded terms
+    (``-word``) never reach the LLM, and expansion lines that hold one are dropped. An LLM whose ``languages`` do
+    not read the query (with its intent) is bypassed: status ``language``.
     """
     if options.searches:
         out = Expansion(status="caller")
@@ -396,11 +398,16 @@ def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, en
             if text not in bucket:
                 bucket.append(" ".join(text.split()))
         return out
-    if not options.expand or expander.engine is None:
-        return Expansion(status="disabled")
+    if expander.engine is None:
+        return Expansion(status="disabled", why="the engine is none")
+    if options.expand is False:
+        return Expansion(status="disabled", why="expand: false (--no-expand)")
     asked = " ".join([without_exclusions(query), options.intent]).strip()
     if languages is not None and not languages.reads(asked):
         return Expansion(status="language", why=languages.why_not(asked))
+    if options.expand is None and not by_default:
+        return Expansion(status="disabled", why="off by default on this server (qmd_expand's expand_by_default); "
+                                                 "expand: true (--expand) runs it")
     if strong():
         return Expansion(status="strong-bm25")
     positive = without_exclusions(query)

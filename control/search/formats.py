@@ -64,16 +64,20 @@ def _cli(hits: Sequence[Hit], line_numbers: bool, color: bool) -> str:
         out.append(f"{head}{title}\n{context}{why}{body}\n")
     stages = hits[0].explain.get("stages") if hits[0].explain else None
     if stages:  # query --explain: what ran and what was bypassed, once, after the hits
-        out.append(stages_text(stages))
+        out.append(stages_text(stages, (hits[0].explain.get("expansion") or {}).get("lines")))
     return "\n".join(out)
 
 
-def stages_text(stages: dict) -> str:
-    """Which stages of ``query`` ran and which were bypassed, and why (``query --explain``, once per answer)."""
+def stages_text(stages: dict, searched: dict | None = None) -> str:
+    """Which stages of ``query`` ran and which were bypassed, and why, then the lines searched beside the query
+    (the expansion's, fresh or cached, or the caller's) (``query --explain``, once per answer)."""
     lines = ["stages:"]
     for name, record in stages.items():
         why = f" ({record['why']})" if record.get("why") else ""
         lines.append(f"  {name:<10} {record.get('status', '-')}{why}")
+    for kind in ("lex", "vec", "hyde"):
+        for text in (searched or {}).get(kind) or []:
+            lines.append(f"  {kind + ':':<10} {text}")
     return "\n".join(lines) + "\n"
 
 

@@ -4,10 +4,11 @@ The constants start from tobi/qmd's ``hybridQuery`` (see the design map): each l
 keeps its top 20; a document scores ``sum(w / (60 + rank + 1))`` over the lists it is
 in (rank 0-based, w = 2 for the original query's lists, 1 for expansions), plus 0.05
 when it is first in some list or 0.02 when it is second or third; the first candidates
-(``SearchOptions.candidates``) go to the reranker. ``blend`` mixes the RRF position with the reranker's probability,
-trusting retrieval more at the top (w = 0.75 for ranks 1-3, 0.60 for 4-10, 0.40
-after); ``rerank`` orders by the reranker alone. Which one serves is the
-``fusion`` parameter of ``qmd_fuse``, chosen by ``qmdctl eval`` (docs/search.md).
+(``SearchOptions.candidates``) go to the reranker. ``prior`` (served) adds the retrieval evidence to the
+reranker's logit, weighted by how much of the document the reranker did not read; ``blend`` mixes the RRF
+position with the reranker's probability, trusting retrieval more at the top (w = 0.75 for ranks 1-3, 0.60 for
+4-10, 0.40 after); ``rerank`` orders by the reranker alone. Which one serves is the ``fusion`` parameter of
+``qmd_fuse``, chosen by ``qmdctl eval`` and ``perf/quality_lab.py`` (docs/search.md).
 
 Example:
     >>> fused = rrf([RankedList("bm25:original", 2.0, ["a", "b"]), RankedList("vec:original", 2.0, ["b"])])
@@ -30,7 +31,12 @@ BONUS_TOP3 = 0.02
 MAX_CANDIDATES = 200
 STRONG_SCORE = 0.85
 STRONG_GAP = 0.15
-FUSIONS = ("rerank", "blend")
+FUSIONS = ("prior", "rerank", "blend")
+# ``prior``: the cross-encoder's logit plus the retrieval evidence, in log-odds: PRIOR_WEIGHT x the candidate's RRF
+# score relative to the first's x the share of its document the cross-encoder did not read. Chosen by
+# perf/quality_lab.py on msmarco, dbpedia and triton-docs (docs/search.md, "Quality"): 2 to 6 all beat the
+# reranker alone on every set; 3 and 4 best on triton-docs, 4 by a hair on MRR everywhere.
+PRIOR_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)
@@ -114,26 +120,47 @@ def flat(logits: Sequence[float]) -> bool:
     return len(logits) >= 2 and max(logits) - min(logits) < FLAT_LOGITS
 
 
-def final_order(rrf_ranks: Sequence[int], probs: Sequence[float | None] | None,
-                fusion: str) -> list[tuple[int, float]]:
+def prior(rrf_score: float, top_rrf: float, unread: float) -> float:
+    """What retrieval says of a candidate beside the cross-encoder's logit: up to ``PRIOR_WEIGHT`` logits for the
+    first fused candidate, scaled by its RRF score relative to the first's and by the share of its document the
+    cross-encoder did not read (a passage read whole is judged by the cross-encoder alone: it has seen everything
+    retrieval matched; a 128-token window of a 3,000-token page has not)."""
+    if top_rrf <= 0:
+        return 0.0
+    return PRIOR_WEIGHT * min(1.0, max(0.0, unread)) * rrf_score / top_rrf
+
+
+def final_order(rrf_ranks: Sequence[int], logits: Sequence[float | None] | None, fusion: str,
+                priors: Sequence[float] | None = None) -> list[tuple[int, float]]:
     """Indices of candidates (given in RRF order) and their final scores, best first.
 
-    Without reranker scores the RRF order stands, scored 1/rank. A candidate whose probability is None (the
-    reranker does not read its passage) keeps its place in the fused order and shows the score of the hit
-    above it; the reranked candidates are ordered among the remaining places. Equal scores keep the fused order.
+    ``rerank`` scores a candidate by the cross-encoder's probability, ``blend`` by tobi/qmd's position-aware mix,
+    ``prior`` by the probability of its logit plus its :func:`prior` (``priors``, one per candidate). Without
+    reranker scores the RRF order stands, scored 1/rank. A candidate whose logit is None (the reranker does not read
+    its passage) keeps its place in the fused order and shows the score of the hit above it; the reranked
+    candidates are ordered among the remaining places. Equal scores keep the fused order.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-    if probs is None or all(p is None for p in probs):
+    if logits is None or all(x is None for x in logits):
         return [(i, 1.0 / r) for i, r in enumerate(rrf_ranks)]
-    scored = [(i, p if fusion == "rerank" else blend(r, p))
-              for i, (r, p) in enumerate(zip(rrf_ranks, probs)) if p is not None]
+    if fusion == "prior" and (priors is None or len(priors) != len(logits)):
+        raise ValueError("fusion prior needs one prior per candidate")
+
+    def score(i: int, rank: int, x: float) -> float:
+        if fusion == "rerank":
+            return sigmoid(x)
+        if fusion == "blend":
+            return blend(rank, sigmoid(x))
+        return sigmoid(x + priors[i])  # type: ignore[index]
+
+    scored = [(i, score(i, r, x)) for i, (r, x) in enumerate(zip(rrf_ranks, logits)) if x is not None]
     ranked = iter(sorted(scored, key=lambda x: (-x[1], x[0])))
-    placed = [next(ranked) if p is not None else (i, None) for i, p in enumerate(probs)]
+    placed = [next(ranked) if x is not None else (i, None) for i, x in enumerate(logits)]
     out: list[tuple[int, float]] = []
     above = max(s for _, s in scored)
-    for i, score in placed:
-        score = above if score is None else score
-        out.append((i, score))
-        above = score
+    for i, value in placed:
+        value = above if value is None else value
+        out.append((i, value))
+        above = value
     return out

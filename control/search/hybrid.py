@@ -36,6 +36,7 @@ from qmd_triton.search.fusion import (
 from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for, snippet_terms
 from qmd_triton.search.options import Hit, SearchOptions, annotate
 from qmd_triton.search.vectors import MilvusVectors, VectorIndex
+from qmd_triton.text.markdown import reader_view
 from qmd_triton.text.terms import has_cjk, parse_query, query_terms, without_exclusions
 
 MODES = ("vsearch", "query")
@@ -110,17 +111,21 @@ class Plan:
 
 @dataclass
 class Candidate:
-    """A document going to the reranker: its hit, its best chunk, why it is here."""
+    """A document going to the reranker: its hit, its best chunk, why it is here, and how long it is (tokens of
+    its chunks; 0 when not chunked yet), so the fusion knows how much of it the reranker read."""
 
     hit: Hit
     passage: str
     rrf: float
     rrf_rank: int
     ranks: dict[str, int]
+    tokens: int = 0
+    unread: float = 0.0  # the share of the document the reranker did not read (set with the passage it reads)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.hit.to_dict()
-        d["explain"] = {"lists": self.ranks, "rrf": round(self.rrf, 5), "rrf_rank": self.rrf_rank}
+        d["explain"] = {"lists": self.ranks, "rrf": round(self.rrf, 5), "rrf_rank": self.rrf_rank,
+                        "unread": round(self.unread, 3)}
         return d
 
 
@@ -130,12 +135,18 @@ def clamp_candidates(options: SearchOptions) -> int:
 
 
 def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequence[Any] | None = None
-                ) -> tuple[int, str]:
-    """The chunk with the most query-term overlap (first on ties), or the body's start."""
+                ) -> tuple[int, str, int]:
+    """The chunk with the most query-term overlap (first on ties), or the start of what a reader sees of the body
+    (not chunked yet); with the document's length in tokens (its chunks', 0 when unknown).
+
+    Measured against a window chosen over all chunks by IDF-weighted terms, the chunk nearest the query's vector,
+    and both with the page title and heading path before them (perf/quality_lab.py, docs/search.md "Quality"):
+    none did better on every set."""
     chunks = store.chunks_of(doc.hash) if chunks is None else chunks
     if not chunks:
-        body = store.body(doc.hash)
-        return 1, body[:PASSAGE_CHARS]
+        body = reader_view(store.body(doc.hash))
+        start = len(body) - len(body.lstrip())
+        return 1 + body.count("\n", 0, start), body[start : start + PASSAGE_CHARS], 0
     stems = [t[:5] if not has_cjk(t) and len(t) > 5 else t for t in terms]
 
     def overlap(text: str) -> int:
@@ -143,7 +154,7 @@ def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequenc
         return sum(1 for s in stems if s in low)
 
     best = max(chunks, key=lambda c: (overlap(c.text), -c.seq))
-    return best.start_line, best.text[:PASSAGE_CHARS]
+    return best.start_line, best.text[:PASSAGE_CHARS], sum(c.tokens for c in chunks)
 
 
 def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: Plan, embeddings: np.ndarray,
@@ -174,7 +185,10 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     names = ["vec:original"] + [f"vec:vec{i + 1}" for i in range(len(plan.vec))] + [
         f"vec:hyde{i + 1}" for i in range(len(plan.hyde))]
     unread = [name for name, text in zip(names, texts) if embedder is not None and not embedder.reads(text)]
-    if not unread:
+    if not options.vectors:
+        unread = list(names)
+        plan.stages["vectors"] = stage("off", "vectors: false")
+    elif not unread:
         plan.stages["vectors"] = stage("ran")
     else:
         why = embedder.why_not(texts[names.index(unread[0])]) if embedder else ""
@@ -197,13 +211,13 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     prefetched = many([docs[f.key].hash for f in fused]) if many else {}
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
-        line, passage = _best_chunk(store, doc, terms, prefetched.get(doc.hash))
+        line, passage, tokens = _best_chunk(store, doc, terms, prefetched.get(doc.hash))
         # The snippet is the best window of the passage the reranker reads.
         offset, snippet = snippet_for(passage, terms)
         hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,
                   score=min(1.0, f.score / top), line=line + offset - 1, snippet=snippet, hash=doc.hash,
                   body=store.body(doc.hash) if options.full else None)
-        out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks)))
+        out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks), tokens))
     annotate([c.hit for c in out], store, contexts)
     return out
 

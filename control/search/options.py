@@ -111,8 +111,9 @@ class SearchOptions:
     min_score: float = 0.0
     full: bool = False
     # Used by the hybrid pipeline (qmd_query); accepted and ignored elsewhere.
-    expand: bool = True
+    expand: bool | None = None  # None: the server's default (qmd_expand's expand_by_default: off on the CPU)
     rerank: bool = True
+    vectors: bool = True  # the vector lists of the hybrid query (false: BM25 lists only, an ablation)
     candidates: int = CANDIDATES
     explain: bool = False
     fusion: str | None = None  # None: the server's configured fusion
@@ -129,11 +130,13 @@ class SearchOptions:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.min_score, (int, float)) or not 0.0 <= float(self.min_score) <= 1.0:
             raise InputError(f"min_score must be between 0 and 1, got {self.min_score!r}")
-        for name in ("full", "expand", "rerank", "explain"):
+        for name in ("full", "rerank", "vectors", "explain"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.fusion not in (None, "rerank", "blend"):
-            raise InputError(f"fusion must be rerank or blend, got {self.fusion!r}")
+        if self.expand is not None and not isinstance(self.expand, bool):
+            raise InputError(f"expand must be true, false or null (the server's default), got {self.expand!r}")
+        if self.fusion not in (None, "prior", "rerank", "blend"):
+            raise InputError(f"fusion must be prior, rerank or blend, got {self.fusion!r}")
         if not isinstance(self.intent, str) or len(self.intent) > MAX_INTENT_CHARS:
             raise InputError(f"intent must be a string of at most {MAX_INTENT_CHARS} characters")
         if len(self.searches) > MAX_SEARCHES:
@@ -155,8 +158,8 @@ class SearchOptions:
             data = parse_json_input(raw, "options")
             if not isinstance(data, dict):
                 raise InputError("options must be a JSON object")
-        known = {"n", "collections", "min_score", "full", "expand", "rerank", "candidates", "explain", "fusion",
-                 "intent", "searches"}
+        known = {"n", "collections", "min_score", "full", "expand", "rerank", "vectors", "candidates", "explain",
+                 "fusion", "intent", "searches"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -173,6 +176,7 @@ class SearchOptions:
             full=data.get("full", base.full),
             expand=data.get("expand", base.expand),
             rerank=data.get("rerank", base.rerank),
+            vectors=data.get("vectors", base.vectors),
             candidates=data.get("candidates", base.candidates),
             explain=data.get("explain", base.explain),
             fusion=data.get("fusion", base.fusion),
@@ -182,7 +186,8 @@ class SearchOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "collections": list(self.collections), "min_score": self.min_score, "full": self.full,
-                "expand": self.expand, "rerank": self.rerank, "candidates": self.candidates, "explain": self.explain,
+                "expand": self.expand, "rerank": self.rerank, "vectors": self.vectors, "candidates": self.candidates,
+                "explain": self.explain,
                 "fusion": self.fusion, "intent": self.intent,
                 "searches": [{"type": k, "query": q} for k, q in self.searches]}
 

@@ -337,6 +337,12 @@ class PairEncoder:
             return query
         return query[: enc.offsets[self.max_query_tokens - 1][1]]
 
+    def count(self, passages: Sequence[str]) -> list[int]:
+        """Tokens of each passage as the cross-encoder reads it (no special tokens, no truncation)."""
+        if not passages:
+            return []
+        return [len(e.ids) for e in self._single.encode_batch(list(passages), add_special_tokens=False)]
+
     def window(self, passage: str, terms: Sequence[str], budget: int) -> str:
         """The ``budget``-token stretch of a passage that holds the most occurrences of the terms (the first
         such stretch on ties; the passage's start when no term occurs); the passage itself when it fits.

@@ -42,15 +42,23 @@ def test_query_finds_the_document_and_explains_every_hit(indexed: Settings):
         assert e["rrf_rank"] >= 1 and e["rrf"] > 0
         # the English reranker reads every English passage; a Chinese note keeps its fused place unscored
         assert 0 <= e["rerank"] <= 1 if "/zh/" not in h["file"] else e["rerank"] is None
-        assert e["fusion"] in ("rerank", "blend")
+        assert e["fusion"] == "prior" and 0 <= e["unread"] <= 1
         assert e["expansion"]["engine"] == "onnxruntime"
+        # the CPU server does not expand a request that does not ask (the 135M model cost quality on every set)
+        assert e["expansion"]["status"] == "disabled" and "off by default" in e["expansion"]["why"]
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
 def test_query_cli_prints_explanations(indexed: Settings):
-    result = qmd(indexed, "query", "sourdough starter", "-n", "2", "-c", "qnotes", "--explain")
+    result = qmd(indexed, "query", "sourdough starter", "-n", "2", "-c", "qnotes", "--explain", "--expand")
     assert result.stdout.startswith("qnotes/recipes.md:")
     assert "~ lists: " in result.stdout and "rerank " in result.stdout and "expansion " in result.stdout
+    again = qmd(indexed, "query", "sourdough starter", "-n", "2", "-c", "qnotes", "--explain", "--expand")
+    # the lines searched beside the query are shown, fresh or from the cache
+    assert "expansion cached" in again.stdout
+    for out in (result.stdout, again.stdout):
+        shown = re.findall(r"^  (lex|vec|hyde): +(.+)$", out, re.MULTILINE)
+        assert shown == re.findall(r"^  (lex|vec|hyde): +(.+)$", result.stdout, re.MULTILINE)
 
 
 def test_no_expand_and_no_rerank_variants_pass_their_steps_through(indexed: Settings):
@@ -77,7 +85,7 @@ def test_chinese_query_finds_the_chinese_document(indexed: Settings):
         ("batching", "not json", "options is not valid JSON"),
         ("batching", {"collections": ["nope"]}, "unknown collection 'nope'"),
         ("batching", {"n": 0}, "n must be a positive integer"),
-        ("batching", {"fusion": "max"}, "fusion must be rerank or blend"),
+        ("batching", {"fusion": "max"}, "fusion must be prior, rerank or blend"),
     ],
     ids=["empty", "1MB", "bad-json", "unknown-collection", "n0", "bad-fusion"],
 )
@@ -116,10 +124,11 @@ def test_query_cli_flags_reach_the_pipeline(indexed: Settings):
 
 def test_a_convincing_bm25_hit_skips_the_expansion_model(indexed: Settings):
     query = "dynamic batcher merges concurrent inference requests preferred batch sizes queue delay"
-    hits = served(indexed, "qmd_query", query, {"n": 2, "explain": True, "collections": ["qnotes"]})
+    hits = served(indexed, "qmd_query", query, {"n": 2, "explain": True, "collections": ["qnotes"], "expand": True})
     assert hits[0]["file"] == "qnotes/guide/batching.md"
     assert hits[0]["explain"]["expansion"]["status"] == "strong-bm25"
-    weak = served(indexed, "qmd_query", "merging callers", {"n": 2, "explain": True, "collections": ["qnotes"]})
+    weak = served(indexed, "qmd_query", "merging callers", {"n": 2, "explain": True, "collections": ["qnotes"],
+                                                              "expand": True})
     assert weak[0]["explain"]["expansion"]["status"] != "strong-bm25"
 
 
@@ -171,7 +180,7 @@ def test_expansions_are_cached_whatever_n_and_explain_says_so(indexed: Settings)
         m = re.search(rf'qmd_expansions_total\{{status="{status}"\}} (\d+)', text)
         return float(m.group(1)) if m else 0.0
 
-    options = {"n": 2, "collections": ["qnotes"], "explain": True}
+    options = {"n": 2, "collections": ["qnotes"], "explain": True, "expand": True}
     first = served(indexed, "qmd_query", "dough folding schedule", options)
     if first[0]["explain"]["expansion"]["status"] not in ("ok", "empty", "partial"):
         pytest.skip(f"the first expansion ended as {first[0]['explain']['expansion']['status']}: nothing to cache")
@@ -194,7 +203,8 @@ def test_a_slow_expansion_engine_degrades_to_the_original_query(copy_repo, tmp_p
     settings = make_settings(tmp_path / "home", repo)
     server.start(settings)
     try:
-        hits = served(settings, "qmd_query", "how do I stop the server", {"explain": True, "collections": ["qnotes"]})
+        hits = served(settings, "qmd_query", "how do I stop the server", {"explain": True, "collections": ["qnotes"],
+                                                                          "expand": True})
         assert hits and hits[0]["explain"]["expansion"]["status"] in ("timeout", "partial")
         assert hits[0]["file"] == "qnotes/guide/operations.md"
     finally:

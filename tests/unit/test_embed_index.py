@@ -325,3 +325,25 @@ def test_bulk_requests_in_flight_follow_the_served_embedder(groups: list, in_fli
     from qmd_triton.serving.client import bulk_in_flight
 
     assert bulk_in_flight({"name": "qmd_embed_model", "instance_group": groups}) == in_flight
+
+
+def test_an_index_titled_by_an_earlier_rule_is_retitled_by_update_keeping_its_vectors(tmp_path: Path, notes: Path,
+                                                                                       backend):
+    from qmd_triton.index.update import TITLE_RULE, TITLE_RULE_KEY
+
+    page = "<!--\n# Copyright 2024, Example Corp. All rights reserved.\n-->\n\n# Rate limiter\n\nTake turns.\n"
+    (notes / "limiter.md").write_text(page)
+    embedder = HashEmbedder()
+    with open_test_index(tmp_path / "home", backend) as store:
+        index(store, notes, embedder)
+        doc = store.document("notes", "limiter.md")
+        assert doc.title == "Rate limiter"
+        with store.transaction():  # what the earlier rule wrote: the licence comment's line as the title
+            store.upsert_documents([("notes", "limiter.md", "Copyright 2024, Example Corp. All rights reserved.",
+                                     doc.hash, page, doc.size, doc.mtime_ns)])
+            store.set_meta(TITLE_RULE_KEY, "1")
+        assert store.document("notes", "limiter.md").title.startswith("Copyright")
+        report = update(store, [Collection("notes", notes)])
+        assert store.document("notes", "limiter.md").title == "Rate limiter"
+        assert report.added == report.changed == 0 and store.meta(TITLE_RULE_KEY) == TITLE_RULE
+        assert embed_pending(store, embedder.setup(), lambda: embedder.embed).embedded == 0

@@ -54,3 +54,16 @@ def test_excluded_words_never_reach_the_llm_and_lines_holding_them_are_dropped()
     result = plan_expansion("aaron -moses", SearchOptions(), Expander(engine))
     assert "moses" not in engine.prompts[0].rsplit("<|im_start|>user\n", 1)[1]
     assert result.lex == ["aaron biography"] and result.vec == ["who was aaron"]
+
+
+def test_a_request_that_does_not_say_gets_the_servers_default_and_may_ask_either_way():
+    engine = Scripted(" batching requests triton\n")
+    expander = Expander(engine)
+    off = plan_expansion("request batching", SearchOptions(), expander, by_default=False)
+    assert off.status == "disabled" and "off by default" in off.why and not engine.prompts
+    asked = plan_expansion("request batching", SearchOptions(expand=True), expander, by_default=False)
+    assert asked.status == "ok" and asked.lex == ["batching requests triton"]
+    refused = plan_expansion("request batching", SearchOptions(expand=False), expander, by_default=True)
+    assert refused.status == "disabled" and "--no-expand" in refused.why
+    assert plan_expansion("request batching", SearchOptions(), expander, by_default=True).status == "ok"
+    assert SearchOptions.from_json('{"expand": null}').expand is None

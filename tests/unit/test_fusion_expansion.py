@@ -12,10 +12,12 @@ from qmd_triton.search.expansion import Expander, chatml, make_engine, parse
 from qmd_triton.search.fusion import (
     BONUS_FIRST,
     BONUS_TOP3,
+    PRIOR_WEIGHT,
     RankedList,
     blend,
     blend_weight,
     final_order,
+    prior,
     rrf,
     strong_signal,
 )
@@ -52,12 +54,28 @@ def test_blend_trusts_retrieval_more_at_the_top():
 
 
 def test_final_order_by_reranker_blend_or_rrf():
-    ranks, probs = [1, 2, 3], [0.1, 0.9, 0.5]
-    assert [i for i, _ in final_order(ranks, probs, "rerank")] == [1, 2, 0]
-    assert [i for i, _ in final_order(ranks, probs, "blend")] == [0, 1, 2]
+    ranks, logits = [1, 2, 3], [-2.2, 2.2, 0.0]  # probabilities 0.1, 0.9, 0.5
+    assert [i for i, _ in final_order(ranks, logits, "rerank")] == [1, 2, 0]
+    assert [i for i, _ in final_order(ranks, logits, "blend")] == [0, 1, 2]
     assert [i for i, _ in final_order(ranks, None, "rerank")] == [0, 1, 2]
     with pytest.raises(ValueError, match="fusion must be one of"):
-        final_order(ranks, probs, "max")
+        final_order(ranks, logits, "max")
+
+
+def test_prior_weighs_retrieval_by_how_much_of_the_document_the_reranker_did_not_read():
+    ranks, rrf_scores = [1, 2, 3], [0.10, 0.06, 0.03]
+    logits = [-11.0, -10.2, -10.6]  # a reranker that recognized no answer: its order is noise
+    long_pages = [prior(s, 0.10, unread=0.95) for s in rrf_scores]
+    assert [i for i, _ in final_order(ranks, logits, "prior", long_pages)] == [0, 1, 2]  # the fused order stands
+    assert [i for i, _ in final_order(ranks, logits, "rerank")] == [1, 2, 0]
+    read_whole = [prior(s, 0.10, unread=0.0) for s in rrf_scores]
+    assert read_whole == [0.0, 0.0, 0.0]  # a passage read whole: the cross-encoder alone decides
+    assert [i for i, _ in final_order(ranks, logits, "prior", read_whole)] == [1, 2, 0]
+    confident = [-3.0, 6.0, -2.0]  # a clear answer outweighs any prior (PRIOR_WEIGHT logits at most)
+    assert [i for i, _ in final_order(ranks, confident, "prior", long_pages)][0] == 1
+    assert prior(0.10, 0.10, 1.0) == PRIOR_WEIGHT and prior(0.05, 0.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match="one prior per candidate"):
+        final_order(ranks, logits, "prior")
 
 
 def test_strong_signal_needs_a_high_score_and_a_lead():

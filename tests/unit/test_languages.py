@@ -179,13 +179,28 @@ def test_fuse_reorders_only_the_candidates_the_reranker_read():
     assert hits[1]["explain"]["rerank"] is None and hits[1]["score"] == hits[0]["score"]
 
 
-@pytest.mark.parametrize("fusion", ["rerank", "blend"])
+@pytest.mark.parametrize("fusion", ["prior", "rerank", "blend"])
 def test_fuse_keeps_the_fused_order_for_flat_scores(fusion: str):
     logits = np.full((12, 1), 6.9, dtype=np.float32)
     logits[5] += 5e-5  # below the flat threshold: noise, not an order
     hits = fuse(payload(12, list(range(12))), logits, fusion)
     assert [h["file"] for h in hits] == [f"c/{i}.md" for i in range(12)]
     assert hits[0]["explain"]["stages"]["rerank"]["status"] == "flat"
+
+
+def test_fuse_lets_retrieval_order_long_pages_when_the_reranker_recognizes_no_answer():
+    data = payload(4, [0, 1, 2, 3], {"rerank": {"status": "ran"}})
+    for i, c in enumerate(data["candidates"]):
+        c["explain"].update(rrf=round(0.1 / (i + 1), 5), unread=0.9)  # long pages, 128 tokens of each read
+    logits = np.array([[-11.2], [-10.1], [-10.6], [-11.5]], dtype=np.float32)  # all near probability 0
+    hits = fuse(data, logits, "prior")
+    assert [h["file"] for h in hits] == ["c/0.md", "c/1.md", "c/2.md", "c/3.md"]
+    assert "retrieval's prior decided" in hits[0]["explain"]["stages"]["rerank"]["why"]
+    assert hits[0]["explain"]["prior"] == pytest.approx(3.6) and hits[0]["explain"]["logit"] == pytest.approx(-11.2)
+    assert [h["file"] for h in fuse(data, logits, "rerank")] == ["c/1.md", "c/2.md", "c/0.md", "c/3.md"]
+    for c in data["candidates"]:
+        c["explain"]["unread"] = 0.0  # passages read whole: the cross-encoder's order, whatever retrieval said
+    assert [h["file"] for h in fuse(data, logits, "prior")] == ["c/1.md", "c/2.md", "c/0.md", "c/3.md"]
 
 
 def test_a_legacy_payload_without_the_reranked_list_reranks_every_candidate():

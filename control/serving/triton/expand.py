@@ -9,6 +9,9 @@ Parameters:
     tensor_parallel_size, gpu_memory_utilization: for vllm / deepspeed.
     strong_signal (true): skip expansion when BM25 alone is convincing (top normalized
         score >= 0.85 and >= 0.15 ahead of #2).
+    expand_by_default: whether a request that does not say (``expand`` null) is expanded. false
+        in the CPU config: SmolLM2-135M's lines made the full query worse than no expansion on
+        every eval set (docs/search.md, "Quality"); true in the GPU configs (a bigger LLM).
     index_path: as for qmd_search.
 
 Expansions are cached in the index (``expansions``), keyed by the engine, its model, the
@@ -62,6 +65,7 @@ class TritonPythonModel:
             shots=shots,
         )
         self.strong = common.parameter(config, "strong_signal", "true").lower() == "true"
+        self.by_default = common.parameter(config, "expand_by_default", "true").lower() == "true"
         self.handle = common.served_index(config)
         self.expansions = common.Counter("qmd_expansions_total",
                                          "Query expansions of qmd_expand by how they were made (ok, cached, ...)",
@@ -87,7 +91,7 @@ class TritonPythonModel:
             started = time.monotonic()
             expansion = plan_expansion(query, options, self.expander, engine_id=self.engine_id,
                                        strong=lambda: self._probe(query, options), store=self._store(),
-                                       languages=self.languages)
+                                       languages=self.languages, by_default=self.by_default)
             self.expansions.increment("error" if expansion.status.startswith("error") else expansion.status)
             plan = Plan(
                 query=query, mode="query", lex=expansion.lex, vec=expansion.vec, hyde=expansion.hyde,

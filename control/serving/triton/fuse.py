@@ -1,8 +1,9 @@
 """``qmd_fuse``: the last step of ``qmd_query`` — reranker scores meet the RRF order.
 
-Parameter ``fusion``: ``rerank`` (order by the cross-encoder's probability) or
-``blend`` (tobi/qmd's position-aware mix of RRF rank and reranker probability).
-The default is what ``qmdctl eval`` measured best (docs/search.md). With
+Parameter ``fusion``: ``prior`` (the cross-encoder's logit plus retrieval's evidence, weighted by how much of
+the document it did not read), ``rerank`` (order by the cross-encoder's probability) or ``blend`` (tobi/qmd's
+position-aware mix of RRF rank and reranker probability). The default is what ``qmdctl eval`` and
+``perf/quality_lab.py`` measured best on every set (docs/search.md). With
 ``rerank: false`` in the options, or no candidates, the RRF order stands; so it
 does when the reranker was bypassed (it does not read the query's language) or its
 scores are flat (all equal: they order nothing). Candidates the reranker did not
@@ -17,9 +18,11 @@ import numpy as np
 
 from qmd_triton.contracts import CANDIDATES, LOGIT, RESULTS
 from qmd_triton.errors import InputError, parse_json_input
-from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, flat, sigmoid
+from qmd_triton.search.fusion import FUSIONS, blend_weight, final_order, flat, prior, sigmoid
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.serving.triton import common
+
+UNSURE_LOGIT = -4.6  # below this for every candidate (1%), the cross-encoder recognized no answer
 
 _SHAPE = 'a JSON object {"plan": {"options": {...}}, "candidates": [{..., "explain": {"rrf_rank": N}}]}'
 
@@ -55,27 +58,39 @@ def fuse(payload: dict, logits: np.ndarray, fusion: str) -> list[dict]:
     if read is None:  # a payload without the list: every candidate was reranked, or none
         read = list(range(len(cands))) if options.get("rerank", True) and len(values) == len(cands) else []
     stages = dict(plan.get("stages") or {})
-    probs: list[float | None] | None = None
+    scores: list[float | None] | None = None  # the reranker's logit per candidate (None: not read)
     if read and len(values) == len(read):
-        probs = [None] * len(cands)
+        scores = [None] * len(cands)
         if flat(values):  # equal scores order nothing: the fused order stands
             values = [sum(values) / len(values)] * len(values)
             stages["rerank"] = {"status": "flat", "why": "every reranked candidate got the same score"}
         for i, x in zip(read, values):
-            probs[i] = sigmoid(x)
+            scores[i] = x
     fusion = options.get("fusion") or fusion
-    order = final_order([c["explain"]["rrf_rank"] for c in cands], probs, fusion)
-    expansion = plan.get("expansion", {})
+    top_rrf = max(float(c["explain"].get("rrf") or 0.0) for c in cands)
+    priors = [prior(float(c["explain"].get("rrf") or 0.0), top_rrf, float(c["explain"].get("unread") or 0.0))
+              for c in cands]
+    order = final_order([c["explain"]["rrf_rank"] for c in cands], scores, fusion, priors)
+    known = [x for x in (scores or []) if x is not None]
+    if fusion == "prior" and known and max(known) < UNSURE_LOGIT and stages.get("rerank", {}).get("status") == "ran":
+        stages["rerank"] = {"status": "ran", "why": f"no candidate reached {sigmoid(UNSURE_LOGIT):.0%} with the "
+                                                    "cross-encoder: retrieval's prior decided their order"}
+    # the lines that were searched beside the query, fresh from the LLM, from the cache or typed by the caller
+    lines = {k: plan.get(k) for k in ("lex", "vec", "hyde") if plan.get(k)}
+    expansion = {**plan.get("expansion", {}), **({"lines": lines} if lines else {})}
     out = []
     for i, score in order:
         hit = dict(cands[i])
         explain = hit.pop("explain")
-        if probs is not None:
-            if probs[i] is None:
+        if scores is not None:
+            if scores[i] is None:
                 explain["rerank"] = None  # the reranker does not read this passage: it kept its fused place
             else:
-                explain["rerank"] = round(probs[i], 5)
+                explain["rerank"] = round(sigmoid(scores[i]), 5)
+                explain["logit"] = round(scores[i], 3)
             explain["fusion"] = fusion
+            if fusion == "prior":
+                explain["prior"] = round(priors[i], 3)  # logits retrieval added to the cross-encoder's
             # the share of the score that the retrieval position carries (0 when the reranker alone orders)
             explain["blend_weight"] = blend_weight(explain["rrf_rank"]) if fusion == "blend" else 0.0
         explain["expansion"] = expansion
@@ -98,7 +113,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         utils = common.pb()
         config, _ = common.load(args)
-        self.fusion = common.parameter(config, "fusion", "rerank")
+        self.fusion = common.parameter(config, "fusion", "prior")
         if self.fusion not in FUSIONS:
             raise utils.TritonModelException(f"qmd_fuse: fusion must be one of {', '.join(FUSIONS)}")
 

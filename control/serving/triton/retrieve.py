@@ -14,7 +14,8 @@ embedder does not read is left out; a query the reranker does not read is not
 reranked (the placeholder pair again), and only the candidates whose passages it
 reads are sent to it (``payload["reranked"]`` lists them; the others keep their
 fused place). ``plan.stages`` records what ran and why, for ``--explain``, and
-``qmd_stages_total{stage, outcome}`` counts it on Triton's /metrics.
+``qmd_stages_total{stage, outcome}`` counts it on Triton's /metrics. Each reranked candidate carries the share of
+its document the cross-encoder did not read (``explain.unread``), which ``qmd_fuse``'s ``prior`` fusion weighs.
 
 The index must have been embedded with the model this server serves: its
 fingerprint is compared with this repository's on every request.
@@ -106,6 +107,9 @@ class TritonPythonModel:
             cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts(),
                                       embedder=self.languages["embedding"])
             read, passages = self._rerank_stage(plan, [c.passage for c in cands])
+            if read:
+                for c, n in zip([cands[i] for i in read], self.pairs.count([passages[i] for i in read])):
+                    c.unread = max(0.0, 1.0 - min(n, self.pairs.max_length) / c.tokens) if c.tokens else 0.0
             payload = {"plan": json.loads(plan.to_json()), "candidates": [c.to_dict() for c in cands],
                        "candidate_limit": clamp_candidates(plan.search_options), "reranked": read}
             for name, record in plan.stages.items():
