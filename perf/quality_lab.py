@@ -14,9 +14,14 @@ lists and ranks, each candidate's chunks with their cosine to the query, and its
 Stage 2 (fast): a rule is a passage selector and a fusion; the cross-encoder's logits are cached per (query,
 passages) batch, each query's pairs one padded batch as the server runs them.
 
+Stage 2 prints hit@1 (triton-docs), nDCG@10 (msmarco, dbpedia) and triton-docs' MRR@10 for every rule, with
+expansion off, on, and on only where BM25's and the vectors' first hits disagree ("disagree").
+
 Usage:
-    .venv/bin/python perf/quality_lab.py [--sets msmarco dbpedia triton-docs] [--repo model_repository]
-        [--variant NAME] [--rules all|NAME ...]
+    QMD_HOME=... .venv/bin/python perf/quality_lab.py [--sets triton-docs msmarco dbpedia]
+        [--repo model_repository --variant minilm] [--rules served|passages|fusions] [--candidates 20]
+        [--no-expansion] [--stage1-only]
+    (perf/reproduce.sh quality runs the tables of perf/RESULTS.md, "The right page first")
 """
 
 from __future__ import annotations
@@ -439,19 +444,47 @@ def fuse_prior_guard(alpha: float, windows: Windows, floor: float = 0.0, spread:
     return fuse
 
 
-def run_rules(sets: list[str], base: Settings, repo: Path, variant: str, expand_modes: Sequence[bool]) -> None:
-    reranker = Reranker(repo, base.home / "lab" / f"rerank-cache-{variant}.json")
-    windows = Windows(repo)
-    passages = {
-        "today": lambda q, c: windows.select(q, c, "today", False),
+def rule_groups(windows: Windows) -> dict[str, tuple[dict[str, Passages], dict[str, Fusion]]]:
+    """The rules compared (docs/search.md, "Quality"), by group: passage selectors x fusions."""
+    sel = windows.select
+    today = {"today": lambda q, c: sel(q, c, "today", False)}
+    passages: dict[str, Passages] = {
+        **today,
+        "today+title": lambda q, c: sel(q, c, "today", "title"),
+        "today+path": lambda q, c: sel(q, c, "today", True),
+        "wide": lambda q, c: sel(q, c, "wide", False),
+        "idf": lambda q, c: sel(q, c, "idf", False),
+        "idf+path": lambda q, c: sel(q, c, "idf", True),
+        "vec+path": lambda q, c: sel(q, c, "vec", True),
+        "mix+path": lambda q, c: sel(q, c, "mix", True),
     }
     fusions: dict[str, Fusion] = {"rerank": fuse_rerank}
-    for a in (3.0, 4.0):
-        fusions[f"adaptive{a}"] = fuse_adaptive(a, windows)
+    for a in (2.0, 3.0, 4.0, 6.0):
+        fusions[f"logit+{a}rrf"] = fuse_logit_blend(a)
+        fusions[f"prior{a}"] = fuse_adaptive(a, windows)
     for f in (0.001, 0.01, 0.1):
-        fusions[f"adaptive4+floor{f}"] = fuse_prior_guard(4.0, windows, floor=f)
+        fusions[f"floor{f}"] = fuse_floor(f)
+        fusions[f"prior4+floor{f}"] = fuse_prior_guard(4.0, windows, floor=f)
     for d in (0.5, 1.0, 2.0):
-        fusions[f"adaptive4+spread{d}"] = fuse_prior_guard(4.0, windows, spread=d)
+        fusions[f"prior4+spread{d}"] = fuse_prior_guard(4.0, windows, spread=d)
+    for w in (1.0, 2.0, 4.0):
+        fusions[f"rankrrf{w}"] = fuse_rank_rrf(w)
+    for b in (5.0, 10.0, 20.0):
+        fusions[f"cos{b}"] = fuse_cosine(b, 0.0, windows)
+        fusions[f"cos{b}+prior3"] = fuse_cosine(b, 3.0, windows)
+    served = {"rerank": fuse_rerank, "prior4.0": fusions["prior4.0"]}
+    return {
+        "served": (today, served),
+        "passages": (passages, served),
+        "fusions": (today, fusions),
+    }
+
+
+def run_rules(sets: list[str], base: Settings, repo: Path, variant: str, expand_modes: Sequence[bool],
+              group: str = "served", candidates: int = 20) -> None:
+    reranker = Reranker(repo, base.home / "lab" / f"rerank-cache-{variant}.json")
+    windows = Windows(repo)
+    passages, fusions = rule_groups(windows)[group]
     rows: dict[tuple, dict[str, float]] = {}
     modes: list[Any] = list(expand_modes)
     if len(expand_modes) == 2:
@@ -465,25 +498,24 @@ def run_rules(sets: list[str], base: Settings, repo: Path, variant: str, expand_
             else:
                 qs = stage1(name, base, repo, variant, expand)
             metric = "hit@1" if name == "triton-docs" else "ndcg@10"
-            rrf_scores, _ = evaluate(name, qs, None, fuse_rrf, reranker)
-            rows[(expand, "no rerank", "rrf")] = rows.get((expand, "no rerank", "rrf"), {})
-            rows[(expand, "no rerank", "rrf")][name] = rrf_scores[metric]
-            if name == "triton-docs":
-                rows[(expand, "no rerank", "rrf")]["td-mrr"] = rrf_scores["mrr@10"]
-            for pname, pfn in passages.items():
-                for fname, ffn in fusions.items():
-                    scores, _ = evaluate(name, qs, pfn, ffn, reranker)
-                    row = rows.setdefault((expand, pname, fname), {})
-                    row[name] = scores[metric]
-                    if name == "triton-docs":
-                        row["td-mrr"] = scores["mrr@10"]
-                reranker.save()
+            combos = [("no rerank", None, "rrf", fuse_rrf)] + [
+                (pname, pfn, fname, ffn) for pname, pfn in passages.items() for fname, ffn in fusions.items()]
+            for pname, pfn, fname, ffn in combos:
+                scores, _ = evaluate(name, qs, pfn, ffn, reranker, candidates=candidates)
+                row = rows.setdefault((expand, pname, fname), {})
+                row[name] = scores[metric]
+                if name == "triton-docs":
+                    row["td-mrr"] = scores["mrr@10"]
+            reranker.save()
             say(f"{name} expand={expand}: done")
     cols = [*sets, "td-mrr"]
-    print("| expand | passage | fusion | " + " | ".join(cols) + " |")
+    print(f"{variant}, {candidates} candidates: hit@1 (triton-docs), nDCG@10 (the BEIR sets), MRR@10 (td-mrr)\n")
+    print("| expansion | passage | fusion | " + " | ".join(cols) + " |")
     print("|---|---|---|" + "---|" * len(cols))
     for (expand, pname, fname), row in rows.items():
-        print(f"| {expand} | {pname} | {fname} | " + " | ".join(f"{row.get(c, float('nan')):.4f}" for c in cols) + " |")
+        label = {False: "off", True: "on"}.get(expand, expand)
+        print(f"| {label} | {pname} | {fname} | " + " | ".join(f"{row.get(c, float('nan')):.4f}" for c in cols)
+              + " |")
 
 
 def main() -> None:
@@ -493,6 +525,10 @@ def main() -> None:
     parser.add_argument("--variant", default="minilm")
     parser.add_argument("--stage1-only", action="store_true")
     parser.add_argument("--no-expansion", action="store_true", help="Stage 2 without the expanded plans.")
+    parser.add_argument("--rules", choices=("served", "passages", "fusions"), default="served",
+                        help="served: the reranker alone against the served prior; passages: every passage "
+                             "selector; fusions: every fusion rule")
+    parser.add_argument("--candidates", type=int, default=20)
     args = parser.parse_args()
     base = Settings.load()
     repo = (args.repo or base.model_repository).resolve()
@@ -503,7 +539,8 @@ def main() -> None:
             say(f"{name}/{args.variant} expand={expand}: {len(qs)} queries ({time.monotonic() - started:.0f} s)")
     if args.stage1_only:
         return
-    run_rules(args.sets, base, repo, args.variant, (False,) if args.no_expansion else (False, True))
+    run_rules(args.sets, base, repo, args.variant, (False,) if args.no_expansion else (False, True), args.rules,
+              args.candidates)
 
 
 if __name__ == "__main__":

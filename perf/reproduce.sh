@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measures everything in perf/RESULTS.md, one step after the other on an otherwise idle machine.
 # Usage: bash perf/reproduce.sh [STEP ...]   steps: embed batch batching query stress-embed stress-query soak tune latency
-#        gateway rerank-budget scale interactive soak-query
+#        gateway rerank-budget scale interactive soak-query quality embedders
 # (default: all). Results land in perf/results/ (CSV, JSON, markdown, PNG) and the logs in perf/results/logs/.
 # Needs `make setup` (venv, exported models, perf_analyzer) and ../shared/datasets.
 set -euo pipefail
@@ -14,7 +14,7 @@ LOGS=perf/results/logs
 mkdir -p "$LOGS"
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(embed batch batching query stress-embed stress-query soak tune latency gateway rerank-budget
-                                  scale interactive soak-query)
+                                  scale interactive soak-query quality embedders)
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 index() {  # the msmarco index the search pipelines read (embedded through Triton)
@@ -83,6 +83,24 @@ for step in "${steps[@]}"; do
     gateway) # /vsearch through `qmdctl api` against qmd_vsearch directly, side by side (its own home and server)
       "$QMDCTL" down >/dev/null 2>&1 || true
       .venv/bin/python perf/gateway_overhead.py --rounds 20 --home "$QMD_HOME/gateway" 2>&1 | tee "$LOGS/gateway.log" ;;
+    quality) # every set as served (`qmdctl eval --mode all`), then the rules compared on the same candidates
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      for set in triton-docs msmarco dbpedia; do
+        "$QMDCTL" eval "$DATASETS/$set" --mode all 2>&1 | tee "$LOGS/eval-$set.log"
+      done
+      for rules in served passages fusions; do
+        .venv/bin/python perf/quality_lab.py --rules "$rules" 2>&1 | tee "$LOGS/quality-$rules.log"
+      done
+      .venv/bin/python perf/quality_lab.py --candidates 40 --no-expansion 2>&1 | tee "$LOGS/quality-40.log" ;;
+    embedders) # MiniLM against bge-small-en-v1.5: the full pipeline's quality, and bulk embedding through Triton
+      "$QMDCTL" down >/dev/null 2>&1 || true
+      bge=$QMD_HOME/bge-repository
+      rm -rf "$bge" && cp -a model_repository "$bge"
+      QMD_MODEL_REPOSITORY=$bge "$QMDCTL" export --only embedding --embedding-model bge-small-en-v1.5
+      .venv/bin/python perf/quality_lab.py --repo "$bge" --variant bge512 --no-expansion 2>&1 \
+        | tee "$LOGS/quality-bge.log"
+      .venv/bin/python perf/embed_throughput.py --repo minilm=model_repository --repo "bge=$bge" \
+        --sets triton-docs msmarco 2>&1 | tee "$LOGS/embedders.log" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -89,7 +89,11 @@ def explain_line(e: dict) -> str:
         parts.append("rerank - (passage not read: fused place kept)" if e["rerank"] is None
                      else f"rerank {e['rerank']:.3f}")
         parts.append(f"fusion {e.get('fusion', '-')}")
-        parts.append(f"blend weight {e.get('blend_weight', 0.0):.2f}")
+        if e.get("fusion") == "prior" and e.get("rerank") is not None:
+            parts.append(f"logit {e.get('logit', 0.0):+.2f} prior {e.get('prior', 0.0):+.2f} "
+                         f"({e.get('unread', 0.0):.0%} of the page unread)")
+        elif e.get("fusion") == "blend":
+            parts.append(f"blend weight {e.get('blend_weight', 0.0):.2f}")
     if "candidates" in e:
         limit = f" (limit {e['candidate_limit']})" if "candidate_limit" in e else ""
         parts.append(f"{e['candidates']} candidates{limit}")

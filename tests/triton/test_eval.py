@@ -37,3 +37,32 @@ def test_eval_scores_each_mode_at_least_as_well_as_its_baseline(name: str, expor
     assert rows["query"]["ndcg@10"] >= hybrid["ndcg@10"] - 0.005
     assert rows["query"]["ndcg@10"] > rows["search"]["ndcg@10"]
     assert rows["query"]["ndcg@10"] > rows["query-no-rerank"]["ndcg@10"]  # the cross-encoder earns its cost
+
+
+@pytest.mark.timeout(1200)
+def test_on_real_docs_every_stage_earns_its_place_and_no_page_is_titled_by_its_licence(exported_repo: Path,
+                                                                                      tmp_path: Path):
+    """triton-docs: 60 real pages, each opening with a licence in an HTML comment; the full query, as served,
+    scores at least as high as the pipeline without its cross-encoder or without its vectors (within 0.01)."""
+    args = ["eval", str(dataset("triton-docs")), "--no-baseline", "--json", "--mode", "search", "--mode", "query",
+            "--mode", "query-no-rerank", "--mode", "query-no-vectors"]
+    result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {r["mode"]: r for r in report["rows"]}
+    print("\ntriton-docs: " + json.dumps(report["rows"]))
+    full = rows["query"]
+    for ablation in ("query-no-rerank", "query-no-vectors"):
+        assert full["mrr@10"] >= rows[ablation]["mrr@10"] - 0.01, ablation
+        assert full["hit@1"] >= rows[ablation]["hit@1"] - 0.01, ablation
+    assert full["hit@1"] > rows["search"]["hit@1"]
+    assert full["stages"]["rerank"].get("ran") == report["queries"]
+    assert full["stages"]["expansion"] == {"disabled": report["queries"]}  # off by default on the CPU
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "eval" / "triton-docs" / "index.sqlite") as db:
+        titles = dict(db.execute("SELECT path, title FROM documents"))
+    # the set's own titles are "the first heading outside HTML comments" (empty for the one page with none)
+    rows = [json.loads(line) for line in (dataset("triton-docs") / "beir" / "corpus.jsonl").open()]
+    expected = {r["_id"]: r["title"] or Path(r["_id"]).stem for r in rows}
+    assert titles == expected and not [t for t in titles.values() if "copyright" in t.lower()]

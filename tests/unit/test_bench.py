@@ -168,3 +168,29 @@ def test_counted_progress_off_a_terminal_prints_periodic_lines(capsys):
     assert lines[0] == "embedding chunks: 0/40"
     assert lines[-1].startswith("embedding chunks: 40/40 (100%")
     assert len(lines) == 4
+
+
+def test_eval_report_counts_stage_outcomes_and_sets_each_ablation_against_the_full_query():
+    from qmd_triton.cli.evaluate import report_text
+
+    stages = {"expansion": {"disabled": 40}, "rerank": {"ran": 38, "bypassed": 2}}
+    rows = [{"mode": "query", "hit@1": 0.8, "hit@3": 0.9, "mrr@10": 0.85, "recall@10": 0.95, "stages": stages},
+            {"mode": "query-no-rerank", "hit@1": 0.7, "hit@3": 0.85, "mrr@10": 0.76, "recall@10": 0.9,
+             "stages": {"rerank": {"off": 40}}},
+            {"mode": "vsearch", "hit@1": 0.6, "hit@3": 0.8, "mrr@10": 0.7, "recall@10": 0.9}]
+    text = report_text({"set": "notes", "kind": "known-item", "documents": 60, "queries": 40, "rows": rows})
+    assert "| query | expansion: disabled 40; rerank: bypassed 2, ran 38 |" in text
+    assert "| query-no-rerank | 0.7000 | -0.1000 | 0.7600 | -0.0900 |" in text
+    beir = [{"mode": "query", "ndcg@10": 0.84, "recall@10": 0.2, "recall@100": None, "mrr@10": 1.0}]
+    assert "| query | 0.8400 | 0.2000 | n/a | 1.0000 |" in report_text(
+        {"set": "msmarco", "kind": "beir", "documents": 5000, "queries": 43, "rows": beir})
+
+
+def test_the_notebook_splitter_keeps_every_word_in_overlapping_windows():
+    from qmd_triton.bench.baselines import split_words
+
+    words = [f"w{i}" for i in range(450)]
+    chunks = split_words(" ".join(words), size=200, overlap=40)
+    assert [len(c.split()) for c in chunks] == [200, 200, 130]
+    assert chunks[1].split()[0] == "w160" and chunks[-1].split()[-1] == "w449"
+    assert split_words("a short passage") == ["a short passage"]
