@@ -347,3 +347,24 @@ def test_an_index_titled_by_an_earlier_rule_is_retitled_by_update_keeping_its_ve
         assert store.document("notes", "limiter.md").title == "Rate limiter"
         assert report.added == report.changed == 0 and store.meta(TITLE_RULE_KEY) == TITLE_RULE
         assert embed_pending(store, embedder.setup(), lambda: embedder.embed).embedded == 0
+
+
+def test_vectors_of_another_model_of_the_same_size_are_refused_until_embed_force(tmp_path: Path, notes: Path,
+                                                                                  backend):
+    """all-MiniLM-L6-v2 and bge-small-en-v1.5 both make 384-d vectors: only the fingerprint tells them apart."""
+    from qmd_triton.index.fingerprint import EmbeddingSetup
+
+    first = HashEmbedder()
+    other = HashEmbedder()
+    other._setup = EmbeddingSetup({**first.setup().fingerprint, "model": "bge-small-en-v1.5",
+                                   "query_prompt": "Represent this sentence for searching relevant passages: {text}"},
+                                  first.setup().count_tokens)
+    with open_test_index(tmp_path / "home", backend) as store:
+        index(store, notes, first)
+        with pytest.raises(FingerprintMismatch, match=r"different model, query_prompt than .*`qmdctl embed --force`"):
+            index(store, notes, other)
+        assert store.fingerprint()["model"] == "hash"  # nothing of the other model was written
+        report = embed_pending(store, other.setup(), lambda: other.embed, force=True)
+        counts = store.counts()
+        assert report.embedded == counts["chunks"] == counts["embedded"] and store.fingerprint()["model"] == other \
+            .setup().fingerprint["model"]
