@@ -55,6 +55,15 @@ class IndexCorrupt(QmdError):
     """The index file is not a readable qmd-triton index."""
 
 
+# What every IndexCorrupt message says, and IndexUnavailable's for a file that cannot be read: how a client
+# (the health probe) tells "the index cannot be trusted" from any other refused request.
+INDEX_DAMAGE_MARKS = (" is damaged (", " is not a readable qmd-triton index", "cannot read or write ")
+
+
+def says_index_is_damaged(message: str) -> bool:
+    return any(mark in message for mark in INDEX_DAMAGE_MARKS)
+
+
 class IndexReadOnly(QmdError):
     """The index (or its folder) cannot be written: it can be searched, not changed."""
 

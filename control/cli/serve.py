@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
-from qmd_triton.errors import QmdError
+from qmd_triton.errors import IndexCorrupt, IndexUnavailable, QmdError
 from qmd_triton.index.backend import index_config, index_summary
+from qmd_triton.index.store import header_problem
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
 
@@ -153,15 +154,22 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
         from qmd_triton.serving import milvus_lite
 
         milvus_lite.ensure_running(config, progress=state.progress)
-    index = index_summary(config)
+    damaged = None
+    try:
+        index = index_summary(config)
+    except (IndexCorrupt, IndexUnavailable) as e:  # what every reader of the file would answer
+        index, damaged = None, str(e)
     stages = [{**m.to_dict(), "counts": st.stages.get(m.to_dict()["stage"], {})}
               for m in repository_languages(settings.model_repository).values()]
     if as_json:
         emit_json({"url": st.url, "live": st.live, "ready": st.ready, "healthy": st.healthy, "managed": st.managed,
                    "pid": st.pid, "log": st.log, "supervisor": st.supervisor, "models": st.models,
-                   "problems": st.problems, "index": index, "stages": stages})
+                   "problems": st.problems, "index": index if damaged is None else {"problem": damaged},
+                   "stages": stages})
     else:
-        if index is None:
+        if damaged is not None:
+            click.echo(f"index   DAMAGED: {damaged}")
+        elif index is None:
             click.echo(f"index   none yet in {config.describe()} (qmdctl collection add, then qmdctl update)")
         else:
             click.echo(f"index   {index['path']}  {index['documents']} documents, {index['chunks']} chunks, "
@@ -190,7 +198,9 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
                    "kept their fused place)")
     for model, why in sorted(st.problems.items()):
         state.warn(f"{model}: {why}")
-    if not st.healthy:
+    if damaged is not None:
+        state.warn(f"index: {damaged}")
+    if not st.healthy or damaged is not None:
         raise SystemExit(1)
 
 
@@ -207,12 +217,19 @@ def health(state: State, url: str | None, models: tuple[str, ...], timeout: floa
 
     What container probes run (compose healthcheck, Kubernetes readiness and liveness): unlike
     /v2/health/ready, it fails while a model's backend process is dead. A model answering with its own
-    request error (no index yet) counts as answering.
+    request error (no index yet) counts as answering; one answering that the index is damaged does not, nor
+    (for this home's own server) an index file cut shorter than its header says.
     """
     from qmd_triton.serving.health import probe_all
 
-    base = f"http://{url or server_settings(state, kwargs).http_url}"
+    settings = server_settings(state, kwargs)
+    base = f"http://{url or settings.http_url}"
     problems = probe_all(base, models or PROBE_MODELS, timeout=timeout)
+    config = index_config(settings.home)
+    if url is None and config.backend == "sqlite":  # this home's own server reads this file
+        problem = header_problem(config.sqlite_path)
+        if problem:
+            problems["index"] = problem
     if problems:
         raise click.ClickException("; ".join(f"{m}: {why}" for m, why in problems.items()))
     state.progress(f"{', '.join(models or PROBE_MODELS)} answer at {base}")

@@ -30,10 +30,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from qmd_triton.errors import ConfigError, IndexMissing, IndexUnavailable
+from qmd_triton.errors import ConfigError, IndexCorrupt, IndexMissing, IndexUnavailable
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.milvus import ANALYZERS, VECTOR_INDEXES
-from qmd_triton.index.store import INDEX_FILE, ChunkRow, DocRow, IndexHandle, IndexStore
+from qmd_triton.index.store import INDEX_FILE, ChunkRow, DocRow, IndexHandle, IndexStore, header_problem
 from qmd_triton.progress import Progress, silent
 from qmd_triton.settings import config_table
 
@@ -261,6 +261,10 @@ def index_summary(config: IndexConfig) -> dict[str, Any] | None:
     there is no index yet."""
     if not exists(config):
         return None
+    if config.backend == "sqlite":
+        problem = header_problem(config.sqlite_path)
+        if problem:
+            raise IndexCorrupt(problem)
     with open_index(config) as index:
         counts = index.counts()
     counts["backend"] = config.backend

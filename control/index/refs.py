@@ -42,6 +42,8 @@ def parse_ref(text: str) -> Ref:
     count = int(m["count"]) if m["count"] else None
     if start == 0:
         raise InputError("line numbers start at 1")
+    if count == 0:
+        raise InputError(f"{text!r} asks for 0 lines; the count after FROM: is at least 1 (TARGET:FROM:COUNT)")
     return Ref(m["target"], start, count)
 
 

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,8 +101,9 @@ def sqlite_error(e: sqlite3.Error, path: os.PathLike[str] | str) -> QmdError | N
         return IndexCorrupt(f"{path} is not a readable qmd-triton index ({text}); move it aside and run "
                             "`qmdctl update` to rebuild")
     if code == _SQLITE_CORRUPT or "malformed" in text:
-        return IndexCorrupt(f"{path} is damaged ({text}); move it aside (mv {path} {path}.damaged) and rebuild it "
-                            "with `qmdctl update` and `qmdctl embed`")
+        return IndexCorrupt(f"{path} is damaged ({text}); restore a backup (`qmdctl index restore BACKUP`), or move "
+                            f"it aside (mv {path} {path}.damaged) and rebuild it with `qmdctl update` and "
+                            "`qmdctl embed`")
     if code == _SQLITE_CANTOPEN:
         return IndexUnavailable(f"cannot open {path} ({text}): its folder must exist and be writable (SQLite keeps "
                                 "its -wal and -shm files there)")
@@ -143,7 +144,12 @@ class _Cursor(sqlite3.Cursor):
     (executing a statement or fetching its rows)."""
 
     def _mapped(self, e: sqlite3.Error) -> BaseException:
-        return sqlite_error(e, getattr(self.connection, "qmd_path", "the index")) or e
+        mapped = sqlite_error(e, getattr(self.connection, "qmd_path", "the index")) or e
+        if isinstance(mapped, (IndexCorrupt, IndexUnavailable)):
+            # What this connection read may be stale pages of a file replaced under it (a restore by cp):
+            # a long-lived reader opens the file afresh before its next request (IndexHandle.get).
+            self.connection.suspect = True
+        return mapped
 
     def execute(self, *args: Any) -> _Cursor:
         try:
@@ -192,6 +198,7 @@ class _Connection(sqlite3.Connection):
     """A connection whose statements run on :class:`_Cursor` (``Connection.execute`` would bypass it)."""
 
     qmd_path = "the index"
+    suspect = False  # an error said the file may be damaged: reopen before trusting it again
 
     def cursor(self, factory: Any = _Cursor) -> Any:  # type: ignore[override]
         return super().cursor(factory)
@@ -214,6 +221,7 @@ class IndexStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self.epoch = 0  # connections this object has had before this one (reconnect)
 
     def describe(self) -> str:
         return str(self.path)
@@ -304,7 +312,25 @@ class IndexStore:
         return store
 
     def close(self) -> None:
+        if self.conn.total_changes:
+            self.checkpoint()
         self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copies what this connection wrote from the write-ahead log into the index file, as far as readers
+        allow, without waiting for them. A writer leaves the file whole on its own, so a copy of it (``cp``,
+        a volume snapshot) is a good backup and a copy restored over it is read as written."""
+        with suppress(sqlite3.Error, QmdError):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def reconnect(self) -> None:
+        """Opens the file again on a new connection (the old one is closed), keeping this object and what
+        readers built on it. A file rewritten in place (a backup copied over it) is read afresh: SQLite's page
+        cache of a WAL reader notices only changes that went through the WAL."""
+        fresh = IndexStore.open(self.path)
+        self.conn.close()
+        self.conn = fresh.conn
+        self.epoch += 1
 
     def __enter__(self) -> IndexStore:
         return self
@@ -343,11 +369,11 @@ class IndexStore:
         finally:
             self.conn.execute("COMMIT")
 
-    def data_version(self) -> int:
+    def data_version(self) -> tuple[int, int, int]:
         """Changes whenever a connection commits: another one (SQLite's ``data_version``, how servers notice a
-        re-index) or this one (its count of changed rows)."""
+        re-index), this one (its count of changed rows), or the file was opened again (:meth:`reconnect`)."""
         other = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
-        return other * 1_000_000_007 + self.conn.total_changes
+        return self.epoch, other, self.conn.total_changes
 
     # -- meta ------------------------------------------------------------------------
 
@@ -389,6 +415,8 @@ class IndexStore:
         try:
             self.conn.execute("INSERT OR REPLACE INTO expansions VALUES (?, ?, ?)",
                               (key, json.dumps(value, ensure_ascii=False), time.time()))
+            if not self.conn.in_transaction:  # a server's write: the file stays whole for a copy
+                self.checkpoint()
             return True
         except (sqlite3.OperationalError, QmdError):
             return False
@@ -735,6 +763,8 @@ class IndexStore:
         now = self.vector_log_position()
         if now == after:
             return [], now
+        if now < after:  # the log went back: another copy of the index (a backup) was restored over this one
+            return None
         oldest = self.conn.execute("SELECT MIN(seq) FROM vector_log").fetchone()[0]
         if oldest is None or oldest > after + 1:
             return None
@@ -745,6 +775,11 @@ class IndexStore:
     def prune_vector_log(self, keep: int = VECTOR_LOG_KEEP) -> int:
         return self.conn.execute("DELETE FROM vector_log WHERE seq <= ?",
                                  (self.vector_log_position() - keep,)).rowcount
+
+    def vector_count(self) -> int:
+        """Chunks with a vector: the rows :meth:`load_vectors` reads."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
+                   .fetchone()[0])
 
     def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""
@@ -847,17 +882,53 @@ def _is_empty(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
 
 
-class IndexHandle:
-    """A long-lived reader (a server model) of an index that may be created, updated or rebuilt.
+def header_problem(path: os.PathLike[str] | str, settle_s: float = 0.2) -> str | None:
+    """Why the index file cannot be whole, from its 100-byte header and its size (no page is read), or None.
 
-    Reopens the file when its inode changes (deleted and rebuilt), so a server
-    never keeps answering from a replaced index.
+    A file shorter than the pages its header counts was truncated (a half-finished copy, a full disk, a
+    restore gone wrong). A checkpoint growing the file writes the header first, so a short file is looked at
+    again after ``settle_s`` before it is called damaged.
+    """
+    for attempt in range(2):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(100)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"{path} cannot be read ({e.strerror or e})"
+        if not head:
+            return None  # an empty file is a new index SQLite has not written yet
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+            return f"{path} is not a readable qmd-triton index (no SQLite header)"
+        page = int.from_bytes(head[16:18], "big")
+        page = 65536 if page == 1 else page
+        pages = int.from_bytes(head[28:32], "big")
+        counted = pages and head[24:28] == head[92:96]  # the header's page count is valid only then
+        if not counted or size >= pages * page:
+            return None
+        if attempt == 0:
+            time.sleep(settle_s)
+    return (f"{path} is damaged (the file has {size} bytes where its header counts {pages * page}: it was cut "
+            f"short); restore a backup (`qmdctl index restore BACKUP`), or move it aside (mv {path} {path}.damaged) "
+            "and rebuild it with `qmdctl update` and `qmdctl embed`")
+
+
+class IndexHandle:
+    """A long-lived reader (a server model) of an index that may be created, updated, rebuilt or restored.
+
+    Each request looks at the file (one ``stat``): a new inode (deleted and rebuilt, or replaced by a rename)
+    opens a new store; the same inode with another size or modification time (SQLite checkpointed its log,
+    or a backup was copied over the file in place: ``cp``, rsync, a volume snapshot), or an error that said
+    the file is damaged, opens the file again on a fresh connection. So a server never keeps answering from
+    a replaced index, nor from stale pages of one restored in place.
     """
 
     def __init__(self, path: os.PathLike[str] | str) -> None:
         self.path = path
         self._store: IndexStore | None = None
-        self._inode: int | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._contexts = ContextMap.watch(Path(path).parent / "config.toml")
 
     def contexts(self) -> ContextMap:
@@ -866,30 +937,21 @@ class IndexHandle:
 
     def get(self) -> IndexStore:
         try:
-            inode = os.stat(self.path).st_ino
+            st = os.stat(self.path)
         except FileNotFoundError:
             self.close()
             raise IndexMissing(f"no index at {self.path}; add a collection and run `qmdctl update`") from None
-        if self._store is None or inode != self._inode:
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._store is None or stamp[:2] != (self._stamp or ())[:2]:
             self.close()
             self._store = IndexStore.open(self.path)  # type: ignore[arg-type]
-            self._inode = inode
+        elif stamp != self._stamp or getattr(self._store.conn, "suspect", False):
+            self._store.reconnect()
+        self._stamp = stamp
         return self._store
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
         self._store = None
-        self._inode = None
-
-
-def index_summary(path: Path) -> dict[str, Any] | None:
-    """Collections, documents, chunks and the share embedded (``qmdctl status``, the doors' status); None when
-    there is no index yet."""
-    if not Path(path).exists():
-        return None
-    with IndexStore.open(path) as store:
-        counts = store.counts()
-    counts["path"] = str(path)
-    counts["embedded_share"] = round(counts["embedded"] / counts["chunks"], 4) if counts["chunks"] else 0.0
-    return counts
+        self._stamp = None

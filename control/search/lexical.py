@@ -62,7 +62,9 @@ def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions
         options.check_collections(known_collections(store))
     parsed = parse_query(q)
     if not parsed.terms:
-        raise InputError("the query only excludes (-word); give at least one word to search for")
+        raise InputError("the query only excludes (-word); give at least one word to search for" if parsed.exclude
+                         else f"the query {q!r} has no word to search for (only punctuation or symbols; "
+                         "`*` and `%` are not wildcards here); give at least one word")
     terms = snippet_terms(parsed)
     hits = []
     rows = store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)

@@ -126,7 +126,7 @@ class VectorIndex(_DocumentRanking):
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
-        self._version: tuple[int, int] | None = None
+        self._version: tuple[int, tuple[int, int, int]] | None = None
         self._log = 0  # the vector log position the matrix reflects
         self._buf = np.zeros((0, 0), dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)  # -1 for a dropped row
@@ -150,7 +150,7 @@ class VectorIndex(_DocumentRanking):
     def hashes(self) -> np.ndarray:
         return self._hashes[: self._rows]
 
-    def _stamp(self) -> tuple[int, int]:
+    def _stamp(self) -> tuple[int, tuple[int, int, int]]:
         try:
             inode = os.stat(self.store.path).st_ino
         except OSError:
@@ -169,6 +169,11 @@ class VectorIndex(_DocumentRanking):
             if changes is not None and len(changes[0]) <= self.FULL_RELOAD_SHARE * max(1, len(self)):
                 self._apply(*changes)
                 self.reloads["incremental"] += 1
+                # The file was opened again (its log checkpointed, or a copy restored over it in place): the
+                # log only says what changed if it is this index's log; the count of vectors checks that.
+                if stamp[1][0] != self._version[1][0] and len(self) != self.store.vector_count():
+                    self._load_all()
+                    self.reloads["full"] += 1
             else:
                 self._load_all()
                 self.reloads["full"] += 1

@@ -9,7 +9,8 @@ say READY. Two checks see it:
   local server, the supervisor inside the container): every model served through a python stub must have one
   live stub per instance its config asks for;
 - **a probe** (any client): a real, small request to each search pipeline; the model answering it with a
-  result or with its own request error (HTTP 400) counts as answering, anything else does not.
+  result or with its own request error (HTTP 400) counts as answering, anything else does not, nor does an
+  answer that the index is damaged or unreadable (a model that cannot trust its index is not healthy).
 
 Example:
     >>> expected = expected_backends("http://127.0.0.1:8000", {}, {"python", "onnxruntime"})
@@ -26,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from qmd_triton.contracts import OPTIONS, QUERY, QUERY_PIPELINE, SEARCH, VSEARCH
-from qmd_triton.errors import ServerUnavailable
+from qmd_triton.errors import ServerUnavailable, says_index_is_damaged
 
 # The pipelines a probe asks, and what it asks them: no expansion or reranking (no LLM run), one hit.
 PROBE_MODELS = (SEARCH.name, VSEARCH.name, QUERY_PIPELINE.name)
@@ -105,9 +106,12 @@ def probe(base_url: str, model: str, attempts: int = 2, timeout: float = 10.0) -
             with urllib.request.urlopen(req, timeout=timeout):
                 continue
         except urllib.error.HTTPError as e:
+            text = error_text(e)
+            if e.code == 400 and says_index_is_damaged(text):
+                return f"answers that the index cannot be trusted: {text}"
             if e.code == 400:  # the model itself refused the request (no index yet, ...): it answers
                 continue
-            return f"answers HTTP {e.code}: {error_text(e)}"
+            return f"answers HTTP {e.code}: {text}"
         except (urllib.error.URLError, OSError) as e:
             return f"does not answer: {getattr(e, 'reason', e)}"
     return None

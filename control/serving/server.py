@@ -317,12 +317,44 @@ def start(
 
     ``supervise`` also starts ``qmdctl supervise`` beside it, which brings back a dead backend or server.
     """
+    back = _wait_for_supervisor(settings, progress)
+    if back is not None:
+        return back
     with start_lock(settings, progress):
         _start_index(settings, progress)
         state = _start(settings, log_verbose, cache_bytes, extra_args, progress)
         if supervise:
             start_supervisor(settings, progress)
         return state
+
+
+def _serving(settings: Settings) -> ServerState | None:
+    """The recorded server, while it runs and is ready."""
+    state = read_state(settings)
+    if state is None or not procs.is_running(state.owned):
+        return None
+    return state if http_ok(f"http://{state.host}:{state.http_port}/v2/health/ready", timeout=2.0) else None
+
+
+def _wait_for_supervisor(settings: Settings, progress: Progress) -> ServerState | None:
+    """When this home's supervisor runs but its server is down or not ready (it died and is being brought
+    back), waits for the supervisor to bring it back and returns it; None when there is nothing to wait for.
+    Starting a second server then, or stopping the supervisor, would fight the restart."""
+    sup = supervisor_state(settings)
+    if sup is None or _serving(settings) is not None:
+        return None
+    progress(f"the supervisor (pid {sup.pid}) is bringing this home's server back; waiting for it")
+    try:
+        wait_until(lambda: _serving(settings) is not None, settings.startup_timeout_s,
+                   give_up=lambda: None if procs.is_running(sup) else "the supervisor exited")
+    except WaitTimeout as e:
+        raise ServerError(f"the supervisor (pid {sup.pid}) did not bring the server back within "
+                          f"{settings.startup_timeout_s:.0f}s ({e}); see {settings.run_dir / SUPERVISOR_LOG} and "
+                          "`qmdctl status`") from None
+    state = _serving(settings)
+    assert state is not None
+    progress(f"the server is back (pid {state.pid}), kept up by its supervisor (pid {sup.pid})")
+    return state
 
 
 def ensure_running(settings: Settings, progress: Progress = silent, warn: Progress = silent) -> bool:
@@ -607,7 +639,20 @@ def status(settings: Settings) -> ServerStatus:
     )
     if result.live:
         headers = admin_headers(settings)
-        result.models = repository_index(base, headers=headers)
+        try:
+            result.models = repository_index(base, headers=headers)
+        except ServerUnavailable as e:
+            if "HTTP Error 403" not in str(e):
+                raise
+            # Another home's server (or one started with another admin key) holds these ports: its searches
+            # still answer, so they are probed; its model list is not this home's to read.
+            result.problems["server"] = (
+                f"the server at {host}:{port} refuses its model list to {settings.home} (HTTP 403): it was started "
+                "from another home or with another admin key, and searches that home's index; set QMD_ADMIN_KEY "
+                "to its key, or give this home other ports (--http-port, --grpc-port, --metrics-port)")
+            result.models = [{"name": m, "version": "", "state": "READY" if result.ready else "UNKNOWN",
+                              "reason": "not listed (HTTP 403)"} for m in health.PROBE_MODELS]
+            headers = {}
         if managed and state is not None and state.backends:
             try:
                 expected = health.expected_backends(base, headers, health.stub_backends(state.backends))

@@ -220,6 +220,21 @@ def test_a_killed_server_is_restarted_by_the_supervisor_within_30_seconds(superv
     assert stub_counts(supervised) == EXPECTED["stubs"]
 
 
+def test_up_while_the_supervisor_brings_a_killed_server_back_waits_for_it(supervised: Settings):
+    state = server.read_state(supervised)
+    os.kill(state.pid, signal.SIGKILL)  # this module's own server
+    up = qmd(supervised, "up")
+    assert up.exit_code == 0, up.output
+    assert "is bringing this home's server back; waiting for it" in up.stderr
+    assert "down" not in up.output
+    new = server.read_state(supervised)
+    assert new.pid != state.pid and procs.is_running(new.owned)
+    assert server.supervisor_state(supervised) is not None  # still kept up
+    wait_good(supervised, time.monotonic())
+    again = qmd(supervised, "up")  # a server that runs and answers: up says so, as before
+    assert again.exit_code == 1 and "a qmd-triton server is already running" in again.output
+
+
 def register_region(settings: Settings, region: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     body = json.dumps({"key": region, "offset": 0, "byte_size": 4096}).encode()
     req = urllib.request.Request(f"{base(settings)}/v2/systemsharedmemory/region/attack/register", data=body,
@@ -408,6 +423,108 @@ def test_a_damaged_index_is_one_line_from_a_live_server_and_nothing_is_lost(supe
     finally:
         os.replace(backup, index)
     wait_good(supervised, time.monotonic())  # the restored index serves again
+
+
+RESTORE_NOTE = ("# Axolotl regeneration\n\nThe axolotl regrows a lost limb within weeks; salamanders of this kind keep "
+                "their larval gills for life.\n")
+
+
+def answers(settings: Settings, with_note: bool) -> list[str]:
+    """20 requests (BM25 and vectors, two at a time so both qmd_search instances answer): what was wrong."""
+    import concurrent.futures
+
+    def one(i: int) -> str | None:
+        model = ("qmd_search", "qmd_vsearch")[i % 2]
+        query = "axolotl regrows limb" if model == "qmd_search" else "which animal grows back a lost leg"
+        code, body = search_request(settings, model, query, '{"n": 5}')
+        if code != 200:
+            return f"{model}: HTTP {code} {body.get('error', '')[:200]}"
+        files = [h["file"] for h in json.loads(body["outputs"][0]["data"][0])]
+        if any(f.endswith("axolotl.md") for f in files) != with_note:
+            return f"{model}: {files}"
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return [w for w in pool.map(one, range(20)) if w]
+
+
+def test_a_backup_restored_under_the_running_server_by_cp_or_by_restore_is_served_at_once(supervised: Settings):
+    """Backups restored while the server runs (two qmd_search instances, vectors held in memory): every
+    request after the restore answers from the restored index, with no restart; status and health stay 0."""
+    folder = supervised.home.parent / "backups"
+    folder.mkdir(exist_ok=True)
+    before, after = folder / "before.sqlite", folder / "after.sqlite"
+    note = supervised.home.parent / "notes" / "axolotl.md"
+    assert qmd(supervised, "index", "backup", str(before)).exit_code == 0
+    try:
+        note.write_text(RESTORE_NOTE)
+        assert qmd(supervised, "update").exit_code == 0
+        assert qmd(supervised, "embed").exit_code == 0
+        assert answers(supervised, with_note=True) == []
+        made = qmd(supervised, "index", "backup", str(after), "--json")
+        assert made.exit_code == 0, made.output
+        assert json.loads(made.stdout)["documents"] == 5
+
+        index = supervised.index_path
+        inode = index.stat().st_ino
+        started = time.monotonic()
+        shutil.copyfile(before, index)  # in place: the same inode, as cp, rsync --inplace or a snapshot do
+        assert index.stat().st_ino == inode
+        assert answers(supervised, with_note=False) == []
+        print(f"\n20 of 20 right {time.monotonic() - started:.2f}s after the cp restore")
+        assert qmd(supervised, "status").exit_code == 0 and qmd(supervised, "health").exit_code == 0
+
+        restored = qmd(supervised, "index", "restore", str(after))
+        assert restored.exit_code == 0, restored.output
+        assert restored.stdout.startswith("restored 5 documents, ")
+        assert answers(supervised, with_note=True) == []
+        assert qmd(supervised, "status").exit_code == 0 and qmd(supervised, "health").exit_code == 0
+    finally:
+        note.unlink(missing_ok=True)
+        assert qmd(supervised, "index", "restore", str(before)).exit_code == 0
+    assert answers(supervised, with_note=False) == []
+
+
+def test_an_index_cut_short_under_the_server_fails_status_and_health_until_a_restore(supervised: Settings):
+    folder = supervised.home.parent / "backups"
+    folder.mkdir(exist_ok=True)
+    good = folder / "good.sqlite"
+    assert qmd(supervised, "index", "backup", str(good), "--force").exit_code == 0
+    index = supervised.index_path
+    with index.open("r+b") as f:  # truncated to half in place, as a disk full or a broken copy leaves it
+        f.truncate(index.stat().st_size // 2)
+    try:
+        status = qmd(supervised, "status")
+        assert status.exit_code == 1
+        assert f"index   DAMAGED: {index} is damaged (" in status.stdout
+        assert "it was cut short" in status.stderr
+        health_run = qmd(supervised, "health")
+        assert health_run.exit_code == 1 and f"index: {index} is damaged (" in health_run.output
+        codes = {search_request(supervised, "qmd_vsearch")[0] for _ in range(4)}
+        assert codes == {400}  # every instance refuses; none answers from the vectors it held
+    finally:
+        restored = qmd(supervised, "index", "restore", str(good))
+    assert restored.exit_code == 0, restored.output
+    assert qmd(supervised, "status").exit_code == 0 and qmd(supervised, "health").exit_code == 0
+    assert every_pipeline_answers(supervised) and every_pipeline_answers(supervised)
+
+
+def test_status_in_a_home_whose_ports_another_homes_server_holds_says_so_with_the_index(served: Settings,
+                                                                                       tmp_path: Path):
+    other = {**env_of(served), "QMD_HOME": str(tmp_path / "home")}
+    notes = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", notes)
+    run = lambda *args: CliRunner().invoke(cli, list(args), env=other, catch_exceptions=False)  # noqa: E731
+    assert run("collection", "add", str(notes), "--name", "mine").exit_code == 0
+    assert run("update").exit_code == 0
+    text = run("status")
+    assert text.exit_code == 1
+    assert text.stdout.startswith(f"index   {tmp_path / 'home' / 'index.sqlite'}  4 documents, ")
+    assert f"Warning: server: the server at {served.http_url} refuses its model list to {tmp_path / 'home'} " \
+           "(HTTP 403): it was started from another home" in text.stderr
+    assert "HTTP Error 403: Forbidden" not in text.output.splitlines()[-1]
+    data = json.loads(run("status", "--json").stdout)
+    assert data["index"]["documents"] == 4 and data["live"] is True and "server" in data["problems"]
 
 
 def test_two_commands_that_start_the_server_at_once_share_one_server(served: Settings, tmp_path: Path):

@@ -89,8 +89,8 @@ def test_a_damaged_index_is_one_line_naming_the_file_and_what_to_do(damaged: Qmd
     path = damaged.home / "index.sqlite"
     before = path.read_bytes()
     assert damaged.error(*args) == (
-        f"Error: {path} is damaged (database disk image is malformed); move it aside (mv {path} {path}.damaged) "
-        "and rebuild it with `qmdctl update` and `qmdctl embed`")
+        f"Error: {path} is damaged (database disk image is malformed); restore a backup (`qmdctl index restore "
+        f"BACKUP`), or move it aside (mv {path} {path}.damaged) and rebuild it with `qmdctl update` and `qmdctl embed`")
     assert path.read_bytes() == before  # left alone for whoever wants to look at it
 
 

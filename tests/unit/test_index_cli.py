@@ -261,6 +261,14 @@ def test_get_by_path_docid_and_line_range(qmd: Qmd, notes: Path):
     assert qmd("get", "notes/recipes.md:6", "--line-numbers").stdout.startswith("    6  ## Baking")
 
 
+@pytest.mark.parametrize("args", [["get", "notes/recipes.md:1:0"], ["multi-get", "notes/recipes.md:1:0"],
+                                  ["multi-get", "notes/guide/*.md,notes/recipes.md:2:0"]])
+def test_a_reference_asking_for_zero_lines_is_refused_like_lines_0(qmd: Qmd, args: list[str]):
+    ref = args[1].split(",")[-1]
+    assert qmd.error(*args) == f"Error: {ref!r} asks for 0 lines; the count after FROM: is at least 1 (TARGET:FROM:COUNT)"
+    assert qmd("get", "notes/recipes.md", "-l", "1").stdout == "# Sourdough bread\n"
+
+
 def test_get_fails_with_one_line_for_paths_outside_collections(qmd: Qmd, tmp_path: Path):
     outside = tmp_path / "elsewhere.md"
     outside.write_text("# Not indexed\n")
@@ -417,6 +425,13 @@ def test_minus_words_and_phrases_exclude_documents_from_search(qmd: Qmd):
     phrase = json.loads(qmd("search", '"dynamic batching"', "--json").stdout)
     assert phrase[0]["file"] == "notes/guide/batching.md"
     assert qmd.error("search", "--", "-sourdough").startswith("Error: the query only excludes")
+
+
+@pytest.mark.parametrize("query", ["*", '"', "(", ")", "''", "\\", "%", "_", "* %"])
+def test_a_query_of_symbols_only_says_it_has_no_word_not_that_it_excludes(qmd: Qmd, query: str):
+    assert qmd.error("search", "--", query) == (
+        f"Error: the query {query!r} has no word to search for (only punctuation or symbols; `*` and `%` are not "
+        "wildcards here); give at least one word")
 
 
 def test_update_counts_what_it_leaves_out_and_says_why(qmd: Qmd, notes: Path):
