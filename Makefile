@@ -9,7 +9,7 @@ QMDCTL := $(VENV)/bin/qmdctl
 STAMP := $(VENV)/.qmd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps perf-tools models quickstart lint check test down clean-models
+.PHONY: setup system-deps perf-tools models quickstart lint check test eval down clean-models
 
 SYSTEM_TOOLS := prometheus promtool amtool nginx openssl
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager nginx-light openssl
@@ -68,6 +68,14 @@ check: lint models
 
 test: lint models
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The full evaluation, as users get it (served defaults, every mode and ablation, the baselines): the numbers
+# perf/RESULTS.md and docs/search.md report. About 25 minutes on 2 cores; CI runs the smaller guard in
+# tests/triton/test_eval.py.
+DATASETS ?= $(or $(QMD_DATASETS),../shared/datasets)
+eval: models
+	@for set in msmarco dbpedia triton-docs; do \
+	  $(VENV)/bin/qmdctl eval $(DATASETS)/$$set --mode all || exit 1; done
 
 down:
 	$(QMDCTL) down

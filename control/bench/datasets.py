@@ -53,6 +53,26 @@ class EvalSet:
     def documents(self) -> int:
         return len(self.texts())
 
+    def sample(self, queries: int | None = None, documents: int | None = None) -> EvalSet:
+        """A smaller set for a quick guard: the first ``queries`` judged queries, and (BEIR) every document
+        judged for them plus the corpus's others in file order, up to ``documents`` in all (a judged document
+        is never dropped). Its name says what was kept, so its workspace is its own."""
+        if queries is None and documents is None:
+            return self
+        if documents is not None and self.kind != BEIR:
+            raise InputError("--documents samples a BEIR set's corpus; a known-item set indexes its whole folder")
+        kept = self.judged_queries()[:queries] if queries is not None else self.judged_queries()
+        qrels = {q: self.qrels[q] for q in kept}
+        corpus = self.corpus
+        if documents is not None:
+            judged = {d for q in kept for d in qrels[q] if d in self.corpus}
+            others = [d for d in self.corpus if d not in judged][: max(0, documents - len(judged))]
+            chosen = judged | set(others)
+            corpus = {d: v for d, v in self.corpus.items() if d in chosen}
+        tag = (f"-q{len(kept)}" if queries is not None else "") + (f"-d{len(corpus)}" if documents is not None else "")
+        return EvalSet(self.name + tag, self.kind, {q: self.queries[q] for q in kept}, qrels, corpus=corpus,
+                       corpus_dir=self.corpus_dir)
+
     def texts(self) -> dict[str, tuple[str, str]]:
         """Every document as ``id -> (title, text)``; a known-item set's files are read (once)."""
         if self.corpus_dir is not None and not self.corpus:

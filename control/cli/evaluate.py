@@ -25,10 +25,15 @@ from qmd_triton.cli.common import State, emit_json, pass_state
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write each query's rank of its first relevant document, per mode, to this TSV file "
                    "('-' for stdout), so failures can be read.")
+@click.option("--queries", "max_queries", type=click.IntRange(min=1), default=None,
+              help="Score only the first N judged queries (a quick guard; the full set is what users get).")
+@click.option("--documents", "max_documents", type=click.IntRange(min=1), default=None,
+              help="BEIR: index only the documents judged for the scored queries plus others, N in all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores (and per-query ranks) as JSON.")
 @pass_state
 def evaluate_cmd(state: State, dataset: Path, modes: tuple[str, ...], no_expand: bool, no_rerank: bool,
-                 baseline: bool, per_query: Path | None, as_json: bool) -> None:
+                 baseline: bool, per_query: Path | None, max_queries: int | None, max_documents: int | None,
+                 as_json: bool) -> None:
     """Score search modes on DATASET: a BEIR set (nDCG@10, Recall@10, Recall@100, MRR@10) or a known-item
     set of markdown notes (hit@1, hit@3, MRR@10, Recall@10).
 
@@ -44,7 +49,7 @@ def evaluate_cmd(state: State, dataset: Path, modes: tuple[str, ...], no_expand:
     if "query" in modes and (no_expand or no_rerank):
         swapped = "query-no-expand" if no_expand else "query-no-rerank"
         modes = tuple(swapped if m == "query" else m for m in modes)
-    data = load_set(dataset)
+    data = load_set(dataset).sample(max_queries, max_documents)
     result = evaluate(data, state.settings(), modes or DEFAULT_MODES, baseline=baseline, progress=state.progress)
     if per_query is not None:
         text = per_query_table(result)

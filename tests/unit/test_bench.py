@@ -194,3 +194,22 @@ def test_the_notebook_splitter_keeps_every_word_in_overlapping_windows():
     assert [len(c.split()) for c in chunks] == [200, 200, 130]
     assert chunks[1].split()[0] == "w160" and chunks[-1].split()[-1] == "w449"
     assert split_words("a short passage") == ["a short passage"]
+
+
+def test_an_eval_sample_keeps_every_document_judged_for_its_queries_and_names_itself():
+    from qmd_triton.bench.datasets import load_set
+
+    from ..conftest import dataset
+
+    full = load_set(dataset("msmarco"))
+    small = full.sample(queries=5, documents=700)
+    kept = full.judged_queries()[:5]
+    assert list(small.queries) == kept and small.judged_queries() == kept
+    judged = {d for q in kept for d in full.qrels[q] if d in full.corpus}
+    assert judged <= set(small.corpus) and len(small.corpus) == max(700, len(judged))
+    assert small.name == f"msmarco-q5-d{len(small.corpus)}"
+    assert full.sample() is full
+    docs = load_set(dataset("triton-docs"))
+    assert docs.sample(queries=3).judged_queries() == docs.judged_queries()[:3]
+    with pytest.raises(InputError, match="--documents samples a BEIR set"):
+        docs.sample(documents=10)
