@@ -44,7 +44,12 @@ class InputError(QmdError):
 
 
 class NotFound(InputError):
-    """A document (or another named thing) the request names does not exist."""
+    """A document (or another named thing) the request names does not exist; ``suggestions``: the closest
+    names that do (an MCP ``get`` lists them)."""
+
+    def __init__(self, message: str, suggestions: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.suggestions = list(suggestions)
 
 
 class IndexMissing(QmdError):

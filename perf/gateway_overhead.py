@@ -5,7 +5,8 @@ The triton-docs set (60 real markdown pages, 857 chunks) is indexed into its own
 a fresh tritonserver and ``qmdctl api`` start on free loopback ports, and every known-item query is sent each
 way, one request at a time, in a rotating order, for ``--rounds`` rounds after a warm-up:
 
-  direct          tritonclient.http (what docs/clients.md shows): ``qmd_vsearch`` with ``{"n": 10}``
+  direct          tritonclient.http (what docs/clients.md shows): ``qmd_vsearch`` with ``{"n": 10, "full": true}``
+                  (each hit with its document's body, as the gateway's /vsearch answers QMD-Python by default)
   gateway         ``POST /vsearch {"query", "top_k": 10}`` with geventhttpclient, the HTTP client under
                   tritonclient.http: the same client library on both sides, so the difference is the gateway's
   gateway-httpx   the same request with httpx (what QMD-Python's clients use), which costs more per request
@@ -84,7 +85,7 @@ def main() -> None:
         gevent_client = HTTPClient.from_url(URL(base), concurrency=1, connection_timeout=60, network_timeout=60)
         with QmdClient(settings.http_url, "http") as direct, httpx.Client(base_url=base, timeout=60) as hx:
             def via_direct(q: str) -> list[dict]:
-                return direct.search("qmd_vsearch", q, json.dumps({"n": 10}))
+                return direct.search("qmd_vsearch", q, json.dumps({"n": 10, "full": True}))
 
             def via_gateway(q: str) -> list[dict]:
                 r = gevent_client.post("/vsearch", body=json.dumps({"query": q, "top_k": 10}),

@@ -167,6 +167,16 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     return request.param, uri
 
 
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    """A copy of the sample notes (tests/assets/notes) the test may change."""
+    import shutil
+
+    target = tmp_path / "notes"
+    shutil.copytree(ASSETS / "notes", target)
+    return target
+
+
 def open_test_index(home: Path, backend: tuple[str, str], create: bool = True):
     """An index for a test home on the given backend."""
     from qmd_triton.index.backend import index_config, open_index

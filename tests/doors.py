@@ -31,7 +31,8 @@ def door_env(settings: Settings, **extra: str) -> dict[str, str]:
 class Door:
     """One ``qmdctl`` door process listening on ``port``."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.port = port or free_ports(1)[0]
         self.log = log
         with log.open("ab") as out:
@@ -43,7 +44,7 @@ class Door:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{args[0]} exited with {self.proc.returncode}:\n{log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((host, self.port), timeout=0.5):
                     break
             except OSError:
                 if time.monotonic() > deadline:

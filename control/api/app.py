@@ -4,18 +4,25 @@ Triton models, with OpenAPI docs at ``/docs``.
 | route | body | answer |
 |---|---|---|
 | ``GET /health`` | | ``{"status": "healthy", "model_loaded": true, ...}`` (503 when Triton is not ready) |
-| ``POST /embed`` | ``{"texts": [...]}`` (or TEI's ``{"inputs": ...}``) | ``{"embeddings": [[...]], "model", "dim"}`` |
+| ``POST /embed`` | ``{"texts": [...]}`` | ``{"embeddings": [[...]], "model", "dim"}`` (QMD-Python) |
+| | TEI's ``{"inputs", "normalize", "truncate"}`` | ``[[...], ...]`` (TEI) |
 | ``POST /search``, ``/vsearch`` | ``{"query", "top_k"}`` | ``{"query", "mode", "results": [hit, ...]}`` |
 | ``POST /query`` | ``{"query", "top_k", "searches", "intent", ...}`` | as ``/search`` |
 | ``POST /get``, ``/multi_get`` | ``{"file"}``, ``{"pattern"}`` | a document, a list of documents |
 | ``GET /status`` | | the index and Triton's state |
-| ``POST /rerank`` | ``{"query", "texts"}`` | ``[{"index", "score"}, ...]``, best first (TEI) |
-| ``POST /v1/embeddings`` | ``{"input", "model"}`` | OpenAI's embedding list |
+| ``POST /rerank`` | TEI's ``{"query", "texts"}`` | ``[{"index", "score"}, ...]``, best first |
+| | QMD-Python's ``{"query", "documents", "top_k"}`` | ``{"results": [document + "rerank_score"]}`` |
+| ``POST /v1/embeddings``, ``GET /v1/models`` | ``{"input", "model"}`` | OpenAI's shapes |
 | ``GET /metrics`` | | Prometheus |
 
-Every error is JSON (:func:`qmd_triton.serving.http.error_body`) with its status: 400 malformed bodies and
-options, 401 no or wrong token, 403 a foreign Origin or Host, 404 unknown documents and routes, 413 bodies or
-lists too large, 503 Triton down, 504 Triton too slow; never a traceback.
+A hit carries QMD-Python's fields beside qmd's: ``filepath`` (``qmd://collection/path``), ``display_path``,
+``hash`` (the content's SHA-256) and, on ``/vsearch`` by default, ``body``.
+
+Every error is JSON with its status: 400 malformed bodies and options, 401 no or wrong token, 403 a foreign
+Origin or Host, 404 unknown documents and routes, 413 bodies, lists or (TEI, ``truncate: false``) texts too
+large, 503 Triton down, 504 Triton too slow; never a traceback. The shape is
+:func:`qmd_triton.serving.http.error_body` (OpenAI's, with QMD-Python's ``detail``), except for requests in
+TEI's form, which get TEI's ``{"error", "error_type"}``.
 
 Example:
     >>> app = create_app(QmdService(Settings.load()), Guard.for_bind("127.0.0.1", 18765, token=None))
@@ -60,7 +67,9 @@ DEFAULT_PORT = 18765
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TEXTS = 2048
 ROUTES = ("/health", "/embed", "/search", "/vsearch", "/query", "/get", "/multi_get", "/status", "/rerank",
-          "/v1/embeddings", "/metrics", "/docs", "/openapi.json")
+          "/v1/embeddings", "/v1/models", "/metrics", "/docs", "/openapi.json")
+RERANK_TOP_K = 5  # QMD-Python's /rerank default
+EMBED_ALIAS = "qmd-embed"  # a model id that always names the served embedder (GET /v1/models lists both)
 
 
 class TooLarge(InputError):
@@ -69,6 +78,31 @@ class TooLarge(InputError):
 
 def _status(e: BaseException) -> int:
     return 413 if isinstance(e, TooLarge) else status_of(e)
+
+
+# TEI's error types by status (its ErrorType names).
+TEI_TYPES = {400: "Empty", 413: "Validation", 422: "Validation", 424: "Backend", 429: "Overloaded",
+             503: "Unhealthy", 504: "Backend"}
+
+
+def tei_error(status: int, message: str) -> JSONResponse:
+    """An error in TEI's shape, ``{"error", "error_type"}``; a malformed request is TEI's 422."""
+    status = 422 if status == 400 and not message.endswith("cannot be empty") else status
+    return JSONResponse({"error": message, "error_type": TEI_TYPES.get(status, "Backend")}, status_code=status)
+
+
+def is_tei(path: str, body: Any) -> bool:
+    """Whether a request is in TEI's form: ``/embed`` with ``inputs``, ``/rerank`` with ``texts``."""
+    return isinstance(body, dict) and ((path == "/embed" and "inputs" in body) or
+                                       (path == "/rerank" and "texts" in body))
+
+
+class TeiError(InputError):
+    """A refusal of a request in TEI's form, answered in TEI's shape with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _validation_message(e: RequestValidationError) -> str:
@@ -144,8 +178,14 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
                               "`Authorization: Bearer <QMD_API_TOKEN>` where the server has a token.")
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        if is_tei(request.url.path, e.body):
+            return tei_error(400, _validation_message(e))
         return JSONResponse(error_body(400, _validation_message(e)), status_code=400)
+
+    @app.exception_handler(TeiError)
+    async def tei_refused(_: Request, e: TeiError) -> JSONResponse:
+        return tei_error(e.status, str(e))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -177,9 +217,9 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         if len(items) > max_texts:
             raise TooLarge(f"{len(items)} texts in one request; the limit is {max_texts}")
 
-    async def searched(mode: str, query: str, body: SearchRequest) -> Response:
+    async def searched(mode: str, query: str, body: SearchRequest, full_by_default: bool = False) -> Response:
         # Triton's results JSON is passed on as it came (no parse and re-encode on the hot path).
-        results = await service.search_json(mode, query, body.options())
+        results = await service.search_json(mode, query, body.options(full_by_default))
         head = json.dumps({"query": query, "mode": mode}, ensure_ascii=False)[:-1].encode("utf-8")
         return Response(head + b', "results": ' + results + b"}", media_type="application/json")
 
@@ -197,8 +237,9 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
 
     @app.post("/vsearch", tags=["search"])
     async def vsearch(body: SearchRequest) -> Response:
-        """Vector search (qmd_vsearch)."""
-        return await searched("vsearch", body.query, body)
+        """Vector search (qmd_vsearch); each hit carries its document's `body` unless `full` is false
+        (QMD-Python's shape)."""
+        return await searched("vsearch", body.query, body, full_by_default=True)
 
     @app.post("/query", tags=["search"])
     async def query(body: QueryRequest) -> Response:
@@ -207,24 +248,71 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
 
     @app.post("/embed", tags=["models"])
     async def embed(body: EmbedRequest) -> Response:
-        """Embeddings of any number of texts, one vector per text (qmd_embed, split into batches of 64)."""
+        """Embeddings of any number of texts, one vector per text (qmd_embed, split into batches of 64).
+        QMD-Python's `texts` get `{"embeddings", "model", "dim"}`; TEI's `inputs` a bare list of vectors."""
         items = body.items
+        if body.tei and not items:
+            raise TeiError(400, "`inputs` cannot be empty")
         count(items)
-        vectors = await service.embed(items, body.kind)
-        if body.texts is None:
-            return await large_json(lambda: vectors.tolist())  # TEI's answer
-        return await large_json(lambda: {"embeddings": vectors.tolist(), "model": service.embedding_model()["name"],
+        model = service.embedding_model()
+        if body.dimensions is not None and model["dim"] and body.dimensions != model["dim"]:
+            raise InputError(f"dimensions must be {model['dim']} (this model's), got {body.dimensions}")
+        if body.truncate is False:
+            over = await asyncio.to_thread(service.longest, items, body.kind)
+            if over is not None:
+                raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
+                                    f"Given: {over[0]}")
+        try:
+            vectors = await service.embed(items, body.kind)
+        except QmdError as e:
+            if body.tei:
+                raise TeiError(_status(e) if _status(e) != 400 else 422, str(e).splitlines()[0]) from None
+            raise
+        if body.tei:
+            return await large_json(lambda: vectors.tolist())
+        return await large_json(lambda: {"embeddings": vectors.tolist(), "model": model["name"],
                                          "dim": int(vectors.shape[1])})
 
     @app.post("/rerank", tags=["models"])
-    async def rerank(body: RerankRequest) -> JSONResponse:
-        """TEI's rerank: a score per text, best first; sigmoid of the cross-encoder's logit unless raw_scores."""
-        count(body.texts)
-        logits = await service.rerank(body.query, body.texts)
-        scores = logits if body.raw_scores else 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    async def rerank(body: RerankRequest) -> Response:
+        """TEI's `texts`: a score per text, best first (sigmoid of the cross-encoder's logit unless
+        raw_scores). QMD-Python's `documents`: the top_k documents back whole with their `rerank_score`."""
+        try:
+            passages = body.passages()
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if body.tei and not passages:
+            raise TeiError(400, "`texts` cannot be empty")
+        if not passages:
+            return JSONResponse({"results": []})
+        count(passages)
+        if body.truncate is False:
+            over = await asyncio.to_thread(service.longest_pair, body.query, passages)
+            if over is not None:
+                raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
+                                    f"Given: {over[0]}")
+        try:
+            logits = await service.rerank(body.query, passages)
+        except QmdError as e:
+            if body.tei:
+                raise TeiError(_status(e) if _status(e) != 400 else 422, str(e).splitlines()[0]) from None
+            raise
+        probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        scores = logits if body.raw_scores else probabilities
         order = np.argsort(-scores, kind="stable")
+        if body.documents is not None:
+            top = order[: body.top_k or RERANK_TOP_K]
+            return JSONResponse({"results": [{**body.documents[i], "rerank_score": float(probabilities[i])}
+                                             for i in top]})
         return JSONResponse([{"index": int(i), "score": float(scores[i]),
-                              **({"text": body.texts[i]} if body.return_text else {})} for i in order])
+                              **({"text": passages[i]} if body.return_text else {})} for i in order])
+
+    @app.get("/v1/models", tags=["models"])
+    async def openai_models() -> dict[str, Any]:
+        """OpenAI's model list (the `openai` client's `models.list`): the embedding model /v1/embeddings serves."""
+        model = service.embedding_model()
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": model["created"],
+                                            "owned_by": "qmd-triton"} for name in (model["name"], EMBED_ALIAS)]}
 
     @app.post("/v1/embeddings", tags=["models"])
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
@@ -232,6 +320,9 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         items = body.items
         count(items)
         model = service.embedding_model()
+        if body.model is not None and body.model not in (model["name"], EMBED_ALIAS):
+            raise InputError(f"model {body.model!r} is not served here; this server embeds with {model['name']!r} "
+                             "(GET /v1/models)")
         if body.dimensions is not None and model["dim"] and body.dimensions != model["dim"]:
             raise InputError(f"dimensions must be {model['dim']} (this model's), got {body.dimensions}")
         vectors, tokens = await asyncio.gather(service.embed(items), asyncio.to_thread(service.count_tokens, items))

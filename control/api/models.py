@@ -1,9 +1,11 @@
 """Request bodies of the gateway, as pydantic models (they are also its OpenAPI schema).
 
-The QMD-Python shapes (``{"query", "top_k"}``, ``{"texts": [...]}``) are the primary ones; the aliases other
-QMD clients send (``limit``, ``n``, ``minScore``, ``collection``) are accepted too. Unknown keys are refused
-(400), except on ``/v1/embeddings`` and TEI's ``/rerank`` and ``/embed`` forms, whose clients send fields this
-server has no use for (``user``, ``truncate``).
+The QMD-Python shapes (``{"query", "top_k"}``, ``{"texts": [...]}``, ``/rerank``'s ``{"query", "documents",
+"top_k"}``) are the primary ones; the aliases other QMD clients send (``limit``, ``n``, ``minScore``,
+``collection``) are accepted too, and two names of one option given together must agree. TEI's forms
+(``/embed`` ``{"inputs", "normalize", "truncate", ...}``, ``/rerank`` ``{"query", "texts", ...}``) and OpenAI's
+``/v1/embeddings`` take their own fields. Every other key is refused (400): no door accepts an argument it
+would then ignore.
 """
 
 from __future__ import annotations
@@ -17,7 +19,25 @@ from qmd_triton.search.options import CANDIDATES, MAX_RESULTS, MAX_SEARCHES, Sea
 
 
 class Strict(BaseModel):
+    """Unknown keys refused; the names of one option (``top_k``, ``limit``, ``n``) given together must agree."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases_agree(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if not isinstance(alias, AliasChoices):
+                continue
+            given = [str(a) for a in alias.choices if str(a) in data]
+            values = [data[a] for a in given]
+            if len(given) > 1 and any(v != values[0] for v in values[1:]):
+                shown = " and ".join(f"{a}={data[a]!r}" for a in given)
+                raise ValueError(f"{shown} name one option ({name}) with two values; give one of them")
+        return data
 
 
 class SearchRequest(Strict):
@@ -30,16 +50,17 @@ class SearchRequest(Strict):
                              description="Drop results scoring below this (0-1).")
     collections: list[str] = Field(default_factory=list, validation_alias=AliasChoices("collections", "collection"),
                                    description="Search only these collections (`collection`: one name).")
-    full: bool = Field(False, description="Add each document's whole `body` to its hit.")
+    full: bool | None = Field(None, description="Add each document's whole `body` to its hit. [default: true on "
+                                                "/vsearch, as QMD-Python answers; false elsewhere]")
 
     @field_validator("collections", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    def options(self, **extra: Any) -> SearchOptions:
+    def options(self, full_by_default: bool = False, **extra: Any) -> SearchOptions:
         return SearchOptions(n=self.top_k, collections=tuple(self.collections), min_score=self.min_score,
-                             full=self.full, **extra)
+                             full=full_by_default if self.full is None else self.full, **extra)
 
 
 class SubSearch(Strict):
@@ -76,21 +97,35 @@ class QueryRequest(SearchRequest):
                                searches=tuple((s.type, s.query) for s in self.searches), **extra)
 
 
-class EmbedRequest(BaseModel):
-    """``/embed``: QMD-Python's ``{"texts": [...]}``, or TEI's ``{"inputs": "..." | [...]}``."""
+class EmbedRequest(Strict):
+    """``/embed``: QMD-Python's ``{"texts": [...]}``, or TEI's ``{"inputs": "..." | [...]}`` with its options."""
 
-    model_config = ConfigDict(extra="ignore")
     texts: list[str] | None = Field(None, description="Texts to embed (QMD-Python): any number, split into "
                                                       "Triton-sized requests.")
     inputs: str | list[str] | None = Field(None, description="TEI's form: the answer is a bare list of vectors.")
     kind: Literal["document", "query"] = Field(KIND_DOCUMENT, description="Prompt format: document (qmd_embed) "
                                                                          "or query.")
+    normalize: bool = Field(True, description="TEI: unit-length vectors. This server's embedder normalizes "
+                                              "inside its graph, so false is refused (400).")
+    truncate: bool | None = Field(None, description="TEI: cut texts longer than the model's window (true, the "
+                                                    "default here); false refuses them with 413.")
+    truncation_direction: Literal["right", "Right"] = Field("right", description="TEI: only right is served "
+                                                                                 "(the end of a text is cut).")
+    prompt_name: None = Field(None, description="TEI: not served (the model's prompt formats apply).")
+    dimensions: int | None = Field(None, description="TEI: must equal the model's dimension when given.")
 
     @model_validator(mode="after")
     def _one_form(self) -> EmbedRequest:
         if (self.texts is None) == (self.inputs is None):
             raise ValueError("send either texts (a list of strings) or inputs")
+        if not self.normalize:
+            raise ValueError("normalize: false is not served: this server's embedding model normalizes its "
+                             "vectors inside its graph (they are unit length)")
         return self
+
+    @property
+    def tei(self) -> bool:
+        return self.inputs is not None
 
     @property
     def items(self) -> list[str]:
@@ -99,22 +134,58 @@ class EmbedRequest(BaseModel):
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs or [])
 
 
-class RerankRequest(BaseModel):
-    """TEI's ``/rerank``: a query and texts -> a score per text."""
+RERANK_TEXT_KEYS = ("content", "body", "text", "snippet", "title")
 
-    model_config = ConfigDict(extra="ignore")
+
+class RerankRequest(Strict):
+    """``/rerank``: TEI's ``{"query", "texts"}`` (a score per text, best first) or QMD-Python's ``{"query",
+    "documents", "top_k"}`` (the documents back with their ``rerank_score``, best first)."""
+
     query: str
-    texts: list[str] = Field(description="Texts to score against the query, any number.")
-    raw_scores: bool = Field(False, description="Return the raw logits instead of sigmoid probabilities.")
-    return_text: bool = Field(False, description="Echo each text beside its score.")
+    texts: list[str] | None = Field(None, description="TEI: texts to score against the query, any number.")
+    raw_scores: bool = Field(False, description="TEI: return the raw logits instead of sigmoid probabilities.")
+    return_text: bool = Field(False, description="TEI: echo each text beside its score.")
+    truncate: bool | None = Field(None, description="TEI: cut pairs longer than the cross-encoder's window (true, "
+                                                    "the default here); false refuses them with 413.")
+    truncation_direction: Literal["right", "Right"] = Field("right", description="TEI: only right is served.")
+    documents: list[dict[str, Any]] | None = Field(None, description=(
+        "QMD-Python: documents (objects) to rank; each is scored on its first text field of "
+        f"{', '.join(RERANK_TEXT_KEYS)} and comes back whole with `rerank_score`."))
+    top_k: int | None = Field(None, ge=1, description="QMD-Python: documents to return (default 5).")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RerankRequest:
+        if (self.texts is None) == (self.documents is None):
+            raise ValueError("send either texts (TEI: a list of strings) or documents (QMD-Python: objects)")
+        if self.documents is not None and (self.raw_scores or self.return_text or self.truncate is not None):
+            raise ValueError("raw_scores, return_text and truncate go with texts (TEI's form), not documents")
+        if self.texts is not None and self.top_k is not None:
+            raise ValueError("top_k goes with documents (QMD-Python's form); TEI's form scores every text")
+        return self
+
+    @property
+    def tei(self) -> bool:
+        return self.texts is not None
+
+    def passages(self) -> list[str]:
+        """The text scored for each item (TEI: the texts; QMD-Python: each document's first text field)."""
+        if self.texts is not None:
+            return self.texts
+        out = []
+        for i, doc in enumerate(self.documents or []):
+            text = next((doc[k] for k in RERANK_TEXT_KEYS if isinstance(doc.get(k), str) and doc[k].strip()), None)
+            if text is None:
+                raise ValueError(f"documents[{i}] has no text to score: give it one of {', '.join(RERANK_TEXT_KEYS)}")
+            out.append(text)
+        return out
 
 
-class OpenAIEmbeddingRequest(BaseModel):
+class OpenAIEmbeddingRequest(Strict):
     """OpenAI's ``/v1/embeddings``."""
 
-    model_config = ConfigDict(extra="ignore")
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
-    model: str | None = Field(None, description="Ignored: the server embeds with the model it serves.")
+    model: str | None = Field(None, description="The served embedding model's id (GET /v1/models); another is "
+                                                "refused.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="Must equal the model's dimension when given.")
 
@@ -136,6 +207,6 @@ class MultiGetRequest(Strict):
     """``/multi_get``: several documents by glob or comma-separated references."""
 
     pattern: str
-    max_bytes: int = Field(10240, ge=1, validation_alias=AliasChoices("max_bytes", "maxBytes"))
+    max_bytes: int = Field(65536, ge=1, validation_alias=AliasChoices("max_bytes", "maxBytes"))
     max_lines: int | None = Field(None, ge=1, validation_alias=AliasChoices("max_lines", "maxLines"))
 

@@ -101,15 +101,7 @@ def backup(config: IndexConfig, dest: Path, *, force: bool = False, progress: Pr
         if config.backend == "sqlite":
             progress(f"copying {config.sqlite_path} ({config.sqlite_path.stat().st_size / 1e6:.1f} MB) as one "
                      "snapshot")
-            with IndexStore.open(config.sqlite_path, readonly=True) as source:
-                target = sqlite3.connect(partial)
-                try:
-                    # One step: one consistent snapshot, writers go on meanwhile. The copy keeps the index's WAL
-                    # mode (a copy of it put back with `cp` is the same kind of file its readers have open);
-                    # closing its only connection leaves it one self-contained file.
-                    source.conn.backup(target)
-                finally:
-                    target.close()
+            _snapshot(config.sqlite_path, partial)
         else:
             with open_index(config) as source, IndexStore.open(partial, create=True) as target:
                 transfer(source, target, progress=progress, count=count)
@@ -157,12 +149,7 @@ def _restore_sqlite(source: Path, path: Path, progress: Progress) -> dict[str, A
     staging = _partial(path)
     _drop_sidecars(staging, main=True)
     try:
-        with IndexStore.open(source, readonly=True) as backup_index:
-            target = sqlite3.connect(staging)
-            try:
-                backup_index.conn.backup(target)
-            finally:
-                target.close()
+        _snapshot(source, staging)
         try:
             with IndexStore.open(path, create=True) as live:
                 seen = live.vector_log_position()
@@ -188,6 +175,18 @@ def _restore_sqlite(source: Path, path: Path, progress: Progress) -> dict[str, A
     finally:
         _drop_sidecars(staging, main=True)
     return counts
+
+
+def _snapshot(source: Path, dest: Path) -> None:
+    """Copies the index ``source`` into the new file ``dest`` in one step: one consistent snapshot, writers go
+    on meanwhile. The copy keeps the index's WAL mode (a copy put back with `cp` is the same kind of file its
+    readers have open); closing its only connection leaves it one self-contained file."""
+    with IndexStore.open(source, readonly=True) as index:
+        target = sqlite3.connect(dest)
+        try:
+            index.conn.backup(target)
+        finally:
+            target.close()
 
 
 def _copy_over(source: sqlite3.Connection, path: Path) -> None:

@@ -47,14 +47,21 @@ def parse_ref(text: str) -> Ref:
     return Ref(m["target"], start, count)
 
 
-def _suggest(store: Index, target: str) -> str:
-    """`` (did you mean a, b?)`` from the indexed paths closest to a reference that missed."""
+def _close_paths(store: Index, target: str) -> list[str]:
+    """The indexed paths closest to a reference that missed (at most 3)."""
     paths = [d.display_path for d in store.documents()]
     close = difflib.get_close_matches(target, paths, n=3, cutoff=0.5)
     if not close:
         names = {p.rsplit("/", 1)[-1]: p for p in paths}
         close = [names[n] for n in difflib.get_close_matches(target.rsplit("/", 1)[-1], list(names), n=3, cutoff=0.6)]
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    return close
+
+
+def _missing(store: Index, target: str, head: str, tail: str) -> NotFound:
+    """``head`` `` (did you mean a, b?)`` ``tail``, the hint only when some path is close."""
+    close = _close_paths(store, target)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return NotFound(head + hint + tail, close)
 
 
 def resolve(store: Index, collections: Sequence[Collection], target: str) -> DocRow:
@@ -78,8 +85,8 @@ def resolve(store: Index, collections: Sequence[Collection], target: str) -> Doc
     if head in names and rest:
         doc = store.document(head, rest)
         if doc is None:
-            raise NotFound(f"{target} is not in the index{_suggest(store, target)}; run `qmdctl update` "
-                           "if it is a new file")
+            raise _missing(store, target, f"{target} is not in the index",
+                           "; run `qmdctl update` if it is a new file")
         return doc
     path = Path(target).expanduser()
     absolute = path.resolve() if path.exists() or path.is_absolute() else None
@@ -100,8 +107,8 @@ def resolve(store: Index, collections: Sequence[Collection], target: str) -> Doc
         return matches[0]
     if len(matches) > 1:
         raise InputError(f"{target} matches {len(matches)} documents; use collection/path or #docid")
-    raise NotFound(f"no document {target!r} in the index{_suggest(store, target)} "
-                   "(use collection/path, #docid or a file path)")
+    raise _missing(store, target, f"no document {target!r} in the index",
+                   " (use collection/path, #docid or a file path)")
 
 
 def line_range(body: str, start: int | None, count: int | None) -> tuple[int, str]:
@@ -127,11 +134,13 @@ class Selected:
     count: int | None = None
 
 
-def select(store: Index, collections: Sequence[Collection], pattern: str) -> list[Selected]:
+def select(store: Index, collections: Sequence[Collection], pattern: str,
+           errors: list[str] | None = None) -> list[Selected]:
     """Documents for ``multi-get``: comma-separated items, each a glob over collection/path or a reference
     (``#docid``, ``collection/path``, a file path) with an optional ``:FROM[:COUNT]``.
 
-    An item that matches nothing is an error, so a typo is never a silent empty answer.
+    An item that matches nothing is an error, so a typo is never a silent empty answer: raised, or (given
+    ``errors``) listed there, one line per item, while the other items are still read.
     """
     items = [p.strip() for p in pattern.split(",") if p.strip()]
     if not items:
@@ -140,14 +149,20 @@ def select(store: Index, collections: Sequence[Collection], pattern: str) -> lis
     out: list[Selected] = []
     seen: set[int] = set()
     for item in items:
-        if any(ch in item for ch in "*?["):
-            docs = docs if docs is not None else store.documents()
-            found = [Selected(d) for d in docs if glob_match(d.display_path, item) or glob_match(d.path, item)]
-            if not found:
-                raise NotFound(f"no indexed document matches {item!r}")
-        else:
-            ref = parse_ref(item)
-            found = [Selected(resolve(store, collections, ref.target), ref.start, ref.count)]
+        try:
+            if any(ch in item for ch in "*?["):
+                docs = docs if docs is not None else store.documents()
+                found = [Selected(d) for d in docs if glob_match(d.display_path, item) or glob_match(d.path, item)]
+                if not found:
+                    raise NotFound(f"no indexed document matches {item!r}")
+            else:
+                ref = parse_ref(item)
+                found = [Selected(resolve(store, collections, ref.target), ref.start, ref.count)]
+        except InputError as e:  # NotFound included
+            if errors is None:
+                raise
+            errors.append(str(e))
+            continue
         for sel in found:
             if sel.doc.id not in seen:
                 seen.add(sel.doc.id)
@@ -168,10 +183,10 @@ def fetch(store: Index, collections: Sequence[Collection], ref: str, start: int 
 
 
 def fetch_many(store: Index, collections: Sequence[Collection], pattern: str, max_bytes: int,
-               max_lines: int | None = None) -> list[dict]:
+               max_lines: int | None = None, errors: list[str] | None = None) -> list[dict]:
     """``multi-get``: every selected document as :func:`fetch` returns it, plus ``truncated`` (cut at
     ``max_lines``); a whole document larger than ``max_bytes`` is ``{docid, file, title, skipped}`` instead."""
-    selected = select(store, collections, pattern)
+    selected = select(store, collections, pattern, errors)
     docids = store.unique_docids([s.doc.hash for s in selected])
     out = []
     for sel in selected:
@@ -180,12 +195,13 @@ def fetch_many(store: Index, collections: Sequence[Collection], pattern: str, ma
         body = store.body(doc.hash)
         size = len(body.encode("utf-8"))
         if size > max_bytes and sel.start is None and sel.count is None:
-            out.append({**head, "skipped": f"{size} bytes"})
+            out.append({**head, "skipped": f"{size} bytes", "size": size})
             continue
         first, text = line_range(body, sel.start, sel.count)
         lines = text.splitlines()
         truncated = max_lines is not None and len(lines) > max_lines
         if truncated:
             text = "\n".join(lines[:max_lines]) + "\n"
-        out.append({**head, "from": first, "text": text, "truncated": truncated})
+        out.append({**head, "from": first, "text": text, "truncated": truncated,
+                    **({"more_lines": len(lines) - max_lines} if truncated and max_lines is not None else {})})
     return out

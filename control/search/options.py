@@ -221,10 +221,15 @@ class Hit:
         return f"{self.collection}/{self.path}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit as every door answers it: qmd's fields, and QMD-Python's ``filepath`` (``qmd://`` URI),
+        ``display_path`` and ``hash`` (the content's SHA-256) beside them."""
         d = asdict(self)
-        d.pop("hash")
         d["docid"] = "#" + self.docid
         d["file"] = self.file
+        d["filepath"] = f"qmd://{self.file}"
+        d["display_path"] = self.file
+        if not self.hash:
+            d.pop("hash")
         d["score"] = round(self.score, 4)
         if self.body is None:
             d.pop("body")
@@ -239,7 +244,7 @@ class Hit:
         return cls(
             docid=str(d["docid"]).lstrip("#"), collection=d["collection"], path=d["path"], title=d["title"],
             score=float(d["score"]), line=int(d["line"]), snippet=d["snippet"], body=d.get("body"),
-            explain=d.get("explain") or {}, context=d.get("context") or "",
+            explain=d.get("explain") or {}, context=d.get("context") or "", hash=d.get("hash") or "",
         )
 
 

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,14 @@ def error_body(status: int, message: str) -> dict[str, Any]:
             "detail": message}
 
 
+def jsonrpc_error_body(status: int, message: str) -> dict[str, Any]:
+    """A refusal as a JSON-RPC error (the MCP door): MCP clients show ``error.message`` (an SDK reading a REST
+    body shows only "Server returned an error response")."""
+    code = {401: -32001, 403: -32003}.get(status, -32000)
+    word = {401: "Unauthorized", 403: "Forbidden"}.get(status, "Refused")
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": f"{word}: {message}"}, "id": None}
+
+
 def status_of(e: BaseException) -> int:
     """The HTTP status of a known failure."""
     if isinstance(e, NotFound):
@@ -172,8 +180,9 @@ async def send_json(send: Any, status: int, payload: Any, headers: Iterable[tupl
 class GuardMiddleware:
     """ASGI middleware: the guard first (401/403 as JSON), then the app; every answer counted and timed."""
 
-    def __init__(self, app: Any, guard: Guard, door: str, routes: Iterable[str] = ()) -> None:
-        self.app, self.guard, self.door = app, guard, door
+    def __init__(self, app: Any, guard: Guard, door: str, routes: Iterable[str] = (),
+                 refusal: Callable[[int, str], Any] = error_body) -> None:
+        self.app, self.guard, self.door, self.refusal = app, guard, door, refusal
         self.routes = frozenset(routes) | OPEN_PATHS
 
     def _route(self, path: str) -> str:
@@ -192,7 +201,7 @@ class GuardMiddleware:
             REFUSED.labels(self.door, reason).inc()
             REQUESTS.labels(self.door, route, str(status)).inc()
             extra = [(b"www-authenticate", b'Bearer realm="qmd"')] if status == 401 else []
-            await send_json(send, status, error_body(status, message), extra)
+            await send_json(send, status, self.refusal(status, message), extra)
             return
         started = time.perf_counter()
         seen: dict[str, int] = {}

@@ -58,6 +58,7 @@ class QmdService:
         self._ready_at = 0.0
         self._model: dict[str, Any] | None = None
         self._encoder: Any = None
+        self._pairs: Any = None
         self.started = time.time()
 
     # -- Triton --------------------------------------------------------------------------------------------
@@ -163,14 +164,23 @@ class QmdService:
         when there is none."""
         return await asyncio.to_thread(self._get, ref, start, count)
 
-    def _multi_get(self, pattern: str, max_bytes: int, max_lines: int | None) -> list[dict]:
+    def _multi_get(self, pattern: str, max_bytes: int, max_lines: int | None,
+                   errors: list[str] | None = None) -> list[dict]:
         with self._open() as store:
-            return fetch_many(store, self._collections(), pattern, max_bytes, max_lines)
+            return fetch_many(store, self._collections(), pattern, max_bytes, max_lines, errors)
 
-    async def multi_get(self, pattern: str, max_bytes: int = 10240, max_lines: int | None = None) -> list[dict]:
+    async def multi_get(self, pattern: str, max_bytes: int = 65536, max_lines: int | None = None) -> list[dict]:
         """Documents by comma-separated globs and references; larger ones than ``max_bytes`` come back as
         ``{..., "skipped"}``."""
         return await asyncio.to_thread(self._multi_get, pattern, max_bytes, max_lines)
+
+    async def multi_get_listing_misses(self, pattern: str, max_bytes: int = 65536,
+                                       max_lines: int | None = None) -> tuple[list[dict], list[str]]:
+        """As :meth:`multi_get`, but an item that matches nothing is listed (one line each) beside the
+        documents the other items found, instead of failing the call (MCP's ``multi_get``)."""
+        errors: list[str] = []
+        docs = await asyncio.to_thread(self._multi_get, pattern, max_bytes, max_lines, errors)
+        return docs, errors
 
     def _documents(self, limit: int) -> list[dict]:
         if not exists(index_config(self.settings.home)):
@@ -195,13 +205,38 @@ class QmdService:
             except QmdError:
                 manifest = {}
             source = Path(str(manifest.get("source") or ""))
-            name = source.parent.name if source.name in ("model", "models") else source.name
-            self._model = {"name": name or "qmd-embed", "dim": manifest.get("dim")}
+            name = manifest.get("model") or (source.parent.name if source.name in ("model", "models") else source.name)
+            manifest_file = Path(self.settings.model_repository) / contracts.TOKENIZE.name / "1" / "export.json"
+            created = int(manifest_file.stat().st_mtime) if manifest_file.exists() else int(self.started)
+            self._model = {"name": name or "qmd-embed", "dim": manifest.get("dim"), "created": created,
+                           "max_length": manifest.get("max_length")}
         return self._model
 
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        """Tokens the embedding model sees for these texts (prompt, special tokens, truncation included); 0 when
-        the tokenizer is not on this machine."""
+    def longest(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> tuple[int, int] | None:
+        """``(tokens of the longest text, the model's window)`` when a text does not fit the embedder's window;
+        None when all fit or the tokenizer is not on this machine (the server truncates)."""
+        encoder = self._text_encoder()
+        if not encoder:
+            return None
+        longest = max(encoder.full_lengths(list(texts), kind), default=0)
+        return (longest, encoder.max_length) if longest > encoder.max_length else None
+
+    def longest_pair(self, query: str, texts: Sequence[str]) -> tuple[int, int] | None:
+        """As :meth:`longest`, for the cross-encoder's (query, text) pairs."""
+        if self._pairs is None:
+            try:
+                from qmd_triton.text.tokenization import PairEncoder
+
+                self._pairs = PairEncoder(Path(self.settings.model_repository) / contracts.RERANK_MODEL.name / "1" /
+                                          "tokenizer.json")
+            except (QmdError, OSError, ValueError):
+                self._pairs = False
+        if not self._pairs:
+            return None
+        longest = max(self._pairs.pair_lengths(query, list(texts)), default=0)
+        return (longest, self._pairs.max_length) if longest > self._pairs.max_length else None
+
+    def _text_encoder(self) -> Any:
         if self._encoder is None:
             try:
                 from qmd_triton.text.tokenization import TextEncoder
@@ -209,21 +244,40 @@ class QmdService:
                 self._encoder = TextEncoder.from_repository(Path(self.settings.model_repository))
             except (QmdError, OSError, ValueError):
                 self._encoder = False
-        if not self._encoder:
+        return self._encoder
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the embedding model sees for these texts (prompt, special tokens, truncation included); 0 when
+        the tokenizer is not on this machine."""
+        encoder = self._text_encoder()
+        if not encoder:
             return 0
-        return sum(len(r) for r in self._encoder.token_ids(list(texts), [KIND_DOCUMENT] * len(texts)))
+        return sum(len(r) for r in encoder.token_ids(list(texts), [KIND_DOCUMENT] * len(texts)))
+
+    def _last_updates(self) -> dict[str, float]:
+        if not exists(index_config(self.settings.home)):
+            return {}
+        with self._open() as store:
+            return store.last_updates()
 
     async def status(self) -> dict[str, Any]:
-        """The index (documents, chunks, share embedded, per collection) and whether Triton is ready."""
+        """The index (documents, chunks, share embedded, per collection) and whether Triton is ready; each
+        collection's folder, globs and last update under ``collection_details``."""
         index = await asyncio.to_thread(index_summary, index_config(self.settings.home))
-        collections = {c.name: str(c.path) for c in await asyncio.to_thread(self._collections)}
+        configured = await asyncio.to_thread(self._collections)
+        updates = await asyncio.to_thread(self._last_updates)
+        collections = {c.name: str(c.path) for c in configured}
         if index is not None:
             index = {k: v for k, v in index.items() if k != "fingerprint"}
             for name, c in index["collections"].items():
                 c["path"] = collections.get(name)
+        counted = (index or {}).get("collections") or {}
+        details = [{"name": c.name, "path": str(c.path), "pattern": ",".join(c.masks),
+                    "documents": counted.get(c.name, {}).get("documents", 0), "last_update": updates.get(c.name)}
+                   for c in configured]
         return {"version": __version__, "triton": {"url": self.url, "protocol": self.protocol,
                                                    "ready": await self.ready()},
-                "index": index, "collections": sorted(collections),
+                "index": index, "collections": sorted(collections), "collection_details": details,
                 "uptime_s": round(time.time() - self.started, 1)}
 
 

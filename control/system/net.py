@@ -29,13 +29,21 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """True when ``host:port`` cannot be bound now (an IPv6 address or a name binds in its own family)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind((host.strip("[]"), port))
         except OSError:
             return True
     return False
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets."""
+    bare = host.strip("[]")
+    return f"[{bare}]" if ":" in bare else bare
 
 
 def http_ok(url: str, timeout: float = 1.0, headers: dict[str, str] | None = None) -> bool:

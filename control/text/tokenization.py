@@ -205,6 +205,12 @@ class TextEncoder:
             mask[i, : len(row)] = 1
         return ids, mask
 
+    def full_lengths(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> list[int]:
+        """Tokens of each text as the model would read it untruncated (prompt and special tokens included)."""
+        if not texts:
+            return []
+        return [len(e.ids) for e in self._count.encode_batch([self.prompts.apply(t, kind) for t in texts])]
+
     def count_tokens(self, text: str) -> int:
         """Tokens of a text without special tokens or truncation (for chunking)."""
         return len(self._count.encode(text, add_special_tokens=False).ids)
@@ -336,6 +342,12 @@ class PairEncoder:
         if len(enc.ids) <= self.max_query_tokens:
             return query
         return query[: enc.offsets[self.max_query_tokens - 1][1]]
+
+    def pair_lengths(self, query: str, passages: Sequence[str]) -> list[int]:
+        """Tokens of each (query, passage) pair untruncated, special tokens included."""
+        if not passages:
+            return []
+        return [len(e.ids) for e in self._single.encode_batch([(query, p) for p in passages])]
 
     def count(self, passages: Sequence[str]) -> list[int]:
         """Tokens of each passage as the cross-encoder reads it (no special tokens, no truncation)."""

@@ -175,12 +175,16 @@ def test_rerank_splits_lists_longer_than_one_triton_request(gateway: str):
     ("/embed", {"texts": []}, 400, "empty"),
     ("/embed", {"texts": ["x"] * 3000}, 413, "the limit is 2048"),
     ("/embed", {"texts": ["x" * 1024 * 1024] * 17}, 413, "the limit is 16777216"),
-    ("/rerank", {"query": "", "texts": ["a"]}, 400, "query is empty"),
+    ("/rerank", {"query": "", "documents": [{"content": "a"}]}, 400, "query is empty"),
+    ("/search", {"query": "x", "top_k": 5, "limit": 3}, 400, "top_k=5 and limit=3 name one option (top_k)"),
+    ("/rerank", {"query": "x", "documents": [{"id": 1}]}, 400, "documents[0] has no text to score"),
+    ("/v1/embeddings", {"input": "x", "model": "text-embedding-3-small"}, 400,
+     "model 'text-embedding-3-small' is not served here"),
     ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "input"),
     ("/v1/embeddings", {"input": "x", "dimensions": 7}, 400, "dimensions must be 384"),
 ], ids=["bad-json", "top_k-0", "unknown-key", "empty-query", "unknown-collection", "query-nothing", "no-doc",
-        "no-docid", "no-texts", "too-many-texts", "body-too-large", "rerank-empty-query", "token-arrays",
-        "dimensions"])
+        "no-docid", "no-texts", "too-many-texts", "body-too-large", "rerank-empty-query", "aliases-disagree",
+        "rerank-no-text", "foreign-model", "token-arrays", "dimensions"])
 def test_bad_requests_get_json_errors_with_their_status(gateway: str, path: str, body, status: int, message: str):
     if isinstance(body, bytes):
         r = httpx.post(gateway + path, content=body, headers={"content-type": "application/json"})
@@ -190,6 +194,105 @@ def test_bad_requests_get_json_errors_with_their_status(gateway: str, path: str,
     error = r.json()["error"]
     assert message in error["message"] and error["code"] == status
     assert "Traceback" not in r.text
+
+
+# -- QMD-Python, TEI and OpenAI clients, verbatim -----------------------------------------------------------
+
+
+def test_qmd_python_vsearch_hits_carry_its_fields_and_the_body(gateway: str):
+    body = {"query": "how are concurrent inference calls grouped together", "limit": 3, "collection": COLLECTION}
+    hits = post(gateway, "/vsearch", body).json()["results"]  # QMD-Python's client body
+    first = hits[0]
+    assert first["filepath"] == f"qmd://{COLLECTION}/guide/batching.md"
+    assert first["display_path"] == f"{COLLECTION}/guide/batching.md" and len(first["hash"]) == 64
+    assert first["body"].startswith("# Dynamic batching")
+    assert {"title", "score", "collection", "path"} <= set(first)
+    lean = post(gateway, "/vsearch", {**body, "full": False}).json()["results"][0]
+    assert "body" not in lean and lean["hash"] == first["hash"]
+    searched = post(gateway, "/search", {"query": "batching", "collection": COLLECTION}).json()["results"][0]
+    assert "body" not in searched and searched["filepath"].startswith("qmd://")
+
+
+def test_qmd_python_rerank_returns_its_documents_best_first_with_a_score(gateway: str):
+    documents = [{"id": "a", "content": "Bread needs flour, water and salt."},
+                 {"id": "b", "content": "Dynamic batching merges inference requests into one batch.", "extra": 1},
+                 {"id": "c", "title": "Batching requests on the server"}]
+    r = post(gateway, "/rerank", {"query": "how are requests batched", "documents": documents, "top_k": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [d["id"] for d in results][0] == "b" and len(results) == 2
+    assert results[0]["extra"] == 1 and 0 < results[1]["rerank_score"] < results[0]["rerank_score"] <= 1
+    default = post(gateway, "/rerank", {"query": "batching", "documents": documents * 3}).json()["results"]
+    assert len(default) == 5  # QMD-Python's top_k default
+    assert post(gateway, "/rerank", {"query": "x", "documents": []}).json() == {"results": []}
+
+
+def test_tei_embed_honours_truncate_refuses_normalize_false_and_answers_in_teis_shape(gateway: str):
+    long_text = "batching " * 600  # past the embedder's 256-token window
+    cut = post(gateway, "/embed", {"inputs": long_text})  # TEI's default here: truncate
+    assert cut.status_code == 200 and len(cut.json()[0]) == DIM
+    refused = post(gateway, "/embed", {"inputs": [long_text], "truncate": False})
+    assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"
+    message = refused.json()["error"]
+    assert message.startswith("Input validation error: `inputs` must have less than 256 tokens. Given: ")
+    assert int(message.rsplit(" ", 1)[1]) > 600
+    fits = post(gateway, "/embed", {"inputs": "short", "truncate": False, "normalize": True})
+    assert fits.status_code == 200
+    raw = post(gateway, "/embed", {"inputs": "short", "normalize": False})
+    assert raw.status_code == 422 and raw.json()["error_type"] == "Validation"
+    assert "normalize: false is not served" in raw.json()["error"]
+    empty = post(gateway, "/embed", {"inputs": []})
+    assert empty.status_code == 400 and empty.json() == {"error": "`inputs` cannot be empty", "error_type": "Empty"}
+    unknown = post(gateway, "/embed", {"inputs": "x", "pooling": "cls"})
+    assert unknown.status_code == 422 and "pooling" in unknown.json()["error"]
+
+
+def test_tei_rerank_errors_are_teis_shape(gateway: str):
+    empty = post(gateway, "/rerank", {"query": "x", "texts": []})
+    assert empty.status_code == 400 and empty.json() == {"error": "`texts` cannot be empty", "error_type": "Empty"}
+    long = post(gateway, "/rerank", {"query": "batching", "texts": ["word " * 700], "truncate": False})
+    assert long.status_code == 413 and long.json()["error"].startswith("Input validation error: `inputs` must have "
+                                                                       "less than 512 tokens. Given: ")
+    no_query = post(gateway, "/rerank", {"query": "", "texts": ["a"]})
+    assert no_query.status_code == 422 and no_query.json()["error_type"] == "Validation"
+
+
+def test_openai_client_lists_the_served_model_and_embeds_with_it(gateway: str):
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="not-needed-on-loopback")
+    models = [m.id for m in client.models.list()]
+    assert models == ["all-MiniLM-L6-v2", "qmd-embed"]
+    assert len(client.embeddings.create(model=models[0], input="bread").data[0].embedding) == DIM
+    with pytest.raises(BadRequestError, match="is not served here"):
+        client.embeddings.create(model="text-embedding-3-small", input="bread")
+
+
+def test_api_on_a_busy_port_says_so_before_any_banner(indexed: Settings, gateway: str):
+    import subprocess
+
+    from ..doors import QMDCTL
+
+    port = gateway.rsplit(":", 1)[1]
+    r = subprocess.run([QMDCTL, "api", "--port", port], env=door_env(indexed), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"Error: port {port} on 127.0.0.1 is already in use; pick another "
+                                             "with --port"]
+
+
+def test_the_ipv6_banner_puts_the_address_in_brackets(indexed: Settings, tmp_path: Path):
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    log = tmp_path / "api6.log"
+    with Door(["api", "--host", "::1"], door_env(indexed), log, host="::1") as door:
+        assert httpx.get(f"http://[::1]:{door.port}/health").status_code == 200
+    assert f"qmd gateway on http://[::1]:{door.port} " in log.read_text()
 
 
 def test_unknown_routes_and_methods_are_json_errors(gateway: str):
@@ -209,7 +312,7 @@ def test_metrics_count_requests_by_route_and_status(gateway: str):
 def test_openapi_documents_every_endpoint(gateway: str):
     paths = httpx.get(f"{gateway}/openapi.json").json()["paths"]
     assert {"/health", "/embed", "/search", "/vsearch", "/query", "/get", "/multi_get", "/status", "/rerank",
-            "/v1/embeddings"} <= set(paths)
+            "/v1/embeddings", "/v1/models"} <= set(paths)
 
 
 def test_a_token_guards_every_route_but_health_and_metrics(indexed: Settings, tmp_path: Path):

@@ -44,7 +44,8 @@ def localize(code: str, settings: Settings, doors: dict | None = None) -> str:
     if doors:
         code = (code.replace("127.0.0.1:18765", f"127.0.0.1:{doors['api']}")
                 .replace("localhost:18765", f"127.0.0.1:{doors['api']}")
-                .replace("127.0.0.1:8181", f"127.0.0.1:{doors['mcp']}"))
+                .replace("127.0.0.1:8181", f"127.0.0.1:{doors['mcp']}")
+                .replace("localhost:8181", f"127.0.0.1:{doors['mcp']}"))
     return code
 
 
@@ -81,6 +82,14 @@ def test_gateway_curl_examples_run(indexed: Settings, doors: dict):  # noqa: F81
     assert json.loads(out[0])["results"]
     assert out[1].startswith('{"embeddings":[[')
     assert [r["index"] for r in json.loads(out[2])] == [0, 1]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_mcp_rest_curl_example_runs(indexed: Settings, doors: dict):  # noqa: F811
+    script = localize(block_with("bash", "localhost:8181/query"), indexed, doors)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
+    hits = json.loads(out)["results"]
+    assert hits and hits[0]["file"].startswith("qmd://")
 
 
 def test_mcp_client_configurations_are_json(doors: dict):

@@ -20,17 +20,10 @@ from qmd_triton.index.update import update
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.search.vectors import VectorIndex, vectors_for
 
-from ..conftest import ASSETS, open_test_index, use_backend
+from ..conftest import open_test_index, use_backend
 from ..fakes import HashEmbedder
 
 NOTE = "# Axolotl\n\nThe axolotl regrows a lost limb within weeks and keeps its larval gills for life.\n"
-
-
-@pytest.fixture
-def notes(tmp_path: Path) -> Path:
-    target = tmp_path / "notes"
-    shutil.copytree(ASSETS / "notes", target)
-    return target
 
 
 def qmd(home: Path, *args: str):

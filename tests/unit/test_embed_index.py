@@ -20,13 +20,6 @@ from ..conftest import ASSETS, open_test_index
 from ..fakes import HashEmbedder
 
 
-@pytest.fixture
-def notes(tmp_path: Path) -> Path:
-    target = tmp_path / "notes"
-    shutil.copytree(ASSETS / "notes", target)
-    return target
-
-
 def long_note(sections: int = 12) -> str:
     parts = ["# Field notes", ""]
     for s in range(sections):

@@ -17,7 +17,7 @@ from qmd_triton.cli import cli
 from qmd_triton.index import update as index_update
 from qmd_triton.index.backend import index_config, open_index
 
-from ..conftest import ASSETS, use_backend
+from ..conftest import use_backend
 
 
 class Qmd:
@@ -43,13 +43,6 @@ class Qmd:
     def counts(self) -> dict:
         with open_index(index_config(self.home)) as store:
             return store.counts()
-
-
-@pytest.fixture
-def notes(tmp_path: Path) -> Path:
-    target = tmp_path / "notes"
-    shutil.copytree(ASSETS / "notes", target)
-    return target
 
 
 @pytest.fixture

@@ -31,15 +31,8 @@ from qmd_triton.serving import milvus_lite
 from qmd_triton.system import procs
 from qmd_triton.system.net import free_ports
 
-from ..conftest import ASSETS, open_test_index
+from ..conftest import open_test_index
 from ..fakes import HashEmbedder
-
-
-@pytest.fixture
-def notes(tmp_path: Path) -> Path:
-    target = tmp_path / "notes"
-    shutil.copytree(ASSETS / "notes", target)
-    return target
 
 
 def qmdctl(home: Path, *args: str):
