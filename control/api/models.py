@@ -91,8 +91,8 @@ class QueryRequest(SearchRequest):
             raise ValueError("give a query or typed searches")
         return self
 
-    def options(self, **extra: Any) -> SearchOptions:
-        return super().options(expand=self.expand, rerank=self.rerank, candidates=self.candidates,
+    def options(self, full_by_default: bool = False, **extra: Any) -> SearchOptions:
+        return super().options(full_by_default, expand=self.expand, rerank=self.rerank, candidates=self.candidates,
                                explain=self.explain, intent=self.intent,
                                searches=tuple((s.type, s.query) for s in self.searches), **extra)
 

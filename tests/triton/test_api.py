@@ -205,7 +205,7 @@ def test_qmd_python_vsearch_hits_carry_its_fields_and_the_body(gateway: str):
     first = hits[0]
     assert first["filepath"] == f"qmd://{COLLECTION}/guide/batching.md"
     assert first["display_path"] == f"{COLLECTION}/guide/batching.md" and len(first["hash"]) == 64
-    assert first["body"].startswith("# Dynamic batching")
+    assert first["body"].startswith("---\ntitle: Dynamic batching on Triton\n")  # the file as written
     assert {"title", "score", "collection", "path"} <= set(first)
     lean = post(gateway, "/vsearch", {**body, "full": False}).json()["results"][0]
     assert "body" not in lean and lean["hash"] == first["hash"]

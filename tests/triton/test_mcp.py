@@ -99,6 +99,8 @@ def check_tobi(out: dict) -> None:
     assert out["query"].content[0].text.startswith('Found 3 results for "how are concurrent inference requests')
     assert {h["file"].split("/")[0] for h in out["v1_collection"].structured_content["results"]} == {COLLECTION}
     texts = {name: out[name].content[0].text for name in out if out[name].is_error}
+    assert texts.pop("get_missing").startswith(f"Document not found: {COLLECTION}/recipe.md\n\nDid you mean one of "
+                                               f"these?\n  - {COLLECTION}/recipes.md")
     assert texts == {
         "both": "Error: 'query' and 'searches' are mutually exclusive; provide only one",
         "neither": "Error: provide either 'query' (plain text) or 'searches' (typed sub-queries)",
@@ -108,8 +110,6 @@ def check_tobi(out: dict) -> None:
                        "candidateLimit, collection, collections, intent, limit, minScore, query, rerank, searches)",
         "wrong_type": "Input validation error: Invalid arguments for tool query: limit: Input should be a valid "
                       "integer, unable to parse string as an integer",
-        "get_missing": f"Document not found: {COLLECTION}/recipe.md\n\nDid you mean one of these?\n"
-                       f"  - {COLLECTION}/recipes.md",
         "multi_get_none": f"No files matched pattern: {COLLECTION}/nothing/*.md\nno indexed document matches "
                           f"'{COLLECTION}/nothing/*.md'",
     }
