@@ -85,7 +85,7 @@ def front(triton: Settings, tmp_path_factory: pytest.TempPathFactory):
 ROUTES = {
     "gateway /vsearch": ("POST", "/vsearch", {"query": "sourdough bread", "top_k": 1}, "results"),
     "gateway /embed": ("POST", "/embed", {"texts": ["a text"]}, "embeddings"),
-    "gateway /v1/embeddings": ("POST", "/v1/embeddings", {"input": "a text", "model": "qmd"}, "data"),
+    "gateway /v1/embeddings": ("POST", "/v1/embeddings", {"input": "a text", "model": "qmd-embed"}, "data"),
     "triton infer": ("POST", "/v2/models/qmd_vsearch/infer", INFER, "outputs"),
     "triton health": ("GET", "/v2/health/ready", None, None),
     "mcp initialize": ("POST", "/mcp", INITIALIZE, "event: message"),
