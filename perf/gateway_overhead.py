@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--home", type=Path, default=checkout_path(".qmd", "bench", "gateway"))
     ap.add_argument("--out", type=Path, default=checkout_path("perf", "results", "gateway_overhead.json"))
+    ap.add_argument("--no-body", action="store_true",
+                    help="Hits without their documents' bodies on both sides (`full: false`).")
     args = ap.parse_args()
     docs = default_datasets() / "triton-docs"
     queries = [line.split("\t")[0] for line in (docs / "queries.tsv").read_text().splitlines()[1:] if line.strip()]
@@ -85,16 +87,17 @@ def main() -> None:
         gevent_client = HTTPClient.from_url(URL(base), concurrency=1, connection_timeout=60, network_timeout=60)
         with QmdClient(settings.http_url, "http") as direct, httpx.Client(base_url=base, timeout=60) as hx:
             def via_direct(q: str) -> list[dict]:
-                return direct.search("qmd_vsearch", q, json.dumps({"n": 10, "full": True}))
+                return direct.search("qmd_vsearch", q, json.dumps({"n": 10, "full": not args.no_body}))
 
             def via_gateway(q: str) -> list[dict]:
-                r = gevent_client.post("/vsearch", body=json.dumps({"query": q, "top_k": 10}),
+                r = gevent_client.post("/vsearch", body=json.dumps({"query": q, "top_k": 10,
+                                                                   "full": not args.no_body}),
                                        headers={"Content-Type": "application/json"})
                 assert r.status_code == 200, r.status_code
                 return json.loads(r.read())["results"]
 
             def via_httpx(q: str) -> list[dict]:
-                r = hx.post("/vsearch", json={"query": q, "top_k": 10})
+                r = hx.post("/vsearch", json={"query": q, "top_k": 10, "full": not args.no_body})
                 r.raise_for_status()
                 return r.json()["results"]
 

@@ -109,7 +109,11 @@ class AsyncQmdClient:
         requested = [self._mod.InferRequestedOutput(n) for n in outputs]
         # The deadline is the transport's own (aiohttp's total timeout, gRPC's client_timeout): no extra task
         # per request on the hot path.
-        kwargs: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        # HTTP: no gzip. aiohttp asks for it by default, and Triton then compresses every answer: 5 ms of its
+        # CPU (and ours to inflate it) for a page of hits with their bodies (150 KB), to save bytes on
+        # loopback or a LAN (perf/RESULTS.md, "The HTTP gateway against Triton directly").
+        kwargs: dict[str, Any] = ({"client_timeout": self.timeout_s} if self.protocol == "grpc"
+                                  else {"headers": {"Accept-Encoding": "identity"}})
         try:
             async with self._parallel:
                 result = await self._client.infer(model, tensors, outputs=requested, **kwargs)
