@@ -6,7 +6,7 @@ The backend is chosen per home in ``config.toml``::
     backend = "milvus"                 # "sqlite" (default) or "milvus"
     uri = "http://milvus:19530"        # empty: the home's own Milvus Lite server, started by `qmdctl up`
     token = ""                         # optional: "user:password" or an API key
-    prefix = "qmd"                     # the Milvus collections are PREFIX_docs, PREFIX_chunks, PREFIX_meta
+    prefix = "qmd"                     # the Milvus collections are PREFIX_docs, PREFIX_chunks, PREFIX_meta, PREFIX_keys
     port = 0                           # the local Milvus Lite server's port (0: any free port)
 
 ``QMD_INDEX_BACKEND``, ``QMD_MILVUS_URI``, ``QMD_MILVUS_TOKEN`` and ``QMD_MILVUS_PREFIX`` override the file

@@ -12,6 +12,8 @@ History:
        so a chunk whose text is unchanged (an edit elsewhere in its document, a renamed or
        copied file) keeps its vector instead of being embedded again
     3  ``expansions``: the LLM's query expansions, kept across server restarts
+    4  ``vector_log``: which chunks' vectors came, went or changed (filled by triggers), so a server holding
+       the vectors in memory reads only those after an update
 
 Example:
     >>> migrate(conn, progress=print)
