@@ -776,10 +776,13 @@ class IndexStore:
         return self.conn.execute("DELETE FROM vector_log WHERE seq <= ?",
                                  (self.vector_log_position() - keep,)).rowcount
 
-    def vector_count(self) -> int:
-        """Chunks with a vector: the rows :meth:`load_vectors` reads."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash")
-                   .fetchone()[0])
+    def vector_log_entry(self, position: int) -> tuple[int, str | None] | None:
+        """The chunk the vector log names at ``position`` and the hash of its text (None when the entry is
+        gone or never was; the hash None when the chunk is): with the position, what tells a reader the log
+        is still the one it followed (a copy of another index restored over this one names other texts)."""
+        row = self.conn.execute("SELECT v.chunk_id, c.text_hash FROM vector_log v LEFT JOIN chunks c "
+                                "ON c.id = v.chunk_id WHERE v.seq = ?", (position,)).fetchone()
+        return (int(row[0]), row[1]) if row else None
 
     def load_vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(matrix, chunk ids, content hashes)`` of every embedded chunk (or of ``ids``), by chunk id."""

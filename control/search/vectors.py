@@ -128,6 +128,7 @@ class VectorIndex(_DocumentRanking):
         self.store = store
         self._version: tuple[int, tuple[int, int, int]] | None = None
         self._log = 0  # the vector log position the matrix reflects
+        self._anchor: tuple[int, str | None] | None = None  # the chunk (and its text's hash) the log names there
         self._buf = np.zeros((0, 0), dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)  # -1 for a dropped row
         self._hashes: np.ndarray = np.zeros(0, dtype=object)
@@ -167,13 +168,16 @@ class VectorIndex(_DocumentRanking):
             if self._version is not None and stamp[0] == self._version[0]:
                 changes = self.store.vector_changes(self._log)
             if changes is not None and len(changes[0]) <= self.FULL_RELOAD_SHARE * max(1, len(self)):
-                self._apply(*changes)
-                self.reloads["incremental"] += 1
-                # The file was opened again (its log checkpointed, or a copy restored over it in place): the
-                # log only says what changed if it is this index's log; the count of vectors checks that.
-                if stamp[1][0] != self._version[1][0] and len(self) != self.store.vector_count():
+                # The file was opened again (its log checkpointed, or a copy restored over it in place): the log
+                # says what changed only if it is the log this matrix followed; the entry at the position the
+                # matrix reflects tells (one lookup by key).
+                reopened = self._version is not None and stamp[1][0] != self._version[1][0]
+                if reopened and self._log and self.store.vector_log_entry(self._log) != self._anchor:
                     self._load_all()
                     self.reloads["full"] += 1
+                else:
+                    self._apply(*changes)
+                    self.reloads["incremental"] += 1
             else:
                 self._load_all()
                 self.reloads["full"] += 1
@@ -182,6 +186,7 @@ class VectorIndex(_DocumentRanking):
 
     def _load_all(self) -> None:
         self._log = self.store.vector_log_position()
+        self._anchor = self.store.vector_log_entry(self._log)
         matrix, ids, hashes = self.store.load_vectors()
         n = len(ids)
         cap = n + max(1024, n // 8)  # room for what the next updates add, so an append never copies the matrix
@@ -213,6 +218,7 @@ class VectorIndex(_DocumentRanking):
                 self._buf[row] = 0.0
                 self._hashes[row] = None
         self._log = position
+        self._anchor = self.store.vector_log_entry(position)
         if self._rows - len(self._row_of) > self.COMPACT_SHARE * max(1, self._rows):
             self._compact()
 

@@ -157,3 +157,32 @@ def test_a_long_lived_reader_follows_a_restore_at_its_next_request(tmp_path: Pat
     assert served() == first
     assert handle.get().counts()["documents"] == 4
     handle.close()
+
+
+def test_a_reader_reloads_when_another_indexs_copy_is_put_in_place_at_the_same_log_position(tmp_path: Path):
+    """A copy of a different index whose vector log is as long as the reader's: the log is another index's
+    history, so the reader reads every vector again instead of finding "nothing changed"."""
+    mine, theirs = tmp_path / "mine-notes", tmp_path / "their-notes"
+    for folder, topic in ((mine, "sourdough bread and flour"), (theirs, "axolotl limbs and gills")):
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"note-{i}.md").write_text(f"# Note {i}\n\nA short note {i} about {topic}.\n")
+    home, other = tmp_path / "home", tmp_path / "other"
+    index(home, ("sqlite", ""), mine)
+    index(other, ("sqlite", ""), theirs)
+    live = home / "index.sqlite"
+    with IndexStore.open(other / "index.sqlite") as o, IndexStore.open(live) as m:
+        assert o.vector_log_position() == m.vector_log_position()  # the same shape of history
+    handle = IndexHandle(live)
+    vectors = VectorIndex(handle.get())
+    query = HashEmbedder().embed_query("axolotl regrows a lost limb")
+    before = [h.score for h in vectors.search(query, SearchOptions(n=3))]
+    assert qmd(other, "index", "backup", str(tmp_path / "other.sqlite")).exit_code == 0
+    shutil.copyfile(tmp_path / "other.sqlite", live)
+    store = handle.get()
+    assert store is vectors.store  # the same inode: reconnected, not reopened
+    after = vectors.search(query, SearchOptions(n=3))
+    fresh = VectorIndex(store).search(query, SearchOptions(n=3))
+    assert [(h.file, round(h.score, 5)) for h in after] == [(h.file, round(h.score, 5)) for h in fresh]
+    assert max(h.score for h in after) > max(before)  # their axolotl notes, not my bread's vectors
+    handle.close()
