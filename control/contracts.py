@@ -102,6 +102,9 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
 EMBEDDING = "embedding"
+# The pooled embedding before its L2 normalization (TEI's `normalize: false`); equal to EMBEDDING for a model
+# that does not normalize.
+EMBEDDING_RAW = "embedding_raw"
 QUERY = "query"
 OPTIONS = "options"
 RESULTS = "results"
@@ -148,10 +151,10 @@ EMBED_MODEL = ModelSpec(
         TensorSpec(INPUT_IDS, DataType.INT64, (-1,)),
         TensorSpec(ATTENTION_MASK, DataType.INT64, (-1,)),
     ),
-    outputs=(TensorSpec(EMBEDDING, DataType.FP32, (-1,)),),
+    outputs=(TensorSpec(EMBEDDING, DataType.FP32, (-1,)), TensorSpec(EMBEDDING_RAW, DataType.FP32, (-1,))),
     max_batch_size=MAX_BATCH,
     artifacts=("model.onnx",),
-    doc="Token ids -> pooled, L2-normalized sentence embedding.",
+    doc="Token ids -> pooled, L2-normalized sentence embedding (and the pooled one before normalization).",
 )
 
 EMBED = ModelSpec(

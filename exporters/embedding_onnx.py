@@ -30,13 +30,21 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from qmd_triton.artifacts.registry import POOLINGS
-from qmd_triton.contracts import ATTENTION_MASK, EMBED_MODEL, EMBEDDING, INPUT_IDS, TOKEN_TYPE_IDS, TOKENIZE
+from qmd_triton.contracts import (
+    ATTENTION_MASK,
+    EMBED_MODEL,
+    EMBEDDING,
+    EMBEDDING_RAW,
+    INPUT_IDS,
+    TOKEN_TYPE_IDS,
+    TOKENIZE,
+)
 from qmd_triton.errors import ArtifactMissing, ConfigError, ExportError
 from qmd_triton.exporters import redeclare
 from qmd_triton.progress import Progress, silent
@@ -75,6 +83,10 @@ class EmbeddingExport:
     skipped: bool = False
     model: str = ""
     languages: list[str] | None = None  # what the model reads (None: undeclared)
+    outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))  # the graph's outputs
+
+
+OUTPUTS = (EMBEDDING, EMBEDDING_RAW)  # an export without the raw output (before 2026-12-06) is made again
 
 
 _PROMPT_LINE = re.compile(r'(parameters\s*\{\s*key:\s*"(query|document)_prompt",\s*value:\s*\{\s*string_value:\s*)'
@@ -168,9 +180,10 @@ def _wrapper(model, pooling: str, normalize: bool):
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            raw = pooled
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            return pooled
+            return pooled, raw
 
     return SentenceEmbedding().eval()
 
@@ -279,6 +292,7 @@ def _current(model_dir: Path, tok_dir: Path, fingerprint: str, opset: int, pooli
         manifest.get("source_fingerprint") != fingerprint
         or manifest.get("opset") != opset
         or manifest.get("pooling") != pooling
+        or manifest.get("outputs") != list(OUTPUTS)
         or not (tok_dir / TOKENIZER_FILE).is_file()
         or not (tok_dir / MANIFEST_FILE).is_file()
         or not target.is_file()
@@ -312,11 +326,12 @@ def _export_torch(source: Path, tmp: Path, tokenizer: Path, max_length: int, ops
                 (dummy, torch.ones_like(dummy)),
                 str(tmp),
                 input_names=[INPUT_IDS, ATTENTION_MASK],
-                output_names=[EMBEDDING],
+                output_names=[EMBEDDING, EMBEDDING_RAW],
                 dynamic_axes={
                     INPUT_IDS: {0: "batch", 1: "sequence"},
                     ATTENTION_MASK: {0: "batch", 1: "sequence"},
                     EMBEDDING: {0: "batch"},
+                    EMBEDDING_RAW: {0: "batch"},
                 },
                 opset_version=opset,
                 dynamo=False,
@@ -335,10 +350,12 @@ def _parity(wrapped, onnx_path: Path, tokenizer_path: Path, max_length: int) -> 
 
     ids, mask = _parity_tokens(tokenizer_path, max_length)
     session = make_session(onnx_path)
-    got = session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+    got, got_raw = session.run([EMBEDDING, EMBEDDING_RAW], {INPUT_IDS: ids, ATTENTION_MASK: mask})
     with torch.no_grad():
-        want = wrapped(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    return float(np.abs(got - want).max()), int(got.shape[1])
+        want, want_raw = (t.numpy() for t in wrapped(torch.from_numpy(ids), torch.from_numpy(mask)))
+    # the raw vector's scale is the model's own (norms of 5-10 for MiniLM): compared relative to it
+    raw_diff = float(np.abs(got_raw - want_raw).max() / max(1.0, float(np.abs(want_raw).max())))
+    return max(float(np.abs(got - want).max()), raw_diff), int(got.shape[1])
 
 
 def _parity_tokens(tokenizer_path: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -483,6 +500,7 @@ def serve_prepared(src: Path, dst: Path, pooling: str, normalize: bool) -> str:
         counted = nodes.with_axes("ReduceSum", weights, [1], 13, keepdims=0)
         floor = nodes.const(np.array(1e-9, dtype=np.float32), "floor")
         pooled = nodes.add("Div", [summed, nodes.add("Max", [counted, floor])])
+    nodes.add("Identity", [pooled], EMBEDDING_RAW)
     if normalize:
         norm = nodes.with_axes("ReduceL2", pooled, [1], 18, keepdims=1)
         eps = nodes.const(np.array(1e-12, dtype=np.float32), "eps")
@@ -492,7 +510,8 @@ def serve_prepared(src: Path, dst: Path, pooling: str, normalize: bool) -> str:
 
     batch = inputs[INPUT_IDS].type.tensor_type.shape.dim[0].dim_param or "batch"
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, [batch, dim or None]))
+    for name in (EMBEDDING, EMBEDDING_RAW):
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, dim or None]))
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -514,7 +533,9 @@ def _parity_prepared(source: Path, hidden_name: str, served: Path, tokenizer: Pa
     feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_TYPE_IDS: np.zeros_like(ids)}
     hidden = original.run([hidden_name], {k: v for k, v in feeds.items() if k in names})[0]
     want = pool_numpy(hidden.astype(np.float32), mask, pooling, normalize)
-    got = make_session(served).run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+    got, got_raw = make_session(served).run([EMBEDDING, EMBEDDING_RAW], {INPUT_IDS: ids, ATTENTION_MASK: mask})
     if got.shape != want.shape:
         raise ExportError(f"the served graph gives {got.shape}, the source pooled {want.shape}")
-    return float(np.abs(got - want).max()), int(got.shape[1])
+    want_raw = pool_numpy(hidden.astype(np.float32), mask, pooling, False)
+    raw_diff = float(np.abs(got_raw - want_raw).max() / max(1.0, float(np.abs(want_raw).max())))
+    return max(float(np.abs(got - want).max()), raw_diff), int(got.shape[1])

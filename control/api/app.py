@@ -263,7 +263,7 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
                 raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
                                     f"Given: {over[0]}")
         try:
-            vectors = await service.embed(items, body.kind)
+            vectors = await service.embed(items, body.kind, body.normalize)
         except QmdError as e:
             if body.tei:
                 raise TeiError(_status(e) if _status(e) != 400 else 422, str(e).splitlines()[0]) from None

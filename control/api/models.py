@@ -105,8 +105,8 @@ class EmbedRequest(Strict):
     inputs: str | list[str] | None = Field(None, description="TEI's form: the answer is a bare list of vectors.")
     kind: Literal["document", "query"] = Field(KIND_DOCUMENT, description="Prompt format: document (qmd_embed) "
                                                                          "or query.")
-    normalize: bool = Field(True, description="TEI: unit-length vectors. This server's embedder normalizes "
-                                              "inside its graph, so false is refused (400).")
+    normalize: bool = Field(True, description="TEI: unit-length vectors; false returns the pooled vectors "
+                                              "before their L2 normalization.")
     truncate: bool | None = Field(None, description="TEI: cut texts longer than the model's window (true, the "
                                                     "default here); false refuses them with 413.")
     truncation_direction: Literal["right", "Right"] = Field("right", description="TEI: only right is served "
@@ -118,9 +118,6 @@ class EmbedRequest(Strict):
     def _one_form(self) -> EmbedRequest:
         if (self.texts is None) == (self.inputs is None):
             raise ValueError("send either texts (a list of strings) or inputs")
-        if not self.normalize:
-            raise ValueError("normalize: false is not served: this server's embedding model normalizes its "
-                             "vectors inside its graph (they are unit length)")
         return self
 
     @property

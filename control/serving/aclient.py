@@ -23,6 +23,7 @@ from qmd_triton import contracts
 from qmd_triton.contracts import (
     ATTENTION_MASK,
     EMBEDDING,
+    EMBEDDING_RAW,
     INPUT_IDS,
     KIND,
     KIND_DOCUMENT,
@@ -146,18 +147,20 @@ class AsyncQmdClient:
         """A search model's hits as dicts."""
         return json.loads(await self.search_json(model, query, options))
 
-    async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> np.ndarray:
-        """Embeddings ``[len(texts), dim]`` in input order, ``contracts.MAX_BATCH`` texts per request."""
+    async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, normalize: bool = True) -> np.ndarray:
+        """Embeddings ``[len(texts), dim]`` in input order, ``contracts.MAX_BATCH`` texts per request;
+        ``normalize=False``: the pooled vectors before their L2 normalization."""
         if not texts:
             raise InputError("nothing to embed")
+        output = EMBEDDING if normalize else EMBEDDING_RAW
 
         async def one(chunk: Sequence[str]) -> np.ndarray:
             column = _column(chunk).reshape(-1, 1)
-            if kind == KIND_DOCUMENT:
+            if kind == KIND_DOCUMENT and normalize:
                 return (await self.infer(contracts.EMBED.name, {TEXT: column}, [EMBEDDING]))[EMBEDDING]
             kinds = _column([kind] * len(chunk)).reshape(-1, 1)
             tok = await self.infer(contracts.TOKENIZE.name, {TEXT: column, KIND: kinds}, [INPUT_IDS, ATTENTION_MASK])
-            return (await self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING]))[EMBEDDING]
+            return (await self.infer(contracts.EMBED_MODEL.name, tok, [output]))[output]
 
         step = contracts.MAX_BATCH
         parts = await asyncio.gather(*(one(texts[i:i + step]) for i in range(0, len(texts), step)))

@@ -129,9 +129,10 @@ class QmdService:
         """As :meth:`search_json`, parsed into hits."""
         return [Hit.from_dict(d) for d in json.loads(await self.search_json(mode, query, options))]
 
-    async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> np.ndarray:
-        """Embeddings of any number of texts (split into requests of ``contracts.MAX_BATCH``)."""
-        vectors = await self._timed(contracts.EMBED.name, self.client.embed(list(texts), kind))
+    async def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, normalize: bool = True) -> np.ndarray:
+        """Embeddings of any number of texts (split into requests of ``contracts.MAX_BATCH``); ``normalize=False``:
+        the pooled vectors before their L2 normalization."""
+        vectors = await self._timed(contracts.EMBED.name, self.client.embed(list(texts), kind, normalize))
         http.ITEMS.labels("embedded").inc(len(texts))
         return vectors
 

@@ -227,7 +227,7 @@ def test_qmd_python_rerank_returns_its_documents_best_first_with_a_score(gateway
     assert post(gateway, "/rerank", {"query": "x", "documents": []}).json() == {"results": []}
 
 
-def test_tei_embed_honours_truncate_refuses_normalize_false_and_answers_in_teis_shape(gateway: str):
+def test_tei_embed_honours_truncate_and_normalize_and_answers_in_teis_shape(gateway: str):
     long_text = "batching " * 600  # past the embedder's 256-token window
     cut = post(gateway, "/embed", {"inputs": long_text})  # TEI's default here: truncate
     assert cut.status_code == 200 and len(cut.json()[0]) == DIM
@@ -238,9 +238,14 @@ def test_tei_embed_honours_truncate_refuses_normalize_false_and_answers_in_teis_
     assert int(message.rsplit(" ", 1)[1]) > 600
     fits = post(gateway, "/embed", {"inputs": "short", "truncate": False, "normalize": True})
     assert fits.status_code == 200
-    raw = post(gateway, "/embed", {"inputs": "short", "normalize": False})
-    assert raw.status_code == 422 and raw.json()["error_type"] == "Validation"
-    assert "normalize: false is not served" in raw.json()["error"]
+    texts = ["Dynamic batching merges requests.", "Bread needs flour, water and salt."]
+    raw = post(gateway, "/embed", {"inputs": texts, "normalize": False})
+    unit = np.array(post(gateway, "/embed", {"inputs": texts}).json())
+    assert raw.status_code == 200, raw.text
+    vectors = np.array(raw.json())
+    norms = np.linalg.norm(vectors, axis=1)
+    assert vectors.shape == (2, DIM) and np.all(np.abs(norms - 1.0) > 0.1)  # the pooled vectors themselves
+    assert np.abs(vectors / norms[:, None] - unit).max() < 1e-5  # ... whose direction is the served embedding
     empty = post(gateway, "/embed", {"inputs": []})
     assert empty.status_code == 400 and empty.json() == {"error": "`inputs` cannot be empty", "error_type": "Empty"}
     unknown = post(gateway, "/embed", {"inputs": "x", "pooling": "cls"})

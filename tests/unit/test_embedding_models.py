@@ -13,7 +13,16 @@ from click.testing import CliRunner, Result
 
 from qmd_triton.artifacts.registry import ModelEntry, check, entry_source, find_entry, role_entries
 from qmd_triton.cli import cli
-from qmd_triton.contracts import ATTENTION_MASK, EMBED_MODEL, EMBEDDING, INPUT_IDS, KIND_QUERY, TOKEN_TYPE_IDS, TOKENIZE
+from qmd_triton.contracts import (
+    ATTENTION_MASK,
+    EMBED_MODEL,
+    EMBEDDING,
+    EMBEDDING_RAW,
+    INPUT_IDS,
+    KIND_QUERY,
+    TOKEN_TYPE_IDS,
+    TOKENIZE,
+)
 from qmd_triton.errors import ConfigError
 from qmd_triton.exporters import embedding_onnx
 from qmd_triton.index.fingerprint import embedding_setup
@@ -86,7 +95,7 @@ def test_registry_entry_is_refused_when_its_pooling_is_unknown():
 def test_bge_export_serves_only_input_ids_and_attention_mask_when_the_source_also_takes_token_type_ids(
         bge_repo: Path):
     assert TOKEN_TYPE_IDS in _graph_io(_source() / "model.onnx")[0]
-    assert _graph_io(bge_repo / EMBED_MODEL.name / "1" / "model.onnx") == ([INPUT_IDS, ATTENTION_MASK], [EMBEDDING])
+    assert _graph_io(bge_repo / EMBED_MODEL.name / "1" / "model.onnx") == ([INPUT_IDS, ATTENTION_MASK], [EMBEDDING, EMBEDDING_RAW])
     manifest = json.loads((bge_repo / EMBED_MODEL.name / "1" / "export.json").read_text())
     assert manifest == json.loads((bge_repo / TOKENIZE.name / "1" / "export.json").read_text())
     assert {k: manifest[k] for k in ("model", "pooling", "normalize", "dim", "max_length", "opset", "languages")} == {
@@ -200,13 +209,14 @@ def test_prepared_export_pools_like_sentence_transformers_when_the_graph_has_any
     assert (report.pooling, report.opset, report.dim) == (pooling, opset, 8)
     assert report.max_abs_diff <= embedding_onnx.PARITY_TOLERANCE
     served = repo / EMBED_MODEL.name / "1" / "model.onnx"
-    assert _graph_io(served) == ([INPUT_IDS, ATTENTION_MASK], [EMBEDDING])
+    assert _graph_io(served) == ([INPUT_IDS, ATTENTION_MASK], [EMBEDDING, EMBEDDING_RAW])
     ids = np.array([[101, 7592, 102, 0], [101, 7592, 2088, 102]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
-    got = make_session(served).run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+    got, raw = make_session(served).run([EMBEDDING, EMBEDDING_RAW], {INPUT_IDS: ids, ATTENTION_MASK: mask})
     hidden = make_session(source / "model.onnx").run(
         None, {INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_TYPE_IDS: np.zeros_like(ids)})[0]
     np.testing.assert_allclose(got, embedding_onnx.pool_numpy(hidden, mask, pooling, True), atol=1e-6)
+    np.testing.assert_allclose(raw, embedding_onnx.pool_numpy(hidden, mask, pooling, False), rtol=1e-5, atol=1e-5)
     if pooling == "lasttoken":  # the first row's last token is its [SEP] at 2, not the padding after it
         np.testing.assert_allclose(got[0], hidden[0, 2] / np.linalg.norm(hidden[0, 2]), atol=1e-6)
 

@@ -24,7 +24,7 @@ def test_embedding_export_is_skipped_when_source_is_unchanged(exported_repo: Pat
     again = embedding_onnx.export_embedding(default_source("embedding"), exported_repo)
     assert again.skipped and again.max_abs_diff < 1e-5 and again.dim == 384
     assert _graph_io(exported_repo / "qmd_embed_model" / "1" / "model.onnx") == (
-        ["input_ids", "attention_mask"], ["embedding"])
+        ["input_ids", "attention_mask"], ["embedding", "embedding_raw"])
 
 
 def test_embedding_export_fails_clearly_without_a_model_directory(tmp_path: Path):
