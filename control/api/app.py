@@ -35,7 +35,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -103,6 +103,24 @@ class TeiError(InputError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def refuse_too_long(over: tuple[int, int] | None) -> None:
+    """TEI's 413 for ``truncate: false`` when a text (``(its tokens, the window)``) does not fit."""
+    if over is not None:
+        raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
+                            f"Given: {over[0]}")
+
+
+async def in_form(tei: bool, call: Awaitable[Any]) -> Any:
+    """``await call``; a failure of a request in TEI's form becomes TEI's error (a refused request: 422)."""
+    try:
+        return await call
+    except QmdError as e:
+        if not tei:
+            raise
+        status = _status(e)
+        raise TeiError(422 if status == 400 else status, str(e).splitlines()[0]) from None
 
 
 def _validation_message(e: RequestValidationError) -> str:
@@ -258,16 +276,8 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
         if body.dimensions is not None and model["dim"] and body.dimensions != model["dim"]:
             raise InputError(f"dimensions must be {model['dim']} (this model's), got {body.dimensions}")
         if body.truncate is False:
-            over = await asyncio.to_thread(service.longest, items, body.kind)
-            if over is not None:
-                raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
-                                    f"Given: {over[0]}")
-        try:
-            vectors = await service.embed(items, body.kind, body.normalize)
-        except QmdError as e:
-            if body.tei:
-                raise TeiError(_status(e) if _status(e) != 400 else 422, str(e).splitlines()[0]) from None
-            raise
+            refuse_too_long(await asyncio.to_thread(service.longest, items, body.kind))
+        vectors = await in_form(body.tei, service.embed(items, body.kind, body.normalize))
         if body.tei:
             return await large_json(lambda: vectors.tolist())
         return await large_json(lambda: {"embeddings": vectors.tolist(), "model": model["name"],
@@ -287,16 +297,8 @@ def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAU
             return JSONResponse({"results": []})
         count(passages)
         if body.truncate is False:
-            over = await asyncio.to_thread(service.longest_pair, body.query, passages)
-            if over is not None:
-                raise TeiError(413, f"Input validation error: `inputs` must have less than {over[1]} tokens. "
-                                    f"Given: {over[0]}")
-        try:
-            logits = await service.rerank(body.query, passages)
-        except QmdError as e:
-            if body.tei:
-                raise TeiError(_status(e) if _status(e) != 400 else 422, str(e).splitlines()[0]) from None
-            raise
+            refuse_too_long(await asyncio.to_thread(service.longest_pair, body.query, passages))
+        logits = await in_form(body.tei, service.rerank(body.query, passages))
         probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         scores = logits if body.raw_scores else probabilities
         order = np.argsort(-scores, kind="stable")

@@ -158,15 +158,9 @@ def _restore_sqlite(source: Path, path: Path, progress: Progress) -> dict[str, A
         progress(f"restoring {source} into {path} as one transaction")
         with IndexStore.open(staging) as staged:  # an older backup's schema is migrated here
             counts = staged.counts()
-            # Each reader's log position is at most `seen`: a log that starts past it, with nothing in it,
-            # tells every reader to read the vectors again (the backup's log is another copy's history).
+            # Each reader's log position is at most `seen`: the backup's log is another copy's history.
             with staged.transaction():
-                staged.conn.execute("DELETE FROM vector_log")
-                position = max(seen, staged.vector_log_position()) + 1
-                if not staged.conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'vector_log'",
-                                           (position,)).rowcount:
-                    staged.conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('vector_log', ?)",
-                                        (position,))
+                staged.restart_vector_log(after=seen)
             try:
                 _copy_over(staged.conn, path)  # readers see the old index or the restored one, never a mix
             except sqlite3.DatabaseError:  # the index being replaced is too damaged to be written through

@@ -86,6 +86,12 @@ _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
 
 
+def damaged(path: os.PathLike[str] | str, why: str) -> str:
+    """The one line for an index file that cannot be trusted: what is wrong and the two ways back."""
+    return (f"{path} is damaged ({why}); restore a backup (`qmdctl index restore BACKUP`), or move it aside "
+            f"(mv {path} {path}.damaged) and rebuild it with `qmdctl update` and `qmdctl embed`")
+
+
 def sqlite_error(e: sqlite3.Error, path: os.PathLike[str] | str) -> QmdError | None:
     """The error a person can act on for a SQLite error about the index file itself (read-only, disk full,
     damaged, cannot be opened), or None for an error of one statement (a bug, a missing table)."""
@@ -101,9 +107,7 @@ def sqlite_error(e: sqlite3.Error, path: os.PathLike[str] | str) -> QmdError | N
         return IndexCorrupt(f"{path} is not a readable qmd-triton index ({text}); move it aside and run "
                             "`qmdctl update` to rebuild")
     if code == _SQLITE_CORRUPT or "malformed" in text:
-        return IndexCorrupt(f"{path} is damaged ({text}); restore a backup (`qmdctl index restore BACKUP`), or move "
-                            f"it aside (mv {path} {path}.damaged) and rebuild it with `qmdctl update` and "
-                            "`qmdctl embed`")
+        return IndexCorrupt(damaged(path, text))
     if code == _SQLITE_CANTOPEN:
         return IndexUnavailable(f"cannot open {path} ({text}): its folder must exist and be writable (SQLite keeps "
                                 "its -wal and -shm files there)")
@@ -776,6 +780,16 @@ class IndexStore:
         return self.conn.execute("DELETE FROM vector_log WHERE seq <= ?",
                                  (self.vector_log_position() - keep,)).rowcount
 
+    def restart_vector_log(self, after: int) -> None:
+        """Empties the vector log and moves its next position past ``after`` (and past its own): a reader
+        at any position up to ``after`` finds the log no longer reaches back to it and reads every vector
+        again (what a restore needs: the log it carries is another copy's history). Call in a transaction."""
+        position = max(after, self.vector_log_position()) + 1
+        self.conn.execute("DELETE FROM vector_log")
+        if not self.conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'vector_log'",
+                                 (position,)).rowcount:
+            self.conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('vector_log', ?)", (position,))
+
     def vector_log_entry(self, position: int) -> tuple[int, str | None] | None:
         """The chunk the vector log names at ``position`` and the hash of its text (None when the entry is
         gone or never was; the hash None when the chunk is): with the position, what tells a reader the log
@@ -913,9 +927,7 @@ def header_problem(path: os.PathLike[str] | str, settle_s: float = 0.2) -> str |
             return None
         if attempt == 0:
             time.sleep(settle_s)
-    return (f"{path} is damaged (the file has {size} bytes where its header counts {pages * page}: it was cut "
-            f"short); restore a backup (`qmdctl index restore BACKUP`), or move it aside (mv {path} {path}.damaged) "
-            "and rebuild it with `qmdctl update` and `qmdctl embed`")
+    return damaged(path, f"the file has {size} bytes where its header counts {pages * page}: it was cut short")
 
 
 class IndexHandle:

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from typing import Annotated, Any
@@ -314,13 +315,17 @@ def build_server(service: QmdService) -> MCPServer:
     return server
 
 
-def argument_error(tool: str, e: ValidationError) -> str:
+def argument_issues(e: ValidationError) -> str:
     """One line naming each bad argument, without pydantic's documentation links."""
     parts = []
     for err in e.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
-    return f"Input validation error: Invalid arguments for tool {tool}: {', '.join(parts)}"
+    return ", ".join(parts)
+
+
+def argument_error(tool: str, e: ValidationError) -> str:
+    return f"Input validation error: Invalid arguments for tool {tool}: {argument_issues(e)}"
 
 
 class DocumentServer(MCPServer):
@@ -396,8 +401,6 @@ async def _rest_query(service: QmdService, request: Request) -> Response:
     """tobi/qmd's REST search beside ``/mcp``: ``{"searches": [{type, query}], "collections", "limit",
     "minScore", "candidateLimit", "intent", "rerank"}`` -> ``{"results": [hit]}`` with ``file`` as a
     ``qmd://`` URI. A plain ``query`` is a ``lex`` plus a ``vec`` search of its text."""
-    import json
-
     def bad(message: str, status: int = 400) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
@@ -418,7 +421,7 @@ async def _rest_query(service: QmdService, request: Request) -> Response:
     if not isinstance(searches, list) or not searches:
         return bad("Missing required field: searches (array)")
     try:
-        typed = tuple((SubQuery.model_validate(s).type, SubQuery.model_validate(s).query) for s in searches)
+        typed = tuple((q.type, q.query) for q in (SubQuery.model_validate(s) for s in searches))
         options = SearchOptions(n=int(body.get("limit", 10)), min_score=float(body.get("minScore", 0.0)),
                                 collections=tuple(body.get("collections") or ()),
                                 candidates=int(body.get("candidateLimit") or CANDIDATES),
@@ -427,8 +430,7 @@ async def _rest_query(service: QmdService, request: Request) -> Response:
         await service.ensure_server()
         hits = await service.search("query", "", options)
     except ValidationError as e:
-        return bad(argument_error("query", e).removeprefix("Input validation error: Invalid arguments for tool "
-                                                           "query: "))
+        return bad(argument_issues(e))
     except (QmdError, TypeError, ValueError) as e:
         return bad(str(e).splitlines()[0], http.status_of(e) if isinstance(e, QmdError) else 400)
     return JSONResponse({"results": [{**mcp_hit(h), "file": document_uri(h.file)} for h in hits]})

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from qmd_triton.errors import ServerError, ServerUnavailable
 from qmd_triton.progress import Progress, silent
-from qmd_triton.serving import health
+from qmd_triton.serving import daemon, health
 from qmd_triton.serving.repository import require_artifacts
 from qmd_triton.settings import PACKAGE_DIR, Settings
 from qmd_triton.system import procs
@@ -553,19 +553,15 @@ def restart(settings: Settings, progress: Progress = silent) -> ServerState:
                       progress)
 
 
-SUPERVISOR_FILE = "supervisor.json"
-SUPERVISOR_LOG = "supervisor.log"
-SUPERVISOR_PID_FILE = "supervisor.pid"
+SUPERVISOR = "supervisor"  # its record run/supervisor.json and its log run/supervisor.log (serving/daemon.py)
+SUPERVISOR_FILE = f"{SUPERVISOR}.json"
+SUPERVISOR_LOG = f"{SUPERVISOR}.log"
+SUPERVISOR_PID_FILE = f"{SUPERVISOR}.pid"
 
 
 def supervisor_state(settings: Settings) -> procs.Owned | None:
     """The supervisor ``start_supervisor`` recorded, while it is provably running."""
-    try:
-        data = json.loads((settings.run_dir / SUPERVISOR_FILE).read_text())
-        owned = procs.Owned(int(data["pid"]), str(data["binary"]), int(data["start_ticks"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return owned if procs.is_running(owned) else None
+    return daemon.detached_state(settings, SUPERVISOR)
 
 
 def start_supervisor(settings: Settings, progress: Progress = silent) -> procs.Owned:
@@ -574,31 +570,17 @@ def start_supervisor(settings: Settings, progress: Progress = silent) -> procs.O
     running = supervisor_state(settings)
     if running is not None:
         return running
-    log_path = settings.run_dir / SUPERVISOR_LOG
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from qmd_triton.cli import main; main()", "--home", str(settings.home),
-             "supervise"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_environment(settings),
-            start_new_session=True)
-    owned = procs.identify(proc.pid, sys.executable)
-    path = settings.run_dir / SUPERVISOR_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**owned.as_dict(), "log": str(log_path)}, indent=2))
-    os.replace(tmp, path)
-    (settings.run_dir / SUPERVISOR_PID_FILE).write_text(f"{proc.pid}\n")  # systemd's PIDFile=
-    progress(f"supervisor running (pid {proc.pid}, log {log_path}): it brings back a dead backend or server")
+    owned = daemon.spawn(settings, SUPERVISOR, ["supervise"], env=server_environment(settings))
+    (settings.run_dir / SUPERVISOR_PID_FILE).write_text(f"{owned.pid}\n")  # systemd's PIDFile=
+    progress(f"supervisor running (pid {owned.pid}, log {daemon.log_path(settings, SUPERVISOR)}): it brings back "
+             "a dead backend or server")
     return owned
 
 
 def stop_supervisor(settings: Settings, progress: Progress = silent) -> bool:
     """Stops the recorded supervisor, only while it is provably the one we started; False when none ran."""
-    owned = supervisor_state(settings)
-    if owned is not None and owned.pid != os.getpid():
-        procs.stop_members(lambda: [owned.pid] if procs.is_running(owned) else [], timeout_s=30, leader=owned.pid)
-        progress(f"stopped the supervisor (pid {owned.pid})")
-    for name in (SUPERVISOR_FILE, SUPERVISOR_PID_FILE):
-        (settings.run_dir / name).unlink(missing_ok=True)
+    owned = daemon.stop_detached(settings, SUPERVISOR, progress, label="the supervisor")
+    (settings.run_dir / SUPERVISOR_PID_FILE).unlink(missing_ok=True)
     return owned is not None
 
 
@@ -641,9 +623,7 @@ def status(settings: Settings) -> ServerStatus:
         headers = admin_headers(settings)
         try:
             result.models = repository_index(base, headers=headers)
-        except ServerUnavailable as e:
-            if "HTTP Error 403" not in str(e):
-                raise
+        except ModelListRefused:
             # Another home's server (or one started with another admin key) holds these ports: its searches
             # still answer, so they are probed; its model list is not this home's to read.
             result.problems["server"] = (
@@ -690,6 +670,10 @@ def stage_counts(metrics_url: str, timeout: float = 5.0) -> dict[str, dict[str, 
     return out
 
 
+class ModelListRefused(ServerUnavailable):
+    """The server's model-repository API is restricted to another admin key (HTTP 403)."""
+
+
 def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:
     """``POST /v2/repository/index``: name, version, state and reason of every model.
 
@@ -700,6 +684,10 @@ def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             entries = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        if e.code == 403:
+            raise ModelListRefused(f"{base_url} refuses its model index to this key (HTTP 403)") from None
+        raise ServerUnavailable(f"cannot read the model index from {base_url}: {e}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ServerUnavailable(f"cannot read the model index from {base_url}: {e}") from None
     return [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from qmd_triton.search.options import Hit, SearchOptions, check_query, typed_que
 from qmd_triton.serving import http
 from qmd_triton.serving.aclient import AsyncQmdClient
 from qmd_triton.settings import Settings
-from qmd_triton.text.tokenization import read_manifest
+from qmd_triton.text.tokenization import PairEncoder, TextEncoder, read_manifest
 
 MODES = {"search": contracts.SEARCH.name, "vsearch": contracts.VSEARCH.name, "query": contracts.QUERY_PIPELINE.name}
 # A running server is not asked again for this long before the next search (ensure_server).
@@ -209,8 +209,7 @@ class QmdService:
             name = manifest.get("model") or (source.parent.name if source.name in ("model", "models") else source.name)
             manifest_file = Path(self.settings.model_repository) / contracts.TOKENIZE.name / "1" / "export.json"
             created = int(manifest_file.stat().st_mtime) if manifest_file.exists() else int(self.started)
-            self._model = {"name": name or "qmd-embed", "dim": manifest.get("dim"), "created": created,
-                           "max_length": manifest.get("max_length")}
+            self._model = {"name": name or "qmd-embed", "dim": manifest.get("dim"), "created": created}
         return self._model
 
     def longest(self, texts: Sequence[str], kind: str = KIND_DOCUMENT) -> tuple[int, int] | None:
@@ -224,28 +223,25 @@ class QmdService:
 
     def longest_pair(self, query: str, texts: Sequence[str]) -> tuple[int, int] | None:
         """As :meth:`longest`, for the cross-encoder's (query, text) pairs."""
-        if self._pairs is None:
-            try:
-                from qmd_triton.text.tokenization import PairEncoder
-
-                self._pairs = PairEncoder(Path(self.settings.model_repository) / contracts.RERANK_MODEL.name / "1" /
-                                          "tokenizer.json")
-            except (QmdError, OSError, ValueError):
-                self._pairs = False
-        if not self._pairs:
+        pairs = self._tokenizer("_pairs", lambda: PairEncoder(
+            Path(self.settings.model_repository) / contracts.RERANK_MODEL.name / "1" / "tokenizer.json"))
+        if not pairs:
             return None
-        longest = max(self._pairs.pair_lengths(query, list(texts)), default=0)
-        return (longest, self._pairs.max_length) if longest > self._pairs.max_length else None
+        longest = max(pairs.pair_lengths(query, list(texts)), default=0)
+        return (longest, pairs.max_length) if longest > pairs.max_length else None
 
     def _text_encoder(self) -> Any:
-        if self._encoder is None:
-            try:
-                from qmd_triton.text.tokenization import TextEncoder
+        return self._tokenizer("_encoder", lambda: TextEncoder.from_repository(Path(self.settings.model_repository)))
 
-                self._encoder = TextEncoder.from_repository(Path(self.settings.model_repository))
+    def _tokenizer(self, attr: str, build: Callable[[], Any]) -> Any:
+        """A tokenizer of the repository, built at first use and kept; False when it is not on this machine
+        (a gateway in front of a remote server)."""
+        if getattr(self, attr) is None:
+            try:
+                setattr(self, attr, build())
             except (QmdError, OSError, ValueError):
-                self._encoder = False
-        return self._encoder
+                setattr(self, attr, False)
+        return getattr(self, attr)
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the embedding model sees for these texts (prompt, special tokens, truncation included); 0 when

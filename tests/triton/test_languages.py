@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ def test_the_gateway_and_the_mcp_query_tool_inherit_the_bypass(english: Settings
 
     async def mcp_first() -> list[str]:
         params = StdioServerParameters(command=QMDCTL, args=["mcp"], env=door_env(english))
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        async with stdio_client(params, errlog=sys.__stderr__) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             out = []
             for query, _ in items:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 
 import httpx
@@ -164,7 +165,7 @@ def test_stdio_session_lists_the_tools_and_gets_results_from_each(indexed: Setti
     params = StdioServerParameters(command=config["command"], args=config["args"], env=door_env(indexed))
 
     async def run() -> dict:
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        async with stdio_client(params, errlog=sys.__stderr__) as (read, write), ClientSession(read, write) as session:
             return await exercise(session)
 
     check(asyncio.run(run()))
@@ -301,7 +302,7 @@ def test_stdio_server_starts_the_local_triton_when_none_answers(exported_repo: P
     params = StdioServerParameters(command=QMDCTL, args=["mcp"], env=door_env(settings))
 
     async def run():
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        async with stdio_client(params, errlog=sys.__stderr__) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             return await session.call_tool("search", {"query": "sourdough", "limit": 1})
 
