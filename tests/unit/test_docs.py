@@ -39,8 +39,8 @@ def test_the_schema_history_names_every_version_the_migrations_know():
 def test_the_milvus_collections_named_in_the_index_config_comment_are_the_ones_made():
     import re
 
-    made = re.findall(r'f"\{p\}(_\w+)"', (ROOT / "control" / "index" / "milvus.py").read_text())
-    comment = next(line for line in (ROOT / "control" / "index" / "backend.py").read_text().splitlines()
+    made = re.findall(r'f"\{p\}(_\w+)"', (ROOT / "control" / "qmd_triton" / "index" / "milvus.py").read_text())
+    comment = next(line for line in (ROOT / "control" / "qmd_triton" / "index" / "backend.py").read_text().splitlines()
                    if "the Milvus collections are" in line)
     assert sorted(made) == sorted(re.findall(r"PREFIX(_\w+)", comment)) and len(made) == 4
 

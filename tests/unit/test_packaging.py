@@ -19,15 +19,27 @@ def package_dirs() -> dict[str, Path]:
 
 def test_every_package_folder_is_listed():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = {"qmd_triton", "qmd_triton.exporters"}
-    for root_name, folder in (("qmd_triton", ROOT / "control"), ("qmd_triton.exporters", ROOT / "exporters")):
-        for init in folder.rglob("__init__.py"):
-            rel = init.parent.relative_to(folder).parts
-            found.add(".".join((root_name, *rel)) if rel else root_name)
-    for backend in (ROOT / "control" / "serving" / "backends").iterdir():
+    source = ROOT / PYPROJECT["tool"]["setuptools"]["package-dir"][""]
+    found = set()
+    for init in (source / "qmd_triton").rglob("__init__.py"):
+        found.add(".".join(init.parent.relative_to(source).parts))
+    for backend in (source / "qmd_triton" / "serving" / "backends").iterdir():
         if (backend / "model.py").is_file():
             found.add(f"qmd_triton.serving.backends.{backend.name}")
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_the_import_path_is_the_folder_path():
+    """A reader follows `qmd_triton.index.store` to control/qmd_triton/index/store.py: no links, and only
+    data folders (no Python code) are mapped from elsewhere."""
+    import qmd_triton.index.store
+
+    source = ROOT / "control"
+    assert [p for p in source.rglob("*") if p.is_symlink()] == []
+    assert Path(qmd_triton.index.store.__file__).resolve() == source / "qmd_triton" / "index" / "store.py"
+    for name, folder in package_dirs().items():
+        if name:
+            assert not list(folder.rglob("*.py")) or all(p.name == "model.py" for p in folder.rglob("*.py")), name
 
 
 def test_every_model_folder_ships_in_the_wheel():

@@ -22,8 +22,9 @@ from typing import Any
 from qmd_triton.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The source checkout this package runs from, if any (an editable install or a clone); None for a wheel.
-PROJECT_ROOT: Path | None = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
+# The source checkout this package runs from, if any (an editable install or a clone: the package is
+# control/qmd_triton/ in it); None for a wheel.
+PROJECT_ROOT: Path | None = next((p for p in PACKAGE_DIR.parents[:2] if (p / "pyproject.toml").is_file()), None)
 # The model repository's configs and adapters as the wheel carries them (build outputs excluded).
 PACKAGED_REPOSITORY = PACKAGE_DIR / "model_repository"
 REPOSITORY_DIR = "model_repository"
