@@ -31,7 +31,7 @@ from qmd_triton.bench.evaluation import index_set, workspace
 from qmd_triton.bench.reports import machine, machine_line
 from qmd_triton.index import embedders
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.serving import server
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings, checkout_path, default_datasets
@@ -54,7 +54,7 @@ def run(client: QmdClient, model: str, queries: list[str], options: dict, alive=
 
 
 def embedded(settings: Settings) -> int:
-    with IndexStore.open(settings.index_path, readonly=True) as store:
+    with SqliteIndex.open(settings.index_path, readonly=True) as store:
         return int(store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     dataset = load_set(default_datasets() / args.set)
     settings = workspace(Settings.load(), dataset)
     index_set(dataset, settings, say)
-    with IndexStore.open(settings.index_path) as store:  # vectors for the idle phase (in-process, same model)
+    with SqliteIndex.open(settings.index_path) as store:  # vectors for the idle phase (in-process, same model)
         embedder = embedders.load("onnxruntime", settings)
         embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=16, concurrency=1)
         chunks = store.counts()["chunks"]

@@ -12,7 +12,7 @@ same way.
 Measured per backend and size (one process, one client, nothing else running):
   build        writing every document, chunk and vector through the backend's bulk calls (sqlite: one
                transaction; milvus: batched inserts, then flush and index build until the first search answers)
-  vsearch      ``MilvusVectors.search`` / ``VectorIndex.search`` (what qmd_retrieve runs for qmd_vsearch, the
+  vsearch      ``VectorSearch.search`` (what qmd_retrieve runs for qmd_vsearch, the
                query vector given): documents by best chunk, snippets, docids
   search       ``search_bm25`` (qmd_search): BM25 over the same texts
   query        ``hybrid_candidates`` for the original query (BM25 list + vector list, RRF, best chunk per
@@ -45,15 +45,17 @@ import numpy as np
 from qmd_triton.bench.datasets import load_set, passage_text
 from qmd_triton.bench.reports import machine_line
 from qmd_triton.contracts import KIND_DOCUMENT, KIND_QUERY
-from qmd_triton.index.backend import IndexConfig
+from qmd_triton.index.config import IndexConfig
 from qmd_triton.index.fingerprint import embedding_setup
-from qmd_triton.index.milvus import MilvusIndex, chunk_id_of
-from qmd_triton.index.store import FINGERPRINT_KEY, ChunkRow, IndexStore
+from qmd_triton.index.milvus.index import MilvusIndex
+from qmd_triton.index.milvus.schema import chunk_id_of
+from qmd_triton.index.rows import FINGERPRINT_KEY, ChunkRow
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.runtime.onnx import InProcessEmbedder
 from qmd_triton.search.hybrid import Plan, hybrid_candidates
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import MilvusVectors, VectorIndex
+from qmd_triton.search.vectors import VectorSearch
 from qmd_triton.serving import milvus_lite
 from qmd_triton.settings import Settings, default_datasets
 
@@ -135,12 +137,12 @@ def document(i: int, n: int, passages: list[tuple[str, str]]) -> tuple[tuple, Ch
 
 
 def build_sqlite(path: Path, n: int, passages, vectors: np.ndarray, fingerprint: dict) -> float:
-    from qmd_triton.index.migrations import text_hash
+    from qmd_triton.index.rows import text_hash
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     started = time.monotonic()
-    with IndexStore.open(path, create=True) as store, store.transaction():
+    with SqliteIndex.open(path, create=True) as store, store.transaction():
         store.set_meta(FINGERPRINT_KEY, json.dumps(fingerprint, sort_keys=True))
         for start in range(0, n, BATCH):
             rows = [document(i, n, passages) for i in range(start, min(n, start + BATCH))]
@@ -196,7 +198,7 @@ def measure(store, vectors_search, queries: list[str], qvecs: np.ndarray, with_s
         "vsearch": summary(timed(lambda i: vectors_search.search(qvecs[i], SearchOptions(n=10)), idx)),
         "search": summary(timed(lambda i: search_bm25(store, queries[i], SearchOptions(n=10)), idx)),
         "query_retrieve": summary(timed(lambda i: hybrid_candidates(
-            store, vectors_search, Plan(queries[i], options={"n": 10}), qvecs[i : i + 1]), idx)),
+            store, Plan(queries[i], options={"n": 10}), qvecs[i : i + 1]), idx)),
         "searcher_rss_growth_mb": round(grown / 2**20, 1),
     }
     say(f"    {json.dumps(out)}")
@@ -269,8 +271,8 @@ def main() -> None:
                 built = _record(work / f"sqlite-{n}.built", build_sqlite(path, n, passages, matrix, fingerprint))
             row["sqlite"] = {"build_s": built, "file_mb": round(path.stat().st_size / 2**20, 1)}
             if not args.build_only:
-                with IndexStore.open(path) as store:
-                    row["sqlite"].update(measure(store, VectorIndex(store), queries, qvecs, not args.no_status))
+                with SqliteIndex.open(path) as store:
+                    row["sqlite"].update(measure(store, VectorSearch(store), queries, qvecs, not args.no_status))
             say(f"  sqlite: {json.dumps(row['sqlite'])}")
         if "milvus" in args.backends:
             row["milvus"] = measure_milvus(args, work, n, passages, matrix, fingerprint, queries, qvecs)
@@ -318,7 +320,7 @@ def measure_milvus(args, work: Path, n: int, passages, matrix: np.ndarray, finge
         if not args.build_only:
             ids = np.array([document(i, n, passages)[1].id for i in range(n)], dtype=np.int64)
             with MilvusIndex.open(config) as index:
-                out.update(measure(index, MilvusVectors(index), queries, qvecs, not args.no_status))
+                out.update(measure(index, VectorSearch(index), queries, qvecs, not args.no_status))
                 out["recall"] = recall(index, matrix, qvecs, ids, args.ef)
         if pid:
             out["server_rss_mb"] = round(rss_bytes(pid) / 2**20, 1)

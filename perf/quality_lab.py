@@ -45,13 +45,12 @@ from qmd_triton.bench.scoring import first_relevant_rank, score_run
 from qmd_triton.contracts import KIND_QUERY
 from qmd_triton.index import embedders
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.runtime.onnx import InProcessEmbedder, InProcessReranker
 from qmd_triton.search.expansion import Expander, make_engine, plan_expansion
 from qmd_triton.search.fusion import strong_signal
 from qmd_triton.search.hybrid import Plan, bm25_probe, hybrid_candidates
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import VectorIndex
 from qmd_triton.settings import Settings, default_datasets
 
 WIDEST = 40
@@ -99,7 +98,7 @@ def stage1(name: str, base: Settings, repo: Path, variant: str, expand: bool) ->
     embedder = embedders.load("onnxruntime", settings)
     query_model = InProcessEmbedder.from_repository(repo)
     out: list[Query] = []
-    with IndexStore.open(settings.index_path) as store:
+    with SqliteIndex.open(settings.index_path) as store:
         started = time.monotonic()
         report = embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=16, concurrency=1,
                                progress=lambda d, t: None)
@@ -107,7 +106,6 @@ def stage1(name: str, base: Settings, repo: Path, variant: str, expand: bool) ->
             say(f"{name}/{variant}: embedded {report.embedded} chunks in-process in "
                 f"{time.monotonic() - started:.0f} s")
         _borrow_expansions(store, base, name)
-        vectors = VectorIndex(store)
         options = SearchOptions(n=10, candidates=WIDEST, expand=expand)
         expander = _expander(repo) if expand else None
         engine_id = _engine_id(repo)
@@ -117,14 +115,14 @@ def stage1(name: str, base: Settings, repo: Path, variant: str, expand: bool) ->
                 def strong(text: str = text) -> bool:
                     return strong_signal(bm25_probe(store, text, options))
 
-                expansion = plan_expansion(text, options, expander, engine_id=engine_id, store=store, strong=strong)
+                expansion = plan_expansion(text, options, expander, engine_id=engine_id, index=store, strong=strong)
             else:
                 expansion = plan_expansion(text, options, Expander(None))
             plan = Plan(query=text, lex=expansion.lex, vec=expansion.vec, hyde=expansion.hyde,
                         options=options.to_dict())
             emb = query_model.embed(plan.vec_texts(), KIND_QUERY)
-            cands = hybrid_candidates(store, vectors, plan, emb)
-            vectors.refresh()
+            cands = hybrid_candidates(store, plan, emb)
+            vectors = store.vector_matrix  # the matrix the candidates came from
             query = Query(q, text, json.loads(plan.to_json()), expansion.status)
             for c in cands:
                 doc_hash = c.hit.hash
@@ -157,7 +155,7 @@ def _expander(repo: Path) -> Expander:
     return _EXPANDER[0]
 
 
-def _borrow_expansions(store: IndexStore, base: Settings, name: str) -> None:
+def _borrow_expansions(store: SqliteIndex, base: Settings, name: str) -> None:
     """The expansions ``qmdctl eval`` already made for this set (same engine, prompt and queries)."""
     source = base.home / "eval" / name / "index.sqlite"
     if not source.is_file():

@@ -33,7 +33,7 @@ from qmd_triton.bench.evaluation import index_set, workspace
 from qmd_triton.bench.reports import machine, machine_line
 from qmd_triton.index import embedders
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.serving import server
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings, checkout_path, default_datasets
@@ -84,7 +84,7 @@ def phase(url: str, queries: list[str], options: dict, clients: int = 1, split: 
 
 
 def forget_expansions(settings: Settings) -> None:
-    with IndexStore.open(settings.index_path) as store, store.transaction():
+    with SqliteIndex.open(settings.index_path) as store, store.transaction():
         store.forget_expansions()
 
 
@@ -92,7 +92,7 @@ def measure(name: str, base: Settings, limit: int) -> dict:
     dataset = load_set(default_datasets() / name)
     settings = workspace(base, dataset)
     index_set(dataset, settings, say)
-    with IndexStore.open(settings.index_path) as store:
+    with SqliteIndex.open(settings.index_path) as store:
         embedder = embedders.load("onnxruntime", settings)
         embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=16, concurrency=1)
         chunks = store.counts()["chunks"]

@@ -30,13 +30,12 @@ from qmd_triton.bench.scoring import metrics_for, score_run
 from qmd_triton.contracts import KIND_QUERY
 from qmd_triton.index import embedders
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.runtime.onnx import InProcessEmbedder, InProcessReranker
 from qmd_triton.search.expansion import Expander, make_engine, plan_expansion
 from qmd_triton.search.fusion import sigmoid
 from qmd_triton.search.hybrid import Plan, hybrid_candidates
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import VectorIndex
 from qmd_triton.settings import Settings, default_datasets
 
 
@@ -55,21 +54,20 @@ def measure(name: str, base: Settings, candidates: list[int], tokens: list[int],
     runs: dict[tuple[int, int], dict[str, list[str]]] = {(c, t): {} for c in candidates for t in tokens}
     seconds = dict.fromkeys(runs, 0.0)
     widest = max(candidates)
-    with IndexStore.open(settings.index_path) as store:
+    with SqliteIndex.open(settings.index_path) as store:
         report = embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=16, concurrency=1,
                                progress=lambda d, t: None)
         if report.embedded:
             say(f"{name}: embedded {report.embedded} chunks in-process")
-        vectors = VectorIndex(store)
         options = SearchOptions(n=10, candidates=widest)
         queries = dataset.judged_queries()
         for n, q in enumerate(queries):
             text = dataset.queries[q]
-            expansion = plan_expansion(text, options, expander, engine_id=engine_id, store=store)
+            expansion = plan_expansion(text, options, expander, engine_id=engine_id, index=store)
             plan = Plan(query=text, lex=expansion.lex, vec=expansion.vec, hyde=expansion.hyde,
                         options=options.to_dict())
             emb = query_model.embed(plan.vec_texts(), KIND_QUERY)
-            cands = hybrid_candidates(store, vectors, plan, emb)
+            cands = hybrid_candidates(store, plan, emb)
             order = list(runs) if n % 2 == 0 else list(runs)[::-1]
             for c, t in order:
                 chosen = cands[:c]

@@ -43,7 +43,7 @@ from qmd_triton.bench.reports import machine, machine_line
 from qmd_triton.index import embedders
 from qmd_triton.index.collections import CollectionConfig
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.index.update import update
 from qmd_triton.search.lexical import search_bm25 as bm25_search
 from qmd_triton.search.options import SearchOptions
@@ -106,7 +106,7 @@ def prepare(base: Settings, n: int) -> Settings:
     if COLLECTION not in {c.name for c in config.list()}:
         config.add(COLLECTION, folder, ["**/*.md"])
     setup = embedders.load("onnxruntime", settings).setup()
-    with IndexStore.open(settings.index_path, create=True) as store:
+    with SqliteIndex.open(settings.index_path, create=True) as store:
         started = time.perf_counter()
         report = update(store, [config.get(COLLECTION)])
         if report.added or report.changed:
@@ -149,7 +149,7 @@ def measure(base: Settings, n: int, queries: list[str], compare_cli: str | None)
     settings = prepare(base, n)
     result: dict = {"chunks": n}
     options = SearchOptions(n=10)
-    with IndexStore.open(settings.index_path, readonly=True) as store:
+    with SqliteIndex.open(settings.index_path, readonly=True) as store:
         for q in queries:  # one untimed pass: the timed one reads pages the OS has cached, as a used index's are
             bm25_search(store, q, options)
         result["search in-process"] = summary(timed(lambda q: bm25_search(store, q, options), queries))
@@ -181,7 +181,7 @@ def measure(base: Settings, n: int, queries: list[str], compare_cli: str | None)
             for k in range(5):
                 note = folder / "000" / f"note-{k:06d}.md"
                 note.write_text(note.read_text(encoding="utf-8") + f"\nEdited {time.time()}.\n", encoding="utf-8")
-                with IndexStore.open(settings.index_path) as store:
+                with SqliteIndex.open(settings.index_path) as store:
                     update(store, [config.get(COLLECTION)])
                     embed_pending(store, setup, lambda: random_vectors(setup.fingerprint["dim"]), concurrency=1)
                 q = queries[(k + 1) % len(queries)]

@@ -130,7 +130,7 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     index gets collections of its own prefix on it. ``QMD_TEST_MILVUS_URI`` names a Milvus to use instead (a
     Milvus Standalone, or the C++ Milvus Lite server of perf/milvus_cpp_lite.py): the tests then create and
     drop only their own collections there."""
-    from qmd_triton.index.backend import IndexConfig
+    from qmd_triton.index.config import IndexConfig
     from qmd_triton.serving import milvus_lite
 
     if os.environ.get("QMD_TEST_MILVUS_URI"):
@@ -152,7 +152,7 @@ def use_backend(home: Path, backend: str, uri: str = "") -> Path:
     """Points a test home at a backend: milvus on the session's Milvus Lite, in collections of its own."""
     import uuid
 
-    from qmd_triton.index.backend import index_config, write_index_table
+    from qmd_triton.index.config import index_config, write_index_table
 
     if backend == "milvus" and index_config(home).backend != "milvus":
         home.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,8 @@ def notes(tmp_path: Path) -> Path:
 
 def open_test_index(home: Path, backend: tuple[str, str], create: bool = True):
     """An index for a test home on the given backend."""
-    from qmd_triton.index.backend import index_config, open_index
+    from qmd_triton.index.config import index_config
+    from qmd_triton.index.factory import open_index
 
     use_backend(home, *backend)
     return open_index(index_config(home), create=create)

@@ -211,7 +211,7 @@ def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes
     from click.testing import CliRunner
 
     from qmd_triton.cli import cli
-    from qmd_triton.index.store import IndexStore
+    from qmd_triton.index.sqlite.index import SqliteIndex
 
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -231,7 +231,7 @@ def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes
         embedded = 0
         while embedded == 0 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-            with IndexStore.open(index) as store:
+            with SqliteIndex.open(index) as store:
                 embedded = store.counts()["embedded"]
         assert proc.poll() is None, "embed finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
@@ -242,7 +242,7 @@ def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes
     assert proc.returncode == 130, err
     assert "stopping after the batches in flight" in err and "run `qmdctl embed` again to resume" in err
     assert "Traceback" not in err
-    with IndexStore.open(index) as store:
+    with SqliteIndex.open(index) as store:
         counts = store.counts()
     assert 0 < counts["embedded"] < counts["chunks"] == 240
     result = CliRunner().invoke(cli, ["embed", "--json"], env=runner_env)

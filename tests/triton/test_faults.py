@@ -392,9 +392,9 @@ def test_a_damaged_index_is_one_line_from_a_live_server_and_nothing_is_lost(supe
     with urllib.request.urlopen(f"{base(supervised)}/v2/health/ready", timeout=5):
         pass
     backup = index.with_name("index.backup.sqlite")
-    from qmd_triton.index.store import IndexStore
+    from qmd_triton.index.sqlite.index import SqliteIndex
 
-    with IndexStore.open(index) as store:
+    with SqliteIndex.open(index) as store:
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         store.conn.backup(__import__("sqlite3").connect(backup))
     damaged = index.with_name("index.damaged.sqlite")
@@ -532,9 +532,9 @@ def test_two_commands_that_start_the_server_at_once_share_one_server(served: Set
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(served.home / "config.toml", home / "config.toml")
-    from qmd_triton.index.store import IndexStore
+    from qmd_triton.index.sqlite.index import SqliteIndex
 
-    with IndexStore.open(served.index_path) as store, __import__("sqlite3").connect(home / "index.sqlite") as copy:
+    with SqliteIndex.open(served.index_path) as store, __import__("sqlite3").connect(home / "index.sqlite") as copy:
         store.conn.backup(copy)
     settings = make_settings(home, served.model_repository)
     env = {**os.environ, **env_of(settings)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from qmd_triton.errors import InferenceError
-from qmd_triton.index.backend import index_config, write_index_table
+from qmd_triton.index.config import index_config, write_index_table
 from qmd_triton.serving import milvus_lite, server
 from qmd_triton.serving.supervisor import revive_index
 from qmd_triton.system import procs

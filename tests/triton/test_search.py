@@ -16,7 +16,8 @@ from qmd_triton.cli import cli
 from qmd_triton.errors import InferenceError
 from qmd_triton.index.embed import embed_pending
 from qmd_triton.index.fingerprint import embedding_setup
-from qmd_triton.index.store import FINGERPRINT_KEY, IndexStore
+from qmd_triton.index.rows import FINGERPRINT_KEY
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
@@ -136,7 +137,7 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_ready(indexed, model
 
 def test_vsearch_refuses_an_index_embedded_with_another_model(indexed):
     settings, _ = indexed
-    with IndexStore.open(settings.index_path) as store:
+    with SqliteIndex.open(settings.index_path) as store:
         saved = store.meta(FINGERPRINT_KEY)
         fp = json.loads(saved)
         with store.transaction():
@@ -147,7 +148,7 @@ def test_vsearch_refuses_an_index_embedded_with_another_model(indexed):
         result = qmd(settings, "embed", ok=False)
         assert result.exit_code == 1 and "run `qmdctl embed --force`" in result.output
     finally:
-        with IndexStore.open(settings.index_path) as store, store.transaction():
+        with SqliteIndex.open(settings.index_path) as store, store.transaction():
             store.set_meta(FINGERPRINT_KEY, saved)
     assert served(settings, "qmd_vsearch", "batching")
 
@@ -175,7 +176,7 @@ def test_embedding_resumes_after_an_interrupt(indexed, tmp_path: Path):
 
         return embed
 
-    with IndexStore.open(own.index_path) as store:
+    with SqliteIndex.open(own.index_path) as store:
         first = embed_pending(store, setup, make, batch_size=2, concurrency=1, stop=stop)
         counts = store.counts()
         assert 0 < first.embedded < counts["chunks"] == 12

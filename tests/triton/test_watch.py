@@ -14,7 +14,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.settings import Settings
 
 from ..conftest import ASSETS
@@ -33,7 +33,7 @@ def test_watch_reindexes_and_reembeds_edits_additions_and_removals(triton: Setti
 
     def embedded(path: str) -> bool:
         """The file's chunks all have vectors in the test's index (the fixture's server serves another home's)."""
-        with IndexStore.open(tmp_path / "home" / "index.sqlite", readonly=True) as store:
+        with SqliteIndex.open(tmp_path / "home" / "index.sqlite", readonly=True) as store:
             doc = store.document("notes", path)
             if doc is None:
                 return False

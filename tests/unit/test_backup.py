@@ -12,13 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from qmd_triton.cli import cli
-from qmd_triton.index.backend import index_config, open_index
 from qmd_triton.index.collections import Collection
+from qmd_triton.index.config import index_config
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexHandle, IndexStore, header_problem
+from qmd_triton.index.factory import open_index
+from qmd_triton.index.sqlite.connection import header_problem
+from qmd_triton.index.sqlite.handle import IndexHandle
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.index.update import update
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import VectorIndex, vectors_for
+from qmd_triton.search.vectors import VectorSearch
 
 from ..conftest import open_test_index, use_backend
 from ..fakes import HashEmbedder
@@ -42,7 +45,7 @@ def state(home: Path) -> tuple[list[tuple[str, str]], int, list[str]]:
     with open_index(index_config(home)) as store:
         docs = sorted((d.collection, d.path) for d in store.documents())
         embedded = store.counts()["embedded"]
-        hits = vectors_for(store).search(HashEmbedder().embed_query("axolotl regrows a lost limb"), SearchOptions(n=3))
+        hits = VectorSearch(store).search(HashEmbedder().embed_query("axolotl regrows a lost limb"), SearchOptions(n=3))
     return docs, embedded, [h.file for h in hits]
 
 
@@ -53,7 +56,7 @@ def test_a_backup_restores_what_it_held_on_each_backend_and_into_the_other(tmp_p
     made = qmd(home, "index", "backup", str(tmp_path / "b.sqlite"))
     assert made.exit_code == 0, made.output
     assert made.stdout.startswith(f"backed up {len(before[0])} documents, ")
-    with IndexStore.open(tmp_path / "b.sqlite", readonly=True) as copy:  # a backup is a SQLite index file
+    with SqliteIndex.open(tmp_path / "b.sqlite", readonly=True) as copy:  # a backup is a SQLite index file
         assert sorted((d.collection, d.path) for d in copy.documents()) == before[0]
 
     (notes / "axolotl.md").write_text(NOTE)
@@ -136,14 +139,9 @@ def test_a_long_lived_reader_follows_a_restore_at_its_next_request(tmp_path: Pat
     handle = IndexHandle(live)
     query = HashEmbedder().embed_query("axolotl regrows a lost limb")
 
-    def served() -> list[str]:
-        store = handle.get()
-        nonlocal vectors
-        if vectors.store is not store:
-            vectors = VectorIndex(store)
-        return [h.file for h in vectors.search(query, SearchOptions(n=3))]
+    def served() -> list[str]:  # as qmd_retrieve serves: the handle's index, whose matrix follows it
+        return [h.file for h in VectorSearch(handle.get()).search(query, SearchOptions(n=3))]
 
-    vectors = VectorIndex(handle.get())
     first = served()
     (notes / "axolotl.md").write_text(NOTE)
     index(home, ("sqlite", ""), notes)
@@ -171,18 +169,19 @@ def test_a_reader_reloads_when_another_indexs_copy_is_put_in_place_at_the_same_l
     index(home, ("sqlite", ""), mine)
     index(other, ("sqlite", ""), theirs)
     live = home / "index.sqlite"
-    with IndexStore.open(other / "index.sqlite") as o, IndexStore.open(live) as m:
+    with SqliteIndex.open(other / "index.sqlite") as o, SqliteIndex.open(live) as m:
         assert o.vector_log_position() == m.vector_log_position()  # the same shape of history
     handle = IndexHandle(live)
-    vectors = VectorIndex(handle.get())
+    reader = handle.get()
     query = HashEmbedder().embed_query("axolotl regrows a lost limb")
-    before = [h.score for h in vectors.search(query, SearchOptions(n=3))]
+    before = [h.score for h in VectorSearch(reader).search(query, SearchOptions(n=3))]
     assert qmd(other, "index", "backup", str(tmp_path / "other.sqlite")).exit_code == 0
     shutil.copyfile(tmp_path / "other.sqlite", live)
     store = handle.get()
-    assert store is vectors.store  # the same inode: reconnected, not reopened
-    after = vectors.search(query, SearchOptions(n=3))
-    fresh = VectorIndex(store).search(query, SearchOptions(n=3))
+    assert store is reader  # the same inode: reconnected, not reopened (its vector matrix kept)
+    after = VectorSearch(store).search(query, SearchOptions(n=3))
+    with SqliteIndex.open(live, readonly=True) as other:
+        fresh = VectorSearch(other).search(query, SearchOptions(n=3))
     assert [(h.file, round(h.score, 5)) for h in after] == [(h.file, round(h.score, 5)) for h in fresh]
     assert max(h.score for h in after) > max(before)  # their axolotl notes, not my bread's vectors
     handle.close()

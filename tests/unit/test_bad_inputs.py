@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 
 from .test_index_cli import Qmd
 
@@ -72,7 +72,7 @@ def damaged(tmp_path: Path) -> Qmd:
     q("collection", "add", str(notes), "--name", "n")
     q("update")
     path = q.home / "index.sqlite"
-    with IndexStore.open(path) as store:
+    with SqliteIndex.open(path) as store:
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = path.stat().st_size // 4096
     rng = random.Random(7)

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from qmd_triton.index.collections import Collection
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.index.update import update
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.search.options import SearchOptions
@@ -30,7 +30,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         rng.shuffle(words)
         title = " ".join(rng.sample(COMMON + MIDDLE, 2))
         (folder / f"doc{d:03d}.md").write_text(f"# {title}\n\n{' '.join(words)}\n", encoding="utf-8")
-    with IndexStore.open(folder.parent / "index.sqlite", create=True) as s:
+    with SqliteIndex.open(folder.parent / "index.sqlite", create=True) as s:
         update(s, [Collection("notes", folder)])
         yield s
 
@@ -45,7 +45,7 @@ def queries(n: int) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("limit", [1, 5, 40])
-def test_pruned_bm25_equals_scoring_every_match(store: IndexStore, limit: int):
+def test_pruned_bm25_equals_scoring_every_match(store: SqliteIndex, limit: int):
     for terms in queries(120):
         pruned = store.bm25(terms, limit)
         full = store.bm25(terms, limit, exhaustive=True)
@@ -53,7 +53,7 @@ def test_pruned_bm25_equals_scoring_every_match(store: IndexStore, limit: int):
         assert [s for _, s in pruned] == pytest.approx([s for _, s in full], rel=1e-9), terms
 
 
-def test_filters_and_exclusions_apply_to_the_pruned_search(store: IndexStore):
+def test_filters_and_exclusions_apply_to_the_pruned_search(store: SqliteIndex):
     terms = ["the", "topic1", "rarity5"]
     excluded = store.bm25(terms, 10, exclude=["topic2"])
     full = store.bm25(terms, 10, exclude=["topic2"], exhaustive=True)
@@ -62,7 +62,7 @@ def test_filters_and_exclusions_apply_to_the_pruned_search(store: IndexStore):
     assert store.bm25(terms, 10, collections=["elsewhere"]) == []
 
 
-def test_a_rare_word_outranks_documents_holding_only_common_ones(store: IndexStore):
+def test_a_rare_word_outranks_documents_holding_only_common_ones(store: SqliteIndex):
     hits = search_bm25(store, "the of a rarity7", SearchOptions(n=3))
     holders = {d.path for d, _ in store.bm25(["rarity7"], 50)}
     assert holders and hits[0].path in holders

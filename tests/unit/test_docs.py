@@ -27,7 +27,7 @@ ROOT = DOCS.parent
 
 
 def test_the_schema_history_names_every_version_the_migrations_know():
-    from qmd_triton.index import migrations
+    from qmd_triton.index.sqlite import migrations
 
     history = migrations.__doc__.split("History:")[1].split("Example:")[0]
     numbered = [int(line.split()[0]) for line in history.splitlines() if line.strip()[:1].isdigit()
@@ -36,13 +36,16 @@ def test_the_schema_history_names_every_version_the_migrations_know():
     assert sorted(migrations.MIGRATIONS) == list(range(2, migrations.SCHEMA_VERSION + 1))
 
 
-def test_the_milvus_collections_named_in_the_index_config_comment_are_the_ones_made():
+def test_the_milvus_collections_named_in_the_index_config_comment_are_the_ones_made(tmp_path: Path):
     import re
 
-    made = re.findall(r'f"\{p\}(_\w+)"', (ROOT / "control" / "qmd_triton" / "index" / "milvus.py").read_text())
-    comment = next(line for line in (ROOT / "control" / "qmd_triton" / "index" / "backend.py").read_text().splitlines()
-                   if "the Milvus collections are" in line)
-    assert sorted(made) == sorted(re.findall(r"PREFIX(_\w+)", comment)) and len(made) == 4
+    from qmd_triton.index import config
+    from qmd_triton.index.milvus.index import MilvusIndex
+
+    index = MilvusIndex(None, config.IndexConfig(home=tmp_path, backend="milvus", prefix="PREFIX"))  # no server
+    made = [index.docs, index.chunks, index.meta_table, index.keys]
+    comment = next(line for line in config.__doc__.splitlines() if "the Milvus collections are" in line)
+    assert sorted(made) == sorted(re.findall(r"PREFIX_\w+", comment)) and len(set(made)) == 4
 
 
 def test_what_the_docs_say_of_the_response_cache_and_the_expansion_precision_holds():

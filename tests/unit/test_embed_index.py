@@ -11,10 +11,11 @@ from qmd_triton.errors import ConfigError, FingerprintMismatch
 from qmd_triton.index import embedders
 from qmd_triton.index.collections import Collection
 from qmd_triton.index.embed import embed_pending
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
+from qmd_triton.index.sqlite.vectors import VectorMatrix
 from qmd_triton.index.update import update
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import VectorIndex, vectors_for
+from qmd_triton.search.vectors import VectorSearch
 
 from ..conftest import ASSETS, open_test_index
 from ..fakes import HashEmbedder
@@ -45,7 +46,7 @@ def test_every_chunk_gets_a_vector_and_vector_search_ranks_by_meaning(tmp_path: 
         embedded = index(store, notes, embedder)
         counts = store.counts()
         assert counts["embedded"] == counts["chunks"] > 0 and embedded == counts["chunks"]
-        hits = vectors_for(store).search(embedder.embed_query("sourdough starter flour water"), SearchOptions(n=2))
+        hits = VectorSearch(store).search(embedder.embed_query("sourdough starter flour water"), SearchOptions(n=2))
     assert hits[0].file == "notes/recipes.md" and hits[0].score > hits[1].score
 
 
@@ -76,7 +77,7 @@ def test_vectors_of_another_embedder_are_refused_not_mixed(tmp_path: Path, notes
 def test_an_index_chunked_by_an_older_chunker_is_chunked_again_keeping_unchanged_vectors(tmp_path: Path, notes: Path, backend):
     import json
 
-    from qmd_triton.index.store import FINGERPRINT_KEY
+    from qmd_triton.index.rows import FINGERPRINT_KEY
 
     embedder = HashEmbedder()
     with open_test_index(tmp_path / "home", backend) as store:
@@ -92,7 +93,7 @@ def test_an_index_chunked_by_an_older_chunker_is_chunked_again_keeping_unchanged
 
 def test_cleanup_drops_what_no_document_needs_and_reports_the_bytes(tmp_path: Path, notes: Path):
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         index(store, notes, embedder)
         (notes / "recipes.md").unlink()
         update(store, [Collection("notes", notes)])
@@ -108,19 +109,19 @@ def test_cleanup_drops_what_no_document_needs_and_reports_the_bytes(tmp_path: Pa
 
 def test_vector_search_follows_an_update_reading_only_what_changed(tmp_path: Path, notes: Path):
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         index(store, notes, embedder)
-        vectors = VectorIndex(store)
+        vectors = VectorSearch(store)
         query = embedder.embed_query("zebra crossings painted stripes")
         assert vectors.search(query, SearchOptions(n=1))[0].file != "notes/zebra.md"
-        full = len(vectors)
+        full = len(store.vector_matrix)
         (notes / "zebra.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
         (notes / "recipes.md").unlink()
         index(store, notes, embedder)
         hits = vectors.search(query, SearchOptions(n=1))
         assert hits[0].file == "notes/zebra.md" and hits[0].snippet.startswith("# Zebra crossings")
-        assert vectors.reloads == {"full": 1, "incremental": 1}  # the update cost its own rows, not a reload
-        assert len(vectors) == full  # one document gone, one come (one chunk each)
+        assert store.vector_matrix.reloads == {"full": 1, "incremental": 1}  # the update cost its own rows
+        assert len(store.vector_matrix) == full  # one document gone, one come (one chunk each)
         assert all(h.file != "notes/recipes.md" for h in vectors.search(query, SearchOptions(n=10)))
 
 
@@ -161,16 +162,16 @@ def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Pa
     embedder = embedders.load("hash")
     path = tmp_path / "index.sqlite"
     (notes / "long.md").write_text(long_note())
-    with IndexStore.open(path, create=True) as store:
+    with SqliteIndex.open(path, create=True) as store:
         update(store, [Collection("notes", notes)])
 
     def remove_some() -> None:
         for name in ("long.md", "recipes.md"):
             (notes / name).unlink(missing_ok=True)
-        with IndexStore.open(path) as other:  # another connection, as another process would have
+        with SqliteIndex.open(path) as other:  # another connection, as another process would have
             update(other, [Collection("notes", notes)])
 
-    real_unchunked = IndexStore.unchunked_hashes
+    real_unchunked = SqliteIndex.unchunked_hashes
     real_embed = embedder.embed
     calls = {"n": 0}
 
@@ -183,21 +184,27 @@ def test_embed_finishes_when_update_removes_documents_while_it_runs(tmp_path: Pa
         calls["n"] += 1
         if calls["n"] == 1:
             (notes / "guide" / "batching.md").unlink()
-            with IndexStore.open(path) as other:
+            with SqliteIndex.open(path) as other:
                 update(other, [Collection("notes", notes)])  # while vectors are in flight
         return real_embed(texts)
 
-    monkeypatch.setattr(IndexStore, "unchunked_hashes", unchunked_then_update)
-    with IndexStore.open(path) as store:
+    monkeypatch.setattr(SqliteIndex, "unchunked_hashes", unchunked_then_update)
+    with SqliteIndex.open(path) as store:
         report = embed_pending(store, embedder.setup(), lambda: embed_then_update, batch_size=2, concurrency=2)
         counts = store.counts()
     assert report.embedded > 0
     assert counts["documents"] == 2 and counts["embedded"] == counts["chunks"] > 0
 
 
-def live_rows(vectors: VectorIndex) -> dict[int, tuple[str, bytes]]:
+def live_rows(vectors: VectorMatrix) -> dict[int, tuple[str, bytes]]:
     keep = vectors.ids >= 0
     return {int(i): (h, m.tobytes()) for i, h, m in zip(vectors.ids[keep], vectors.hashes[keep], vectors.matrix[keep])}
+
+
+def fresh_files(path: Path, query, n: int) -> list[str]:
+    """What a reader that opens the index now finds (its own matrix, read whole)."""
+    with SqliteIndex.open(path, readonly=True) as other:
+        return [h.file for h in VectorSearch(other).search(query, SearchOptions(n=n))]
 
 
 def test_a_followed_index_holds_exactly_what_a_fresh_read_holds_after_many_edits(tmp_path: Path, notes: Path):
@@ -205,9 +212,9 @@ def test_a_followed_index_holds_exactly_what_a_fresh_read_holds_after_many_edits
 
     rng = random.Random(3)
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         index(store, notes, embedder)
-        follower = VectorIndex(store)
+        follower = VectorMatrix(store)
         follower.refresh()
         for step in range(25):
             kind = rng.choice(["add", "edit", "remove"])
@@ -221,20 +228,20 @@ def test_a_followed_index_holds_exactly_what_a_fresh_read_holds_after_many_edits
                 rng.choice(existing).unlink()
             index(store, notes, embedder)
             follower.refresh()
-            fresh = VectorIndex(store)
+            fresh = VectorMatrix(store)
             fresh.refresh()
             assert live_rows(follower) == live_rows(fresh), step
             query = embedder.embed_query(f"topic{step % 12} talks")
-            assert [h.file for h in follower.search(query, SearchOptions(n=5))] == \
-                [h.file for h in fresh.search(query, SearchOptions(n=5))]
+            assert [h.file for h in VectorSearch(store).search(query, SearchOptions(n=5))] == \
+                fresh_files(store.path, query, 5)
         assert follower.reloads["incremental"] >= 15  # a change larger than half the matrix reads it whole
 
 
 def test_a_reader_behind_a_pruned_vector_log_reads_everything_again(tmp_path: Path, notes: Path):
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         index(store, notes, embedder)
-        follower = VectorIndex(store)
+        follower = VectorMatrix(store)
         follower.refresh()
         (notes / "zebra.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
         index(store, notes, embedder)
@@ -242,7 +249,7 @@ def test_a_reader_behind_a_pruned_vector_log_reads_everything_again(tmp_path: Pa
             store.prune_vector_log(keep=0)  # the changes this reader needs are gone from the log
         follower.refresh()
         assert follower.reloads == {"full": 2, "incremental": 0}
-        fresh = VectorIndex(store)
+        fresh = VectorMatrix(store)
         fresh.refresh()
         assert live_rows(follower) == live_rows(fresh)
 
@@ -253,11 +260,11 @@ def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_pa
     embedder = HashEmbedder()
     other = tmp_path / "other"
     shutil.copytree(ASSETS / "zh-notes" / "corpus", other)
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         for cols in ([Collection("other", other)], [Collection("other", other), Collection("notes", notes)]):
             update(store, cols)  # the other notes' chunks first: they get the lowest ids
             embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
-        vectors = VectorIndex(store)
+        vectors = VectorSearch(store)
         query = embedder.embed_query("sourdough starter flour water")
         assert len(vectors.search(query, SearchOptions(n=1))) == 1  # the matrix is loaded
         store.delete_collection("other")
@@ -267,11 +274,10 @@ def test_vector_search_follows_chunk_ids_that_sqlite_gave_to_other_chunks(tmp_pa
         embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
         hits = vectors.search(query, SearchOptions(n=4))
         assert hits and all(h.file.startswith("again/") for h in hits)
-        fresh = VectorIndex(store)
+        fresh = VectorMatrix(store)
         fresh.refresh()
-        assert live_rows(vectors) == live_rows(fresh)
-        assert [h.file for h in fresh.search(query, SearchOptions(n=4))] == \
-            [h.file for h in vectors.search(query, SearchOptions(n=4))]
+        assert live_rows(store.vector_matrix) == live_rows(fresh)
+        assert fresh_files(store.path, query, 4) == [h.file for h in vectors.search(query, SearchOptions(n=4))]
 
 
 def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_everything(tmp_path: Path,
@@ -284,11 +290,11 @@ def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_eve
     tail.mkdir()
     (tail / "last.md").write_text("# Zebra crossings\n\nPedestrians cross where the stripes are painted.\n")
     embedder = HashEmbedder()
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         index(store, notes, embedder)
         update(store, [Collection("notes", notes), Collection("tail", tail)])  # the highest ids
         embed_pending(store, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=2)
-        follower = VectorIndex(store)
+        follower = VectorMatrix(store)
         follower.refresh()
         old_ids = {int(i) for i in follower.ids}
         store.delete_collection("tail")
@@ -296,13 +302,13 @@ def test_a_follower_reads_a_reused_chunk_id_as_the_new_chunk_without_reading_eve
         (notes / "glacier.md").write_text("# Glacier survey\n\nMeasure how far the glacier tongue retreats each spring.\n")
         index(store, notes, embedder)
         follower.refresh()
-        fresh = VectorIndex(store)
+        fresh = VectorMatrix(store)
         fresh.refresh()
         assert follower.reloads["incremental"] == 1
         assert {int(i) for i in fresh.ids} - old_ids == set()  # the premise: the new chunk got a freed id
         assert live_rows(follower) == live_rows(fresh)
         query = embedder.embed_query("glacier tongue retreats each spring")
-        assert follower.search(query, SearchOptions(n=1))[0].file == "notes/glacier.md"
+        assert VectorSearch(store).search(query, SearchOptions(n=1))[0].file == "notes/glacier.md"
 
 
 @pytest.mark.parametrize("groups, in_flight", [

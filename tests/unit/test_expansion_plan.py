@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.search.expansion import Expander, plan_expansion
 from qmd_triton.search.options import SearchOptions, split_typed
 
@@ -26,10 +26,10 @@ class Scripted:
 def test_an_expansion_is_cached_in_the_index_whatever_n(tmp_path: Path):
     engine = Scripted(" batching requests triton\nvec: how are requests batched\n")
     expander = Expander(engine)
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
-        first = plan_expansion("request batching", SearchOptions(n=2), expander, engine_id="e", store=store)
-        again = plan_expansion("request  batching", SearchOptions(n=9), expander, engine_id="e", store=store)
-        other = plan_expansion("request batching", SearchOptions(), expander, engine_id="other-model", store=store)
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
+        first = plan_expansion("request batching", SearchOptions(n=2), expander, engine_id="e", index=store)
+        again = plan_expansion("request  batching", SearchOptions(n=9), expander, engine_id="e", index=store)
+        other = plan_expansion("request batching", SearchOptions(), expander, engine_id="other-model", index=store)
     assert first.status == "ok" and first.lex == ["batching requests triton"]
     assert again.status == "cached" and again.lex == first.lex and again.vec == first.vec
     assert other.status == "ok"  # another engine or model expands again

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.index import update as index_update
-from qmd_triton.index.backend import index_config, open_index
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import open_index
 
 from ..conftest import use_backend
 
@@ -118,13 +119,13 @@ def sqlite_only(qmd: Qmd, why: str) -> None:
 
 def test_a_failing_update_changes_nothing(qmd: Qmd, notes: Path, monkeypatch):
     sqlite_only(qmd, "Milvus has no transactions across rows (test_milvus_backend.py: the next update completes)")
-    from qmd_triton.index.store import IndexStore
+    from qmd_triton.index.sqlite.index import SqliteIndex
 
     before = qmd.counts()
     for i in range(5):
         (notes / f"extra{i}.md").write_text(f"# Extra {i}\n\nzyxquark{i}\n")
     calls = {"n": 0}
-    real = IndexStore.upsert_document
+    real = SqliteIndex.upsert_document
 
     def fail_on_third(self, *args, **kwargs):
         calls["n"] += 1
@@ -132,7 +133,7 @@ def test_a_failing_update_changes_nothing(qmd: Qmd, notes: Path, monkeypatch):
             raise RuntimeError("disk went away")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(IndexStore, "upsert_document", fail_on_third)
+    monkeypatch.setattr(SqliteIndex, "upsert_document", fail_on_third)
     with pytest.raises(RuntimeError, match="disk went away"):
         qmd("update", ok=False)
     monkeypatch.undo()
@@ -145,24 +146,24 @@ def test_a_reader_sees_the_index_before_or_after_an_update_never_between(qmd: Qm
     import threading
     import time
 
-    from qmd_triton.index.store import IndexStore
+    from qmd_triton.index.sqlite.index import SqliteIndex
 
     before = qmd.counts()["documents"]
     for i in range(60):
         (notes / f"batch{i}.md").write_text(f"# Batch {i}\n\nwordling{i}\n")
-    real = IndexStore.upsert_document
+    real = SqliteIndex.upsert_document
 
     def slow(self, *args, **kwargs):
         time.sleep(0.005)  # a long write transaction, so the reader runs in the middle of it
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(IndexStore, "upsert_document", slow)
+    monkeypatch.setattr(SqliteIndex, "upsert_document", slow)
     seen: list[int] = []
     done = threading.Event()
 
     def read() -> None:
         while not done.is_set():
-            with IndexStore.open(qmd.home / "index.sqlite") as store:
+            with SqliteIndex.open(qmd.home / "index.sqlite") as store:
                 seen.append(store.counts()["documents"])
                 seen.append(len(store.bm25(["wordling0", "wordling59"], 10, None)))
 
@@ -471,7 +472,7 @@ def test_contexts_come_back_with_every_hit_below_them(qmd: Qmd):
 
 
 def test_a_running_server_labels_hits_with_contexts_added_after_it_started(qmd: Qmd):
-    from qmd_triton.index.backend import ServedIndex
+    from qmd_triton.index.factory import ServedIndex
 
     served = ServedIndex(index_config(qmd.home))  # what qmd_search and qmd_retrieve hold for their lifetime
     assert served.contexts().for_path("notes", "guide/batching.md") == ""

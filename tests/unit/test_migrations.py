@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from qmd_triton.errors import IndexCorrupt
-from qmd_triton.index import migrations
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.sqlite import migrations
+from qmd_triton.index.sqlite.index import SqliteIndex
 
 
 def write_v1_index(path: Path) -> np.ndarray:
@@ -40,7 +40,7 @@ def test_a_version_1_index_is_migrated_and_keeps_every_vector(tmp_path: Path):
     path = tmp_path / "index.sqlite"
     vectors = write_v1_index(path)
     messages: list[str] = []
-    with IndexStore.open(path, progress=messages.append) as store:
+    with SqliteIndex.open(path, progress=messages.append) as store:
         assert store.meta("schema_version") == str(migrations.SCHEMA_VERSION)
         matrix, ids, _ = store.load_vectors()
         assert np.array_equal(matrix, vectors)  # no chunk needs embedding again
@@ -55,7 +55,7 @@ def test_a_version_1_index_is_migrated_and_keeps_every_vector(tmp_path: Path):
                         f"migrating {path} from index schema 2 to 3 (an expansion cache)",
                         f"migrating {path} from index schema 3 to 4 (a log of changed vectors (servers follow an "
                         "update by reading only what changed))"]
-    with IndexStore.open(path, progress=messages.append) as store:
+    with SqliteIndex.open(path, progress=messages.append) as store:
         vectors_before = store.vector_log_position()
         with store.transaction():
             store.add_vectors([(migrations.text_hash("gamma"), np.zeros(8, dtype=np.float32))])
@@ -74,7 +74,7 @@ def test_a_failing_migration_leaves_the_version_1_index_as_it_was(tmp_path: Path
 
     monkeypatch.setitem(migrations.MIGRATIONS, 2, ("test step", broken))
     with pytest.raises(RuntimeError, match="mid-migration"):
-        IndexStore.open(path)
+        SqliteIndex.open(path)
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
     assert conn.execute("SELECT COUNT(*) FROM vectors").fetchone() == (3,)
@@ -84,24 +84,24 @@ def test_a_failing_migration_leaves_the_version_1_index_as_it_was(tmp_path: Path
 
 def test_an_index_from_a_newer_qmdctl_is_refused_with_one_line(tmp_path: Path):
     path = tmp_path / "index.sqlite"
-    IndexStore.open(path, create=True).close()
+    SqliteIndex.open(path, create=True).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(IndexCorrupt, match=r"was written by a newer qmdctl \(index schema 99\); this one reads "
                                            r"schema 4 and older: upgrade qmd-triton"):
-        IndexStore.open(path)
+        SqliteIndex.open(path)
 
 
 def test_reading_an_old_index_without_write_access_says_how_to_migrate(tmp_path: Path):
     path = tmp_path / "index.sqlite"
     write_v1_index(path)
     with pytest.raises(IndexCorrupt, match=r"has index schema 1; open it for writing once \(`qmdctl update`\)"):
-        IndexStore.open(path, readonly=True)
+        SqliteIndex.open(path, readonly=True)
 
 
 def test_a_new_index_is_created_at_the_current_schema(tmp_path: Path):
-    with IndexStore.open(tmp_path / "index.sqlite", create=True) as store:
+    with SqliteIndex.open(tmp_path / "index.sqlite", create=True) as store:
         assert store.meta("schema_version") == str(migrations.SCHEMA_VERSION)
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"embeddings", "expansions"} <= tables and "vectors" not in tables

@@ -20,13 +20,14 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.errors import ConfigError
-from qmd_triton.index.backend import IndexConfig, index_config, open_index, write_index_table
 from qmd_triton.index.collections import Collection
+from qmd_triton.index.config import IndexConfig, index_config, write_index_table
 from qmd_triton.index.embed import embed_pending
+from qmd_triton.index.factory import open_index
 from qmd_triton.index.update import update
 from qmd_triton.search.lexical import search_bm25
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.search.vectors import vectors_for
+from qmd_triton.search.vectors import VectorSearch
 from qmd_triton.serving import milvus_lite
 from qmd_triton.system import procs
 from qmd_triton.system.net import free_ports
@@ -47,7 +48,7 @@ def snapshot(index, embedder: HashEmbedder) -> dict:
         "documents": [(d.collection, d.path, d.hash) for d in index.documents()],
         "counts": {k: counts[k] for k in ("documents", "chunks", "embedded")},
         "bm25": [h.file for h in search_bm25(index, "sourdough batching 向量检索", SearchOptions(n=10))],
-        "vsearch": [h.file for h in vectors_for(index).search(embedder.embed_query("bread flour starter"),
+        "vsearch": [h.file for h in VectorSearch(index).search(embedder.embed_query("bread flour starter"),
                                                                SearchOptions(n=4))],
         "fingerprint": index.fingerprint(),
         "expansion": index.cached_expansion("k1"),
@@ -94,7 +95,7 @@ def test_a_failed_update_is_completed_by_the_next(tmp_path: Path, notes: Path, m
     """Milvus has no transactions across rows: an update that fails half-way leaves some files written; the next
     update compares the files with what the index holds and completes it (on sqlite a failed update changes
     nothing: test_index_cli.py)."""
-    from qmd_triton.index.milvus import MilvusIndex
+    from qmd_triton.index.milvus.index import MilvusIndex
 
     for i in range(6):
         (notes / f"extra{i}.md").write_text(f"# Extra {i}\n\nzyxquark{i}\n")
@@ -216,7 +217,7 @@ def test_each_vector_index_finds_what_the_exact_sqlite_scan_finds(tmp_path: Path
             with open_index(index_config(home), create=True) as index:
                 update(index, [Collection("notes", notes)])
                 embed_pending(index, embedder.setup(), lambda: embedder.embed, batch_size=8, concurrency=1)
-                answers[backend] = [(h.file, round(h.score, 4)) for h in vectors_for(index).search(
+                answers[backend] = [(h.file, round(h.score, 4)) for h in VectorSearch(index).search(
                     embedder.embed_query("the bread and the batching of the server"), SearchOptions(n=4, min_score=0.0))]
         except ConfigError as e:  # a Milvus that does not build this index (the C++ Milvus Lite: no HNSW)
             assert f"does not build {vector_index} indexes" in str(e) and "index.vector_index" in str(e)
@@ -283,10 +284,10 @@ def _holders(index, content_hash: str) -> list[tuple[str, str]]:
 @pytest.fixture(params=["query", "search"])
 def reads_by_id(request: pytest.FixtureRequest, monkeypatch) -> str:
     """Rows by primary key are read by a query on Milvus Lite 3 and by a filtered search on Milvus's C++ engine
-    (index.milvus._by_ids): both ways run here, on the session's Milvus."""
-    from qmd_triton.index import milvus
+    (MilvusIndex._by_ids): both ways run here, on the session's Milvus."""
+    from qmd_triton.index.milvus import index as milvus_index
 
-    monkeypatch.setattr(milvus, "_python_engine", lambda client: request.param == "query")
+    monkeypatch.setattr(milvus_index, "_python_engine", lambda client: request.param == "query")
     return request.param
 
 
@@ -306,7 +307,7 @@ def test_a_hits_documents_follow_edits_copies_deletes_and_renames(tmp_path: Path
         shutil.copy(recipes, notes / "copy.md")  # the same content at a second path
         update(index, [Collection("notes", notes)])
         assert _holders(index, old) == [("notes", "copy.md"), ("notes", "recipes.md")]
-        hits = vectors_for(index).search(embedder.embed_query(recipes.read_text()), SearchOptions(n=2))
+        hits = VectorSearch(index).search(embedder.embed_query(recipes.read_text()), SearchOptions(n=2))
         assert {h.file for h in hits} == {"notes/copy.md", "notes/recipes.md"} and hits[0].score > 0.99
 
         recipes.write_text(recipes.read_text() + "\nA new line about rye.\n")  # edited: a new content
@@ -328,7 +329,7 @@ def test_an_update_killed_between_the_keys_map_and_the_rows_hides_no_document(tm
                                                                               milvus_uri: str, monkeypatch):
     """The map is written before a document's rows and cleaned after them: an update that dies in between
     leaves the old content findable, the next update completes it, and `cleanup` drops what was left stale."""
-    from qmd_triton.index.milvus import MilvusIndex
+    from qmd_triton.index.milvus.index import MilvusIndex
 
     recipes = notes / "recipes.md"
     with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
@@ -363,9 +364,9 @@ def test_an_update_killed_between_the_keys_map_and_the_rows_hides_no_document(tm
 def test_a_content_held_by_more_documents_than_a_keys_row_names_is_read_by_its_key(tmp_path: Path, notes: Path,
                                                                                    milvus_uri: str, monkeypatch,
                                                                                    reads_by_id: str):
-    from qmd_triton.index import milvus
+    from qmd_triton.index.milvus import schema
 
-    monkeypatch.setattr(milvus, "ENTRIES_MAX", 200)  # ~6 document ids per row instead of ~3,000
+    monkeypatch.setattr(schema, "ENTRIES_MAX", 200)  # ~6 document ids per row instead of ~3,000
     for i in range(8):
         shutil.copy(notes / "recipes.md", notes / f"copy{i}.md")
     with open_test_index(tmp_path / "home", ("milvus", milvus_uri)) as index:
@@ -378,7 +379,7 @@ def test_a_content_held_by_more_documents_than_a_keys_row_names_is_read_by_its_k
 
 
 def test_an_index_from_before_the_keys_map_gets_it_when_opened(tmp_path: Path, notes: Path, milvus_uri: str):
-    from qmd_triton.index.milvus import KEYS_BUILT
+    from qmd_triton.index.milvus.schema import KEYS_BUILT
 
     embedder = HashEmbedder()
     home = tmp_path / "home"

@@ -23,8 +23,9 @@ from qmd_triton.bench import baselines
 from qmd_triton.bench.datasets import KNOWN_ITEM, EvalSet, write_collection
 from qmd_triton.bench.scoring import first_relevant_rank, score_run
 from qmd_triton.contracts import QUERY_PIPELINE, VSEARCH
-from qmd_triton.index.backend import index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import open_index
 from qmd_triton.index.update import update
 from qmd_triton.progress import Progress, silent
 from qmd_triton.search.lexical import search_bm25
@@ -91,17 +92,17 @@ def index_set(dataset: EvalSet, settings: Settings, progress: Progress = silent)
         existing.pop(COLLECTION)
     if COLLECTION not in existing:
         config.add(COLLECTION, folder, masks)
-    with open_index(_index_of(settings), create=True) as store:
-        report = update(store, [config.get(COLLECTION)], progress=progress)
+    with open_index(_index_of(settings), create=True) as index:
+        report = update(index, [config.get(COLLECTION)], progress=progress)
     progress(f"{dataset.name}: {len(mapping)} documents ({report.added} added, {report.changed} changed)")
     return mapping
 
 
 def search_run(dataset: EvalSet, settings: Settings, mapping: dict[str, str]) -> dict[str, list[str]]:
     run = {}
-    with open_index(_index_of(settings)) as store:
+    with open_index(_index_of(settings)) as index:
         for q in dataset.judged_queries():
-            hits = search_bm25(store, dataset.queries[q], SearchOptions(n=DEPTH))
+            hits = search_bm25(index, dataset.queries[q], SearchOptions(n=DEPTH))
             run[q] = [mapping[h.path] for h in hits]
     return run
 

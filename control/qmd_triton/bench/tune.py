@@ -160,7 +160,7 @@ def apply(repo: Path, model: str, point: dict) -> list[Path]:
 def _share_index(settings: Settings, home: Path) -> None:
     """Points a trial's home at the user's index: the SQLite file (linked), or the same Milvus (its URI; the
     home's own Milvus Lite is started when that is where the index lives)."""
-    from qmd_triton.index.backend import index_config, write_index_table
+    from qmd_triton.index.config import index_config, write_index_table
     from qmd_triton.serving import milvus_lite
 
     config = index_config(settings.home)

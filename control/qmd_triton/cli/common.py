@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from qmd_triton.errors import QmdError
-from qmd_triton.index.backend import Index, IndexConfig, exists, index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
+from qmd_triton.index.config import IndexConfig, index_config
+from qmd_triton.index.factory import exists, open_index
+from qmd_triton.index.interface import Index
 from qmd_triton.settings import Settings
 
 PERIODIC_S = 10.0  # off a terminal, a counted task reports a line this often
@@ -132,7 +134,7 @@ def index_of(settings: Settings, progress: Callable[[str], None] | None = None) 
     return config
 
 
-def open_store(settings: Settings, create: bool = False) -> Index:
+def open_home_index(settings: Settings, create: bool = False) -> Index:
     """The home's index on its backend (``[index]`` of config.toml)."""
     return open_index(index_of(settings), create=create)
 

@@ -13,7 +13,7 @@ import numpy as np
 from qmd_triton.cli.common import (
     State,
     emit_json,
-    open_store,
+    open_home_index,
     pass_state,
     protocol_option,
     server_options,
@@ -89,7 +89,7 @@ def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_si
                          as_json: bool) -> None:
     """Index mode: chunk and embed everything pending; the first Ctrl-C stops cleanly, a second at once."""
     embedder = TritonEmbedder(settings)  # reads the repository first: a missing export fails before the server
-    open_store(settings).close()  # and so does a missing index (or a Milvus that is down)
+    open_home_index(settings).close()  # and so does a missing index (or a Milvus that is down)
     ensure_running(settings, progress=state.progress, warn=state.warn)
     concurrency = concurrency or embedder.in_flight()
     stop = threading.Event()
@@ -109,8 +109,8 @@ def embed_pending_chunks(state: State, settings: Settings, force: bool, batch_si
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    with open_store(settings) as store:
-        counts = store.counts()
+    with open_home_index(settings) as index:
+        counts = index.counts()
     data = {"chunked_documents": report.chunked_documents, "new_chunks": report.chunks,
             "embedded": report.embedded, "seconds": round(report.seconds, 2),
             "chunks_per_second": round(report.per_second, 1), "total_chunks": counts["chunks"],

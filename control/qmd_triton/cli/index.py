@@ -16,7 +16,7 @@ from qmd_triton.cli.common import (
     emit_json,
     index_exists,
     index_of,
-    open_store,
+    open_home_index,
     pass_state,
     protocol_option,
     server_options,
@@ -79,8 +79,8 @@ def collection_list(state: State, as_json: bool) -> None:
     cols = collections_of(settings).list()
     counts: dict[str, Any] = {}
     if index_exists(settings):
-        with open_store(settings) as store:
-            counts = store.counts()["collections"]
+        with open_home_index(settings) as index:
+            counts = index.counts()["collections"]
     rows = [{"name": c.name, "path": str(c.path), "masks": list(c.masks), "ignore": list(c.ignore),
              "update_cmd": c.update_cmd, "follow_links": c.follow_links,
              "documents": counts.get(c.name, {}).get("documents", 0)} for c in cols]
@@ -103,9 +103,9 @@ def collection_remove(state: State, name: str) -> None:
     config.get(name)
     removed = 0
     if index_exists(settings):
-        with open_store(settings) as store, store.transaction():
-            removed = store.delete_collection(name)
-            store.collect_garbage()
+        with open_home_index(settings) as index, index.transaction():
+            removed = index.delete_collection(name)
+            index.collect_garbage()
     config.remove(name)
     state.progress(f"removed collection {name} ({removed} documents dropped from the index)")
 
@@ -123,8 +123,8 @@ def collection_rename(state: State, old: str, new: str) -> None:
         raise InputError(f"a collection named {new!r} already exists")
     check_name(new)
     if index_exists(settings):
-        with open_store(settings) as store, store.transaction():
-            store.rename_collection(old, new)
+        with open_home_index(settings) as index, index.transaction():
+            index.rename_collection(old, new)
     config.rename(old, new)
     state.progress(f"renamed collection {old} to {new}")
 
@@ -149,10 +149,10 @@ def update_cmd(state: State, names: tuple[str, ...], force: bool, no_commands: b
     cols = [config.get(n) for n in names] if names else config.list()
     if not cols:
         raise click.ClickException("no collections; add one with `qmdctl collection add PATH --name NAME`")
-    with open_store(settings, create=True) as store:
-        report = update(store, cols, force=force, run_commands=not no_commands, warn=state.warn,
+    with open_home_index(settings, create=True) as index:
+        report = update(index, cols, force=force, run_commands=not no_commands, warn=state.warn,
                         progress=state.progress)
-        pending = store.counts()
+        pending = index.counts()
     data = {"added": report.added, "changed": report.changed, "removed": report.removed,
             "unchanged": report.unchanged, "skipped": report.skipped, "excluded": report.excluded,
             "collections": report.collections}
@@ -218,9 +218,9 @@ def cleanup_cmd(state: State, keep_expansions: int, as_json: bool) -> None:
     Safe while a server reads the index; it waits for writers (update, embed) to finish.
     """
     settings = state.settings()
-    with open_store(settings) as store:
-        state.progress(f"cleaning up {store.describe()}")
-        report = store.cleanup(keep_expansions=keep_expansions)
+    with open_home_index(settings) as index:
+        state.progress(f"cleaning up {index.describe()}")
+        report = index.cleanup(keep_expansions=keep_expansions)
     if as_json:
         emit_json(report)
         return
@@ -268,8 +268,8 @@ def watch_cmd(state: State, names: tuple[str, ...], debounce_ms: int, no_embed: 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def refresh(which: list) -> None:
-        with open_store(settings, create=True) as store:
-            report = update(store, which, warn=state.warn, progress=lambda _m: None)
+        with open_home_index(settings, create=True) as index:
+            report = update(index, which, warn=state.warn, progress=lambda _m: None)
         click.echo(f"{time.strftime('%H:%M:%S')} {', '.join(c.name for c in which)}: {report.added} added, "
                    f"{report.changed} changed, {report.removed} removed", err=True)
         if not no_embed and (report.added or report.changed):
@@ -320,7 +320,8 @@ def index_migrate(state: State, to: str, uri: str | None, token: str | None, pre
     and the expansion cache; the old index is left as it was. Restart a running server afterwards
     (`qmdctl down`, `qmdctl up`): its models keep reading the index they opened.
     """
-    from qmd_triton.index.backend import index_config, open_index, write_index_table
+    from qmd_triton.index.config import index_config, write_index_table
+    from qmd_triton.index.factory import open_index
     from qmd_triton.index.transfer import transfer
 
     settings = state.settings()
@@ -336,7 +337,7 @@ def index_migrate(state: State, to: str, uri: str | None, token: str | None, pre
 
         milvus_lite.ensure_running(target, progress=state.progress)
     state.progress(f"migrating {source.describe()} -> {target.describe()}")
-    with open_store(settings) as src, open_index(target, create=True) as dst, \
+    with open_home_index(settings) as src, open_index(target, create=True) as dst, \
             state.counter("migrating") as counter:
         report = transfer(src, dst, progress=state.progress, count=counter, replace=replace)
     if switch:

@@ -17,7 +17,7 @@ from qmd_triton.cli.common import (
     collections_of,
     emit_json,
     index_exists,
-    open_store,
+    open_home_index,
     pass_state,
     protocol_option,
     server_options,
@@ -100,8 +100,8 @@ def search(state: State, query: str, out: Output) -> None:
     written; -word and -"a phrase" leave out the documents that hold them.
     """
     settings = state.settings()
-    with open_store(settings) as store:
-        hits = search_bm25(store, query, out.options(), ContextMap.load(settings.config_file))
+    with open_home_index(settings) as index:
+        hits = search_bm25(index, query, out.options(), ContextMap.load(settings.config_file))
     out.emit(hits, settings)
 
 
@@ -189,8 +189,8 @@ def query(state: State, query: str, out: Output, expand: bool | None, no_rerank:
 def get(state: State, ref: str, count: int | None, start: int | None, line_numbers: bool, as_json: bool) -> None:
     """Print a document by path, collection/path or #docid; REF may end in :FROM[:COUNT]."""
     settings = state.settings()
-    with open_store(settings) as store:
-        doc = fetch(store, collections_of(settings).list(), ref, start, count)
+    with open_home_index(settings) as index:
+        doc = fetch(index, collections_of(settings).list(), ref, start, count)
     first_line, text = doc["from"], doc["text"]
     if as_json:
         emit_json(doc)
@@ -219,8 +219,8 @@ def multi_get(state: State, pattern: str, max_bytes: int, max_lines: int | None,
     """Print several documents: comma-separated globs over collection/path and references (path, #docid),
     each reference optionally ending in :FROM[:COUNT]."""
     settings = state.settings()
-    with open_store(settings) as store:
-        out = fetch_many(store, collections_of(settings).list(), pattern, max_bytes, max_lines)
+    with open_home_index(settings) as index:
+        out = fetch_many(index, collections_of(settings).list(), pattern, max_bytes, max_lines)
     for d in out:
         if "skipped" in d:
             state.progress(f"skipped {d['file']}: {d['skipped']} > --max-bytes {max_bytes}")
@@ -277,8 +277,8 @@ def ls(state: State, where: str | None) -> None:
     if not index_exists(settings):
         docs = []
     else:
-        with open_store(settings) as store:
-            docs = store.documents()
+        with open_home_index(settings) as index:
+            docs = index.documents()
     if not where:
         counts: dict[str, int] = {}
         for d in docs:
@@ -291,7 +291,7 @@ def ls(state: State, where: str | None) -> None:
     listed = [d for d in docs if d.collection == name and d.path.startswith(prefix)]
     docids: dict[str, str] = {}
     if listed:
-        with open_store(settings) as store:
-            docids = store.unique_docids([d.hash for d in listed])
+        with open_home_index(settings) as index:
+            docids = index.unique_docids([d.hash for d in listed])
     for d in listed:
         click.echo(f"{d.display_path}  #{docids[d.hash]}  {d.title}")

@@ -9,8 +9,9 @@ import click
 
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
 from qmd_triton.errors import IndexCorrupt, IndexUnavailable, QmdError
-from qmd_triton.index.backend import index_config, index_summary
-from qmd_triton.index.store import header_problem
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import index_summary
+from qmd_triton.index.sqlite.connection import header_problem
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
 

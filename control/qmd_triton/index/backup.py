@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from qmd_triton.errors import IndexCorrupt, InputError, QmdError
-from qmd_triton.index import migrations
-from qmd_triton.index.backend import IndexConfig, exists, open_index
-from qmd_triton.index.store import IndexStore
+from qmd_triton.index.config import IndexConfig
+from qmd_triton.index.factory import exists, open_index
+from qmd_triton.index.sqlite import migrations
+from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.index.transfer import transfer
 from qmd_triton.progress import Count, Progress, silent, uncounted
 
@@ -103,10 +104,10 @@ def backup(config: IndexConfig, dest: Path, *, force: bool = False, progress: Pr
                      "snapshot")
             _snapshot(config.sqlite_path, partial)
         else:
-            with open_index(config) as source, IndexStore.open(partial, create=True) as target:
+            with open_index(config) as source, SqliteIndex.open(partial, create=True) as target:
                 transfer(source, target, progress=progress, count=count)
         _check_file(partial, "the backup")
-        with IndexStore.open(partial, readonly=True) as done:
+        with SqliteIndex.open(partial, readonly=True) as done:
             counts = done.counts()
         _drop_sidecars(partial, main=False)
         with open(partial, "rb") as f:
@@ -135,7 +136,7 @@ def restore(config: IndexConfig, source: Path, *, progress: Progress = silent,
         counts = _restore_sqlite(source, config.sqlite_path, progress)
     else:
         progress(f"restoring {source} into {config.describe()} (searches meanwhile see a partial index)")
-        with IndexStore.open(source, readonly=True) as backup_index, open_index(config, create=True) as target:
+        with SqliteIndex.open(source, readonly=True) as backup_index, open_index(config, create=True) as target:
             counts = backup_index.counts()
             transfer(backup_index, target, progress=progress, count=count, replace=True)
     return BackupReport(str(source), counts["documents"], counts["chunks"], counts["embedded"],
@@ -151,12 +152,12 @@ def _restore_sqlite(source: Path, path: Path, progress: Progress) -> dict[str, A
     try:
         _snapshot(source, staging)
         try:
-            with IndexStore.open(path, create=True) as live:
+            with SqliteIndex.open(path, create=True) as live:
                 seen = live.vector_log_position()
         except QmdError:  # a damaged index: no reader's position can be known, so start past any
             seen = DAMAGED_LOG_START
         progress(f"restoring {source} into {path} as one transaction")
-        with IndexStore.open(staging) as staged:  # an older backup's schema is migrated here
+        with SqliteIndex.open(staging) as staged:  # an older backup's schema is migrated here
             counts = staged.counts()
             # Each reader's log position is at most `seen`: the backup's log is another copy's history.
             with staged.transaction():
@@ -175,7 +176,7 @@ def _snapshot(source: Path, dest: Path) -> None:
     """Copies the index ``source`` into the new file ``dest`` in one step: one consistent snapshot, writers go
     on meanwhile. The copy keeps the index's WAL mode (a copy put back with `cp` is the same kind of file its
     readers have open); closing its only connection leaves it one self-contained file."""
-    with IndexStore.open(source, readonly=True) as index:
+    with SqliteIndex.open(source, readonly=True) as index:
         target = sqlite3.connect(dest)
         try:
             index.conn.backup(target)
@@ -184,7 +185,7 @@ def _snapshot(source: Path, dest: Path) -> None:
 
 
 def _copy_over(source: sqlite3.Connection, path: Path) -> None:
-    live = sqlite3.connect(path, timeout=30)  # not an IndexStore: the index it replaces may be unreadable
+    live = sqlite3.connect(path, timeout=30)  # not an SqliteIndex: the index it replaces may be unreadable
     try:
         source.backup(live)
         live.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -6,7 +6,7 @@ in-process model) from several threads; vectors are committed batch by batch, so
 interrupted run resumes where it stopped.
 
 Example:
-    >>> report = embed_pending(store, embedding_setup(repo), make_embedder)
+    >>> report = embed_pending(index, embedding_setup(repo), make_embedder)
     >>> report.embedded
     132
 """
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.backend import Index
 from qmd_triton.index.fingerprint import EmbeddingSetup, check_fingerprint, only_chunking_differs
-from qmd_triton.index.store import FINGERPRINT_KEY
+from qmd_triton.index.interface import Index
+from qmd_triton.index.rows import FINGERPRINT_KEY
 from qmd_triton.progress import Count, uncounted
 from qmd_triton.text.chunking import chunk_markdown
 
@@ -43,20 +43,20 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def chunk_pending(store: Index, setup: EmbeddingSetup) -> tuple[int, int]:
+def chunk_pending(index: Index, setup: EmbeddingSetup) -> tuple[int, int]:
     """Chunks every content hash that has no chunks yet; returns (documents, chunks).
 
     An ``update`` may remove documents meanwhile (another process): content that is gone by the time its
     batch's transaction starts is skipped, not an error.
     """
-    hashes = store.unchunked_hashes()
+    hashes = index.unchunked_hashes()
     total = done = 0
     for start in range(0, len(hashes), 200):
         batch = hashes[start : start + 200]
-        with store.transaction():
-            for h in store.still_indexed(batch):
-                chunks = chunk_markdown(store.body(h), setup.count_tokens, max_tokens=setup.chunk_tokens)
-                store.add_chunks(h, chunks)
+        with index.transaction():
+            for h in index.still_indexed(batch):
+                chunks = chunk_markdown(index.body(h), setup.count_tokens, max_tokens=setup.chunk_tokens)
+                index.add_chunks(h, chunks)
                 total += len(chunks)
                 done += 1
     return done, total
@@ -66,7 +66,7 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def embed_pending(
-    store: Index,
+    index: Index,
     setup: EmbeddingSetup,
     make_embedder: Callable[[], EmbedFn],
     *,
@@ -79,20 +79,20 @@ def embed_pending(
     """Chunks and embeds everything pending; safe to interrupt and run again."""
     started = time.monotonic()
     if force:
-        with store.transaction():
-            store.clear_embeddings()
-    stored = store.fingerprint()
+        with index.transaction():
+            index.clear_embeddings()
+    stored = index.fingerprint()
     if stored is not None and only_chunking_differs(stored, setup.fingerprint):
-        with store.transaction():
-            store.clear_chunks()
-            store.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
-    check_fingerprint(store, setup)
-    if store.fingerprint() is None:
-        with store.transaction():
-            store.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
+        with index.transaction():
+            index.clear_chunks()
+            index.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
+    check_fingerprint(index, setup)
+    if index.fingerprint() is None:
+        with index.transaction():
+            index.set_meta(FINGERPRINT_KEY, json.dumps(setup.fingerprint, sort_keys=True))
     report = EmbedReport()
-    report.chunked_documents, report.chunks = chunk_pending(store, setup)
-    pending = sorted(store.pending_chunks(), key=lambda c: (c.tokens, c.id))
+    report.chunked_documents, report.chunks = chunk_pending(index, setup)
+    pending = sorted(index.pending_chunks(), key=lambda c: (c.tokens, c.id))
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     total = len(pending)
     progress(0, total)
@@ -117,11 +117,11 @@ def embed_pending(
         while running:
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             results = [f.result() for f in finished]
-            with store.transaction():
+            with index.transaction():
                 for batch, vectors in results:
                     if len(vectors) != len(batch):
                         raise InputError(f"server returned {len(vectors)} vectors for {len(batch)} chunks")
-                    store.add_vectors([(c.text_hash, v) for c, v in zip(batch, vectors)])
+                    index.add_vectors([(c.text_hash, v) for c, v in zip(batch, vectors)])
                     done += len(batch)
             progress(done, total)
             if stop is not None and stop.is_set():
@@ -132,8 +132,8 @@ def embed_pending(
                     break
     report.embedded = done
     if stop is None or not stop.is_set():
-        with store.transaction():
-            report.dropped = store.drop_unused_vectors()
-            store.after_embed()
+        with index.transaction():
+            report.dropped = index.drop_unused_vectors()
+            index.after_embed()
     report.seconds = time.monotonic() - started
     return report

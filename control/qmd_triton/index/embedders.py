@@ -10,7 +10,7 @@ exported model.
 
 Example:
     >>> embedder = load("onnxruntime", settings)
-    >>> report = embed_pending(store, embedder.setup(), lambda: embedder.embed)
+    >>> report = embed_pending(index, embedder.setup(), lambda: embedder.embed)
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def mismatch(stored: dict, served: dict, what: str) -> FingerprintMismatch:
                                "run `qmdctl embed --force` to embed it again")
 
 
-def check_fingerprint(store: Any, setup: EmbeddingSetup, what: str = "the model repository has") -> None:
+def check_fingerprint(index: Any, setup: EmbeddingSetup, what: str = "the model repository has") -> None:
     """Raises ``FingerprintMismatch`` when the index holds vectors of another setup."""
-    stored = store.fingerprint()
+    stored = index.fingerprint()
     if stored is not None and fingerprint_id(stored) != setup.id:
         raise mismatch(stored, setup.fingerprint, what)

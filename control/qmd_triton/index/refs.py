@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qmd_triton.errors import InputError, NotFound
-from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import Collection, glob_match
-from qmd_triton.index.store import DocRow
+from qmd_triton.index.interface import Index
+from qmd_triton.index.rows import DocRow
 
 _RANGE = re.compile(r"^(?P<target>.+?)(?::(?P<start>\d+)(?::(?P<count>\d+))?)?$")
 
@@ -47,9 +47,9 @@ def parse_ref(text: str) -> Ref:
     return Ref(m["target"], start, count)
 
 
-def _close_paths(store: Index, target: str) -> list[str]:
+def _close_paths(index: Index, target: str) -> list[str]:
     """The indexed paths closest to a reference that missed (at most 3)."""
-    paths = [d.display_path for d in store.documents()]
+    paths = [d.display_path for d in index.documents()]
     close = difflib.get_close_matches(target, paths, n=3, cutoff=0.5)
     if not close:
         names = {p.rsplit("/", 1)[-1]: p for p in paths}
@@ -57,35 +57,35 @@ def _close_paths(store: Index, target: str) -> list[str]:
     return close
 
 
-def _missing(store: Index, target: str, head: str, tail: str) -> NotFound:
+def _missing(index: Index, target: str, head: str, tail: str) -> NotFound:
     """``head`` `` (did you mean a, b?)`` ``tail``, the hint only when some path is close."""
-    close = _close_paths(store, target)
+    close = _close_paths(index, target)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return NotFound(head + hint + tail, close)
 
 
-def resolve(store: Index, collections: Sequence[Collection], target: str) -> DocRow:
+def resolve(index: Index, collections: Sequence[Collection], target: str) -> DocRow:
     """One document by ``#docid`` (any unique prefix), ``collection/path`` or a path inside a collection's
     directory."""
     if target.startswith("#"):
         prefix = target[1:].lower()
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
             raise InputError(f"a docid is # and hex digits, got {target!r}")
-        docs = store.documents_by_docid(prefix)
+        docs = index.documents_by_docid(prefix)
         if not docs:
             raise NotFound(f"no document with docid {target}")
         hashes = sorted({d.hash for d in docs})
         if len(hashes) > 1:
-            ids = store.unique_docids(hashes)
+            ids = index.unique_docids(hashes)
             which = [f"#{ids[d.hash]} {d.display_path}" for d in docs[:5]]
             raise InputError(f"docid {target} is ambiguous: {', '.join(which)}")
         return docs[0]
     names = {c.name: c for c in collections}
     head, _, rest = target.partition("/")
     if head in names and rest:
-        doc = store.document(head, rest)
+        doc = index.document(head, rest)
         if doc is None:
-            raise _missing(store, target, f"{target} is not in the index",
+            raise _missing(index, target, f"{target} is not in the index",
                            "; run `qmdctl update` if it is a new file")
         return doc
     path = Path(target).expanduser()
@@ -96,18 +96,18 @@ def resolve(store: Index, collections: Sequence[Collection], target: str) -> Doc
                 rel = absolute.relative_to(c.path.resolve()).as_posix()
             except ValueError:
                 continue
-            doc = store.document(c.name, rel)
+            doc = index.document(c.name, rel)
             if doc is None:
                 raise NotFound(f"{target} is not in the index; run `qmdctl update`")
             return doc
         known = ", ".join(f"{c.name} ({c.path})" for c in collections) or "none"
         raise NotFound(f"{target} is not inside any collection (collections: {known})")
-    matches = [d for d in store.documents() if d.path == target or d.path.endswith("/" + target)]
+    matches = [d for d in index.documents() if d.path == target or d.path.endswith("/" + target)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise InputError(f"{target} matches {len(matches)} documents; use collection/path or #docid")
-    raise _missing(store, target, f"no document {target!r} in the index",
+    raise _missing(index, target, f"no document {target!r} in the index",
                    " (use collection/path, #docid or a file path)")
 
 
@@ -134,7 +134,7 @@ class Selected:
     count: int | None = None
 
 
-def select(store: Index, collections: Sequence[Collection], pattern: str,
+def select(index: Index, collections: Sequence[Collection], pattern: str,
            errors: list[str] | None = None) -> list[Selected]:
     """Documents for ``multi-get``: comma-separated items, each a glob over collection/path or a reference
     (``#docid``, ``collection/path``, a file path) with an optional ``:FROM[:COUNT]``.
@@ -151,13 +151,13 @@ def select(store: Index, collections: Sequence[Collection], pattern: str,
     for item in items:
         try:
             if any(ch in item for ch in "*?["):
-                docs = docs if docs is not None else store.documents()
+                docs = docs if docs is not None else index.documents()
                 found = [Selected(d) for d in docs if glob_match(d.display_path, item) or glob_match(d.path, item)]
                 if not found:
                     raise NotFound(f"no indexed document matches {item!r}")
             else:
                 ref = parse_ref(item)
-                found = [Selected(resolve(store, collections, ref.target), ref.start, ref.count)]
+                found = [Selected(resolve(index, collections, ref.target), ref.start, ref.count)]
         except InputError as e:  # NotFound included
             if errors is None:
                 raise
@@ -170,29 +170,29 @@ def select(store: Index, collections: Sequence[Collection], pattern: str,
     return out
 
 
-def fetch(store: Index, collections: Sequence[Collection], ref: str, start: int | None = None,
+def fetch(index: Index, collections: Sequence[Collection], ref: str, start: int | None = None,
           count: int | None = None) -> dict:
     """``get``: one document (or the lines a ``:FROM[:COUNT]`` reference or ``start``/``count`` ask for) as
     ``{docid, file, title, from, text}``; ``start``/``count`` win over the reference's own range."""
     parsed = parse_ref(ref)
-    doc = resolve(store, collections, parsed.target)
-    body = store.body(doc.hash)
-    docid = store.unique_docids([doc.hash])[doc.hash]
+    doc = resolve(index, collections, parsed.target)
+    body = index.body(doc.hash)
+    docid = index.unique_docids([doc.hash])[doc.hash]
     first, text = line_range(body, start or parsed.start, count or parsed.count)
     return {"docid": "#" + docid, "file": doc.display_path, "title": doc.title, "from": first, "text": text}
 
 
-def fetch_many(store: Index, collections: Sequence[Collection], pattern: str, max_bytes: int,
+def fetch_many(index: Index, collections: Sequence[Collection], pattern: str, max_bytes: int,
                max_lines: int | None = None, errors: list[str] | None = None) -> list[dict]:
     """``multi-get``: every selected document as :func:`fetch` returns it, plus ``truncated`` (cut at
     ``max_lines``); a whole document larger than ``max_bytes`` is ``{docid, file, title, skipped}`` instead."""
-    selected = select(store, collections, pattern, errors)
-    docids = store.unique_docids([s.doc.hash for s in selected])
+    selected = select(index, collections, pattern, errors)
+    docids = index.unique_docids([s.doc.hash for s in selected])
     out = []
     for sel in selected:
         doc = sel.doc
         head = {"docid": "#" + docids[doc.hash], "file": doc.display_path, "title": doc.title}
-        body = store.body(doc.hash)
+        body = index.body(doc.hash)
         size = len(body.encode("utf-8"))
         if size > max_bytes and sel.start is None and sel.count is None:
             out.append({**head, "skipped": f"{size} bytes", "size": size})

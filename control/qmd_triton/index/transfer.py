@@ -13,13 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.backend import Index
-from qmd_triton.index.store import FINGERPRINT_KEY, ChunkRow
+from qmd_triton.index.interface import Index
+from qmd_triton.index.rows import FINGERPRINT_KEY, ChunkRow
 from qmd_triton.progress import Count, Progress, silent, uncounted
 
 BATCH = 512
@@ -48,8 +47,7 @@ def transfer(source: Index, target: Index, *, progress: Progress = silent, count
         if fp is not None:
             target.set_meta(FINGERPRINT_KEY, json.dumps(fp, sort_keys=True))
     # The target holds nothing now (checked above, or emptied): Milvus can take plain inserts.
-    bulk = getattr(target, "bulk_load", None)
-    with bulk() if bulk else contextlib.nullcontext():
+    with target.bulk_load():
         _copy(source, target, report, progress, count)
     for key, value in source.export_expansions():
         target.remember_expansion(key, value)
@@ -64,11 +62,10 @@ def _copy(source: Index, target: Index, report: TransferReport, progress: Progre
     count(0, len(docs))
     for start in range(0, len(docs), BATCH):
         part = docs[start : start + BATCH]
-        many = getattr(source, "bodies", None)  # milvus: a batch's texts in one round trip
-        texts = many([d.hash for d in part]) if many else {}
+        texts = source.bodies([d.hash for d in part])  # milvus: a batch's texts in one round trip
         with target.transaction():
             target.upsert_documents([(d.collection, d.path, d.title, d.hash,
-                                      texts[d.hash] if d.hash in texts else source.body(d.hash), d.size, d.mtime_ns)
+                                      texts[d.hash], d.size, d.mtime_ns)
                                      for d in part])
         report.documents += len(part)
         count(report.documents, len(docs))

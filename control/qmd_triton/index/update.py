@@ -5,7 +5,7 @@ Every selected file is read first and all changes are applied in one transaction
 nothing; on milvus, which has no transactions, the next update completes a failed one).
 
 Example:
-    >>> report = update(store, config.list(), warn=print)
+    >>> report = update(index, config.list(), warn=print)
     >>> report.added
     12
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import Collection
+from qmd_triton.index.interface import Index
 from qmd_triton.progress import Progress, Warn, silent
 from qmd_triton.system.files import sha256_text
 from qmd_triton.text.markdown import SkippedFile, read_document, title_of
@@ -79,7 +79,7 @@ def run_update_cmd(collection: Collection, warn: Warn = silent, progress: Progre
     return True
 
 
-def update(store: Index, collections: Sequence[Collection], *, force: bool = False, run_commands: bool = True,
+def update(index: Index, collections: Sequence[Collection], *, force: bool = False, run_commands: bool = True,
            warn: Warn = silent, progress: Progress = silent) -> UpdateReport:
     """Scans collections and records added, changed and removed documents in one transaction.
 
@@ -90,14 +90,14 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
             raise InputError(f"collection {c.name}: path {c.path} does not exist or is not a directory")
     report = UpdateReport()
     plans = []
-    retitle = store.meta(TITLE_RULE_KEY) != TITLE_RULE
-    if retitle and store.collection_names():
+    retitle = index.meta(TITLE_RULE_KEY) != TITLE_RULE
+    if retitle and index.collection_names():
         progress("titles are read by a newer rule: reading every file again")
     for c in collections:
         if c.update_cmd and run_commands:
             run_update_cmd(c, warn, progress)
         progress(f"scanning {c.name} ({c.path})")
-        known = {d.path: d for d in store.documents(c.name)}
+        known = {d.path: d for d in index.documents(c.name)}
         seen: dict[str, _Change | None] = {}
         stats = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "skipped": 0, "excluded": 0}
         scan = c.scan()
@@ -141,23 +141,23 @@ def update(store: Index, collections: Sequence[Collection], *, force: bool = Fal
         report.collections[c.name] = stats
         for key in ("added", "changed", "removed", "unchanged"):
             setattr(report, key, getattr(report, key) + stats[key])
-    with store.transaction():
+    with index.transaction():
         for c, known, seen, removed in plans:
             writes = []
             for rel, item in seen.items():
                 if item is None:
                     continue
                 if item.kind == "touch":
-                    store.touch_document(known[rel].id, item.size, item.mtime_ns)
+                    index.touch_document(known[rel].id, item.size, item.mtime_ns)
                 else:
                     writes.append((c.name, rel, item.title, content_hash(item.text), item.text, item.size,
                                    item.mtime_ns))
-            store.upsert_documents(writes)
-            store.delete_documents(removed)
-        store.collect_garbage()
+            index.upsert_documents(writes)
+            index.delete_documents(removed)
+        index.collect_garbage()
         now = time.time()
         for c, *_ in plans:
-            store.mark_updated(c.name, now)
-        if retitle and set(store.collection_names()) <= {c.name for c in collections}:
-            store.set_meta(TITLE_RULE_KEY, TITLE_RULE)
+            index.mark_updated(c.name, now)
+        if retitle and set(index.collection_names()) <= {c.name for c in collections}:
+            index.set_meta(TITLE_RULE_KEY, TITLE_RULE)
     return report

@@ -8,7 +8,7 @@ The first batch names every collection, once the watch is in place (index then, 
 
 Example:
     >>> for changed in watch_changes(config.list(), debounce_ms=1000, stop=stop_event):
-    ...     update(store, [c for c in collections if c.name in changed])
+    ...     update(index, [c for c in collections if c.name in changed])
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 
 from qmd_triton.contracts import MODEL_SPECS
 from qmd_triton.errors import QmdError
-from qmd_triton.index.backend import exists, index_config, open_index
 from qmd_triton.index.collections import CollectionConfig
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import exists, open_index
 from qmd_triton.serving.health import PROBE_MODELS, probe
 from qmd_triton.serving.server import ADMIN_HEADER
 from qmd_triton.settings import Settings
@@ -72,9 +73,9 @@ class QmdCollector:
             log.warning("cannot reach the index: %s", e)
         if present:
             try:
-                with open_index(config, readonly=True) as store:
-                    counts = self._counts(config.backend, store)
-                    updated = store.last_updates()
+                with open_index(config, readonly=True) as index:
+                    counts = self._counts(config.backend, index)
+                    updated = index.last_updates()
                 for name, c in sorted(counts["collections"].items()):
                     docs.add_metric([name], c["documents"])
                     chunks.add_metric([name], c["chunks"])
@@ -101,15 +102,15 @@ class QmdCollector:
 
     COUNTS_TTL_S = 60.0
 
-    def _counts(self, backend: str, store) -> dict:
+    def _counts(self, backend: str, index) -> dict:
         """The index's counts: SQLite's every scrape; Milvus's at most once a minute (counting reads every
         chunk row there, seconds at a million chunks)."""
         if backend == "sqlite":
-            return store.counts()
+            return index.counts()
         cached = getattr(self, "_cached_counts", None)
         if cached is not None and time.monotonic() - cached[0] < self.COUNTS_TTL_S:
             return cached[1]
-        counts = store.counts()
+        counts = index.counts()
         self._cached_counts = (time.monotonic(), counts)
         return counts
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qmd_triton.errors import ArtifactMissing, ConfigError
-from qmd_triton.index.backend import Index
+from qmd_triton.index.interface import Index
 from qmd_triton.search.coverage import ModelLanguages
 from qmd_triton.search.options import SearchOptions
 from qmd_triton.text.terms import parse_query, query_terms, without_exclusions
@@ -383,7 +383,7 @@ def cache_key(engine: str, query: str, intent: str = "") -> str:
 
 
 def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, engine_id: str = "",
-                   strong: Callable[[], bool] = lambda: False, store: Index | None = None,
+                   strong: Callable[[], bool] = lambda: False, index: Index | None = None,
                    languages: ModelLanguages | None = None, by_default: bool = True) -> Expansion:
     """The expansion a ``query`` request uses: the caller's typed searches, none, the cache, or the LLM.
 
@@ -412,8 +412,8 @@ def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, en
         return Expansion(status="strong-bm25")
     positive = without_exclusions(query)
     key = cache_key(engine_id, positive, options.intent)
-    if store is not None:
-        hit = store.cached_expansion(key)
+    if index is not None:
+        hit = index.cached_expansion(key)
         if hit is not None:
             return Expansion(lex=hit["lex"], vec=hit["vec"], hyde=hit["hyde"], status="cached")
     result = expander.expand(positive, options.intent)
@@ -421,6 +421,6 @@ def plan_expansion(query: str, options: SearchOptions, expander: Expander, *, en
     if excluded:
         for bucket in (result.lex, result.vec, result.hyde):
             bucket[:] = [line for line in bucket if not excluded & set(query_terms(line))]
-    if store is not None and result.status in CACHED_STATUSES:
-        store.remember_expansion(key, {"lex": result.lex, "vec": result.vec, "hyde": result.hyde})
+    if index is not None and result.status in CACHED_STATUSES:
+        index.remember_expansion(key, {"lex": result.lex, "vec": result.vec, "hyde": result.hyde})
     return result

@@ -7,7 +7,7 @@ the reranker.
 
 Example:
     >>> plan = Plan(query="dynamic batching", mode="query", lex=["triton batcher"], vec=[], hyde=[])
-    >>> cands = hybrid_candidates(store, vectors, plan, embeddings)
+    >>> cands = hybrid_candidates(index, plan, embeddings)
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from qmd_triton.errors import InputError, parse_json_input
-from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.store import DocRow
+from qmd_triton.index.interface import Index
+from qmd_triton.index.rows import DocRow
 from qmd_triton.search.coverage import ModelLanguages, stage
 from qmd_triton.search.fusion import (
     EXPANSION_WEIGHT,
@@ -35,7 +35,7 @@ from qmd_triton.search.fusion import (
 )
 from qmd_triton.search.lexical import known_collections, normalize_bm25, snippet_for, snippet_terms
 from qmd_triton.search.options import Hit, SearchOptions, annotate
-from qmd_triton.search.vectors import MilvusVectors, VectorIndex
+from qmd_triton.search.vectors import VectorSearch
 from qmd_triton.text.markdown import reader_view
 from qmd_triton.text.terms import has_cjk, parse_query, query_terms, without_exclusions
 
@@ -134,7 +134,7 @@ def clamp_candidates(options: SearchOptions) -> int:
     return max(min(options.candidates, MAX_CANDIDATES), min(options.n, MAX_CANDIDATES))
 
 
-def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequence[Any] | None = None
+def _best_chunk(index: Index, doc: DocRow, terms: Sequence[str], chunks: Sequence[Any] | None = None
                 ) -> tuple[int, str, int]:
     """The chunk with the most query-term overlap (first on ties), or the start of what a reader sees of the body
     (not chunked yet); with the document's length in tokens (its chunks', 0 when unknown).
@@ -142,9 +142,9 @@ def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequenc
     Measured against a window chosen over all chunks by IDF-weighted terms, the chunk nearest the query's vector,
     and both with the page title and heading path before them (perf/quality_lab.py, docs/search.md "Quality"):
     none did better on every set."""
-    chunks = store.chunks_of(doc.hash) if chunks is None else chunks
+    chunks = index.chunks_of(doc.hash) if chunks is None else chunks
     if not chunks:
-        body = reader_view(store.body(doc.hash))
+        body = reader_view(index.body(doc.hash))
         start = len(body) - len(body.lstrip())
         return 1 + body.count("\n", 0, start), body[start : start + PASSAGE_CHARS], 0
     stems = [t[:5] if not has_cjk(t) and len(t) > 5 else t for t in terms]
@@ -157,7 +157,7 @@ def _best_chunk(store: Index, doc: DocRow, terms: Sequence[str], chunks: Sequenc
     return best.start_line, best.text[:PASSAGE_CHARS], sum(c.tokens for c in chunks)
 
 
-def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: Plan, embeddings: np.ndarray,
+def hybrid_candidates(index: Index, plan: Plan, embeddings: np.ndarray,
                       contexts: ContextMap | None = None, embedder: ModelLanguages | None = None) -> list[Candidate]:
     """BM25 and vector lists for every query of the plan, fused by RRF, best first.
 
@@ -166,7 +166,7 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     """
     options = plan.search_options
     if options.collections:
-        options.check_collections(known_collections(store))
+        options.check_collections(known_collections(index))
     texts = plan.vec_texts()
     if len(embeddings) != len(texts):
         raise InputError(f"{len(texts)} vector queries but {len(embeddings)} embeddings")
@@ -174,10 +174,10 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     lists: list[RankedList] = []
     docs: dict[str, DocRow] = {}
     original = parse_query(plan.query)
-    excluded = store.matching(original.exclude)
+    excluded = index.matching(original.exclude)
     for i, lex in enumerate([plan.query, *plan.lex]):
         parsed = original if i == 0 else parse_query(lex)
-        rows = store.bm25(parsed.terms, TOP_PER_LIST, cols, original.exclude + parsed.exclude)
+        rows = index.bm25(parsed.terms, TOP_PER_LIST, cols, original.exclude + parsed.exclude)
         for doc, _ in rows:
             docs[str(doc.id)] = doc
         source = "bm25:original" if i == 0 else f"bm25:lex{i}"
@@ -194,6 +194,7 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
         why = embedder.why_not(texts[names.index(unread[0])]) if embedder else ""
         plan.stages["vectors"] = stage("bypassed" if len(unread) == len(names) else "partial",
                                        why if len(unread) == len(names) else f"left out {', '.join(unread)}: {why}")
+    vectors = VectorSearch(index)
     for name, emb in zip(names, embeddings):
         if name in unread:
             continue
@@ -206,24 +207,22 @@ def hybrid_candidates(store: Index, vectors: VectorIndex | MilvusVectors, plan: 
     top = max_rrf(lists)
     terms = plan.terms()
     out = []
-    # milvus: every candidate's chunks in one round trip; sqlite reads them per candidate (no change there)
-    many = getattr(store, "chunks_of_many", None)
-    prefetched = many([docs[f.key].hash for f in fused]) if many else {}
+    prefetched = index.chunks_of_many([docs[f.key].hash for f in fused])  # milvus: in one round trip
     for rank, f in enumerate(fused, 1):
         doc = docs[f.key]
-        line, passage, tokens = _best_chunk(store, doc, terms, prefetched.get(doc.hash))
+        line, passage, tokens = _best_chunk(index, doc, terms, prefetched.get(doc.hash))
         # The snippet is the best window of the passage the reranker reads.
         offset, snippet = snippet_for(passage, terms)
         hit = Hit(docid=doc.docid, collection=doc.collection, path=doc.path, title=doc.title,
                   score=min(1.0, f.score / top), line=line + offset - 1, snippet=snippet, hash=doc.hash,
-                  body=store.body(doc.hash) if options.full else None)
+                  body=index.body(doc.hash) if options.full else None)
         out.append(Candidate(hit, passage, f.score, rank, dict(f.ranks), tokens))
-    annotate([c.hit for c in out], store, contexts)
+    annotate([c.hit for c in out], index, contexts)
     return out
 
 
-def bm25_probe(store: Index, query: str, options: SearchOptions) -> list[float]:
+def bm25_probe(index: Index, query: str, options: SearchOptions) -> list[float]:
     """Normalized scores of the top two BM25 hits (for the strong-signal shortcut)."""
     parsed = parse_query(query)
-    rows = store.bm25(parsed.terms, 2, options.collections or None, parsed.exclude)
+    rows = index.bm25(parsed.terms, 2, options.collections or None, parsed.exclude)
     return [normalize_bm25(raw) for _, raw in rows]

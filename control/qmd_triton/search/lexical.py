@@ -4,7 +4,7 @@ The CLI's ``search`` and the server's ``qmd_search`` run this same code, so a qu
 answers the same with or without the server.
 
 Example:
-    >>> hits = search_bm25(store, "dynamic batching", SearchOptions(n=5))
+    >>> hits = search_bm25(index, "dynamic batching", SearchOptions(n=5))
     >>> hits[0].path
     'docs/architecture.md'
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qmd_triton.errors import InputError
-from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
+from qmd_triton.index.interface import Index
 from qmd_triton.search.options import SNIPPET_LINES, Hit, SearchOptions, annotate, check_query, clip, hit_of
 from qmd_triton.text.markdown import reader_view
 from qmd_triton.text.terms import LexicalQuery, has_cjk, parse_query
@@ -50,16 +50,16 @@ def snippet_terms(parsed: LexicalQuery) -> list[str]:
     return list(dict.fromkeys(w for t in parsed.terms for w in t.split()))
 
 
-def known_collections(store: Index) -> list[str]:
-    return store.collection_names()
+def known_collections(index: Index) -> list[str]:
+    return index.collection_names()
 
 
-def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions(),
+def search_bm25(index: Index, query: str, options: SearchOptions = SearchOptions(),
                 contexts: ContextMap | None = None) -> list[Hit]:
     """Full-text search: documents matching any query term, ranked by BM25."""
     q = check_query(query)
     if options.collections:
-        options.check_collections(known_collections(store))
+        options.check_collections(known_collections(index))
     parsed = parse_query(q)
     if not parsed.terms:
         raise InputError("the query only excludes (-word); give at least one word to search for" if parsed.exclude
@@ -67,14 +67,13 @@ def search_bm25(store: Index, query: str, options: SearchOptions = SearchOptions
                          "`*` and `%` are not wildcards here); give at least one word")
     terms = snippet_terms(parsed)
     hits = []
-    rows = store.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)
-    # milvus: the page's texts in one round trip; sqlite reads each body where it needs it (no change there)
-    bodies = store.bodies([d.hash for d, _ in rows]) if getattr(store, "bodies", None) else {}
+    rows = index.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)
+    bodies = index.bodies([d.hash for d, _ in rows])  # milvus: the page's texts in one round trip
     for doc, raw in rows:
         score = normalize_bm25(raw)
         if score < options.min_score:
             continue
-        body = bodies[doc.hash] if doc.hash in bodies else store.body(doc.hash)
+        body = bodies[doc.hash]
         line, snippet = snippet_for(reader_view(body), terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
-    return annotate(hits, store, contexts)
+    return annotate(hits, index, contexts)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qmd_triton.errors import InputError, parse_json_input
-from qmd_triton.index.backend import Index
 from qmd_triton.index.collections import ContextMap
-from qmd_triton.index.store import DocRow
+from qmd_triton.index.interface import Index
+from qmd_triton.index.rows import DocRow
 
 MAX_QUERY_BYTES = 16 * 1024
 
@@ -257,9 +257,9 @@ def hit_of(doc: DocRow, score: float, line: int, snippet: str, body: str | None)
                line=line, snippet=snippet, hash=doc.hash, body=body)
 
 
-def annotate(hits: Sequence[Hit], store: Index, contexts: ContextMap | None = None) -> list[Hit]:
+def annotate(hits: Sequence[Hit], index: Index, contexts: ContextMap | None = None) -> list[Hit]:
     """Gives hits their shortest unique ``#docid`` and their contexts (in place; returns them)."""
-    docids = store.unique_docids([h.hash for h in hits if h.hash])
+    docids = index.unique_docids([h.hash for h in hits if h.hash])
     for h in hits:
         if h.hash:
             h.docid = docids[h.hash]

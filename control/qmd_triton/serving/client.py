@@ -234,12 +234,13 @@ def embed_index(settings: Any, *, embedder: Any = None, force: bool = False, bat
                 stop: threading.Event | None = None) -> Any:
     """Chunks and embeds everything pending in the settings' index (through the server by default), with
     ``concurrency`` requests in flight (None: as many as leave the server's embedder room for searches)."""
-    from qmd_triton.index.backend import index_config, open_index
+    from qmd_triton.index.config import index_config
     from qmd_triton.index.embed import embed_pending
+    from qmd_triton.index.factory import open_index
 
     embedder = embedder or TritonEmbedder(settings)
     if concurrency is None:
         concurrency = embedder.in_flight() if hasattr(embedder, "in_flight") else BULK_IN_FLIGHT
-    with open_index(index_config(settings.home)) as store:
-        return embed_pending(store, embedder.setup(), lambda: embedder.embed, force=force, batch_size=batch_size,
+    with open_index(index_config(settings.home)) as index:
+        return embed_pending(index, embedder.setup(), lambda: embedder.embed, force=force, batch_size=batch_size,
                              concurrency=concurrency, progress=progress, stop=stop)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qmd_triton.errors import ServerError
-from qmd_triton.index.backend import IndexConfig
+from qmd_triton.index.config import IndexConfig
 from qmd_triton.progress import Progress, silent
 from qmd_triton.system import procs
 from qmd_triton.system.net import WaitTimeout, free_ports, port_in_use, wait_until

@@ -391,7 +391,7 @@ def ensure_running(settings: Settings, progress: Progress = silent, warn: Progre
 def _start_index(settings: Settings, progress: Progress) -> None:
     """The home's Milvus Lite server, where its index lives there (``index.backend = "milvus"``, no uri): the
     search models reach it through the address it records in ``$QMD_HOME/run/milvus.json``."""
-    from qmd_triton.index.backend import index_config
+    from qmd_triton.index.config import index_config
     from qmd_triton.serving import milvus_lite
 
     milvus_lite.ensure_running(index_config(settings.home), progress)

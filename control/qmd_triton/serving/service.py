@@ -27,8 +27,10 @@ import numpy as np
 from qmd_triton import __version__, contracts
 from qmd_triton.contracts import KIND_DOCUMENT
 from qmd_triton.errors import InputError, QmdError
-from qmd_triton.index.backend import Index, exists, index_config, index_summary, open_index
 from qmd_triton.index.collections import CollectionConfig, ContextMap
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import exists, index_summary, open_index
+from qmd_triton.index.interface import Index
 from qmd_triton.index.refs import fetch, fetch_many
 from qmd_triton.progress import Progress, silent
 from qmd_triton.search.options import Hit, SearchOptions, check_query, typed_query
@@ -154,8 +156,8 @@ class QmdService:
         return open_index(index_config(self.settings.home))
 
     def _get(self, ref: str, start: int | None, count: int | None) -> dict:
-        with self._open() as store:
-            doc = fetch(store, self._collections(), ref, start, count)
+        with self._open() as index:
+            doc = fetch(index, self._collections(), ref, start, count)
         collection, _, path = doc["file"].partition("/")
         context = self._contexts().for_path(collection, path)
         return {**doc, "collection": collection, "path": path, **({"context": context} if context else {})}
@@ -167,8 +169,8 @@ class QmdService:
 
     def _multi_get(self, pattern: str, max_bytes: int, max_lines: int | None,
                    errors: list[str] | None = None) -> list[dict]:
-        with self._open() as store:
-            return fetch_many(store, self._collections(), pattern, max_bytes, max_lines, errors)
+        with self._open() as index:
+            return fetch_many(index, self._collections(), pattern, max_bytes, max_lines, errors)
 
     async def multi_get(self, pattern: str, max_bytes: int = 65536, max_lines: int | None = None) -> list[dict]:
         """Documents by comma-separated globs and references; larger ones than ``max_bytes`` come back as
@@ -186,9 +188,9 @@ class QmdService:
     def _documents(self, limit: int) -> list[dict]:
         if not exists(index_config(self.settings.home)):
             return []
-        with self._open() as store:
-            docs = store.documents()[:limit]
-            docids = store.unique_docids([d.hash for d in docs])
+        with self._open() as index:
+            docs = index.documents()[:limit]
+            docids = index.unique_docids([d.hash for d in docs])
         return [{"file": d.display_path, "title": d.title, "docid": "#" + docids[d.hash], "size": d.size}
                 for d in docs]
 
@@ -254,8 +256,8 @@ class QmdService:
     def _last_updates(self) -> dict[str, float]:
         if not exists(index_config(self.settings.home)):
             return {}
-        with self._open() as store:
-            return store.last_updates()
+        with self._open() as index:
+            return index.last_updates()
 
     async def status(self) -> dict[str, Any]:
         """The index (documents, chunks, share embedded, per collection) and whether Triton is ready; each

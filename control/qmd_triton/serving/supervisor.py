@@ -181,7 +181,7 @@ def revive_index(settings: Settings, log: Progress) -> bool:
     """Restarts the home's Milvus Lite server (index.backend = "milvus" without a uri) when the one recorded
     died; True when it did. The search models reconnect on their next request; nothing acknowledged is lost
     (Milvus Lite replays its write-ahead log at start)."""
-    from qmd_triton.index.backend import index_config
+    from qmd_triton.index.config import index_config
     from qmd_triton.serving import milvus_lite
 
     try:

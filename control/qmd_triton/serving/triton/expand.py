@@ -90,7 +90,7 @@ class TritonPythonModel:
             query, options = read_request(request)
             started = time.monotonic()
             expansion = plan_expansion(query, options, self.expander, engine_id=self.engine_id,
-                                       strong=lambda: self._probe(query, options), store=self._store(),
+                                       strong=lambda: self._probe(query, options), index=self._store(),
                                        languages=self.languages, by_default=self.by_default)
             self.expansions.increment("error" if expansion.status.startswith("error") else expansion.status)
             plan = Plan(

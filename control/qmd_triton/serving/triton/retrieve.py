@@ -38,9 +38,10 @@ from qmd_triton.contracts import (
 )
 from qmd_triton.errors import ArtifactMissing, InputError, QmdError
 from qmd_triton.index.fingerprint import embedding_setup, fingerprint_id, mismatch
+from qmd_triton.index.interface import Index
 from qmd_triton.search.coverage import repository_languages, stage
 from qmd_triton.search.hybrid import Plan, clamp_candidates, hybrid_candidates
-from qmd_triton.search.vectors import MilvusVectors, VectorIndex, vectors_for
+from qmd_triton.search.vectors import VectorSearch
 from qmd_triton.serving.triton import common
 from qmd_triton.text.terms import parse_query
 from qmd_triton.text.tokenization import PairEncoder
@@ -62,21 +63,18 @@ class TritonPythonModel:
         except (QmdError, OSError) as e:
             raise utils.TritonModelException(f"qmd_retrieve cannot read the models' setup: {e}") from None
         self.fingerprint_id = fingerprint_id(self.fingerprint)
-        self.vectors: VectorIndex | MilvusVectors | None = None
         self.languages = repository_languages(repo)
         self.stages = common.Counter("qmd_stages_total", "Stages of qmd_query by outcome: ran, partial, bypassed "
                                      "(the model does not read the language), off", ("stage", "outcome"))
 
-    def _index(self) -> VectorIndex | MilvusVectors:
-        store = self.handle.get()
-        if self.vectors is None or self.vectors.store is not store:
-            self.vectors = vectors_for(store)
-        stored = store.fingerprint()
+    def _index(self) -> Index:
+        index = self.handle.get()
+        stored = index.fingerprint()
         if stored is None:
             raise ArtifactMissing("the index has no vectors yet; run `qmdctl embed`")
         if fingerprint_id(stored) != self.fingerprint_id:
             raise mismatch(stored, self.fingerprint, "this server's model")
-        return self.vectors
+        return index
 
     def _response(self, payload: object, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]):
         utils = common.pb()
@@ -99,12 +97,12 @@ class TritonPythonModel:
                 raise InputError(f"query_embeddings must hold at least one row, got shape {list(embeddings.shape)}")
             if not np.isfinite(embeddings).all():
                 raise InputError("query_embeddings holds values that are not finite (NaN or infinity)")
-            vectors = self._index()
+            index = self._index()
             if plan.mode == "vsearch":
-                hits = vectors.search(embeddings[0], plan.search_options, self.handle.contexts(),
+                hits = VectorSearch(index).search(embeddings[0], plan.search_options, self.handle.contexts(),
                                       parse_query(plan.query).exclude)
                 return self._response([h.to_dict() for h in hits], self.pairs.encode("", ["-"]))
-            cands = hybrid_candidates(vectors.store, vectors, plan, embeddings, self.handle.contexts(),
+            cands = hybrid_candidates(index, plan, embeddings, self.handle.contexts(),
                                       embedder=self.languages["embedding"])
             read, passages = self._rerank_stage(plan, [c.passage for c in cands])
             if read:

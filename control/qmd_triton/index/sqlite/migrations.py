@@ -22,12 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
 
 from qmd_triton.errors import IndexCorrupt
+from qmd_triton.index.rows import text_hash
 from qmd_triton.progress import Progress, silent
 
 SCHEMA_VERSION = 4
@@ -101,11 +101,6 @@ CREATE INDEX chunks_text_hash ON chunks(text_hash);
 CREATE TABLE embeddings (text_hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
 """ + _EXPANSIONS + _VECTOR_LOG
 
-
-
-def text_hash(text: str) -> str:
-    """The key of a chunk's vector: the sha256 of its text (first 32 hex digits)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _v1_to_v2(conn: sqlite3.Connection) -> None:
