@@ -222,8 +222,7 @@ def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, bas
     result = {"set": dataset.name, "kind": dataset.kind, "queries": len(dataset.judged_queries()),
               "documents": dataset.documents, "rows": rows, "per_query": per_query,
               "query_text": {q: dataset.queries[q] for q in dataset.judged_queries()}}
-    if index_config(settings.home).backend != "sqlite":
-        result["backend"] = index_config(settings.home).describe()
+    result["index"] = index_config(settings.home).describe()  # where the scored index lived
     return result
 
 

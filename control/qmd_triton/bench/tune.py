@@ -160,14 +160,10 @@ def apply(repo: Path, model: str, point: dict) -> list[Path]:
 def _share_index(settings: Settings, home: Path) -> None:
     """Points a trial's home at the user's index: the SQLite file (linked), or the same Milvus (its URI; the
     home's own Milvus Lite is started when that is where the index lives)."""
-    from qmd_triton.index.config import index_config, write_index_table
+    from qmd_triton.index.config import index_config
     from qmd_triton.serving import milvus_lite
 
     config = index_config(settings.home)
-    home.mkdir(parents=True, exist_ok=True)
-    if config.backend == "sqlite":
-        if config.sqlite_path.exists():
-            (home / "index.sqlite").symlink_to(config.sqlite_path.resolve())
-        return
-    milvus_lite.ensure_running(config)
-    write_index_table(home, backend="milvus", uri=config.resolved_uri(), token=config.token, prefix=config.prefix)
+    if config.local:
+        milvus_lite.ensure_running(config)
+    config.share_with(home)

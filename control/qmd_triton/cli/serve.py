@@ -10,8 +10,7 @@ import click
 from qmd_triton.cli.common import State, emit_json, pass_state, server_options, server_settings
 from qmd_triton.errors import IndexCorrupt, IndexUnavailable, QmdError
 from qmd_triton.index.config import index_config
-from qmd_triton.index.factory import index_summary
-from qmd_triton.index.sqlite.connection import header_problem
+from qmd_triton.index.factory import index_problem, index_summary
 from qmd_triton.serving import server
 from qmd_triton.serving.health import PROBE_MODELS
 
@@ -227,8 +226,8 @@ def health(state: State, url: str | None, models: tuple[str, ...], timeout: floa
     base = f"http://{url or settings.http_url}"
     problems = probe_all(base, models or PROBE_MODELS, timeout=timeout)
     config = index_config(settings.home)
-    if url is None and config.backend == "sqlite":  # this home's own server reads this file
-        problem = header_problem(config.sqlite_path)
+    if url is None:  # this home's own server reads this index
+        problem = index_problem(config)
         if problem:
             problems["index"] = problem
     if problems:

@@ -102,6 +102,16 @@ class IndexConfig:
         where = self.uri or f"local Milvus Lite ({self.local_data})"
         return f"milvus {where}, collections {self.prefix}_*"
 
+    def share_with(self, home: Path) -> None:
+        """Lets another home read this index (a ``qmdctl tune`` trial): the SQLite file linked into it, or the
+        same Milvus named in its config.toml (start the local Milvus Lite first: :attr:`local`)."""
+        home.mkdir(parents=True, exist_ok=True)
+        if self.backend == "sqlite":
+            if self.sqlite_path.exists():
+                (home / INDEX_FILE).symlink_to(self.sqlite_path.resolve())
+            return
+        write_index_table(home, backend="milvus", uri=self.resolved_uri(), token=self.token, prefix=self.prefix)
+
     def with_(self, **changes: Any) -> IndexConfig:
         return replace(self, **changes)
 

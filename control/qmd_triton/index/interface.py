@@ -40,6 +40,8 @@ class Index(ABC):
     ``milvus``: :class:`qmd_triton.index.milvus.index.MilvusIndex`)."""
 
     backend: ClassVar[str]  # the backend's name in config.toml's [index] table
+    # whether counts() is cheap enough to call on every metrics scrape (Milvus counts every chunk row)
+    cheap_counts: ClassVar[bool] = True
 
     # lifetime and writes
     @abstractmethod

@@ -30,6 +30,7 @@ from qmd_triton.errors import QmdError
 from qmd_triton.index.collections import CollectionConfig
 from qmd_triton.index.config import index_config
 from qmd_triton.index.factory import exists, open_index
+from qmd_triton.index.interface import Index
 from qmd_triton.serving.health import PROBE_MODELS, probe
 from qmd_triton.serving.server import ADMIN_HEADER
 from qmd_triton.settings import Settings
@@ -74,7 +75,7 @@ class QmdCollector:
         if present:
             try:
                 with open_index(config, readonly=True) as index:
-                    counts = self._counts(config.backend, index)
+                    counts = self._counts(index)
                     updated = index.last_updates()
                 for name, c in sorted(counts["collections"].items()):
                     docs.add_metric([name], c["documents"])
@@ -102,10 +103,10 @@ class QmdCollector:
 
     COUNTS_TTL_S = 60.0
 
-    def _counts(self, backend: str, index) -> dict:
-        """The index's counts: SQLite's every scrape; Milvus's at most once a minute (counting reads every
-        chunk row there, seconds at a million chunks)."""
-        if backend == "sqlite":
+    def _counts(self, index: Index) -> dict:
+        """The index's counts: every scrape where counting is cheap (SQLite); else at most once a minute
+        (Milvus, where counting reads every chunk row: seconds at a million chunks)."""
+        if index.cheap_counts:
             return index.counts()
         cached = getattr(self, "_cached_counts", None)
         if cached is not None and time.monotonic() - cached[0] < self.COUNTS_TTL_S:

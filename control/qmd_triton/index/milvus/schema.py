@@ -29,7 +29,7 @@ TEXT_MAX = 65_535
 PATH_MAX = 8192
 
 
-DOCID_MIN = 6  # a docid's shortest prefix of the content hash (index.store.docid_of)
+DOCID_MIN = 6  # a docid's shortest prefix of the content hash (index.rows.docid_of)
 
 
 TITLE_MAX = 2048

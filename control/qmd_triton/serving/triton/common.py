@@ -55,7 +55,7 @@ def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
 def served_index(config: dict[str, Any]) -> Any:
     """The index a search model reads: the ``index_path`` parameter's SQLite file when it names one, else the
     index of ``$QMD_HOME`` on the backend its ``[index]`` table (or ``QMD_INDEX_BACKEND``, ``QMD_MILVUS_URI``)
-    chooses; a :class:`qmd_triton.index.backend.ServedIndex`."""
+    chooses; a :class:`qmd_triton.index.factory.ServedIndex`."""
     from qmd_triton.index.config import IndexConfig, index_config
     from qmd_triton.index.factory import ServedIndex
     from qmd_triton.settings import default_home
