@@ -30,13 +30,13 @@ def test_every_package_folder_is_listed():
 
 
 def test_the_import_path_is_the_folder_path():
-    """A reader follows `qmd_triton.index.store` to control/qmd_triton/index/store.py: no links, and only
+    """A reader follows `qmd_triton.index.sqlite.index` to control/qmd_triton/index/sqlite/index.py: no links, and only
     data folders (no Python code) are mapped from elsewhere."""
-    import qmd_triton.index.store
+    import qmd_triton.index.sqlite.index
 
     source = ROOT / "control"
     assert [p for p in source.rglob("*") if p.is_symlink()] == []
-    assert Path(qmd_triton.index.store.__file__).resolve() == source / "qmd_triton" / "index" / "store.py"
+    assert Path(qmd_triton.index.sqlite.index.__file__).resolve() == source / "qmd_triton" / "index" / "sqlite" / "index.py"
     for name, folder in package_dirs().items():
         if name:
             assert not list(folder.rglob("*.py")) or all(p.name == "model.py" for p in folder.rglob("*.py")), name
