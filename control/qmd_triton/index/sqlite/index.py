@@ -1,4 +1,4 @@
-"""The index: one SQLite file with documents, content, chunks, FTS5 and vectors.
+"""The sqlite backend's :class:`SqliteIndex`: one SQLite file with documents, content, chunks, FTS5 and vectors.
 
 Writers change the index inside one transaction per operation (WAL mode), so a
 reader — the CLI or the server's ``qmd_search`` / ``qmd_retrieve`` — sees either
@@ -7,9 +7,10 @@ per hash; chunks and vectors hang off the content hash, so identical files share
 them and a rename costs nothing to re-embed.
 
 Example:
-    >>> store = SqliteIndex.open(Path("~/.local/share/qmd-triton/index.sqlite").expanduser())
-    >>> store.counts()["documents"]
-    42"""
+    >>> index = SqliteIndex.open(Path("~/.local/share/qmd-triton/index.sqlite").expanduser())
+    >>> index.counts()["documents"]
+    42
+"""
 
 from __future__ import annotations
 

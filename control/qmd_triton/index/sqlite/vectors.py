@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qmd_triton.errors import (
-    InputError,
-)
+from qmd_triton.errors import InputError
 from qmd_triton.index.interface import Nearest
 from qmd_triton.index.rows import ChunkRow
 
