@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.ops.prometheus import QmdCollector
-from qmd_triton.serving import health, server
+from qmd_triton.serving import health, server, supervisor_daemon, tritonserver
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 
@@ -126,13 +126,13 @@ def served(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     assert up.exit_code == 0, up.output
     try:
         assert qmd(settings, "embed").exit_code == 0
-        assert server.supervisor_state(settings) is not None
+        assert supervisor_daemon.supervisor_state(settings) is not None
         EXPECTED["stubs"] = stub_counts(settings)
         TMP["root"] = tmp_path_factory.getbasetemp()
         yield settings
     finally:
         state = server.read_state(settings)
-        supervisor = server.supervisor_state(settings)
+        supervisor = supervisor_daemon.supervisor_state(settings)
         members = state.members() if state else []
         down = qmd(settings, "down")
         assert down.exit_code == 0, down.output
@@ -144,13 +144,13 @@ def served(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def supervised(served: Settings) -> Settings:
     """The server with its supervisor running and every pipeline answering."""
-    server.start_supervisor(served)
+    supervisor_daemon.start_supervisor(served)
     wait_good(served, time.monotonic())
     return served
 
 
 def test_a_dead_backend_is_named_by_status_health_and_the_exporter_while_triton_says_ready(served: Settings):
-    server.stop_supervisor(served)  # so that nothing heals it while we look
+    supervisor_daemon.stop_supervisor(served)  # so that nothing heals it while we look
     [victim, _] = stubs_of(served, "qmd_search")
     os.kill(victim, signal.SIGKILL)  # a stub of this module's own server
     killed = time.monotonic()
@@ -176,7 +176,7 @@ def test_a_dead_backend_is_named_by_status_health_and_the_exporter_while_triton_
     assert min(v["qmd_search"] for v in scrapes) == 0.0  # one probe per scrape: the dead instance every other one
     assert all(v["qmd_vsearch"] == 1.0 for v in scrapes)
 
-    server.start_supervisor(served)  # the supervisor finds it and reloads the model
+    supervisor_daemon.start_supervisor(served)  # the supervisor finds it and reloads the model
     record("qmd_search stub SIGKILL, supervisor started afterwards", wait_good(served, killed), TMP["root"])
     assert qmd(served, "status").exit_code == 0
     assert stub_counts(served) == EXPECTED["stubs"]
@@ -199,7 +199,7 @@ def test_a_dead_backend_is_reloaded_and_answers_within_30_seconds(supervised: Se
     assert seconds <= RECOVERY_BOUND_S
     assert stub_counts(supervised) == EXPECTED["stubs"]  # no stub of the old instances left behind
     assert victims[0] not in stubs_of(supervised, model)
-    log = (supervised.run_dir / server.SUPERVISOR_LOG).read_text()
+    log = (supervised.run_dir / supervisor_daemon.SUPERVISOR_LOG).read_text()
     assert f"{model}: 1 of {EXPECTED['stubs'][model]} backend process" in log
     assert qmd(supervised, "status").exit_code == 0
 
@@ -229,7 +229,7 @@ def test_up_while_the_supervisor_brings_a_killed_server_back_waits_for_it(superv
     assert "down" not in up.output
     new = server.read_state(supervised)
     assert new.pid != state.pid and procs.is_running(new.owned)
-    assert server.supervisor_state(supervised) is not None  # still kept up
+    assert supervisor_daemon.supervisor_state(supervised) is not None  # still kept up
     wait_good(supervised, time.monotonic())
     again = qmd(supervised, "up")  # a server that runs and answers: up says so, as before
     assert again.exit_code == 1 and "a qmd-triton server is already running" in again.output
@@ -573,16 +573,16 @@ def test_a_2mb_text_without_spaces_is_embedded_like_any_text(supervised: Setting
 def test_the_container_entry_point_reloads_a_dead_backend_and_passes_sigterm_on(exported_repo: Path, tmp_path: Path):
     """`qmdctl supervise -- tritonserver ...`, as compose and Kubernetes run it (here with the local binary)."""
     settings = make_settings(tmp_path / "home", exported_repo)
-    backends = server.assemble_backends(tmp_path / "backends")
+    backends = tritonserver.assemble_backends(tmp_path / "backends")
     key = "container-key"
-    binary = str(server.pytriton_dir() / "bin" / "tritonserver")
+    binary = str(tritonserver.pytriton_dir() / "bin" / "tritonserver")
     command = [binary, f"--model-repository={exported_repo}", f"--backend-directory={backends}",
                f"--http-address={settings.host}", f"--http-port={settings.http_port}",
                f"--grpc-address={settings.host}", f"--grpc-port={settings.grpc_port}",
                f"--metrics-address={settings.host}", f"--metrics-port={settings.metrics_port}",
                "--strict-readiness=true", "--disable-auto-complete-config", "--model-control-mode=explicit",
                "--load-model=*", *server.restricted_api_flags(key)]
-    env = {**server.server_environment(settings), "QMD_ADMIN_KEY": key}
+    env = {**tritonserver.server_environment(settings), "QMD_ADMIN_KEY": key}
     entry = subprocess.Popen([sys.executable, "-c", "from qmd_triton.cli import main; main()", "supervise", "--",
                               *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from qmd_triton import contracts
 from qmd_triton.cli import cli
-from qmd_triton.serving import server
+from qmd_triton.serving import probes, server
 from qmd_triton.settings import Settings
 
 from ..conftest import Started, free_ports, make_settings
@@ -49,7 +49,7 @@ def test_up_fails_with_one_line_when_server_already_runs(triton: Settings, start
     assert error_line(result).startswith("Error: a qmd-triton server is already running (pid ")
     assert started.procs == []  # nothing was launched
     assert server.server_pids(server.read_state(triton)) == members
-    assert server.status(triton).ready
+    assert probes.status(triton).ready
 
 
 def test_up_fails_with_one_line_when_port_is_taken(exported_repo: Path, tmp_path: Path, started: Started):
@@ -99,7 +99,7 @@ def test_down_stops_only_the_server_it_started(triton: Settings, tmp_path: Path)
     result = run(other, "down")
     assert result.exit_code == 1
     assert error_line(result).startswith("Error: no server started by qmdctl is recorded in")
-    assert server.status(triton).ready
+    assert probes.status(triton).ready
 
 
 def test_up_then_down_leaves_no_process(exported_repo: Path, tmp_path: Path, started: Started):

@@ -289,7 +289,7 @@ def test_mcp_http_refuses_to_start_beyond_loopback_without_a_token(indexed: Sett
 
 
 def test_stdio_server_starts_the_local_triton_when_none_answers(exported_repo: Path, tmp_path: Path):
-    from qmd_triton.serving import server
+    from qmd_triton.serving import probes, server
 
     from ..conftest import make_settings
 
@@ -298,7 +298,7 @@ def test_stdio_server_starts_the_local_triton_when_none_answers(exported_repo: P
     shutil.copytree(ASSETS / "notes", notes)
     qmd(settings, "collection", "add", str(notes), "--name", "fresh")
     qmd(settings, "update")
-    assert not server.status(settings).live
+    assert not probes.status(settings).live
     params = StdioServerParameters(command=QMDCTL, args=["mcp"], env=door_env(settings))
 
     async def run():
@@ -310,7 +310,7 @@ def test_stdio_server_starts_the_local_triton_when_none_answers(exported_repo: P
         result = asyncio.run(run())
         assert not result.is_error, result.content
         assert result.structured_content["results"][0]["file"] == "fresh/recipes.md"
-        assert server.status(settings).managed  # started by the MCP server, recorded in this home
+        assert probes.status(settings).managed  # started by the MCP server, recorded in this home
     finally:
         if server.read_state(settings) is not None:
             server.stop(settings)

@@ -18,7 +18,7 @@ import pytest
 
 from qmd_triton.errors import InferenceError
 from qmd_triton.index.config import index_config, write_index_table
-from qmd_triton.serving import milvus_lite, server
+from qmd_triton.serving import milvus_lite, probes, server
 from qmd_triton.serving.supervisor import revive_index
 from qmd_triton.system import procs
 
@@ -99,7 +99,7 @@ def test_a_killed_milvus_lite_fails_requests_with_one_line_and_comes_back_with_e
         message = str(e.value)
         assert "cannot reach the index in milvus local Milvus Lite" in message and "\n" not in message.strip()
         assert "Traceback" not in message
-    assert server.status(settings).ready  # the models stay loaded; only their requests failed
+    assert probes.status(settings).ready  # the models stay loaded; only their requests failed
     logged: list[str] = []
     assert revive_index(settings, logged.append)  # what the supervisor does every few seconds
     assert any("Milvus Lite (pid" in line and "is gone; restarting it" in line for line in logged)

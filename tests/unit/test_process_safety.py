@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.ops.monitor import MONITOR_FILE
-from qmd_triton.serving import server
+from qmd_triton.serving import server, supervisor_daemon
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 
@@ -106,13 +106,13 @@ def test_down_leaves_a_process_alone_when_the_supervisor_state_is_stale(tmp_path
     settings = Settings.load(tmp_path / "home")
     settings.run_dir.mkdir(parents=True)
     ticks = procs.start_ticks(stranger.pid)
-    (settings.run_dir / server.SUPERVISOR_FILE).write_text(json.dumps(
+    (settings.run_dir / supervisor_daemon.SUPERVISOR_FILE).write_text(json.dumps(
         {"pid": stranger.pid, "binary": "/bin/sleep", "start_ticks": ticks - 1}))
-    assert server.supervisor_state(settings) is None  # not provably ours
+    assert supervisor_daemon.supervisor_state(settings) is None  # not provably ours
     started = time.monotonic()
     result = qmd(settings.home, "down")
     assert time.monotonic() - started < 10
     assert result.exit_code == 1 and "Error: no server started by qmdctl is recorded" in result.output
     time.sleep(0.5)
     assert stranger.poll() is None
-    assert not (settings.run_dir / server.SUPERVISOR_FILE).exists()
+    assert not (settings.run_dir / supervisor_daemon.SUPERVISOR_FILE).exists()

@@ -11,7 +11,7 @@ from qmd_triton.cli.common import State, emit_json, pass_state, server_options, 
 from qmd_triton.errors import IndexCorrupt, IndexUnavailable, QmdError
 from qmd_triton.index.config import index_config
 from qmd_triton.index.factory import index_problem, index_summary
-from qmd_triton.serving import server
+from qmd_triton.serving import probes, server, supervisor_daemon
 from qmd_triton.serving.health import PROBE_MODELS
 
 
@@ -93,7 +93,7 @@ def down(state: State) -> None:
     from qmd_triton.ops.monitor import stop_monitor
 
     settings = state.settings()
-    server.stop_supervisor(settings, progress=state.progress)  # first: it would bring the server back
+    supervisor_daemon.stop_supervisor(settings, progress=state.progress)  # first: it would bring the server back
     stop_monitor(settings, progress=state.progress)
     from qmd_triton.serving import milvus_lite
 
@@ -148,7 +148,7 @@ def status(state: State, as_json: bool, **kwargs: Any) -> None:
     from qmd_triton.search.coverage import repository_languages
 
     settings = server_settings(state, kwargs)
-    st = server.status(settings)
+    st = probes.status(settings)
     config = index_config(settings.home)
     if config.local:
         from qmd_triton.serving import milvus_lite

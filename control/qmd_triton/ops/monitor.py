@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qmd_triton.errors import ServerError
 from qmd_triton.progress import Progress, silent
-from qmd_triton.serving.server import server_environment
+from qmd_triton.serving.tritonserver import server_environment
 from qmd_triton.settings import PACKAGE_DIR, Settings, checkout_path
 from qmd_triton.system import procs
 from qmd_triton.system.net import WaitTimeout, http_ok, port_in_use, wait_until

@@ -133,7 +133,7 @@ class QmdCollector:
     def _models(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from qmd_triton.serving.server import repository_index
+        from qmd_triton.serving.probes import repository_index
 
         family = GaugeMetricFamily("qmd_triton_model_ready", "1 when Triton reports the model READY",
                                    labels=["model", "state"])

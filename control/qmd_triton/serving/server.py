@@ -1,14 +1,15 @@
 """Starts, finds and stops the local tritonserver (the one in the ``nvidia-pytriton`` wheel).
 
-``start`` assembles a backend directory (pytriton's python backend, the stub for
-the running Python, the project's Python-based ``onnxruntime`` backend), checks
-ports and artifacts, launches the server in its own process group on 127.0.0.1,
-records its pid and log file in ``$QMD_HOME/run/server.json`` and waits until it
-is ready. ``stop`` ends only a server whose state file it wrote.
+``start`` assembles a backend directory (``tritonserver.py``: pytriton's python backend, the stub for the
+running Python, the project's Python-based ``onnxruntime`` backend), checks ports and artifacts, launches the
+server in its own process group on 127.0.0.1, records its pid and log file in ``$QMD_HOME/run/server.json``
+and waits until it is ready. ``stop`` ends only a server whose state file it wrote. The supervisor that
+``start`` may launch beside it is ``supervisor_daemon.py``; what ``qmdctl status`` reads from a server is
+``probes.py``.
 
 Example:
     >>> info = start(Settings.load(), progress=print)
-    >>> status(Settings.load()).ready
+    >>> probes.status(Settings.load()).ready
     True
     >>> stop(Settings.load())
 """
@@ -16,28 +17,28 @@ Example:
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
-import sys
-import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qmd_triton.errors import ServerError, ServerUnavailable
+from qmd_triton.errors import ServerError
 from qmd_triton.progress import Progress, silent
-from qmd_triton.serving import daemon, health
 from qmd_triton.serving.repository import require_artifacts
-from qmd_triton.settings import PACKAGE_DIR, Settings
+from qmd_triton.serving.supervisor_daemon import (
+    SUPERVISOR_LOG,
+    start_supervisor,
+    stop_supervisor,
+    supervisor_state,
+)
+from qmd_triton.serving.tritonserver import STUB, assemble_backends, pytriton_dir, server_environment
+from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 from qmd_triton.system.net import WaitTimeout, http_ok, port_in_use, wait_until
 
@@ -54,7 +55,6 @@ ADMIN_HEADER = "admin-key"
 # server), model load/unload, the repository index, log and trace settings.
 RESTRICTED_APIS = "shared-memory,model-repository,logging,trace"
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-STUB = "triton_python_backend_stub"
 _TAIL_LINES = 15
 
 
@@ -107,90 +107,9 @@ class ServerState:
         return out
 
 
-@dataclass
-class ServerStatus:
-    """Liveness and per-model state, as ``qmdctl status`` shows it."""
-
-    url: str
-    live: bool
-    ready: bool
-    managed: bool
-    pid: int | None = None
-    log: str | None = None
-    models: list[dict] = field(default_factory=list)
-    # stage -> outcome -> count since the server started (qmd_stages_total, qmd_expansions_total)
-    stages: dict[str, dict[str, int]] = field(default_factory=dict)
-    # models that Triton calls READY but that do not answer (a dead backend process), each with why
-    problems: dict[str, str] = field(default_factory=dict)
-    supervisor: int | None = None  # pid of the running supervisor
-
-    @property
-    def healthy(self) -> bool:
-        return self.ready and not self.problems
-
-
 def stub_model(args: list[str]) -> str:
     """The model a backend stub serves, from its command line (``<repo>/<model>/<version>/model.py``)."""
     return Path(args[1]).parent.parent.name if len(args) > 1 else ""
-
-
-def pytriton_dir() -> Path:
-    """``<site-packages>/pytriton/tritonserver`` of the installed wheel."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError("tritonserver is not installed; `pip install nvidia-pytriton==0.7.0`")
-    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-    if not (root / "bin" / "tritonserver").is_file():
-        raise ServerError(f"{root}/bin/tritonserver is missing; reinstall nvidia-pytriton")
-    return root
-
-
-def project_backends_dir() -> Path:
-    """The project's Python-based backends shipped inside the package."""
-    return PACKAGE_DIR / "serving" / "backends"
-
-
-def assemble_backends(target: Path) -> Path:
-    """Builds the ``--backend-directory`` for the local server and returns it.
-
-    Rebuilt on every start (cheap: links and one small copy) so that an upgraded
-    wheel or project never leaves a stale stub behind.
-    """
-    root = pytriton_dir()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(f"pytriton ships no python backend stub for Python {version}")
-    if target.exists():
-        shutil.rmtree(target)
-    python = target / "python"
-    python.mkdir(parents=True)
-    # Copies, not links: Triton refuses backend libraries that resolve outside the backend dir.
-    for f in (root / "backends" / "python").iterdir():
-        if f.is_file():
-            shutil.copy2(f, python / f.name)
-    shutil.copy2(stub, python / stub.name)
-    for backend in project_backends_dir().iterdir():
-        if (backend / "model.py").is_file():
-            (target / backend.name).mkdir()
-            shutil.copy2(backend / "model.py", target / backend.name / "model.py")
-    return target
-
-
-def server_environment(settings: Settings | None = None) -> dict[str, str]:
-    """PATH led by this venv's bin (the stub finds site-packages through it) and libpython on LD_LIBRARY_PATH."""
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    # The copied stub loses its RPATH to the wheel's bundled libraries (libcudart, ...).
-    bundled = str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, bundled, env.get("LD_LIBRARY_PATH", "")) if p)
-    env.setdefault("TOKENIZERS_PARALLELISM", "true")
-    if settings is not None:
-        # The search models find the index the way the CLI does: through QMD_HOME.
-        env["QMD_HOME"] = str(settings.home.resolve())
-    return env
 
 
 def read_state(settings: Settings) -> ServerState | None:
@@ -553,37 +472,6 @@ def restart(settings: Settings, progress: Progress = silent) -> ServerState:
                       progress)
 
 
-SUPERVISOR = "supervisor"  # its record run/supervisor.json and its log run/supervisor.log (serving/daemon.py)
-SUPERVISOR_FILE = f"{SUPERVISOR}.json"
-SUPERVISOR_LOG = f"{SUPERVISOR}.log"
-SUPERVISOR_PID_FILE = f"{SUPERVISOR}.pid"
-
-
-def supervisor_state(settings: Settings) -> procs.Owned | None:
-    """The supervisor ``start_supervisor`` recorded, while it is provably running."""
-    return daemon.detached_state(settings, SUPERVISOR)
-
-
-def start_supervisor(settings: Settings, progress: Progress = silent) -> procs.Owned:
-    """Starts ``qmdctl supervise`` for this home in its own process group (unless one runs already) and
-    records it in ``$QMD_HOME/run/supervisor.json``; ``stop`` stops it first."""
-    running = supervisor_state(settings)
-    if running is not None:
-        return running
-    owned = daemon.spawn(settings, SUPERVISOR, ["supervise"], env=server_environment(settings))
-    (settings.run_dir / SUPERVISOR_PID_FILE).write_text(f"{owned.pid}\n")  # systemd's PIDFile=
-    progress(f"supervisor running (pid {owned.pid}, log {daemon.log_path(settings, SUPERVISOR)}): it brings back "
-             "a dead backend or server")
-    return owned
-
-
-def stop_supervisor(settings: Settings, progress: Progress = silent) -> bool:
-    """Stops the recorded supervisor, only while it is provably the one we started; False when none ran."""
-    owned = daemon.stop_detached(settings, SUPERVISOR, progress, label="the supervisor")
-    (settings.run_dir / SUPERVISOR_PID_FILE).unlink(missing_ok=True)
-    return owned is not None
-
-
 def server_pids(state: ServerState) -> list[int]:
     """The running processes of a server we started: tritonserver and its python backend stubs."""
     return state.members()
@@ -603,99 +491,3 @@ def stop(settings: Settings, progress: Progress = silent) -> ServerState:
     _stop_members(state)
     _clear_state(settings)
     return state
-
-
-def status(settings: Settings) -> ServerStatus:
-    """Liveness, readiness and each model's state from the server's HTTP API."""
-    state = read_state(settings)
-    managed = bool(state and procs.is_running(state.owned))
-    host, port = (state.host, state.http_port) if managed and state else (settings.host, settings.http_port)
-    base = f"http://{host}:{port}"
-    result = ServerStatus(
-        url=f"{host}:{port}",
-        live=http_ok(f"{base}/v2/health/live"),
-        ready=http_ok(f"{base}/v2/health/ready"),
-        managed=managed,
-        pid=state.pid if managed and state else None,
-        log=state.log if managed and state else None,
-    )
-    if result.live:
-        headers = admin_headers(settings)
-        try:
-            result.models = repository_index(base, headers=headers)
-        except ModelListRefused:
-            # Another home's server (or one started with another admin key) holds these ports: its searches
-            # still answer, so they are probed; its model list is not this home's to read.
-            result.problems["server"] = (
-                f"the server at {host}:{port} refuses its model list to {settings.home} (HTTP 403): it was started "
-                "from another home or with another admin key, and searches that home's index; set QMD_ADMIN_KEY "
-                "to its key, or give this home other ports (--http-port, --grpc-port, --metrics-port)")
-            result.models = [{"name": m, "version": "", "state": "READY" if result.ready else "UNKNOWN",
-                              "reason": "not listed (HTTP 403)"} for m in health.PROBE_MODELS]
-            headers = {}
-        if managed and state is not None and state.backends:
-            try:
-                expected = health.expected_backends(base, headers, health.stub_backends(state.backends))
-                result.problems.update(health.backend_gaps(expected, state.stubs()))
-            except ServerUnavailable:
-                pass  # the index was just read: a server going away is shown by live/ready
-        ready = tuple(m["name"] for m in result.models if m["state"] == "READY" and m["name"] in health.PROBE_MODELS)
-        for model, why in health.probe_all(base, ready).items():
-            result.problems.setdefault(model, why)
-        metrics_port = state.metrics_port if managed and state else settings.metrics_port
-        result.stages = stage_counts(f"http://{host}:{metrics_port}/metrics")
-    sup = supervisor_state(settings)
-    result.supervisor = sup.pid if sup else None
-    return result
-
-
-_STAGE_LINE = re.compile(r'^qmd_stages_total\{(?=[^}]*stage="([^"]+)")(?=[^}]*outcome="([^"]+)")[^}]*\}\s+([0-9.e+]+)',
-                         re.MULTILINE)
-_EXPANSION_LINE = re.compile(r'^qmd_expansions_total\{[^}]*status="([^"]+)"[^}]*\}\s+([0-9.e+]+)', re.MULTILINE)
-
-
-def stage_counts(metrics_url: str, timeout: float = 5.0) -> dict[str, dict[str, int]]:
-    """How often each stage of ``qmd_query`` ran or was bypassed since the server started, from Triton's /metrics
-    (``qmd_expansions_total{status}``, ``qmd_stages_total{stage,outcome}``); empty when they cannot be read."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=timeout) as r:
-            text = r.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return {}
-    out: dict[str, dict[str, int]] = {}
-    for status, value in _EXPANSION_LINE.findall(text):
-        out.setdefault("expansion", {})[status] = int(float(value))
-    for stage, outcome, value in _STAGE_LINE.findall(text):
-        out.setdefault(stage, {})[outcome] = int(float(value))
-    return out
-
-
-class ModelListRefused(ServerUnavailable):
-    """The server's model-repository API is restricted to another admin key (HTTP 403)."""
-
-
-def repository_index(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> list[dict]:
-    """``POST /v2/repository/index``: name, version, state and reason of every model.
-
-    ``headers`` carries the key of a server started with ``--http-restricted-api=model-repository:KEY=VALUE``.
-    """
-    req = urllib.request.Request(f"{base_url}/v2/repository/index", data=b"{}", method="POST",
-                                 headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            entries = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        if e.code == 403:
-            raise ModelListRefused(f"{base_url} refuses its model index to this key (HTTP 403)") from None
-        raise ServerUnavailable(f"cannot read the model index from {base_url}: {e}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ServerUnavailable(f"cannot read the model index from {base_url}: {e}") from None
-    return [
-        {
-            "name": e.get("name", ""),
-            "version": e.get("version", ""),
-            "state": e.get("state", "UNKNOWN"),
-            "reason": e.get("reason", ""),
-        }
-        for e in sorted(entries, key=lambda e: e.get("name", ""))
-    ]

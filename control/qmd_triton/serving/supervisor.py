@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from qmd_triton.errors import QmdError, ServerError, ServerUnavailable
 from qmd_triton.progress import Progress
-from qmd_triton.serving import health, server
+from qmd_triton.serving import health, probes, server
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 from qmd_triton.system.net import http_ok
@@ -89,7 +89,7 @@ class Watcher:
                 if not http_ok(f"{t.base_url}/v2/health/ready", timeout=5.0):
                     return {}
                 self.expected = health.expected_backends(t.base_url, t.headers, t.backends)
-            ready = {m["name"] for m in server.repository_index(t.base_url, timeout=5.0, headers=t.headers)
+            ready = {m["name"] for m in probes.repository_index(t.base_url, timeout=5.0, headers=t.headers)
                      if m["state"] == "READY"}
         except ServerUnavailable:
             return {}  # busy or going away: the next round sees it

@@ -232,7 +232,7 @@ def _check_python_import(model_py: Path, repo: Path) -> list[Problem]:
         "try:\n"
         "    import triton_python_backend_utils\n"
         "except ImportError:\n"
-        "    from qmd_triton.serving.server import pytriton_dir\n"
+        "    from qmd_triton.serving.tritonserver import pytriton_dir\n"
         "    sys.path.insert(0, str(pytriton_dir() / 'backends' / 'python'))\n"
         "spec = importlib.util.spec_from_file_location('model', sys.argv[1])\n"
         "mod = importlib.util.module_from_spec(spec)\n"
