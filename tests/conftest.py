@@ -58,6 +58,21 @@ def exported_repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every other session fixture is torn down: no /dev/shm region of a server that this session started
+    is left (a region names its server's home, serving/shm.py; the session's homes are under its base temp)."""
+    yield
+    from qmd_triton.serving import shm
+
+    homes = {shm.home_tag(Path(folder)) for folder, _, _ in os.walk(tmp_path_factory.getbasetemp())}
+    start = len(shm.TRITON_PREFIX) + len("qmd_")
+    left = sorted(p.name for p in shm.SHM_DIR.glob(f"{shm.TRITON_PREFIX}qmd_*") if p.name[start:start + 8] in homes)
+    if left:
+        pytest.fail(f"{len(left)} shared-memory region(s) of servers this session started are left in "
+                    f"{shm.SHM_DIR}:\n" + "\n".join(left), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def triton(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """One real tritonserver for the whole session, stopped at the end."""

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 from qmd_triton.ops.prometheus import QmdCollector
-from qmd_triton.serving import health, server, supervisor_daemon, tritonserver
+from qmd_triton.serving import health, server, shm, supervisor_daemon, tritonserver
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 
@@ -139,6 +139,7 @@ def served(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory):
         time.sleep(0.5)
         left = [p for p in members if procs.start_ticks(p) is not None and not procs.is_zombie(p)]
         assert left == [] and (supervisor is None or not procs.is_running(supervisor))
+        assert shm.home_regions(settings.home) == []  # stubs killed and reloaded in this module left theirs
 
 
 @pytest.fixture
@@ -233,6 +234,34 @@ def test_up_while_the_supervisor_brings_a_killed_server_back_waits_for_it(superv
     wait_good(supervised, time.monotonic())
     again = qmd(supervised, "up")  # a server that runs and answers: up says so, as before
     assert again.exit_code == 1 and "a qmd-triton server is already running" in again.output
+
+
+def test_a_killed_server_group_leaves_no_shared_memory_behind(supervised: Settings):
+    """SIGKILL to the server and every stub at once: nothing of it unlinks their /dev/shm regions, qmd does
+    (the supervisor when it restarts the server; `qmdctl up` when it replaces a dead server's record)."""
+    state = server.read_state(supervised)
+    before = shm.regions(state.shm_prefix)
+    assert shm.is_ours(state.shm_prefix) and len(before) >= len(state.stubs()) > 0
+    os.killpg(state.pgid, signal.SIGKILL)  # this module's own server and its stubs
+    wait_good(supervised, time.monotonic())
+    new = server.read_state(supervised)
+    assert new.pid != state.pid and new.shm_prefix != state.shm_prefix
+    assert shm.regions(state.shm_prefix) == []  # unlinked by the supervisor before it restarted the server
+    assert len(shm.regions(new.shm_prefix)) == len(new.stubs())
+    print(f"\nregions of the killed server: {len(before)} before, {len(shm.regions(state.shm_prefix))} after")
+
+    supervisor_daemon.stop_supervisor(supervised)  # nothing brings it back now
+    os.killpg(new.pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while procs.is_running(new.owned) and time.monotonic() < deadline:  # SIGKILL takes effect asynchronously
+        time.sleep(0.05)
+    left = shm.regions(new.shm_prefix)
+    assert left  # what a killed server leaves
+    up = qmd(supervised, "up")
+    assert up.exit_code == 0, up.output
+    assert shm.regions(new.shm_prefix) == []
+    print(f"regions of the second killed server: {len(left)} before `qmdctl up`, 0 after")
+    wait_good(supervised, time.monotonic())
 
 
 def register_region(settings: Settings, region: str, headers: dict[str, str] | None = None) -> tuple[int, str]:

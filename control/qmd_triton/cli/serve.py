@@ -262,7 +262,7 @@ def supervise(state: State, interval_s: float, command: tuple[str, ...]) -> None
     supervisor.install_stop_handlers(stop)
     if command:
         code = supervisor.supervise_child(list(command), stop, log, admin_key=os.environ.get("QMD_ADMIN_KEY", ""),
-                                          interval_s=interval_s)
+                                          interval_s=interval_s, home=state.settings().home)
     else:
         code = supervisor.supervise_local(state.settings(), stop, log, interval_s=interval_s)
     raise SystemExit(code)

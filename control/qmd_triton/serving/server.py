@@ -30,6 +30,7 @@ from pathlib import Path
 
 from qmd_triton.errors import ServerError
 from qmd_triton.progress import Progress, silent
+from qmd_triton.serving import shm
 from qmd_triton.serving.repository import require_artifacts
 from qmd_triton.serving.supervisor_daemon import (
     SUPERVISOR_LOG,
@@ -76,6 +77,7 @@ class ServerState:
     backends: str = ""  # the backend directory its python stubs run from
     # how it was started (log_verbose, cache_bytes, extra_args, startup_timeout_s): a restart repeats it
     options: dict = field(default_factory=dict)
+    shm_prefix: str = ""  # the prefix of its stubs' regions in /dev/shm (serving/shm.py), unlinked once it is gone
 
     @property
     def owned(self) -> procs.Owned:
@@ -326,6 +328,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         )
     if state:
         _stop_members(state, timeout=1)  # stubs orphaned by a server that died (they outlive SIGTERM)
+        _release_regions(state)
         _clear_state(settings)
     ports = {"http": settings.http_port, "grpc": settings.grpc_port, "metrics": settings.metrics_port}
     if len(set(ports.values())) != len(ports):
@@ -344,6 +347,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
     log_path = run / LOG_FILE
     if log_path.exists():
         os.replace(log_path, run / (LOG_FILE + ".1"))
+    prefix = shm.new_prefix(settings.home)
     cmd = [
         binary,
         f"--model-repository={settings.model_repository.resolve()}",
@@ -364,6 +368,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         f"--log-verbose={log_verbose}",
         "--backend-config=python,shm-default-byte-size=4194304",
         "--backend-config=python,shm-growth-byte-size=4194304",
+        *shm.backend_flags(prefix),  # applies to the Python-based onnxruntime backend's stubs too (seen)
         # every model at start, as "none" would; explicit so that the supervisor can reload a model whose
         # backend process died (POST /v2/repository/models/NAME/unload, then /load)
         "--model-control-mode=explicit",
@@ -397,6 +402,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         backends=str(backends),
         options={"log_verbose": log_verbose, "cache_bytes": cache_bytes, "extra_args": list(extra_args),
                  "startup_timeout_s": settings.startup_timeout_s},
+        shm_prefix=prefix,
     )
     _write_state(settings, state)
 
@@ -423,6 +429,7 @@ def _start(settings: Settings, log_verbose: int, cache_bytes: int, extra_args: t
         while procs.group_members(state.pgid) and time.monotonic() < deadline:
             _stop_members(state, timeout=2)
             time.sleep(0.2)
+        _release_regions(state)
         _clear_state(settings)
         reason = str(e)
         if reason.startswith("not ready after"):
@@ -450,6 +457,14 @@ def _stop_members(state: ServerState, timeout: float = 30.0) -> None:
     procs.stop_members(state.members, timeout_s=timeout, leader=state.pid)
 
 
+def _release_regions(state: ServerState) -> int:
+    """Unlinks the server's shared-memory regions once none of its processes is left (a server that exits
+    cleanly unlinks its own; one killed leaves them in /dev/shm for good); how many were left."""
+    if not state.shm_prefix or procs.is_running(state.owned) or state.members():
+        return 0
+    return shm.release(state.shm_prefix)
+
+
 def settings_of(state: ServerState, home: Path) -> Settings:
     """The settings a recorded server was started with (what a restart uses)."""
     return Settings.load(home, model_repository=Path(state.model_repository), host=state.host,
@@ -466,6 +481,7 @@ def restart(settings: Settings, progress: Progress = silent) -> ServerState:
         if state is not None:
             # Orphaned stubs of a dead server outlive SIGTERM and serve nobody: SIGKILL after a second.
             _stop_members(state, timeout=30 if procs.is_running(state.owned) else 1)
+            _release_regions(state)
             _clear_state(settings)
         return _start(settings, int(options.get("log_verbose", 0)),
                       int(options.get("cache_bytes", DEFAULT_CACHE_BYTES)), tuple(options.get("extra_args", ())),
@@ -485,9 +501,11 @@ def stop(settings: Settings, progress: Progress = silent) -> ServerState:
         raise ServerError(f"no server started by qmdctl is recorded in {settings.run_dir / STATE_FILE}")
     if not procs.is_running(state.owned):
         _stop_members(state, timeout=1)  # stubs orphaned by a crashed server: only those provably ours
+        _release_regions(state)
         _clear_state(settings)
         raise ServerError(f"the recorded server (pid {state.pid}) is not running; removed its stale state")
     progress(f"stopping tritonserver (pid {state.pid})")
     _stop_members(state)
+    _release_regions(state)
     _clear_state(settings)
     return state

@@ -34,10 +34,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from qmd_triton.errors import QmdError, ServerError, ServerUnavailable
 from qmd_triton.progress import Progress
-from qmd_triton.serving import health, probes, server
+from qmd_triton.serving import health, probes, server, shm
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
 from qmd_triton.system.net import http_ok
@@ -222,18 +223,26 @@ def _flag(args: list[str], name: str, default: str) -> str:
 
 
 def supervise_child(cmd: list[str], stop: threading.Event, log: Progress, admin_key: str = "",
-                    interval_s: float = CHECK_INTERVAL_S) -> int:
+                    interval_s: float = CHECK_INTERVAL_S, home: Path | None = None) -> int:
     """Runs tritonserver ``cmd`` as a child and keeps its models answering; returns the exit status to use.
 
-    SIGTERM and SIGINT (set ``stop``) are passed on to the server, which then stops its stubs itself.
+    SIGTERM and SIGINT (set ``stop``) are passed on to the server, which then stops its stubs itself. With a
+    ``home`` and no ``shm-region-prefix-name`` in ``cmd``, the server's stubs get a region prefix of their own
+    (``shm.py``), and once the server and its stubs are gone whatever regions they left in /dev/shm are
+    unlinked (a Kubernetes pod keeps its /dev/shm volume across container restarts).
     """
+    prefix = ""
+    if home is not None and not any("shm-region-prefix-name=" in a for a in cmd):
+        prefix = shm.new_prefix(home)
+        cmd = [*cmd, *shm.backend_flags(prefix)]
     proc = subprocess.Popen(cmd, start_new_session=True)
     owned = procs.identify(proc.pid, cmd[0])
     port = int(_flag(cmd, "--http-port", "8000"))
     backends = _flag(cmd, "--backend-directory", NGC_BACKENDS)
     state = server.ServerState(pid=proc.pid, pgid=proc.pid, binary=cmd[0], log="-", host="127.0.0.1",
                                http_port=port, grpc_port=0, metrics_port=0, model_repository="",
-                               started_at=time.time(), start_ticks=owned.start_ticks, backends=backends)
+                               started_at=time.time(), start_ticks=owned.start_ticks, backends=backends,
+                               shm_prefix=prefix)
     target = Target(base_url=f"http://127.0.0.1:{port}",
                     headers={server.ADMIN_HEADER: admin_key} if admin_key else {},
                     backends=health.stub_backends(backends), stubs=state.stubs)
@@ -260,6 +269,12 @@ def supervise_child(cmd: list[str], stop: threading.Event, log: Progress, admin_
             proc.wait()
     final = proc.returncode if code is None else code
     log(f"tritonserver exited with status {proc.returncode}")
+    if prefix:
+        deadline = time.monotonic() + 10  # its stubs notice that their server is gone and exit
+        while state.members() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not state.members() and (left := shm.release(prefix)):
+            log(f"unlinked {left} shared-memory region(s) the server left in /dev/shm")
     return final if final >= 0 else 128 - final
 
 
