@@ -29,6 +29,15 @@ PROJECT_ROOT: Path | None = next((p for p in PACKAGE_DIR.parents[:2] if (p / "py
 PACKAGED_REPOSITORY = PACKAGE_DIR / "model_repository"
 REPOSITORY_DIR = "model_repository"
 
+# Default ports and limits, each defined here once: Settings, the CLI's options and the doors read them.
+TRITON_HTTP_PORT = 8000  # Triton's own defaults
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+API_PORT = 18765  # `qmdctl api`, on QMD-Python's port
+API_MAX_TEXTS = 2048  # texts one /embed, /v1/embeddings or /rerank request may carry
+API_MAX_BODY_BYTES = 16 * 1024 * 1024
+MCP_HTTP_PORT = 8181  # `qmdctl mcp --http`
+
 
 def default_home() -> Path:
     """``$QMD_HOME``, else ``$XDG_DATA_HOME/qmd-triton``, else ``~/.local/share/qmd-triton``."""
@@ -93,9 +102,9 @@ class Settings:
     home: Path
     model_repository: Path
     host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    http_port: int = TRITON_HTTP_PORT
+    grpc_port: int = TRITON_GRPC_PORT
+    metrics_port: int = TRITON_METRICS_PORT
     protocol: str = "http"
     startup_timeout_s: float = 120.0
     request_timeout_s: float = 60.0

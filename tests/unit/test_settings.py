@@ -56,3 +56,27 @@ def test_a_request_slower_than_the_client_timeout_says_so_and_names_the_setting(
                                                      r"up but busy.*request_timeout_s.*QMD_REQUEST_TIMEOUT_S"):
                 client.search("qmd_search", "batching", "")
     listener.close()
+
+
+def test_the_cli_shows_the_default_ports_and_limits_that_the_code_uses(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from qmd_triton import settings
+    from qmd_triton.cli import cli
+
+    def shown(*command: str) -> str:
+        result = CliRunner().invoke(cli, [*command, "--help"], env={"QMD_HOME": str(tmp_path)}, terminal_width=400)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    api, mcp, up = shown("api"), shown("mcp"), shown("up")
+    assert f"Port to listen on. [env var: QMD_API_PORT; default: {settings.API_PORT}]" in api
+    assert f"[default: {settings.API_MAX_TEXTS}" in api.split("--max-texts", 1)[1].split("--max-body-mb")[0]
+    assert f"default: {settings.API_MAX_BODY_BYTES / 2**20}" in api.split("--max-body-mb", 1)[1]
+    assert f"Port to listen on. [env var: QMD_MCP_PORT; default: {settings.MCP_HTTP_PORT}]" in mcp
+    for text in (api, mcp, up):
+        for port in (settings.TRITON_HTTP_PORT, settings.TRITON_GRPC_PORT, settings.TRITON_METRICS_PORT):
+            assert f"[default: {port}]" in text
+    s = Settings.load(tmp_path)
+    assert (s.http_port, s.grpc_port, s.metrics_port) == (settings.TRITON_HTTP_PORT, settings.TRITON_GRPC_PORT,
+                                                          settings.TRITON_METRICS_PORT)

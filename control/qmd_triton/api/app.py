@@ -60,12 +60,10 @@ from qmd_triton.errors import InputError, QmdError
 from qmd_triton.serving import http
 from qmd_triton.serving.http import Guard, GuardMiddleware, error_body, status_of
 from qmd_triton.serving.service import QmdService
+from qmd_triton.settings import API_MAX_BODY_BYTES, API_MAX_TEXTS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 18765
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_TEXTS = 2048
 ROUTES = ("/health", "/embed", "/search", "/vsearch", "/query", "/get", "/multi_get", "/status", "/rerank",
           "/v1/embeddings", "/v1/models", "/metrics", "/docs", "/openapi.json")
 RERANK_TOP_K = 5  # QMD-Python's /rerank default
@@ -181,8 +179,8 @@ class JsonBody:
         await self.app(scope, replay, send)
 
 
-def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_texts: int = DEFAULT_MAX_TEXTS) -> Any:
+def create_app(service: QmdService, guard: Guard, *, max_body_bytes: int = API_MAX_BODY_BYTES,
+               max_texts: int = API_MAX_TEXTS) -> Any:
     """The gateway as an ASGI app: the FastAPI routes behind the guard and the body limit."""
 
     @asynccontextmanager

@@ -16,7 +16,7 @@ from qmd_triton.index.collections import CollectionConfig
 from qmd_triton.index.config import IndexConfig, index_config
 from qmd_triton.index.factory import exists, open_index
 from qmd_triton.index.interface import Index
-from qmd_triton.settings import Settings
+from qmd_triton.settings import TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT, Settings
 
 PERIODIC_S = 10.0  # off a terminal, a counted task reports a line this often
 
@@ -149,11 +149,11 @@ def server_options(f: Callable) -> Callable:
         click.option("--host", envvar="QMD_HOST", show_envvar=True, default=None,
                      help="Address the server binds to. [default: 127.0.0.1]"),
         click.option("--http-port", envvar="QMD_HTTP_PORT", show_envvar=True, type=int, default=None,
-                     help="HTTP port. [default: 8000]"),
+                     help=f"HTTP port. [default: {TRITON_HTTP_PORT}]"),
         click.option("--grpc-port", envvar="QMD_GRPC_PORT", show_envvar=True, type=int, default=None,
-                     help="gRPC port. [default: 8001]"),
+                     help=f"gRPC port. [default: {TRITON_GRPC_PORT}]"),
         click.option("--metrics-port", envvar="QMD_METRICS_PORT", show_envvar=True, type=int, default=None,
-                     help="Metrics port. [default: 8002]"),
+                     help=f"Metrics port. [default: {TRITON_METRICS_PORT}]"),
     ]
     for option in reversed(options):
         f = option(f)

@@ -11,7 +11,16 @@ import click
 from qmd_triton.cli.common import State, pass_state
 from qmd_triton.errors import ServerError
 from qmd_triton.serving.http import TOKEN_ENV, Guard
-from qmd_triton.settings import Settings
+from qmd_triton.settings import (
+    API_MAX_BODY_BYTES,
+    API_MAX_TEXTS,
+    API_PORT,
+    MCP_HTTP_PORT,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    Settings,
+)
 from qmd_triton.system.net import url_host
 
 
@@ -35,11 +44,11 @@ def door_options(default_port: int, env: str, aliases: tuple[str, ...] = ()) -> 
             click.option("--protocol", envvar="QMD_PROTOCOL", show_envvar=True, type=click.Choice(["http", "grpc"]),
                          default=None, help="Protocol to Triton. [default: http]"),
             click.option("--http-port", envvar="QMD_HTTP_PORT", show_envvar=True, type=int, default=None,
-                         help="The local server's HTTP port. [default: 8000]"),
+                         help=f"The local server's HTTP port. [default: {TRITON_HTTP_PORT}]"),
             click.option("--grpc-port", envvar="QMD_GRPC_PORT", show_envvar=True, type=int, default=None,
-                         help="The local server's gRPC port. [default: 8001]"),
+                         help=f"The local server's gRPC port. [default: {TRITON_GRPC_PORT}]"),
             click.option("--metrics-port", envvar="QMD_METRICS_PORT", show_envvar=True, type=int, default=None,
-                         help="The local server's metrics port. [default: 8002]"),
+                         help=f"The local server's metrics port. [default: {TRITON_METRICS_PORT}]"),
             click.option("--allowed-host", "allowed_hosts", multiple=True, envvar=names("ALLOWED_HOSTS"),
                          show_envvar=True, help="A Host header to accept (repeatable; host:* for any port; the "
                                                 "variable: comma- or space-separated). [default: loopback names on "
@@ -88,11 +97,11 @@ def _serve(app: Any, host: str, port: int) -> None:
 
 
 @click.command()
-@door_options(18765, "API")
-@click.option("--max-texts", type=click.IntRange(min=1), default=2048, show_default=True,
+@door_options(API_PORT, "API")
+@click.option("--max-texts", type=click.IntRange(min=1), default=API_MAX_TEXTS, show_default=True,
               help="Texts one /embed, /v1/embeddings or /rerank request may carry (413 beyond).")
-@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0, show_default=True,
-              help="Largest request body in MiB (413 beyond).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=API_MAX_BODY_BYTES / (1024 * 1024),
+              show_default=True, help="Largest request body in MiB (413 beyond).")
 @pass_state
 def api(state: State, max_texts: int, max_body_mb: float, **kwargs: Any) -> None:
     """Serve the HTTP gateway: QMD-Python's JSON endpoints over the Triton models.
@@ -120,7 +129,7 @@ def api(state: State, max_texts: int, max_body_mb: float, **kwargs: Any) -> None
               help="Serve streamable HTTP at /mcp (and /query, /health, /metrics) instead of stdio.")
 @click.option("--daemon", is_flag=True,
               help="With --http: run in the background (log in $QMD_HOME/run/mcp.log); `qmdctl mcp stop` stops it.")
-@door_options(8181, "MCP", aliases=("QMD_HOST", "QMD_ALLOWED_ORIGINS", "QMD_ALLOWED_HOSTS"))
+@door_options(MCP_HTTP_PORT, "MCP", aliases=("QMD_HOST", "QMD_ALLOWED_ORIGINS", "QMD_ALLOWED_HOSTS"))
 @pass_state
 def mcp(state: State, action: str | None, over_http: bool, daemon: bool, **kwargs: Any) -> None:
     """Serve qmd to agents over MCP: tools query, get, multi_get, status (tobi/qmd's), search, vsearch;

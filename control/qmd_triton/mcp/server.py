@@ -53,7 +53,6 @@ from qmd_triton.serving.service import QmdService
 
 URI_SCHEME = "qmd"
 MCP_PATH = "/mcp"
-DEFAULT_HTTP_PORT = 8181
 DEFAULT_MAX_BYTES = 65536  # multi_get skips documents larger than this (tobi/qmd's default)
 RESOURCE_LIMIT = 1000  # documents listed as resources; the template reads any of them
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)

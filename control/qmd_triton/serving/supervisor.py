@@ -39,7 +39,7 @@ from pathlib import Path
 from qmd_triton.errors import QmdError, ServerError, ServerUnavailable
 from qmd_triton.progress import Progress
 from qmd_triton.serving import health, probes, server, shm
-from qmd_triton.settings import Settings
+from qmd_triton.settings import TRITON_HTTP_PORT, Settings
 from qmd_triton.system import procs
 from qmd_triton.system.net import http_ok
 
@@ -237,7 +237,7 @@ def supervise_child(cmd: list[str], stop: threading.Event, log: Progress, admin_
         cmd = [*cmd, *shm.backend_flags(prefix)]
     proc = subprocess.Popen(cmd, start_new_session=True)
     owned = procs.identify(proc.pid, cmd[0])
-    port = int(_flag(cmd, "--http-port", "8000"))
+    port = int(_flag(cmd, "--http-port", str(TRITON_HTTP_PORT)))
     backends = _flag(cmd, "--backend-directory", NGC_BACKENDS)
     state = server.ServerState(pid=proc.pid, pgid=proc.pid, binary=cmd[0], log="-", host="127.0.0.1",
                                http_port=port, grpc_port=0, metrics_port=0, model_repository="",
