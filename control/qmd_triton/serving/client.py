@@ -17,34 +17,33 @@ from typing import Any
 import numpy as np
 
 from qmd_triton import contracts
-from qmd_triton.contracts import (
-    ATTENTION_MASK,
-    EMBEDDING,
-    INPUT_IDS,
-    KIND,
-    KIND_DOCUMENT,
-    OPTIONS,
-    QUERY,
-    RESULTS,
-    TEXT,
-)
-from qmd_triton.errors import InferenceError, InputError, RequestTimeout, ServerUnavailable
+from qmd_triton.contracts import EMBEDDING, KIND_DOCUMENT, RESULTS
 from qmd_triton.progress import Count, uncounted
+from qmd_triton.serving.client_base import (
+    ClientBase,
+    Request,
+    embed_chunks,
+    embed_plan,
+    results_json,
+    run_plan,
+    search_inputs,
+)
 
 
-class QmdClient:
+class QmdClient(ClientBase):
     """Sends requests to one server; batches larger than ``max_batch`` are split."""
 
+    unavailable_hint = "; start one with `qmdctl up`"
+    timeout_hint = (": the server is up but busy, or the request is long; allow more with request_timeout_s under "
+                    "[server] in $QMD_HOME/config.toml, or QMD_REQUEST_TIMEOUT_S")
+
     def __init__(self, url: str, protocol: str = "http", timeout_s: float = 60.0) -> None:
-        if protocol not in ("http", "grpc"):
-            raise InputError(f"protocol must be http or grpc, got {protocol!r}")
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self._setup(url, protocol, timeout_s)
         if protocol == "grpc":
             import tritonclient.grpc as module
         else:
             import tritonclient.http as module
         self._mod = module
-        self._utils = __import__("tritonclient.utils", fromlist=["InferenceServerException"])
         kwargs: dict[str, Any] = {}
         if protocol == "http":
             kwargs = {"connection_timeout": timeout_s, "network_timeout": timeout_s}
@@ -62,17 +61,6 @@ class QmdClient:
         except Exception:  # noqa: BLE001 - closing a dead connection is not an error
             pass
 
-    def _unavailable(self, e: Exception) -> ServerUnavailable:
-        return ServerUnavailable(
-            f"no Triton server answers at {self.url} ({self.protocol}): {_short(e)}; start one with `qmdctl up`"
-        )
-
-    def _timed_out(self, model: str) -> RequestTimeout:
-        return RequestTimeout(
-            f"{model} did not answer within {self.timeout_s:g}s at {self.url} ({self.protocol}): the server is up "
-            "but busy, or the request is long; allow more with request_timeout_s under [server] in "
-            "$QMD_HOME/config.toml, or QMD_REQUEST_TIMEOUT_S")
-
     def is_ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready())
@@ -85,32 +73,21 @@ class QmdClient:
 
         ``priority`` is Triton's schedule-policy priority (1 highest; 0 the model's default level).
         """
-        spec = contracts.model(model)
-        tensors = []
-        for name, array in inputs.items():
-            dtype = next((t.dtype for t in spec.inputs if t.name == name), None)
-            wire = dtype.wire if dtype else self._utils.np_to_triton_dtype(array.dtype)
-            t = self._mod.InferInput(name, list(array.shape), wire)
-            t.set_data_from_numpy(array)
-            tensors.append(t)
-        requested = [self._mod.InferRequestedOutput(n) for n in outputs]
+        tensors, requested = self._tensors(model, inputs, outputs)
+        kwargs: dict[str, Any] = {"priority": priority} if priority else {}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
         try:
-            kwargs: dict[str, Any] = {"priority": priority} if priority else {}
-            if self.protocol == "grpc":
-                kwargs["client_timeout"] = self.timeout_s
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
-        except self._utils.InferenceServerException as e:
-            status = str(e.status() or "")
-            if "DEADLINE_EXCEEDED" in status:
-                raise self._timed_out(model) from None
-            if "UNAVAILABLE" in status or "Connection refused" in str(e) or "StatusCode.UNAVAILABLE" in status:
-                raise self._unavailable(e) from None
-            raise InferenceError(f"{model}: {_short(e)}") from None
-        except TimeoutError:
-            raise self._timed_out(model) from None
-        except (ConnectionError, OSError) as e:
-            raise self._unavailable(e) from None
+        except Exception as e:
+            failure = self._failure(e, model)
+            if failure is None:
+                raise
+            raise failure from None
         return {n: result.as_numpy(n) for n in outputs}
+
+    def _send(self, request: Request) -> dict[str, np.ndarray]:
+        return self.infer(request.model, request.inputs, request.outputs, request.priority)
 
     def embed(self, texts: Sequence[str], kind: str = KIND_DOCUMENT, batch: int = contracts.MAX_BATCH,
               priority: int = 0) -> np.ndarray:
@@ -119,32 +96,13 @@ class QmdClient:
         With a ``priority`` (``BULK_PRIORITY`` for indexing), the texts go to ``qmd_tokenize`` and
         ``qmd_embed_model`` directly, each request carrying it, so interactive searches are scheduled first.
         """
-        if not texts:
-            raise InputError("nothing to embed")
-        parts = []
-        for start in range(0, len(texts), batch):
-            chunk = texts[start : start + batch]
-            column = np.array([t.encode("utf-8") for t in chunk], dtype=np.object_).reshape(-1, 1)
-            if kind == KIND_DOCUMENT and not priority:
-                out = self.infer(contracts.EMBED.name, {TEXT: column}, [EMBEDDING])
-            else:
-                kinds = np.array([kind.encode()] * len(chunk), dtype=np.object_).reshape(-1, 1)
-                tok = self.infer(contracts.TOKENIZE.name, {TEXT: column, KIND: kinds}, [INPUT_IDS, ATTENTION_MASK],
-                                 priority)
-                out = self.infer(contracts.EMBED_MODEL.name, tok, [EMBEDDING], priority)
-            parts.append(out[EMBEDDING])
+        parts = [run_plan(embed_plan(chunk, kind, EMBEDDING, priority), self._send)
+                 for chunk in embed_chunks(texts, batch)]
         return np.concatenate(parts, axis=0)
 
     def search(self, model: str, query: str, options: str) -> list[dict]:
         """Runs a search model (``qmd_search``, ``qmd_vsearch``, ``qmd_query``); returns its hits."""
-        out = self.infer(
-            model,
-            {QUERY: np.array([query.encode("utf-8")], dtype=np.object_),
-             OPTIONS: np.array([options.encode("utf-8")], dtype=np.object_)},
-            [RESULTS],
-        )
-        raw = out[RESULTS].reshape(-1)[0]
-        return json.loads(raw)
+        return json.loads(results_json(self.infer(model, search_inputs(query, options), [RESULTS])))
 
     def model_config(self, model: str) -> dict:
         """The configuration the server runs ``model`` with (after ``qmdctl tune`` or a user's edits)."""
@@ -152,10 +110,11 @@ class QmdClient:
             if self.protocol == "grpc":
                 return self._client.get_model_config(model, as_json=True).get("config", {})
             return self._client.get_model_config(model)
-        except self._utils.InferenceServerException as e:
-            raise InferenceError(_short(e)) from None
-        except (ConnectionError, OSError) as e:
-            raise self._unavailable(e) from None
+        except Exception as e:
+            failure = self._admin_failure(e)
+            if failure is None:
+                raise
+            raise failure from None
 
     def statistics(self, model: str = "") -> dict:
         """Triton's per-model inference statistics as a dict."""
@@ -163,16 +122,11 @@ class QmdClient:
             if self.protocol == "grpc":
                 return self._client.get_inference_statistics(model_name=model, as_json=True)
             return self._client.get_inference_statistics(model_name=model)
-        except self._utils.InferenceServerException as e:
-            raise InferenceError(_short(e)) from None
-        except (ConnectionError, OSError) as e:
-            raise self._unavailable(e) from None
-
-
-def _short(e: Exception) -> str:
-    text = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-    text = (text or type(e).__name__).strip()
-    return text.splitlines()[0][:300]
+        except Exception as e:
+            failure = self._admin_failure(e)
+            if failure is None:
+                raise
+            raise failure from None
 
 
 # Triton priority of bulk embedding (`qmdctl embed`, `watch`): below the default level (1) of interactive
