@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
 import pytest
 
-from qmd_triton.errors import ConfigError
-from qmd_triton.search.expansion import Expander, chatml, make_engine, parse
+from qmd_triton.errors import ArtifactMissing, ConfigError
+from qmd_triton.search.expansion import EngineOptions, Expander, chatml, make_engine, parse
 from qmd_triton.search.fusion import (
     BONUS_FIRST,
     BONUS_TOP3,
@@ -149,12 +150,59 @@ def test_a_slow_engine_is_cut_at_the_deadline_and_what_is_complete_is_used():
     assert e.lex == ["dynamic batching delay"] and e.status == "partial"
 
 
+class CutEngine:
+    """Cut by the deadline in the middle of a line that, complete or not, shares the query's words."""
+
+    name = "cut"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def generate(self, prompt, max_new_tokens, deadline):
+        return self.text, True
+
+
+def test_expansion_drops_the_line_the_deadline_interrupted_when_the_engine_is_cut():
+    e = Expander(CutEngine(" dynamic batching delay\nvec: how does dynamic batch")).expand("dynamic batching")
+    assert e.status == "partial" and e.lex == ["dynamic batching delay"] and e.vec == []
+    e = Expander(CutEngine(" dynamic batch")).expand("dynamic batching")
+    assert e.status == "timeout" and not e.used
+
+
 def test_unknown_or_missing_engines_fail_with_one_message(tmp_path: Path):
     with pytest.raises(ConfigError, match="engine must be one of onnxruntime, vllm, deepspeed, none"):
         make_engine("llamacpp", tmp_path)
-    with pytest.raises(ConfigError, match="engine vllm is not installed"):
-        make_engine("vllm", tmp_path)
+    for engine in ("vllm", "deepspeed"):
+        if importlib.util.find_spec(engine) is None:
+            with pytest.raises(ConfigError, match=f"engine {engine} is not installed"):
+                make_engine(engine, tmp_path)
+        else:  # the engines' venv (make test-engines): the next thing missing is the exported model
+            with pytest.raises(ArtifactMissing, match=r"hf/config.json is missing; run `qmdctl export --expansion-hf`"):
+                make_engine(engine, tmp_path, options=EngineOptions(device="cpu"))
     assert make_engine("none", tmp_path) is None
+
+
+def test_engine_options_keep_the_gpu_defaults_and_read_a_cpu_override_from_the_config():
+    from qmd_triton.serving.triton.expand import engine_options
+
+    def config(**params: str) -> dict:
+        return {"parameters": {k: {"string_value": v} for k, v in params.items()}}
+
+    assert engine_options(config()) == EngineOptions(device="cuda", dtype="auto", tensor_parallel_size=1,
+                                                     gpu_memory_utilization=0.3)
+    cpu = engine_options(config(device="cpu", dtype="float32", max_model_len="1024", kv_cache_memory_bytes="268435456"))
+    assert (cpu.device, cpu.dtype, cpu.max_model_len, cpu.kv_cache_memory_bytes) == ("cpu", "float32", 1024, 1 << 28)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"device": "tpu"}, "device must be one of cuda, cpu, got 'tpu'"),
+    ({"dtype": "fp8"}, "dtype must be one of auto, float16, bfloat16, float32, got 'fp8'"),
+    ({"tensor_parallel_size": 0}, "tensor_parallel_size must be at least 1, got 0"),
+    ({"gpu_memory_utilization": 1.5}, r"gpu_memory_utilization must be in \(0, 1\], got 1.5"),
+])
+def test_engine_options_refuse_a_bad_setting_with_one_line(params: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        EngineOptions(**params)
 
 
 def test_pair_encoder_truncates_passages_and_keeps_a_long_query_short(exported_repo: Path):

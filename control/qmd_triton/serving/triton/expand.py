@@ -6,7 +6,10 @@ Parameters:
     max_new_tokens (64), timeout_ms (4000): the generation budget; what is complete
         when the deadline passes is used.
     threads: onnxruntime intra-op threads (0 = all cores).
-    tensor_parallel_size, gpu_memory_utilization: for vllm / deepspeed.
+    device (cuda), dtype (auto), tensor_parallel_size (1), gpu_memory_utilization (0.3), max_model_len (0: the
+        model's), kv_cache_memory_bytes (0: sized by gpu_memory_utilization): for vllm / deepspeed
+        (:class:`qmd_triton.search.expansion.EngineOptions`). The defaults are the GPU servers'; a CPU server
+        sets device cpu and dtype float32 in its copy of configs/vllm.pbtxt or configs/deepspeed.pbtxt.
     strong_signal (true): skip expansion when BM25 alone is convincing (top normalized
         score >= 0.85 and >= 0.15 ahead of #2).
     expand_by_default: whether a request that does not say (``expand`` null) is expanded. false
@@ -25,12 +28,30 @@ import time
 
 from qmd_triton.errors import IndexMissing, InputError, QmdError
 from qmd_triton.search.coverage import ModelLanguages
-from qmd_triton.search.expansion import Expander, make_engine, plan_expansion, shots_for
+from qmd_triton.search.expansion import EngineOptions, Expander, make_engine, plan_expansion, shots_for
 from qmd_triton.search.fusion import strong_signal
 from qmd_triton.search.hybrid import Plan, bm25_probe
 from qmd_triton.serving.triton import common
 from qmd_triton.serving.triton.plan import plan_response, read_request
 from qmd_triton.text.tokenization import read_manifest
+
+
+def engine_options(config: dict) -> EngineOptions:
+    """The vllm/deepspeed settings of a config, each with :class:`EngineOptions`' default (the GPU servers')."""
+    default = EngineOptions()
+    raw = common.parameter(config, "gpu_memory_utilization", str(default.gpu_memory_utilization))
+    try:
+        share = float(raw)
+    except ValueError:
+        raise ValueError(f"parameter gpu_memory_utilization must be a number, got {raw!r}") from None
+    return EngineOptions(
+        device=common.parameter(config, "device", default.device),
+        dtype=common.parameter(config, "dtype", default.dtype),
+        tensor_parallel_size=common.int_parameter(config, "tensor_parallel_size", default.tensor_parallel_size),
+        gpu_memory_utilization=share,
+        max_model_len=common.int_parameter(config, "max_model_len", default.max_model_len),
+        kv_cache_memory_bytes=common.int_parameter(config, "kv_cache_memory_bytes", default.kv_cache_memory_bytes),
+    )
 
 
 class TritonPythonModel:
@@ -52,8 +73,7 @@ class TritonPythonModel:
             engine = make_engine(
                 self.engine_name, version_dir,
                 threads=common.int_parameter(config, "threads", 0),
-                tensor_parallel_size=common.int_parameter(config, "tensor_parallel_size", 1),
-                gpu_memory_utilization=float(common.parameter(config, "gpu_memory_utilization", "0.3")),
+                options=engine_options(config),
                 shots=shots,
             )
         except (QmdError, ValueError, OSError) as e:
