@@ -30,9 +30,8 @@ embedders.register(HashEmbedder.name, HashEmbedder)
 
 def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:
     http, grpc, metrics = free_ports(3)
-    return Settings.load(
-        home, model_repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, startup_timeout_s=90, **kw
-    )
+    kw.setdefault("startup_timeout_s", 90)
+    return Settings.load(home, model_repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, **kw)
 
 
 def dataset(name: str) -> Path:
@@ -210,12 +209,20 @@ def _cuda() -> bool:
         return False
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--engines-on-cpu", action="store_true", default=False,
+                     help="run the vLLM and DeepSpeed expansion engine tests (marker engines) on the CPU instead of "
+                          "skipping them without a GPU; `make test-engines` sets it in a venv that has both engines")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu = None
+    engines_on_cpu = config.getoption("--engines-on-cpu")
     for item in items:
         if "tests/triton/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.triton)
         if item.get_closest_marker("gpu"):
             gpu = _cuda() if gpu is None else gpu
-            if not gpu:
-                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); run on the device machine"))
+            if not gpu and not (engines_on_cpu and item.get_closest_marker("engines")):
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); run on the device machine"
+                                                        " (the expansion engines: make test-engines)"))

@@ -29,10 +29,30 @@ def parse_model_config(args: dict[str, str]) -> dict[str, Any]:
 
 
 def load(args: dict[str, str]) -> tuple[dict[str, Any], Path]:
-    """What every model's ``initialize`` starts with: logging routed to Triton's log, the model's config,
-    and its version folder."""
+    """What every model's ``initialize`` starts with: text files read as UTF-8, logging routed to Triton's log,
+    the model's config, and its version folder."""
+    utf8_locale()
     route_logging()
     return parse_model_config(args), Path(args["model_repository"]) / args["model_version"]
+
+
+def utf8_locale() -> str:
+    """Makes files opened without an encoding read as UTF-8 in this process; returns the encoding in force.
+
+    The backend's stub embeds Python without setting the locale (LC_CTYPE stays "C", the environment's
+    PYTHONUTF8 and LANG are not read), so libraries that open text files without an encoding read ASCII: vLLM's
+    import of torch's inductor (UTF-8 kernel templates) failed the model's load with UnicodeDecodeError.
+    """
+    import locale
+
+    for name in ("", "C.UTF-8", "en_US.UTF-8"):  # the environment's locale first, when it is a UTF-8 one
+        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+            break
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+    return locale.getpreferredencoding(False)
 
 
 def parameter(config: dict[str, Any], key: str, default: str) -> str:
