@@ -392,6 +392,8 @@ class DeepSpeedEngine:
     def generate(self, prompt: Prompt, max_new_tokens: int, deadline: float) -> tuple[str, bool]:
         """Greedy ``generate``; a stopping criterion checked after every token ends it at the deadline (keeping
         what was generated) or once :func:`finished` has every line."""
+        if time.monotonic() > deadline:  # reading the prompt alone takes a while on a CPU
+            return "", True
         ids = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False).to(self.device)
         start = ids["input_ids"].shape[1]
         stop = _Stop(self, start, deadline)
