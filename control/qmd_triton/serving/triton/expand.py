@@ -5,7 +5,7 @@ Parameters:
         installed fails the model's load with one clear message.
     max_new_tokens (64), timeout_ms (4000): the generation budget; what is complete
         when the deadline passes is used.
-    threads: onnxruntime intra-op threads (0 = all cores).
+    threads: onnxruntime's intra-op threads, and torch's for deepspeed on the CPU (0 = all cores).
     device (cuda), dtype (auto), tensor_parallel_size (1), gpu_memory_utilization (0.3), max_model_len (0: the
         model's), kv_cache_memory_bytes (0: sized by gpu_memory_utilization): for vllm / deepspeed
         (:class:`qmd_triton.search.expansion.EngineOptions`). The defaults are the GPU servers'; a CPU server
