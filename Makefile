@@ -1,5 +1,6 @@
 # qmd-triton: `make quickstart` sets everything up, indexes docs/ and answers a search and a vsearch;
 # `make test` runs the linters and every test; `make check` the linters and the unit tier (fast).
+# `make test-engines` (opt-in, a venv of its own) runs the vLLM and DeepSpeed expansion engines on the CPU.
 # Both are idempotent: a second run reuses the venv, the exported models and a running server.
 
 PYTHON ?= python3
