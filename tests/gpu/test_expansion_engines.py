@@ -198,9 +198,12 @@ def test_vllm_engine_ends_the_request_that_the_deadline_cut(hf_repo: Path):
         pytest.skip("vllm is not installed")
     cpu = {k: int(v) if v.isdigit() else v for k, v in CPU_PARAMETERS.items() if k != "timeout_ms"}
     loaded = VllmEngine(hf_repo / "qmd_expand" / "1" / "hf", EngineOptions(**cpu) if on_cpu() else EngineOptions())
-    cut = Expander(loaded, max_new_tokens=64, timeout_s=0.001).expand(QUERY_TEXT)
-    assert cut.status in ("timeout", "partial")
-    assert loaded.llm.llm_engine.get_num_unfinished_requests() == 0
-    done = Expander(loaded, max_new_tokens=64, timeout_s=120).expand(QUERY_TEXT)
-    assert done.status == "ok" and done.used
-    assert loaded.llm.llm_engine.get_num_unfinished_requests() == 0
+    try:
+        cut = Expander(loaded, max_new_tokens=64, timeout_s=0.001).expand(QUERY_TEXT)
+        assert cut.status in ("timeout", "partial")
+        assert loaded.llm.llm_engine.get_num_unfinished_requests() == 0
+        done = Expander(loaded, max_new_tokens=64, timeout_s=120).expand(QUERY_TEXT)
+        assert done.status == "ok" and done.used
+        assert loaded.llm.llm_engine.get_num_unfinished_requests() == 0
+    finally:
+        loaded.close()

@@ -188,6 +188,9 @@ class Engine(Protocol):
         """Text generated after ``prompt`` (stopping early once :func:`finished` says so) and whether the
         deadline cut it short."""
 
+    def close(self) -> None:
+        """Frees what the engine holds beyond this object (vLLM's engine and worker processes)."""
+
 
 class GenaiEngine:
     """Greedy decoding on onnxruntime-genai over the exported decoder (``genai/``), one request at a time.
@@ -253,6 +256,9 @@ class GenaiEngine:
             if self.tokenizer.id_to_token(token) in ("Ċ", "ĊĊ") and finished(self.tokenizer.decode(out)):
                 break
         return self.tokenizer.decode(out, skip_special_tokens=True), False
+
+    def close(self) -> None:
+        self._generator = None
 
 
 def _not_installed(engine: str, e: ImportError) -> ConfigError:
@@ -357,6 +363,10 @@ class VllmEngine:
             if running:  # the deadline, enough lines, or an error: free the engine for the next request
                 engine.abort_request([request_id])
 
+    def close(self) -> None:
+        """Stops vLLM's engine core and workers now (at model unload), not whenever the process exits."""
+        self.llm.llm_engine.engine_core.shutdown()
+
 
 class DeepSpeedEngine:
     """DeepSpeed inference over the transformers model: kernel injection on CUDA, plain torch on the CPU."""
@@ -406,6 +416,9 @@ class DeepSpeedEngine:
                                               stopping_criteria=[stop], pad_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.decode(out[0, start:], skip_special_tokens=True), stop.cut
 
+    def close(self) -> None:
+        pass  # the model lives in this process only
+
 
 class _Stop:
     """A transformers stopping criterion (called after each token): the deadline, or an answer that is done."""
@@ -433,6 +446,10 @@ class Expander:
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
         self.shots = tuple(shots)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
 
     def expand(self, query: str, intent: str = "") -> Expansion:
         if self.engine is None:

@@ -125,5 +125,6 @@ class TritonPythonModel:
         return common.respond_each(requests, handle, (InputError, QmdError))
 
     def finalize(self) -> None:
+        self.expander.close()
         self.expansions.close()
         self.handle.close()
