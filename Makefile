@@ -1,5 +1,6 @@
 # qmd-triton: `make quickstart` sets everything up, indexes docs/ and answers a search and a vsearch;
-# `make test` runs the linters and every test; `make check` the linters and the unit tier (fast).
+# `make test` runs the linters and every test; `make check` the linters and the unit tier (fast: no model export,
+# no server; DESIGN.md section 6, tests/unit/conftest.py).
 # `make test-engines` (opt-in, a venv of its own) runs the vLLM and DeepSpeed expansion engines on the CPU.
 # Both are idempotent: a second run reuses the venv, the exported models and a running server.
 
@@ -64,7 +65,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check control tests perf
 	LINT_IMPORTS=$(VENV)/bin/lint-imports bash scripts/lint-layers.sh
 
-check: lint models
+# The unit tier only: installs what it needs (setup) but exports no model and starts no server.
+check: setup lint
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test: lint models

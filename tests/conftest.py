@@ -14,7 +14,7 @@ import pytest
 from qmd_triton.index import embedders
 from qmd_triton.serving import server
 from qmd_triton.settings import PROJECT_ROOT, Settings, default_datasets
-from qmd_triton.system.files import link_or_copy
+from qmd_triton.system.files import copy_tree_linked, link_or_copy
 from qmd_triton.system.net import free_ports
 
 from .fakes import HashEmbedder
@@ -34,6 +34,28 @@ def make_settings(home: Path, repo: Path = REPO, **kw) -> Settings:
     return Settings.load(home, model_repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics, **kw)
 
 
+def need_tool(name: str, install: str = "make system-deps") -> str:
+    """The path of a tool a test needs. Where it is missing the test skips with how to install it; in CI (``CI``
+    set, as .ci/run does) it fails with that one line instead, so a missing tool never passes CI as a skip."""
+    path = shutil.which(name)
+    if path:
+        return path
+    missing = f"{name} is not installed ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}; CI must have it", pytrace=False)
+    pytest.skip(missing)
+
+
+def need(condition: bool, missing: str) -> None:
+    """Like :func:`need_tool` for what is not a command (root for a tmpfs, an IPv6 loopback): a skip here, a
+    failure in CI."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}; CI must have it", pytrace=False)
+    pytest.skip(missing)
+
+
 def dataset(name: str) -> Path:
     """A shared evaluation set; its absence fails the test with one line that says where to put it."""
     path = DATASETS / name
@@ -44,17 +66,21 @@ def dataset(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_repo() -> Path:
-    """The project's model repository with every model exported (each export is idempotent)."""
+def exported_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary copy of the project's model repository with every model exported; tests never write into the
+    checkout. The checkout's exported files are hard-linked into the copy (files above 1 MB; the exporters replace
+    files, never write through a link) and each export then runs into the copy: it is idempotent, so after `make
+    models` (CI) it finds every model up to date and exports nothing twice."""
     from qmd_triton.artifacts.registry import DEFAULT_PROFILE, default_source, profile_entries
     from qmd_triton.exporters import decoder_onnx, embedding_onnx, reranker_onnx
 
+    repo = copy_tree_linked(REPO, tmp_path_factory.mktemp("exported") / "model_repository")
     small = profile_entries(DEFAULT_PROFILE)  # as `qmdctl export` declares them: the registry's names and languages
     declared = {role: {"model": e.name, "languages": e.languages} for role, e in small.items()}
-    embedding_onnx.export_embedding(default_source("embedding"), REPO, **declared["embedding"])
-    reranker_onnx.export_reranker(default_source("reranker"), REPO, **declared["reranker"])
-    decoder_onnx.export_decoder(default_source("expansion"), REPO, **declared["expansion"])
-    return REPO
+    embedding_onnx.export_embedding(default_source("embedding"), repo, **declared["embedding"])
+    reranker_onnx.export_reranker(default_source("reranker"), repo, **declared["reranker"])
+    decoder_onnx.export_decoder(default_source("expansion"), repo, **declared["expansion"])
+    return repo
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -219,8 +245,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu = None
     engines_on_cpu = config.getoption("--engines-on-cpu")
     for item in items:
-        if "tests/triton/" in str(item.fspath).replace(os.sep, "/"):
+        path = str(item.fspath).replace(os.sep, "/")
+        if "tests/triton/" in path:
             item.add_marker(pytest.mark.triton)
+        elif "tests/integration/" in path:
+            item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("gpu"):
             gpu = _cuda() if gpu is None else gpu
             if not gpu and not (engines_on_cpu and item.get_closest_marker("engines")):

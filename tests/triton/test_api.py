@@ -16,7 +16,7 @@ from qmd_triton.runtime.onnx import InProcessReranker
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
-from ..conftest import ASSETS
+from ..conftest import ASSETS, need
 from ..doors import TOKEN, Door, door_env, sample_notes_indexed
 
 DIM = 384  # all-MiniLM-L6-v2, the exported embedding model
@@ -293,7 +293,7 @@ def test_the_ipv6_banner_puts_the_address_in_brackets(indexed: Settings, tmp_pat
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("this machine has no IPv6 loopback")
+        need(False, "this machine has no IPv6 loopback")
     log = tmp_path / "api6.log"
     with Door(["api", "--host", "::1"], door_env(indexed), log, host="::1") as door:
         assert httpx.get(f"http://[::1]:{door.port}/health").status_code == 200

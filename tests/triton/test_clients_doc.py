@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from qmd_triton.settings import PROJECT_ROOT, Settings
 
+from ..conftest import need_tool
 from ..doors import Door, door_env
 from .test_query import indexed  # noqa: F401 - the notes index the examples search
 
@@ -66,16 +66,16 @@ def test_python_example_runs(indexed: Settings, doors: dict, index: int, capsys)
         assert ".md:" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_example_runs(indexed: Settings):  # noqa: F811
+    need_tool("curl", "apt-get install curl")
     script = localize(block_with("bash", "/v2/models/qmd_query/infer"), indexed)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     hits = json.loads(out)
     assert hits and all("explain" in h for h in hits)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_gateway_curl_examples_run(indexed: Settings, doors: dict):  # noqa: F811
+    need_tool("curl", "apt-get install curl")
     commands = localize(block_with("bash", "localhost:18765/vsearch"), indexed, doors).strip().splitlines()
     out = [subprocess.run(["bash", "-c", c], capture_output=True, text=True, timeout=120, check=True).stdout
            for c in commands]
@@ -84,8 +84,8 @@ def test_gateway_curl_examples_run(indexed: Settings, doors: dict):  # noqa: F81
     assert [r["index"] for r in json.loads(out[2])] == [0, 1]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_mcp_rest_curl_example_runs(indexed: Settings, doors: dict):  # noqa: F811
+    need_tool("curl", "apt-get install curl")
     script = localize(block_with("bash", "localhost:8181/query"), indexed, doors)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     hits = json.loads(out)["results"]
@@ -98,8 +98,8 @@ def test_mcp_client_configurations_are_json(doors: dict):
     assert configs[1]["mcpServers"]["qmd"]["url"].endswith("/mcp")
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_example_runs(indexed: Settings):  # noqa: F811
+    need_tool("curl", "apt-get install curl")
     [script] = [b for b in blocks("bash", README) if b.lstrip().startswith("curl")]
     out = subprocess.run(["bash", "-c", localize(script, indexed)], capture_output=True, text=True, timeout=120,
                          check=True).stdout

@@ -29,6 +29,7 @@ from qmd_triton.ops.prometheus import QmdCollector
 from qmd_triton.serving import health, server, shm, supervisor_daemon, tritonserver
 from qmd_triton.settings import Settings
 from qmd_triton.system import procs
+from qmd_triton.system.net import WaitTimeout, wait_until
 
 from ..conftest import ASSETS, make_settings
 
@@ -98,6 +99,19 @@ def wait_good(settings: Settings, since: float, bound_s: float = 60.0) -> float:
     pytest.fail(f"no good answer within {bound_s:.0f}s of the fault")
 
 
+def left_after(members: list[int], bound_s: float = 30.0) -> list[int]:
+    """The members of a stopped server still running once they are all gone or ``bound_s`` has passed (a stub
+    killed with its group exits a moment after `down` returns; a zombie is not running)."""
+    def left() -> list[int]:
+        return [p for p in members if procs.start_ticks(p) is not None and not procs.is_zombie(p)]
+
+    try:
+        wait_until(lambda: not left(), bound_s, interval_s=0.1)
+    except WaitTimeout:
+        pass
+    return left()
+
+
 def record(name: str, seconds: float, tmp_root: Path) -> None:
     RECOVERY[name] = round(seconds, 2)
     (tmp_root / "fault_recovery.json").write_text(json.dumps(RECOVERY, indent=2))
@@ -136,9 +150,7 @@ def served(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory):
         members = state.members() if state else []
         down = qmd(settings, "down")
         assert down.exit_code == 0, down.output
-        time.sleep(0.5)
-        left = [p for p in members if procs.start_ticks(p) is not None and not procs.is_zombie(p)]
-        assert left == [] and (supervisor is None or not procs.is_running(supervisor))
+        assert left_after(members) == [] and (supervisor is None or not procs.is_running(supervisor))
         assert shm.home_regions(settings.home) == []  # stubs killed and reloaded in this module left theirs
 
 
@@ -155,7 +167,8 @@ def test_a_dead_backend_is_named_by_status_health_and_the_exporter_while_triton_
     [victim, _] = stubs_of(served, "qmd_search")
     os.kill(victim, signal.SIGKILL)  # a stub of this module's own server
     killed = time.monotonic()
-    time.sleep(0.5)
+    # the instance fails once Triton's side notices its stub gone: ask until one request gets that 500
+    wait_until(lambda: search_request(served, "qmd_search")[0] == 500, 30, interval_s=0.1)
     with urllib.request.urlopen(f"{base(served)}/v2/health/ready", timeout=5) as r:
         assert r.status == 200  # Triton's own readiness does not see it
     codes = [search_request(served, "qmd_search")[0] for _ in range(4)]
@@ -585,8 +598,7 @@ def test_two_commands_that_start_the_server_at_once_share_one_server(served: Set
     finally:
         down = qmd(settings, "down")
     assert down.exit_code == 0, down.output
-    time.sleep(0.5)
-    assert [p for p in members if procs.start_ticks(p) is not None and not procs.is_zombie(p)] == []
+    assert left_after(members) == []
 
 
 def test_a_2mb_text_without_spaces_is_embedded_like_any_text(supervised: Settings):

@@ -20,7 +20,7 @@ from qmd_triton.serving.client import QmdClient
 from qmd_triton.system import procs
 from qmd_triton.system.net import free_ports
 
-from ..conftest import ASSETS, Started, make_settings
+from ..conftest import ASSETS, Started, make_settings, need_tool
 
 
 def query(url: str, promql: str) -> list:
@@ -30,8 +30,7 @@ def query(url: str, promql: str) -> list:
 
 @pytest.fixture
 def qmd(exported_repo: Path, tmp_path: Path):
-    if shutil.which("prometheus") is None:
-        pytest.skip("Prometheus is not installed (make system-deps)")
+    need_tool("prometheus")
     settings = make_settings(tmp_path / "home", exported_repo)
     prom_port, exporter_port = free_ports(2)
     env = {"QMD_HOME": str(settings.home), "QMD_HTTP_PORT": str(settings.http_port),
@@ -71,19 +70,19 @@ def test_prometheus_sees_inference_count_rise_and_down_leaves_nothing(qmd, tmp_p
 
     deadline = time.monotonic() + 60
     while not query(qmd.prometheus, 'up{job="triton"} == 1') and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)  # a poll: Prometheus scrapes every 5 s (ops/monitor.py)
     start = count()
     with QmdClient(settings.url()) as client:
         client.embed([f"note {i}" for i in range(7)])
     while count() < start + 7 and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)  # a poll: Prometheus scrapes every 5 s (ops/monitor.py)
     assert count() >= start + 7
 
     rules = json.loads(urllib.request.urlopen(f"{qmd.prometheus}/api/v1/rules", timeout=5).read())
     names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
     assert {"QmdTritonDown", "QmdIndexStale", "QmdHighErrorRatio"} <= names
     while not query(qmd.prometheus, 'qmd_index_documents{collection="notes"}') and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)  # a poll: Prometheus scrapes every 5 s (ops/monitor.py)
     [docs] = query(qmd.prometheus, 'qmd_index_documents{collection="notes"}')
     assert float(docs["value"][1]) == 4
     ready = query(qmd.prometheus, 'qmd_triton_model_ready{model="qmd_query"}')

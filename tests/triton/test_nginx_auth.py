@@ -18,6 +18,7 @@ import pytest
 from qmd_triton.settings import PROJECT_ROOT, Settings
 from qmd_triton.system.net import free_ports
 
+from ..conftest import need_tool
 from ..doors import TOKEN, Door, door_env
 from .test_search import qmd
 
@@ -29,12 +30,7 @@ INFER = {"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data":
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed; make system-deps installs it")
-    pytest.skip(f"{name} is not installed (make system-deps)")
+    return need_tool(name)  # in CI a missing one fails instead of skipping
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from qmd_triton.serving import server
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
-from ..conftest import ASSETS, make_settings
+from ..conftest import ASSETS, make_settings, need
 from .test_search import qmd, served
 
 
@@ -181,9 +181,15 @@ def test_expansions_are_cached_whatever_n_and_explain_says_so(indexed: Settings)
         return float(m.group(1)) if m else 0.0
 
     options = {"n": 2, "collections": ["qnotes"], "explain": True, "expand": True}
-    first = served(indexed, "qmd_query", "dough folding schedule", options)
-    if first[0]["explain"]["expansion"]["status"] not in ("ok", "empty", "partial"):
-        pytest.skip(f"the first expansion ended as {first[0]['explain']['expansion']['status']}: nothing to cache")
+    # A timed-out expansion is not cached, and the first one of a cold engine may run out of time on a loaded
+    # machine: ask again (a few times at most) until one completes. One that never completes skips here and
+    # fails in CI: the cache would be untested.
+    for _ in range(3):
+        first = served(indexed, "qmd_query", "dough folding schedule", options)
+        if first[0]["explain"]["expansion"]["status"] in ("ok", "empty", "partial", "cached"):
+            break
+    need(first[0]["explain"]["expansion"]["status"] in ("ok", "empty", "partial", "cached"),
+         f"the expansion of 3 tries ended as {first[0]['explain']['expansion']['status']}: nothing to cache")
     before = expansions("cached")
     second = served(indexed, "qmd_query", "dough folding schedule", {**options, "n": 3})  # another n: same expansion
     assert second[0]["explain"]["expansion"]["status"] == "cached"

@@ -23,6 +23,7 @@ import pytest
 
 from qmd_triton.index.sqlite.index import SqliteIndex
 
+from ..conftest import need, need_tool
 from .test_index_cli import Qmd
 
 WORDS = "alpha beta gamma delta batching triton server index vector query rerank model embedding note".split()
@@ -49,13 +50,13 @@ def error_lines(result) -> list[str]:
 
 @contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """A small real file system of our own, unmounted afterwards; skips where this user cannot mount."""
+    """A small real file system of our own, unmounted afterwards; skips where this user cannot mount (fails in
+    CI, conftest ``need``)."""
     where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    r = subprocess.run([need_tool("mount", "apt-get install mount"), "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                        str(where)], capture_output=True)
+    need(r.returncode == 0, f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
         yield where
     finally:

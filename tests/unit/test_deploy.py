@@ -19,6 +19,8 @@ import yaml
 from qmd_triton.settings import PROJECT_ROOT
 from qmd_triton.system.net import free_ports
 
+from ..conftest import need_tool
+
 DEPLOY = PROJECT_ROOT / "deploy"
 # compose refuses to start without these (no default secrets); the validators get stand-ins
 SECRETS = {"QMD_API_TOKEN": "compose-check-token-0123456789", "QMD_ADMIN_KEY": "compose-check-admin",
@@ -26,13 +28,8 @@ SECRETS = {"QMD_API_TOKEN": "compose-check-token-0123456789", "QMD_ADMIN_KEY": "
 
 
 def tool(name: str) -> str:
-    """A validator's path; in CI (where .ci/run installs them) a missing one fails instead of skipping."""
-    path = shutil.which(name)
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed; .ci/run installs it")
-    pytest.skip(f"{name} is not installed (apt-get install prometheus prometheus-alertmanager nginx-light)")
+    """A validator's path; in CI a missing one fails instead of skipping (conftest ``need_tool``)."""
+    return need_tool(name, "apt-get install prometheus prometheus-alertmanager nginx-light")
 
 
 def run(*cmd: str, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ Triton is down or too slow, the request models, and the refusal to listen beyond
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -141,7 +142,9 @@ def silent_triton() -> Iterator[int]:
 
 
 def gateway(tmp_path: Path, triton_port: int, timeout_s: float = 60.0) -> TestClient:
-    settings = Settings.load(tmp_path / "home", request_timeout_s=timeout_s)
+    # the unit tier's repository without exported files (tests/unit/conftest.py), as on a fresh clone
+    settings = Settings.load(tmp_path / "home", model_repository=os.environ["QMD_MODEL_REPOSITORY"],
+                             request_timeout_s=timeout_s)
     service = QmdService(settings, triton_url=f"127.0.0.1:{triton_port}")
     return TestClient(create_app(service, Guard.for_bind("127.0.0.1", 18765, token=None)),
                       base_url="http://127.0.0.1:18765")

@@ -24,7 +24,6 @@ from qmd_triton.search.fusion import (
 )
 from qmd_triton.search.hybrid import clamp_candidates
 from qmd_triton.search.options import SearchOptions
-from qmd_triton.text.tokenization import PairEncoder
 
 
 def test_rrf_weights_original_lists_twice_and_adds_rank_bonus():
@@ -205,9 +204,3 @@ def test_engine_options_refuse_a_bad_setting_with_one_line(params: dict, message
         EngineOptions(**params)
 
 
-def test_pair_encoder_truncates_passages_and_keeps_a_long_query_short(exported_repo: Path):
-    enc = PairEncoder(exported_repo / "qmd_rerank_model" / "1" / "tokenizer.json", max_length=128)
-    ids, mask, types = enc.encode("dynamic batching " * 200, ["short passage", "long passage " * 500])
-    assert ids.shape == (2, 128) and mask[1].sum() == 128
-    assert types[0].max() == 1 and types[0, 0] == 0
-    assert (types[1] == 0).sum() <= 128 // 4 + 2  # the query keeps at most a quarter of the window

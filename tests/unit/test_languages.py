@@ -4,7 +4,6 @@ the blend monotone in the fused rank (a property test)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from qmd_triton.artifacts.registry import load_registry
 from qmd_triton.cli import cli
 from qmd_triton.errors import ConfigError
-from qmd_triton.search.coverage import ModelLanguages, repository_languages
+from qmd_triton.search.coverage import ModelLanguages
 from qmd_triton.search.expansion import Expander, plan_expansion, prompt, shots_for
 from qmd_triton.search.fusion import blend, final_order, flat
 from qmd_triton.search.options import SearchOptions
@@ -24,7 +23,6 @@ from qmd_triton.serving.triton.fuse import fuse
 from qmd_triton.text.scripts import check_languages, letter_counts, read_share, reads
 
 ENGLISH = ModelLanguages("reranker", "ms-marco", ("en",))
-CHINESE = ModelLanguages("embedding", "m3e-small", ("zh", "en"))
 EVERY = ModelLanguages("embedding", "multilingual-e5-small", ("*",))
 
 
@@ -92,22 +90,6 @@ def test_a_registry_model_without_languages_is_one_error_line(tmp_path: Path):
     reg.write_text(reg.read_text() + 'languages = ["klingon"]\n')
     with pytest.raises(ConfigError, match="model tiny: unknown language 'klingon'"):
         load_registry(reg)
-
-
-def test_the_exported_repository_records_what_its_models_read(exported_repo: Path):
-    langs = repository_languages(exported_repo)
-    assert {role: m.languages for role, m in langs.items()} == {"expansion": ("en",), "embedding": ("en",),
-                                                                "reranker": ("en",)}
-    assert langs["embedding"].name == "all-MiniLM-L6-v2"
-
-
-def test_an_export_that_declares_nothing_keeps_the_recorded_languages(exported_repo: Path):
-    from qmd_triton.artifacts.registry import default_source
-    from qmd_triton.exporters.embedding_onnx import export_embedding
-
-    again = export_embedding(default_source("embedding"), exported_repo)
-    assert again.skipped and again.languages == ["en"] and again.model == "all-MiniLM-L6-v2"
-    assert repository_languages(exported_repo)["embedding"].languages == ("en",)
 
 
 def test_export_refuses_an_unknown_language_with_one_line(tmp_path: Path):
@@ -237,15 +219,6 @@ def test_a_model_that_reads_chinese_gets_a_chinese_example_and_the_english_promp
     assert english == prompt("batching").text and "向量" not in english
     chinese = prompt("批处理", shots=shots_for(("zh", "en"))).text
     assert chinese.count("<|im_start|>assistant") == 4 and "向量检索" in chinese
-
-
-def test_status_shows_each_stage_s_model_and_languages(tmp_path: Path, exported_repo: Path):
-    result = CliRunner().invoke(cli, ["--model-repository", str(exported_repo), "status", "--json"],
-                                env={"QMD_HOME": str(tmp_path), "QMD_HTTP_PORT": "9"})
-    data = json.loads(result.stdout)
-    assert result.exit_code == 1 and not data["ready"]
-    assert {s["stage"]: s["languages"] for s in data["stages"]} == {"expansion": ["en"], "vectors": ["en"],
-                                                                   "rerank": ["en"]}
 
 
 def test_the_gpu_engines_transformers_llm_declares_its_languages_beside_it(tmp_path: Path):

@@ -7,6 +7,7 @@ Each test starts its own dummy (`sleep`, in its own process group) to stand for 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,8 +30,19 @@ def stranger() -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        proc.kill()  # ours: started above
+        if proc.poll() is None:
+            proc.kill()  # ours: started above
         proc.wait(timeout=10)
+
+
+def never_signalled(proc: subprocess.Popen) -> bool:
+    """Whether no fatal signal was sent to ``proc`` up to now, known at once rather than by waiting to see it die:
+    Linux fixes a process's exit signal when the first fatal signal is sent to it (before kill(2) returns), so
+    ending it now with SIGUSR2, which nothing of ours sends, leaves it -SIGUSR2 only if nothing came first."""
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGUSR2)  # ours: started by the stranger fixture
+    return proc.wait(timeout=10) == -signal.SIGUSR2
 
 
 def qmd(home: Path, *args: str):
@@ -56,8 +68,7 @@ def test_down_leaves_a_process_alone_when_the_recorded_pid_now_belongs_to_it(tmp
     result = qmd(settings.home, "down")
     assert result.exit_code == 1
     assert f"Error: the recorded server (pid {stranger.pid}) is not running; removed its stale state" in result.output
-    time.sleep(0.5)
-    assert stranger.poll() is None  # alive: never signalled
+    assert never_signalled(stranger)
     assert server.read_state(settings) is None
 
 
@@ -73,8 +84,7 @@ def test_down_leaves_a_foreign_process_group_alone(tmp_path: Path, stranger):
     state["start_ticks"] = 0
     (settings.run_dir / server.STATE_FILE).write_text(json.dumps(state))
     assert qmd(settings.home, "down").exit_code == 1
-    time.sleep(0.5)
-    assert stranger.poll() is None
+    assert never_signalled(stranger)
 
 
 def test_down_leaves_a_process_alone_when_the_monitor_state_is_stale(tmp_path: Path, stranger):
@@ -89,8 +99,7 @@ def test_down_leaves_a_process_alone_when_the_monitor_state_is_stale(tmp_path: P
     result = qmd(settings.home, "down")
     assert time.monotonic() - started < 10  # nothing waited for: nothing was ours
     assert result.exit_code == 1 and "Error: no server started by qmdctl is recorded" in result.output
-    time.sleep(0.5)
-    assert stranger.poll() is None
+    assert never_signalled(stranger)
     assert not (settings.run_dir / MONITOR_FILE).exists()
 
 
@@ -113,6 +122,5 @@ def test_down_leaves_a_process_alone_when_the_supervisor_state_is_stale(tmp_path
     result = qmd(settings.home, "down")
     assert time.monotonic() - started < 10
     assert result.exit_code == 1 and "Error: no server started by qmdctl is recorded" in result.output
-    time.sleep(0.5)
-    assert stranger.poll() is None
+    assert never_signalled(stranger)
     assert not (settings.run_dir / supervisor_daemon.SUPERVISOR_FILE).exists()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from qmd_triton.cli import cli
 
-from ..conftest import ASSETS, REPO
+from ..conftest import ASSETS
 
 BROKEN = ASSETS / "broken"
 CASES = sorted(p.name for p in BROKEN.iterdir() if p.is_dir())
@@ -55,21 +55,3 @@ def test_validate_reports_the_exact_problems(case: str, tmp_path: Path, monkeypa
     assert result.exit_code == 1
     expected = (BROKEN / case / "expected.txt").read_text().splitlines()
     assert sorted(result.stdout.splitlines()) == sorted(expected)
-
-
-@pytest.mark.parametrize("target", ["local", "gpu"])
-def test_the_shipped_repository_validates_clean(exported_repo: Path, target: str):
-    result = run_validate(str(REPO), "--target", target, "--json")
-    assert result.exit_code == 0, result.stdout
-    assert json.loads(result.stdout)["problems"] == []
-
-
-def test_gpu_target_reads_the_gpu_configs_and_local_refuses_them(tmp_path: Path, exported_repo: Path):
-    repo = tmp_path / "repo"
-    shutil.copytree(REPO / "qmd_embed_model", repo / "qmd_embed_model", symlinks=True,
-                    copy_function=lambda s, d: Path(d).symlink_to(s) if s.endswith(".onnx") else shutil.copy2(s, d))
-    gpu_config = (repo / "qmd_embed_model" / "configs" / "gpu.pbtxt").read_text()
-    (repo / "qmd_embed_model" / "config.pbtxt").write_text(gpu_config)
-    lines = run_validate(str(repo), "--target", "local").stdout.splitlines()
-    assert lines == ["repo/qmd_embed_model/config.pbtxt:instance_group: KIND_GPU on the local target (no GPU); use KIND_CPU"]
-    assert run_validate(str(repo), "--target", "gpu").exit_code == 0
