@@ -38,7 +38,8 @@ def test_switched_config_validates_on_gpu_and_is_refused_locally(tmp_path: Path,
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_export_without_tensorrt_is_one_error_line(tmp_path: Path, exported_repo: Path):
     result = CliRunner().invoke(cli, ["export", "--only", "embedding", "--tensorrt", str(tmp_path / "trt")],
-                                env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
+                                env={"QMD_HOME": str(tmp_path), "QMD_MODEL_REPOSITORY": str(exported_repo)},
+                                catch_exceptions=False)
     assert result.exit_code == 1
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
     assert errors == ["Error: TensorRT is not installed here (No module named 'tensorrt'); build plans inside the NGC "

@@ -28,7 +28,8 @@ GUARD = {"msmarco": ["--queries", "15", "--documents", "1500"], "dbpedia": ["--q
 def test_eval_scores_each_mode_at_least_as_well_as_its_baseline(name: str, exported_repo: Path, tmp_path: Path):
     args = ["eval", str(dataset(name)), *GUARD[name], "--mode", "search", "--mode", "vsearch", "--mode",
             "query-no-rerank", "--mode", "query", "--json"]
-    result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
+    result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path), "QMD_MODEL_REPOSITORY": str(exported_repo)},
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     rows = {r["mode"]: r for r in report["rows"]}
@@ -55,7 +56,8 @@ def test_on_real_docs_every_stage_earns_its_place_and_no_page_is_titled_by_its_l
     the first 30 of its 40 queries (all 40: `make eval`)."""
     args = ["eval", str(dataset("triton-docs")), "--queries", "30", "--no-baseline", "--json", "--mode", "search",
             "--mode", "query", "--mode", "query-no-rerank", "--mode", "query-no-vectors"]
-    result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path)}, catch_exceptions=False)
+    result = CliRunner().invoke(cli, args, env={"QMD_HOME": str(tmp_path), "QMD_MODEL_REPOSITORY": str(exported_repo)},
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     rows = {r["mode"]: r for r in report["rows"]}

@@ -26,10 +26,24 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
     return proc.stdout + (proc.stderr if "-v" in cmd else "")
 
 
+def source_tree(target: Path) -> Path:
+    """The checkout's source files (tracked and new, not ignored: no exported weights, venv or build output),
+    copied to ``target``: the build writes its build/ and egg-info there, never into the checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO.parent,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = REPO.parent / name
+        if src.is_file():  # a file deleted but not yet staged is listed too
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / name)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    log = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(REPO.parent)], cwd=out)
+    source = source_tree(tmp_path_factory.mktemp("source"))
+    log = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(source)], cwd=out)
     # a folder left out of `packages` makes setuptools print a screenful that reads like an error
     assert "would be ignored" not in log and "is absent from the `packages`" not in log
     [built] = list(out.glob("qmd_triton-*.whl"))
