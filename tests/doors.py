@@ -22,7 +22,8 @@ TOKEN = "test-token-0123456789abcdef"
 def door_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a qmdctl that uses the test's server and home; no token unless given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QMD_")}
-    env.update({"QMD_HOME": str(settings.home), "QMD_HTTP_PORT": str(settings.http_port),
+    env.update({"QMD_HOME": str(settings.home), "QMD_MODEL_REPOSITORY": str(settings.model_repository),
+                "QMD_HTTP_PORT": str(settings.http_port),
                 "QMD_GRPC_PORT": str(settings.grpc_port), "QMD_METRICS_PORT": str(settings.metrics_port)})
     env.update(extra)
     return env

@@ -217,9 +217,11 @@ def test_ctrl_c_stops_embed_after_the_batches_in_flight_and_the_next_run_resumes
     notes.mkdir()
     for i in range(240):
         (notes / f"note{i:03d}.md").write_text(f"# Note {i}\n\nThe batcher merges request {i} with others. " * 3)
-    env = {**os.environ, "QMD_HOME": str(tmp_path / "home"), "QMD_HTTP_PORT": str(triton.http_port),
-           "QMD_GRPC_PORT": str(triton.grpc_port), "QMD_METRICS_PORT": str(triton.metrics_port)}
-    runner_env = {k: env[k] for k in ("QMD_HOME", "QMD_HTTP_PORT", "QMD_GRPC_PORT", "QMD_METRICS_PORT")}
+    env = {**os.environ, "QMD_HOME": str(tmp_path / "home"), "QMD_MODEL_REPOSITORY": str(triton.model_repository),
+           "QMD_HTTP_PORT": str(triton.http_port), "QMD_GRPC_PORT": str(triton.grpc_port),
+           "QMD_METRICS_PORT": str(triton.metrics_port)}
+    runner_env = {k: env[k] for k in ("QMD_HOME", "QMD_MODEL_REPOSITORY", "QMD_HTTP_PORT", "QMD_GRPC_PORT",
+                                      "QMD_METRICS_PORT")}
     for args in (["collection", "add", str(notes), "--name", "notes"], ["update"]):
         assert CliRunner().invoke(cli, args, env=runner_env).exit_code == 0
     index = tmp_path / "home" / "index.sqlite"

@@ -33,7 +33,8 @@ def qmd(exported_repo: Path, tmp_path: Path):
     need_tool("prometheus")
     settings = make_settings(tmp_path / "home", exported_repo)
     prom_port, exporter_port = free_ports(2)
-    env = {"QMD_HOME": str(settings.home), "QMD_HTTP_PORT": str(settings.http_port),
+    env = {"QMD_HOME": str(settings.home), "QMD_MODEL_REPOSITORY": str(settings.model_repository),
+           "QMD_HTTP_PORT": str(settings.http_port),
            "QMD_GRPC_PORT": str(settings.grpc_port), "QMD_METRICS_PORT": str(settings.metrics_port),
            "QMD_PROMETHEUS_PORT": str(prom_port), "QMD_EXPORTER_PORT": str(exporter_port)}
 

@@ -27,6 +27,7 @@ from ..conftest import ASSETS, need
 def qmd(settings: Settings, *args: str, ok: bool = True):
     env = {
         "QMD_HOME": str(settings.home),
+        "QMD_MODEL_REPOSITORY": str(settings.model_repository),  # the test's copy, never the checkout's
         "QMD_HTTP_PORT": str(settings.http_port),
         "QMD_GRPC_PORT": str(settings.grpc_port),
         "QMD_METRICS_PORT": str(settings.metrics_port),

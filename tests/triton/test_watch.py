@@ -23,7 +23,8 @@ from ..conftest import ASSETS
 def test_watch_reindexes_and_reembeds_edits_additions_and_removals(triton: Settings, tmp_path: Path):
     notes = tmp_path / "notes"
     shutil.copytree(ASSETS / "notes", notes)
-    env = {"QMD_HOME": str(tmp_path / "home"), "QMD_HTTP_PORT": str(triton.http_port),
+    env = {"QMD_HOME": str(tmp_path / "home"), "QMD_MODEL_REPOSITORY": str(triton.model_repository),
+           "QMD_HTTP_PORT": str(triton.http_port),
            "QMD_GRPC_PORT": str(triton.grpc_port), "QMD_METRICS_PORT": str(triton.metrics_port)}
     assert CliRunner().invoke(cli, ["collection", "add", str(notes), "--name", "notes"], env=env).exit_code == 0
 

@@ -66,10 +66,11 @@ def test_a_fresh_venv_with_the_wheel_answers_a_vsearch(wheel: Path, exported_rep
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    run([str(py), "-m", "pip", "install", "-q", f"{wheel}[cpu]"], cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QMD_", "PYTHON", "VIRTUAL_ENV"))}
+    # pip too runs without the caller's PYTHONPATH: a checkout on it would count as qmd-triton already installed
+    run([str(py), "-m", "pip", "install", "-q", f"{wheel}[cpu]"], cwd=tmp_path, env=env)
     home = tmp_path / "home"
     http, grpc, metrics = free_ports(3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QMD_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(QMD_HOME=str(home), QMD_HTTP_PORT=str(http), QMD_GRPC_PORT=str(grpc), QMD_METRICS_PORT=str(metrics),
                PATH=f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}")
     qmdctl = str(env_dir / "bin" / "qmdctl")
