@@ -14,6 +14,7 @@ from qmd_triton.errors import InferenceError
 from qmd_triton.runtime.onnx import InProcessEmbedder
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
+from qmd_triton.system.net import WaitTimeout, wait_until
 from qmd_triton.text.tokenization import TextEncoder
 
 TEXTS = [
@@ -152,8 +153,19 @@ def test_concurrent_requests_are_batched_by_the_dynamic_batcher(triton: Settings
     finally:
         for c in opened:
             c.close()
+    # a composing model's statistics are recorded just after the ensemble's response: poll them (on a loaded
+    # machine the last requests' counts land a moment after the last answer)
     with QmdClient(triton.url()) as stats_client:
-        after = _counts(stats_client.statistics("qmd_embed_model"))
+        def after_all() -> bool:
+            nonlocal after
+            after = _counts(stats_client.statistics("qmd_embed_model"))
+            return after[0] - before[0] >= len(texts)
+
+        after = before
+        try:
+            wait_until(after_all, 30, interval_s=0.1)
+        except WaitTimeout:
+            pass  # the assertion below says how many arrived
     assert np.abs(got - local(texts)).max() < 1e-5
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == len(texts)
