@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from qmd_triton.bench.evaluation import record
 from qmd_triton.cli import cli
-from qmd_triton.index.backend import index_config, open_index
+from qmd_triton.index.config import index_config
+from qmd_triton.index.factory import open_index
 from qmd_triton.ops.prometheus import QmdCollector
 from qmd_triton.settings import Settings
 from qmd_triton.system.net import free_ports
