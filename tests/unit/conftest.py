@@ -38,31 +38,32 @@ def _exported(relative: str) -> bool:
     return len(parts) >= 3 and parts[1] == "1" and not parts[-1].endswith(".py") and parts[-1] != ".gitkeep"
 
 
-def _refusal(event: str, args: tuple) -> str | None:
+def _refusal(event: str, args: tuple) -> tuple[str, str] | None:
+    """What a unit test is doing that its tier forbids, and the tier that allows it; None where it may."""
     if event == "open":
         path = args[0]
         if isinstance(path, (str, bytes)):
             path = os.fsdecode(path)
             if "model_repository" in path and (path := os.path.realpath(path)).startswith(_REPO) \
                     and "__pycache__" not in path and _exported(path[len(_REPO):]):
-                return f"opens the exported model file {path}"
+                return f"opens the exported model file {path}", "tests/integration"
     elif event == "subprocess.Popen":
         argv = [str(a) for a in (args[1] if isinstance(args[1], (list, tuple)) else [args[1]])]
         if argv and argv[0].endswith("tritonserver"):
-            return "starts a tritonserver"
+            return "starts a tritonserver", "tests/triton"
         if "milvus_lite" in argv or any(a.endswith("milvus-lite") for a in argv[:1]):
-            return "starts a Milvus Lite server"
+            return "starts a Milvus Lite server", "tests/integration"
     elif event == "import" and (args[0] == "milvus_lite" or str(args[0]).startswith("milvus_lite.")):
-        return "imports milvus_lite"
+        return "imports milvus_lite", "tests/integration"
     return None
 
 
 def _audit(event: str, args: tuple) -> None:
     if not _active or event not in ("open", "subprocess.Popen", "import"):
         return
-    why = _refusal(event, args)
-    if why:
-        line = f"a unit test {why}: it belongs in tests/integration (Milvus Lite, exported models) or tests/triton"
+    refused = _refusal(event, args)
+    if refused:
+        line = f"a unit test {refused[0]}: it belongs in {refused[1]} (DESIGN.md section 6; tests/unit/conftest.py)"
         _refused.append(line)
         raise RuntimeError(line)
 
