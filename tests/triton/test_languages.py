@@ -19,7 +19,7 @@ import pytest
 from qmd_triton.settings import Settings
 
 from ..conftest import ASSETS, make_settings
-from .test_search import chinese_model, qmd, served
+from .test_search import qmd, served
 
 SET = ASSETS / "zh-notes"
 COLLECTION = "zh"
@@ -150,18 +150,15 @@ def test_the_gateway_and_the_mcp_query_tool_inherit_the_bypass(english: Settings
     assert asyncio.run(mcp_first()) == served_first
 
 
-def test_chinese_embedder_query_ranks_chinese_notes_at_least_as_well_as_its_parts(copy_repo, tmp_path: Path):
-    """m3e-small (the offline Chinese fixture) exported by `qmdctl export` with the languages it reads."""
+def test_chinese_embedder_query_ranks_chinese_notes_at_least_as_well_as_its_parts(chinese_repo, tmp_path: Path):
+    """m3e-small (the offline Chinese fixture) exported by `qmdctl export` with the languages it reads (once for
+    the session: conftest ``chinese_repo``)."""
     from qmd_triton.serving import server
 
-    repo = copy_repo()
-    for f in (repo / "qmd_embed_model" / "1" / "model.onnx", repo / "qmd_tokenize" / "1" / "tokenizer.json"):
-        f.unlink()  # hard links into the checkout's repository: the export writes new files instead
+    repo, exported = chinese_repo
+    assert "languages: zh, en" in exported
     settings = make_settings(tmp_path / "home", repo)
     where = ("--model-repository", str(repo))
-    exported = qmd(settings, *where, "export", "--only", "embedding", "--embedding-source", str(chinese_model()),
-                   "--embedding-languages", "zh,en", "--force")
-    assert "languages: zh, en" in exported.stdout
     server.start(settings)
     try:
         index_set(settings, tmp_path, *where)

