@@ -7,7 +7,7 @@ slowing `make check` down, on a fresh clone:
 
 - the fixtures that bring them (``exported_repo``, ``copy_repo``, ``triton``, ``milvus_uri``) fail when a unit
   test asks for them, also through ``request.getfixturevalue``;
-- the ``backend`` fixture has only ``sqlite`` here: tests/integration/test_backend_contract.py runs the same
+- the ``backend`` fixture has only ``sqlite`` here: tests/integration/test_milvus_*.py run the same
   tests on Milvus Lite;
 - while a unit test runs, an audit hook refuses to start a tritonserver or a Milvus Lite server, to import
   ``milvus_lite`` and to open what `qmdctl export` writes into the checkout's model_repository/ (the files under
@@ -136,5 +136,5 @@ def milvus_uri() -> str:
 
 @pytest.fixture(params=["sqlite"])
 def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """The unit tier's index backend: sqlite only (Milvus in tests/integration/test_backend_contract.py)."""
+    """The unit tier's index backend: sqlite only (Milvus in tests/integration/test_milvus_*.py)."""
     return request.param, ""
