@@ -55,7 +55,7 @@ def test_tune_runs_a_small_real_sweep_and_marks_the_best(triton: Settings, tmp_p
 
 def test_soak_samples_server_memory_and_finds_it_flat(triton: Settings, tmp_path: Path):
     out = tmp_path / "soak"
-    result = qmd(triton, "soak", "qmd_embed", "--seconds", "20", "--concurrency", "2", "--sample-s", "1",
+    result = qmd(triton, "soak", "qmd_embed", "--seconds", "10", "--concurrency", "2", "--sample-s", "0.5",
                  "--tolerance", "0.10", "--out", str(out), ok=False)
     report = json.loads(next(out.glob("*.json")).read_text())
     assert report["errors"] == 0 and report["throughput"] > 0
