@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qmd_triton.errors import IndexCorrupt, InputError, QmdError
 from qmd_triton.index.interface import Nearest
@@ -21,9 +21,6 @@ from qmd_triton.index.milvus.schema import (
     chunk_id_of,
 )
 from qmd_triton.index.rows import FINGERPRINT_KEY, ChunkRow, text_hash
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Chunks:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from qmd_triton.index.milvus.schema import QUERY_LIMIT, _in, _quote
 from qmd_triton.index.rows import DocRow
 from qmd_triton.text.terms import has_cjk
-
-if TYPE_CHECKING:
-    pass
 
 
 class _FullText:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qmd_triton.index.milvus.schema import (
     IN_BATCH,
@@ -19,9 +19,6 @@ from qmd_triton.index.milvus.schema import (
     _matching,
     _prefix_of,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class _KeysMap:

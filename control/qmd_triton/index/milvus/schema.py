@@ -8,14 +8,10 @@ import json
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qmd_triton.errors import IndexUnavailable, InputError
 from qmd_triton.text.terms import cjk_runs
-
-if TYPE_CHECKING:
-    pass
-
 
 PART_BYTES = 60_000  # a VARCHAR holds 65,535 bytes; parts are cut at line ends below this
 

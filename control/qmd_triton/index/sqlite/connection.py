@@ -7,13 +7,9 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qmd_triton.errors import DiskFull, IndexCorrupt, IndexReadOnly, IndexUnavailable, QmdError
-
-if TYPE_CHECKING:
-    pass
-
 
 # SQLite's primary result codes that say something about the file rather than about a statement.
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8

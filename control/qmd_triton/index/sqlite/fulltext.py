@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qmd_triton.index.rows import DocRow
 from qmd_triton.text.terms import fts_match
-
-if TYPE_CHECKING:
-    pass
-
 
 # Column weights of bm25(fts, title, body): a title match counts this many body matches.
 TITLE_WEIGHT = 2.0

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from qmd_triton.errors import IndexMissing
 from qmd_triton.index.collections import ContextMap
 from qmd_triton.index.sqlite.index import SqliteIndex
-
-if TYPE_CHECKING:
-    pass
 
 
 class IndexHandle:
