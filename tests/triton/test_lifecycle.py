@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +19,9 @@ from qmd_triton import contracts
 from qmd_triton.cli import cli
 from qmd_triton.serving import probes, server
 from qmd_triton.settings import Settings
+from qmd_triton.system import procs
 
-from ..conftest import Started, free_ports, make_settings
+from ..conftest import ASSETS, Started, free_ports, make_settings
 
 
 def run(settings: Settings, *args: str):
@@ -160,3 +167,39 @@ def test_embed_cli_prints_one_vector_per_text(triton: Settings, fmt: str):
     else:
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 2 and all(len(line.split()) == 384 for line in lines)
+
+
+def test_sigterm_to_eval_stops_the_server_it_started_for_itself(exported_repo: Path, tmp_path: Path):
+    """`qmdctl eval` starts a private server; SIGTERM (a CI runner, timeout(1), kill) arriving while it loads its
+    models ends the command through its cleanup: exit status 143, one line, and no process of that server left."""
+    known = tmp_path / "notes-set"  # a known-item set: the notes and one query
+    shutil.copytree(ASSETS / "notes", known / "corpus")
+    (known / "queries.tsv").write_text("how are concurrent inference calls grouped together\tguide/batching.md\n")
+    home = tmp_path / "home"
+    env = {**os.environ, "QMD_HOME": str(home), "QMD_MODEL_REPOSITORY": str(exported_repo)}
+    proc = subprocess.Popen([sys.executable, "-c", "from qmd_triton.cli import main; main()", "eval", str(known),
+                             "--mode", "vsearch", "--no-baseline"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    recorded: dict = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not recorded and time.monotonic() < deadline and proc.poll() is None:
+            found = sorted(home.glob("eval/*/run/server.json"))
+            recorded = json.loads(found[0].read_text()) if found and found[0].stat().st_size else {}
+            time.sleep(0.05)
+        assert recorded, "eval started no server"
+        owned = procs.Owned(recorded["pid"], recorded["binary"], recorded["start_ticks"])
+        assert procs.is_running(owned)
+        proc.send_signal(signal.SIGTERM)  # ours: started above
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 143, err
+        assert "qmdctl: terminated (SIGTERM); stopping what this command started" in err.splitlines()
+        assert not procs.is_running(owned)
+        assert [p for p in procs.group_members(owned.pid) if not procs.is_zombie(p)] == []
+        assert not sorted(home.glob("eval/*/run/server.json"))  # its state cleared too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if recorded:  # whatever of the server it started is still there (the old behaviour): stopped here
+            procs.stop_members(lambda: procs.group_members(recorded["pid"]), timeout_s=10, leader=recorded["pid"])

@@ -114,12 +114,9 @@ def embed_baselines(settings: Settings, perf_analyzer: str, protocol: str, input
     http, grpc, metrics = free_ports(3)
     other = Settings.load(work / "no-batching-home", model_repository=repo, http_port=http, grpc_port=grpc,
                           metrics_port=metrics)
-    server.start(other, progress=progress)
-    try:
+    with server.private(other, progress=progress):
         row = pa.run_once(perf_analyzer, EMBED.name, other.url(protocol), protocol, input_data, concurrency,
                           measurement_ms, work)
-    finally:
-        server.stop(other)
     out[f"Triton, dynamic batching off (c={concurrency})"] = {"per_s": row.throughput, "p95_us": row.p95_us}
     for v in out.values():
         v["ratio"] = triton_per_s / v["per_s"]

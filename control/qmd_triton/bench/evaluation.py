@@ -192,8 +192,7 @@ def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, bas
             add(BM25_BASELINE, baselines.bm25_run(dataset, DEPTH), started)
     served = [m for m in chosen if m != "search"]
     if served:
-        server.start(settings, progress=progress)
-        try:
+        with server.private(settings, progress=progress):
             embed_index(settings, progress=_every(progress, 10.0))
             for mode in served:
                 progress(f"{dataset.name}: {mode} for {len(dataset.judged_queries())} queries")
@@ -205,8 +204,6 @@ def _evaluate(dataset: EvalSet, settings: Settings, modes: Sequence[str], *, bas
                     run, outcomes = served_run(dataset, settings, mapping, QUERY_PIPELINE.name, QUERY_OPTIONS[mode],
                                                n=QUERY_N, progress=progress)
                     add(mode, run, started, outcomes, depth=QUERY_N)
-        finally:
-            server.stop(settings)
         if baseline:
             vectors = None
             if "vsearch" in served:

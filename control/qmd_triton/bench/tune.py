@@ -132,13 +132,10 @@ def sweep(settings: Settings, grid: Grid, model: str, input_data: Path, work: Pa
             s = Settings.load(work / f"home-{i}", model_repository=repo, http_port=http, grpc_port=grpc,
                               metrics_port=metrics, startup_timeout_s=120)
             _share_index(settings, s.home)  # the search pipelines read the same index
-            server.start(s)
-            try:
+            with server.private(s):
                 row = pa.run_once(perf_analyzer, entry, s.url(protocol), protocol, input_data, concurrency,
-                                     measurement_ms, work)
+                                  measurement_ms, work)
                 trial.throughput, trial.p95_ms, trial.errors = row.throughput, row.p95_us / 1000, row.errors
-            finally:
-                server.stop(s)
         except Exception as e:  # noqa: BLE001 - a point that cannot run is a finding, not the end of the sweep
             trial.failure = str(e).splitlines()[0][:200]
         finally:

@@ -249,6 +249,21 @@ def start(
         return state
 
 
+@contextmanager
+def private(settings: Settings, progress: Progress = silent) -> Iterator[ServerState]:
+    """A server one command starts for itself (``qmdctl eval``, ``tune``, ``bench --baselines``), stopped however
+    the command ends: it returns, fails, is interrupted by Ctrl-C, or gets SIGTERM (``qmdctl``'s entry point
+    turns that into an exit that runs this ``finally``), also while the server is still loading its models."""
+    try:
+        yield start(settings, progress=progress)
+    finally:
+        if read_state(settings) is not None:  # a start that failed has already cleaned up after itself
+            try:
+                stop(settings)
+            except ServerError:  # it died meanwhile: stop removed what it left
+                pass
+
+
 def _serving(settings: Settings) -> ServerState | None:
     """The recorded server, while it runs and is ready."""
     state = read_state(settings)
