@@ -67,12 +67,11 @@ def search_bm25(index: Index, query: str, options: SearchOptions = SearchOptions
                          "`*` and `%` are not wildcards here); give at least one word")
     terms = snippet_terms(parsed)
     hits = []
-    rows = index.bm25(parsed.terms, options.limit, options.collections or None, parsed.exclude)
-    bodies = index.bodies([d.hash for d, _ in rows])  # milvus: the page's texts in one round trip
-    for doc, raw in rows:
-        score = normalize_bm25(raw)
-        if score < options.min_score:
-            continue
+    rows = [(doc, score) for doc, raw in index.bm25(parsed.terms, options.limit, options.collections or None,
+                                                     parsed.exclude)
+            if (score := normalize_bm25(raw)) >= options.min_score]
+    bodies = index.bodies([d.hash for d, _ in rows])  # only the pages shown; milvus: in one round trip
+    for doc, score in rows:
         body = bodies[doc.hash]
         line, snippet = snippet_for(reader_view(body), terms)
         hits.append(hit_of(doc, score, line, snippet, body if options.full else None))
