@@ -193,7 +193,7 @@ def test_sigterm_to_eval_stops_the_server_it_started_for_itself(exported_repo: P
         proc.send_signal(signal.SIGTERM)  # ours: started above
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 143, err
-        assert "qmdctl: terminated (SIGTERM); stopping what this command started" in err.splitlines()
+        assert "qmdctl: terminated (SIGTERM); stopping the server this command started" in err.splitlines()
         assert not procs.is_running(owned)
         assert [p for p in procs.group_members(owned.pid) if not procs.is_zombie(p)] == []
         assert not sorted(home.glob("eval/*/run/server.json"))  # its state cleared too

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,35 @@ def test_down_leaves_a_process_alone_when_the_supervisor_state_is_stale(tmp_path
     assert result.exit_code == 1 and "Error: no server started by qmdctl is recorded" in result.output
     assert never_signalled(stranger)
     assert not (settings.run_dir / supervisor_daemon.SUPERVISOR_FILE).exists()
+
+
+SIGTERM_CHILD = """
+import signal, sys, time
+from qmd_triton.system import procs
+with procs.sigterm_as_exit("stopping what the block started"):
+    try:
+        print("in", flush=True)
+        time.sleep(60)
+    finally:
+        print("cleaned up", flush=True)
+print("after", flush=True)
+"""
+
+
+def test_sigterm_inside_the_block_runs_its_cleanup_and_outside_ends_the_process_as_before():
+    """`sigterm_as_exit` (what eval, tune and bench hold their own server with): SIGTERM inside the block exits 143
+    through its `finally`, with the block's one line; the handler is the block's only, so after it a SIGTERM ends
+    the process on the spot again (a process-wide handler made the MCP stdio server hang on its stdin reader)."""
+    inside = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    assert inside.stdout.readline() == "in\n"
+    inside.send_signal(signal.SIGTERM)  # ours: started above
+    out, err = inside.communicate(timeout=30)
+    assert (inside.returncode, out, err) == (143, "cleaned up\n", "stopping what the block started\n")
+
+    outside = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD.replace("time.sleep(60)", "pass")
+                                + "time.sleep(60)\n"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert [outside.stdout.readline() for _ in range(3)] == ["in\n", "cleaned up\n", "after\n"]
+    outside.send_signal(signal.SIGTERM)  # ours: started above
+    _, err = outside.communicate(timeout=30)
+    assert outside.returncode == -signal.SIGTERM and err == ""

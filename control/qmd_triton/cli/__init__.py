@@ -7,7 +7,6 @@ Data goes to stdout, messages and progress to stderr. Every known failure is one
 from __future__ import annotations
 
 import importlib
-import signal
 from pathlib import Path
 
 import click
@@ -81,14 +80,4 @@ def cli(ctx: click.Context, home: Path | None, model_repository: Path | None, qu
 
 
 def main() -> None:
-    # SIGTERM (kill, timeout(1), systemd, a CI runner) ends a command the way Ctrl-C does, through its `finally`
-    # blocks: a command that started a server for itself (eval, tune, bench) stops it rather than leaving it
-    # running. Commands that stop their own way (watch, supervise, the doors) install their own handler.
-    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="qmdctl")
-
-
-def _terminated(signum: int, _frame: object) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    click.echo("qmdctl: terminated (SIGTERM); stopping what this command started", err=True)
-    raise SystemExit(128 + signum)

@@ -252,16 +252,17 @@ def start(
 @contextmanager
 def private(settings: Settings, progress: Progress = silent) -> Iterator[ServerState]:
     """A server one command starts for itself (``qmdctl eval``, ``tune``, ``bench --baselines``), stopped however
-    the command ends: it returns, fails, is interrupted by Ctrl-C, or gets SIGTERM (``qmdctl``'s entry point
-    turns that into an exit that runs this ``finally``), also while the server is still loading its models."""
-    try:
-        yield start(settings, progress=progress)
-    finally:
-        if read_state(settings) is not None:  # a start that failed has already cleaned up after itself
-            try:
-                stop(settings)
-            except ServerError:  # it died meanwhile: stop removed what it left
-                pass
+    the command ends: it returns, fails, is interrupted by Ctrl-C, or gets SIGTERM (turned into an exit that runs
+    this ``finally``: status 143, one line), also while the server is still loading its models."""
+    with procs.sigterm_as_exit("qmdctl: terminated (SIGTERM); stopping the server this command started"):
+        try:
+            yield start(settings, progress=progress)
+        finally:
+            if read_state(settings) is not None:  # a start that failed has already cleaned up after itself
+                try:
+                    stop(settings)
+                except ServerError:  # it died meanwhile: stop removed what it left
+                    pass
 
 
 def _serving(settings: Settings) -> ServerState | None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,3 +188,26 @@ def group_rss_bytes(pids: Iterable[int]) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+@contextmanager
+def sigterm_as_exit(message: str) -> Iterator[None]:
+    """Within the block, SIGTERM (kill, timeout(1), systemd, a CI runner) prints ``message`` on stderr and raises
+    ``SystemExit(143)`` instead of ending the process on the spot, so the ``finally`` blocks it unwinds through
+    run and what the block started is stopped. A second SIGTERM ends the process at once. The handler is the
+    block's only: a long-running command keeps its own way of stopping. Outside the main thread (where Python
+    sets no handler) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
