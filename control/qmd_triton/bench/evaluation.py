@@ -33,6 +33,7 @@ from qmd_triton.search.options import SearchOptions
 from qmd_triton.serving import server
 from qmd_triton.serving.client import QmdClient, embed_index
 from qmd_triton.settings import Settings
+from qmd_triton.system import procs
 from qmd_triton.system.files import atomic_write_text
 from qmd_triton.system.net import free_ports
 
@@ -149,10 +150,12 @@ def evaluate(dataset: EvalSet, base: Settings, modes: Sequence[str] = DEFAULT_MO
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; modes: {', '.join(MODES)}")
     settings = workspace(base, dataset)
-    try:
-        result = _evaluate(dataset, settings, modes, baseline=baseline, progress=progress)
-    finally:
-        _stop_index(settings)
+    # the set's own Milvus Lite (and, inside, its own server) stop on SIGTERM too
+    with procs.sigterm_as_exit(f"qmdctl: terminated (SIGTERM); stopping what the eval of {dataset.name} started"):
+        try:
+            result = _evaluate(dataset, settings, modes, baseline=baseline, progress=progress)
+        finally:
+            _stop_index(settings)
     record(base, result)
     return result
 

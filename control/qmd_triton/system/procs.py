@@ -141,9 +141,13 @@ def reap(pid: int, wait_s: float = 0.0) -> None:
         time.sleep(0.05)
 
 
+ORPHAN_GRACE_S = 2.0  # stop_members: how long what outlived its leader gets between SIGTERM and SIGKILL
+
+
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
     """Stops ``members()``: SIGTERM to the leader first (a server stops and reaps its own children), then to
-    whatever outlived it, SIGKILL to what is left after ``timeout_s``; True when none is left.
+    whatever outlived it, SIGKILL to what is left after ``timeout_s`` (``ORPHAN_GRACE_S`` after a leader that
+    exited); True when none is left.
 
     ``leader`` is signalled first and reaped (when it is our child) only if it is one of the members or
     already a zombie: a pid that is not provably ours is never waited on either.
@@ -169,6 +173,9 @@ def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, lead
     if leader is not None and leader in first:
         signal_pids([leader], signal.SIGTERM)
         wait(lambda: leader not in left(), timeout_s)
+        # What outlived its leader serves nobody, and a Triton stub orphaned while its server was still loading
+        # ignores SIGTERM: a short grace before SIGKILL, not the rest of the timeout (was: 30 s).
+        deadline = min(deadline, time.monotonic() + ORPHAN_GRACE_S)
     signal_pids(left(), signal.SIGTERM)
     if not wait(lambda: not left(), max(1.0, deadline - time.monotonic())):
         signal_pids(left(), signal.SIGKILL)
@@ -194,15 +201,17 @@ def group_rss_bytes(pids: Iterable[int]) -> int:
 def sigterm_as_exit(message: str) -> Iterator[None]:
     """Within the block, SIGTERM (kill, timeout(1), systemd, a CI runner) prints ``message`` on stderr and raises
     ``SystemExit(143)`` instead of ending the process on the spot, so the ``finally`` blocks it unwinds through
-    run and what the block started is stopped. A second SIGTERM ends the process at once. The handler is the
-    block's only: a long-running command keeps its own way of stopping. Outside the main thread (where Python
-    sets no handler) it changes nothing."""
+    run and what the block started is stopped. A second SIGTERM ends the process at once, also in the cleanup of
+    an enclosing block. The handler is the block's only: a long-running command keeps its own way of stopping.
+    Outside the main thread (where Python sets no handler) it changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = []
 
     def terminated(signum: int, _frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
+        fired.append(signum)
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
@@ -210,4 +219,5 @@ def sigterm_as_exit(message: str) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        # once it fired the process is on its way out: an outer block's handler is not armed again
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if fired or previous is None else previous)
