@@ -141,13 +141,9 @@ def reap(pid: int, wait_s: float = 0.0) -> None:
         time.sleep(0.05)
 
 
-ORPHAN_GRACE_S = 2.0  # stop_members: how long what outlived its leader gets between SIGTERM and SIGKILL
-
-
 def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, leader: int | None = None) -> bool:
     """Stops ``members()``: SIGTERM to the leader first (a server stops and reaps its own children), then to
-    whatever outlived it, SIGKILL to what is left after ``timeout_s`` (``ORPHAN_GRACE_S`` after a leader that
-    exited); True when none is left.
+    whatever outlived it, SIGKILL to what is left after ``timeout_s``; True when none is left.
 
     ``leader`` is signalled first and reaped (when it is our child) only if it is one of the members or
     already a zombie: a pid that is not provably ours is never waited on either.
@@ -173,9 +169,6 @@ def stop_members(members: Callable[[], list[int]], timeout_s: float = 30.0, lead
     if leader is not None and leader in first:
         signal_pids([leader], signal.SIGTERM)
         wait(lambda: leader not in left(), timeout_s)
-        # What outlived its leader serves nobody, and a Triton stub orphaned while its server was still loading
-        # ignores SIGTERM: a short grace before SIGKILL, not the rest of the timeout (was: 30 s).
-        deadline = min(deadline, time.monotonic() + ORPHAN_GRACE_S)
     signal_pids(left(), signal.SIGTERM)
     if not wait(lambda: not left(), max(1.0, deadline - time.monotonic())):
         signal_pids(left(), signal.SIGKILL)
