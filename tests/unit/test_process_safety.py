@@ -140,23 +140,28 @@ print("after", flush=True)
 """
 
 
+def sigterm_after(code: str, lines: list[str]) -> tuple[int, str, str]:
+    """Runs ``code`` in a Python of ours, sends it SIGTERM once it printed ``lines``; its status, the rest of its
+    output and its stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert [proc.stdout.readline() for _ in lines] == lines
+        proc.send_signal(signal.SIGTERM)  # ours: started above
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
 def test_sigterm_inside_the_block_runs_its_cleanup_and_outside_ends_the_process_as_before():
     """`sigterm_as_exit` (what eval, tune and bench hold their own server with): SIGTERM inside the block exits 143
     through its `finally`, with the block's one line; the handler is the block's only, so after it a SIGTERM ends
     the process on the spot again (a process-wide handler made the MCP stdio server hang on its stdin reader)."""
-    inside = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    assert inside.stdout.readline() == "in\n"
-    inside.send_signal(signal.SIGTERM)  # ours: started above
-    out, err = inside.communicate(timeout=30)
-    assert (inside.returncode, out, err) == (143, "cleaned up\n", "stopping what the block started\n")
-
-    outside = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD.replace("time.sleep(60)", "pass")
-                                + "time.sleep(60)\n"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert [outside.stdout.readline() for _ in range(3)] == ["in\n", "cleaned up\n", "after\n"]
-    outside.send_signal(signal.SIGTERM)  # ours: started above
-    _, err = outside.communicate(timeout=30)
-    assert outside.returncode == -signal.SIGTERM and err == ""
+    assert sigterm_after(SIGTERM_CHILD, ["in\n"]) == (143, "cleaned up\n", "stopping what the block started\n")
+    after_the_block = SIGTERM_CHILD.replace("time.sleep(60)", "pass") + "time.sleep(60)\n"
+    assert sigterm_after(after_the_block, ["in\n", "cleaned up\n", "after\n"]) == (-signal.SIGTERM, "", "")
 
 
 NESTED_CHILD = """
@@ -179,11 +184,6 @@ with procs.sigterm_as_exit("outer"):
 def test_sigterm_in_nested_blocks_runs_both_cleanups_once_and_leaves_the_next_sigterm_fatal():
     """eval holds its Milvus Lite in one block and its server in another inside it: a SIGTERM in the inner one
     unwinds both cleanups with one line, and a second SIGTERM during the outer cleanup would end the process."""
-    proc = subprocess.Popen([sys.executable, "-c", NESTED_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout.readline() == "in\n"
-    proc.send_signal(signal.SIGTERM)  # ours: started above
-    out, err = proc.communicate(timeout=30)
-    assert (proc.returncode, err) == (143, "inner\n")
-    assert out == "inner cleanup\nouter cleanup, SIGTERM now default\n"
+    assert sigterm_after(NESTED_CHILD, ["in\n"]) == (143, "inner cleanup\nouter cleanup, SIGTERM now default\n",
+                                                     "inner\n")
 
