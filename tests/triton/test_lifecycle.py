@@ -185,7 +185,7 @@ def test_sigterm_to_eval_stops_the_server_it_started_for_itself(exported_repo: P
         deadline = time.monotonic() + 120
         while not recorded and time.monotonic() < deadline and proc.poll() is None:
             found = sorted(home.glob("eval/*/run/server.json"))
-            recorded = json.loads(found[0].read_text()) if found and found[0].stat().st_size else {}
+            recorded = json.loads(found[0].read_text()) if found else {}  # written whole (os.replace)
             time.sleep(0.05)
         assert recorded, "eval started no server"
         owned = procs.Owned(recorded["pid"], recorded["binary"], recorded["start_ticks"])

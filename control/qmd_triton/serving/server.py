@@ -258,11 +258,10 @@ def private(settings: Settings, progress: Progress = silent) -> Iterator[ServerS
         try:
             yield start(settings, progress=progress)
         finally:
-            if read_state(settings) is not None:  # a start that failed has already cleaned up after itself
-                try:
-                    stop(settings)
-                except ServerError:  # it died meanwhile: stop removed what it left
-                    pass
+            try:
+                stop(settings)
+            except ServerError:  # none recorded (a failed start cleaned up after itself) or it died: nothing left
+                pass
 
 
 def _serving(settings: Settings) -> ServerState | None:
